@@ -1,0 +1,14 @@
+"""flanrec's SeqIO registrations. `import tasks` registers every prepared dataset it finds.
+
+    import seqio, tasks
+    seqio.get_mixture_or_task("ml100k_rec_mix")
+
+Data dirs: $FLANREC_DATA_DIR (MovieLens, default ~/.cache/flanrec/prepared/ml-100k) and
+$FLANREC_AMAZON_DATA_DIR; Flan instruction data: $FLANREC_FLAN_DATA. For your own prepared
+data call `tasks.register_prepared(data_dir, prefix=...)`.
+"""
+
+from tasks import amazon, flan, mixtures, movielens  # noqa: F401  (registration side effects)
+from tasks._prepared import REGISTERED, register_prepared
+
+__all__ = ["REGISTERED", "register_prepared"]

@@ -1,0 +1,134 @@
+"""Notebook-friendly API: load any supported checkpoint and score or generate with numpy.
+
+    model = flanrec.api.load("path/to/flan-t5-small")      # HF dir, T5X or flanrec checkpoint
+    logits = model.logits(enc, dec_in)                       # [batch, len, vocab] float32
+    ll = model.score(enc, targets)                           # summed log-likelihood [batch]
+    out = model.generate(enc, max_length=16, num_beams=4)   # [batch, 4, 16] int32
+
+Inputs are integer token arrays padded with 0; outputs are numpy. Each method is jitted once
+per input shape, so batching with fixed shapes avoids recompiles.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flanrec.convert import common
+from flanrec.model import decoding
+from flanrec.model.config import T5Config
+from flanrec.model.network import Transformer
+
+
+def shift_right(targets: np.ndarray | jax.Array, start_token: int = 0) -> jax.Array:
+    """T5 decoder inputs: the targets shifted one step right behind the start token."""
+    targets = jnp.asarray(targets)
+    start = jnp.full(targets.shape[:-1] + (1,), start_token, targets.dtype)
+    return jnp.concatenate([start, targets[..., :-1]], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _logits(config: T5Config, params: Any, enc: jax.Array, dec_in: jax.Array) -> jax.Array:
+    return Transformer(config).apply({"params": params}, enc, dec_in)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _score(config: T5Config, params: Any, enc: jax.Array, targets: jax.Array) -> jax.Array:
+    dec_in = shift_right(targets, config.decoder_start_token_id)
+    logits = Transformer(config).apply({"params": params}, enc, dec_in, targets)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(targets > 0, token_logp, 0.0), axis=-1)
+
+
+class FlanT5Model:
+    """A loaded model: `.config`, `.params` (nested dict of arrays) and numpy-in/out methods."""
+
+    def __init__(self, config: T5Config, params: Any) -> None:
+        common.check_params(common.flatten(params), config, "FlanT5Model params")
+        self.config = config
+        self.params = jax.tree.map(jnp.asarray, params)
+
+    def logits(self, encoder_tokens: np.ndarray, decoder_input_tokens: np.ndarray) -> np.ndarray:
+        """float32 logits [batch, decoder_len, vocab]."""
+        return np.asarray(_logits(self.config, self.params, _tokens(encoder_tokens),
+                                  _tokens(decoder_input_tokens)))
+
+    def score(self, encoder_tokens: np.ndarray, target_tokens: np.ndarray) -> np.ndarray:
+        """Summed log-likelihood of each target sequence (padding 0 excluded), [batch]."""
+        return np.asarray(_score(self.config, self.params, _tokens(encoder_tokens),
+                                 _tokens(target_tokens)))
+
+    def generate(self, encoder_tokens: np.ndarray, max_length: int, num_beams: int = 1,
+                 length_penalty: float = 0.0, constraint: Any = None,
+                 return_scores: bool = False) -> Any:
+        """Greedy (num_beams=1): int32 [batch, max_length]; beam search: [batch, beams,
+        max_length], best first. With `return_scores`, also the summed log-probs
+        ([batch] or [batch, beams]). `constraint`: see `flanrec.model.decoding`."""
+        enc = _tokens(encoder_tokens)
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+        if num_beams == 1:
+            seqs, scores = decoding.greedy_decode(self.config, self.params, enc, max_length,
+                                                  constraint)
+        else:
+            seqs, scores = decoding.beam_search(self.config, self.params, enc, max_length,
+                                                num_beams, length_penalty, constraint)
+        seqs, scores = np.asarray(seqs), np.asarray(scores)
+        return (seqs, scores) if return_scores else seqs
+
+
+def _tokens(x: Any) -> jax.Array:
+    arr = np.asarray(x)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"expected integer tokens of shape [batch, length], got "
+                         f"{arr.dtype} {arr.shape}")
+    return jnp.asarray(arr, jnp.int32)
+
+
+def _t5x_step_dir(path: Path) -> bool:
+    # Legacy T5X: msgpack file `checkpoint`; newer T5X: Orbax item `state/`. A flanrec step
+    # dir has `params/` and `meta/` instead.
+    return (path / "checkpoint").is_file() or (path / "state").is_dir()
+
+
+def _is_t5x_checkpoint(path: Path) -> bool:
+    if _t5x_step_dir(path):
+        return True
+    return any(_t5x_step_dir(child) for child in path.glob("checkpoint_*") if child.is_dir())
+
+
+def load_params_any(path: str | os.PathLike[str]) -> tuple[T5Config, Any]:
+    """(T5Config, params) from an HF directory, a T5X checkpoint or a flanrec checkpoint.
+
+    HF: a directory with config.json. T5X: a directory with a `checkpoint` file or `state/`,
+    or holding such `checkpoint_N` dirs. Anything else is handed to `flanrec.checkpoints.load_params`.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such checkpoint")
+    if p.is_dir() and (p / "config.json").is_file():
+        from flanrec.convert import hf
+
+        return hf.import_hf(p)
+    if p.is_dir() and _is_t5x_checkpoint(p):
+        from flanrec.convert import t5x
+
+        return t5x.import_t5x(str(p))
+    from flanrec import checkpoints
+
+    return checkpoints.load_params(str(p))
+
+
+def load(path: str | os.PathLike[str], dtype: str | None = None) -> FlanT5Model:
+    """Load a model for scoring/generation; `dtype` ('float32'/'bfloat16') sets activations."""
+    config, params = load_params_any(path)
+    if dtype is not None:
+        config = config.replace(dtype=dtype)
+    return FlanT5Model(config, params)

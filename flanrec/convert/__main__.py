@@ -1,0 +1,161 @@
+"""`python -m flanrec.convert`: move Flan-T5 weights between HF, T5X and flanrec checkpoints.
+
+    python -m flanrec.convert --from hf  --src google/flan-t5-small-dir --out ckpt/flan-small
+    python -m flanrec.convert --from t5x --src gs-copy/checkpoint_1198000 --out ckpt/flan-small
+    python -m flanrec.convert --from flanrec --src MODEL_DIR --out hf-out --to hf
+
+Every conversion goes through the one parameter table (`common.param_specs`), so the output
+is checked before it is written. Output is assembled under a temporary name next to `--out`
+and moved into place at the end: an interrupted run leaves nothing at `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from flanrec.convert.common import count_params
+from flanrec.model.config import T5Config
+
+SOURCES = ("hf", "t5x", "flanrec")
+TARGETS = ("flanrec", "hf", "t5x")
+SPIECE_FILE = "spiece.model"
+
+
+def read_source(kind: str, src: str) -> tuple[T5Config, dict[str, Any]]:
+    """(config, float32 numpy params) from an HF dir, a T5X checkpoint or a flanrec checkpoint."""
+    if kind == "hf":
+        from flanrec.convert.hf import import_hf
+
+        return import_hf(src)
+    if kind == "t5x":
+        from flanrec.convert.t5x import import_t5x
+
+        return import_t5x(src)
+    if kind == "flanrec":
+        from flanrec.checkpoints import load_params
+
+        return load_params(src)
+    raise ValueError(f"unknown source kind {kind!r}; expected one of {SOURCES}")
+
+
+def find_vocabulary(kind: str, src: str) -> Path | None:
+    """The SentencePiece model shipped with the source, carried along to HF/flanrec outputs."""
+    candidates = [Path(src) / SPIECE_FILE]
+    if kind == "flanrec":
+        from flanrec.checkpoints import resolve_checkpoint
+
+        try:
+            candidates.append(Path(os.fspath(resolve_checkpoint(src))) / SPIECE_FILE)
+        except (ValueError, FileNotFoundError):
+            pass
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def write_target(kind: str, cfg: T5Config, params: dict[str, Any], out: Path, *,
+                 step: int, spiece: Path | None) -> None:
+    """Write one output of `kind` at `out` (a path that does not exist yet)."""
+    if kind == "flanrec":
+        from flanrec.checkpoints import save_params_checkpoint
+
+        save_params_checkpoint(cfg, params, out)
+        if spiece is not None:
+            shutil.copyfile(spiece, out / SPIECE_FILE)
+    elif kind == "hf":
+        from flanrec.convert.hf import export_hf
+
+        export_hf(cfg, params, out, spiece_model=spiece)
+    elif kind == "t5x":
+        from flanrec.convert.t5x import write_t5x_checkpoint
+
+        write_t5x_checkpoint(params, out, step)
+    else:
+        raise ValueError(f"unknown target kind {kind!r}; expected one of {TARGETS}")
+
+
+def _install(built: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished output into place; an old `--out` is removed only after that."""
+    old = None
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        elif not overwrite:
+            raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite)")
+        else:
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+    os.replace(built, out)
+    if old is not None and old.is_dir():
+        shutil.rmtree(old)
+    elif old is not None:
+        old.unlink()
+
+
+def convert(src_kind: str, src: str, out: str, dst_kind: str = "flanrec", *,
+            overwrite: bool = False, step: int = 0) -> tuple[T5Config, Path]:
+    """Convert `src` (of `src_kind`) to `out` (of `dst_kind`); returns (config, out path)."""
+    out_path = Path(out).absolute()
+    if out_path.exists() and not overwrite and (not out_path.is_dir() or any(out_path.iterdir())):
+        raise FileExistsError(f"{out_path}: exists and is not empty (pass --overwrite)")
+    src_path = Path(src).absolute()
+    if out_path == src_path or src_path in out_path.parents:
+        raise ValueError(f"--out {out_path} must not be --src or inside it")
+    cfg, params = read_source(src_kind, src)
+    spiece = find_vocabulary(src_kind, src)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
+    try:
+        built = scratch / "out"
+        write_target(dst_kind, cfg, params, built, step=step, spiece=spiece)
+        _install(built, out_path, overwrite)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return cfg, out_path
+
+
+def summary(cfg: T5Config, src_kind: str, dst_kind: str, out: Path) -> str:
+    from flanrec.convert.t5x import match_preset
+
+    name = match_preset(cfg)
+    if name == "custom":
+        name = (f"custom(d_model={cfg.d_model}, d_ff={cfg.d_ff}, heads={cfg.num_heads}, "
+                f"layers={cfg.num_encoder_layers}/{cfg.num_decoder_layers}, "
+                f"vocab={cfg.vocab_size})")
+    n = count_params(cfg)
+    return f"{src_kind} -> {dst_kind}: {name}, {n:,} params ({n / 1e6:.1f}M) -> {out}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flanrec.convert",
+        description="Convert Flan-T5 weights between Hugging Face, T5X and flanrec checkpoints.")
+    parser.add_argument("--from", dest="src_kind", required=True, choices=SOURCES,
+                        help="source format")
+    parser.add_argument("--src", required=True,
+                        help="HF model dir | T5X checkpoint_N or model dir | flanrec checkpoint")
+    parser.add_argument("--out", required=True, help="output directory (must not exist or be "
+                        "empty, unless --overwrite)")
+    parser.add_argument("--to", dest="dst_kind", default="flanrec", choices=TARGETS,
+                        help="output format (default: flanrec params-only checkpoint)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (only once the new output is complete)")
+    parser.add_argument("--step", type=int, default=0,
+                        help="step number of the written T5X checkpoint_N (--to t5x)")
+    args = parser.parse_args(argv)
+    try:
+        cfg, out = convert(args.src_kind, args.src, args.out, args.dst_kind,
+                           overwrite=args.overwrite, step=args.step)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(cfg, args.src_kind, args.dst_kind, out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Vocabularies for flanrec tasks: the Flan-T5 SentencePiece model, or a small one trained here.
+
+Three jobs, one module:
+
+* `train_sentencepiece` trains a small SentencePiece model on task text. The ids follow T5
+  (pad=0, eos=1, unk=2, no bos) because seqio hard-codes PAD_ID=0; item-ID tokens such as
+  `<c17>` become user-defined symbols so each encodes to exactly one id.
+* `ItemTokenVocabulary` is the Flan-T5 vocabulary with item-ID tokens mapped onto slots the
+  pretrained model already has: the 100 extra ids (`<extra_id_*>`) and, past those, the padding
+  rows of the 32128-row embedding. Token *i* takes id `base_size + i` (the lowest extra id
+  first, so span-corruption sentinels `<extra_id_0>`, `<extra_id_1>`, ... stay free as long as
+  possible). The mapping lives inside the SentencePiece model proto, so Python and TF
+  tokenizers, encode and decode all agree without any text substitution pass.
+* `get_vocabulary` is the gin-configurable entry point every task uses, so one gin binding or
+  one environment variable (`FLANREC_VOCAB`) switches the vocabulary of all tasks at once.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+import seqio
+import tensorflow as tf
+from sentencepiece import sentencepiece_model_pb2
+
+import gin
+
+VOCAB_ENV = "FLANREC_VOCAB"
+FLAN_T5_GCS_VOCAB = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+DEFAULT_EXTRA_IDS = 100
+# Flan-T5's embedding has 32128 rows: 32000 pieces + 100 extra ids + 28 padding rows.
+FLAN_T5_EMBEDDING_ROWS = 32128
+TOKEN_SLOTS_FILE = "token_slots.json"  # written by flanrec.data.indexing
+
+
+class VocabularyNotFoundError(FileNotFoundError):
+    """No SentencePiece model could be found; the message lists every way to provide one."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Training a small vocabulary
+# ----------------------------------------------------------------------------------------------
+
+
+def train_sentencepiece(
+    texts: Iterable[str],
+    out_path: str,
+    vocab_size: int = 4000,
+    user_defined_symbols: Sequence[str] = (),
+    model_type: str = "unigram",
+    byte_fallback: bool = True,
+    max_sentences: int = 300_000,
+) -> str:
+    """Train a SentencePiece model on `texts` and write it to `out_path` (atomically).
+
+    pad=0, eos=1, unk=2, bos=-1 (T5's layout; seqio assumes PAD_ID=0). `byte_fallback` makes
+    decoding lossless for characters the small vocabulary never saw. `vocab_size` is a soft
+    limit (`hard_vocab_limit=False`) so tiny corpora in tests do not fail. Returns out_path.
+    """
+    import sentencepiece as spm
+
+    symbols = list(dict.fromkeys(user_defined_symbols))
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError("train_sentencepiece: no non-empty training text")
+    if len(texts) > max_sentences:
+        step = len(texts) / max_sentences
+        texts = [texts[int(i * step)] for i in range(max_sentences)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        user_defined_symbols=symbols,
+        byte_fallback=byte_fallback,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        num_threads=2,
+        minloglevel=2,
+    )
+    parent = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = out_path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(model.getvalue())
+    os.replace(tmp, out_path)
+    return out_path
+
+
+# ----------------------------------------------------------------------------------------------
+# Flan-T5 vocabulary with item tokens on reserved slots
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_model_proto(path: str) -> sentencepiece_model_pb2.ModelProto:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return sentencepiece_model_pb2.ModelProto.FromString(f.read())
+
+
+class ItemTokenVocabulary(seqio.SentencePieceVocabulary):
+    """A SentencePieceVocabulary whose reserved rows carry item-ID tokens like `<c17>`.
+
+    `token_slots` maps each token to its id (the indexer's `token_slots.json`, see
+    `flanrec.data.indexing.slots`): ids from the piece count of the SentencePiece model (32000
+    for Flan-T5) upwards, i.e. the extra ids (`<extra_id_99>` = 32000 first) and then the
+    padding rows up to `max_rows` (Flan-T5's embedding has 32128). Extra ids no token took keep
+    their `<extra_id_k>` names and ids, exactly as in `seqio.SentencePieceVocabulary`.
+
+    Tokens are USER_DEFINED pieces without the word-start marker, so `<a1><b2>` (no spaces)
+    and `<a1> <b2>` both encode to them. It stays a `seqio.SentencePieceVocabulary` (T5X code
+    that checks for one keeps working); equality includes the slot map, so all tasks of one
+    mixture must use the same item index.
+    """
+
+    def __init__(
+        self,
+        sentencepiece_model_file: str,
+        token_slots: Mapping[str, int],
+        extra_ids: int = DEFAULT_EXTRA_IDS,
+        max_rows: int | None = FLAN_T5_EMBEDDING_ROWS,
+    ):
+        self._token_slots = dict(sorted(token_slots.items(), key=lambda kv: kv[1]))
+        ids = list(self._token_slots.values())
+        if len(set(ids)) != len(ids):
+            raise ValueError("ItemTokenVocabulary: two item tokens share one id")
+        self._max_rows = max_rows
+        super().__init__(sentencepiece_model_file, extra_ids=extra_ids)
+
+    @property
+    def token_slots(self) -> dict[str, int]:
+        """token -> id (a copy)."""
+        return dict(self._token_slots)
+
+    def _model_context(self):  # noqa: ANN202 - seqio's private _ModelContext type
+        if self._model:
+            return self._model
+        model = _read_model_proto(self._sentencepiece_model_file)
+        base = len(model.pieces)
+        existing = {p.piece for p in model.pieces}
+        clash = [t for t in self._token_slots if t in existing]
+        if clash:
+            raise ValueError(
+                f"item tokens {clash[:5]} already are pieces of {self._sentencepiece_model_file}"
+            )
+        low = [t for t, i in self._token_slots.items() if i < base]
+        if low:
+            raise ValueError(
+                f"token slots {low[:3]} point below {base}, the piece count of "
+                f"{self._sentencepiece_model_file}: the slot map was made for another "
+                "vocabulary (compare its sp_size with this model's piece count)"
+            )
+        top = max([base + self._extra_ids - 1, *self._token_slots.values()])
+        if self._max_rows is not None and top >= self._max_rows:
+            raise ValueError(
+                f"{len(self._token_slots)} item tokens need ids up to {top} but the model has "
+                f"only {self._max_rows} embedding rows ({base} pieces + "
+                f"{self._max_rows - base} reserved). Use an indexing with fewer distinct tokens "
+                "(e.g. fewer codebook entries), or train a vocabulary with `prepare --train_vocab`."
+            )
+        by_id = {i: t for t, i in self._token_slots.items()}
+        user_defined = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+        for i in range(base, top + 1):
+            if i in by_id:
+                piece = by_id[i]
+            elif i < base + self._extra_ids:
+                # Same names and order as seqio: the highest extra id is <extra_id_0>.
+                piece = f"▁<extra_id_{base + self._extra_ids - 1 - i}>"
+            else:
+                piece = f"<flanrec_unused_{i}>"
+            model.pieces.add(piece=piece, score=0.0, type=user_defined)
+        sp_model = model.SerializeToString()
+        from sentencepiece import SentencePieceProcessor
+
+        tokenizer = SentencePieceProcessor()
+        tokenizer.LoadFromSerializedProto(sp_model)
+        self._model = seqio.vocabularies._ModelContext(tokenizer=tokenizer, sp_model=sp_model)
+        return self._model
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows the model needs: pieces + extra ids + any padding rows tokens took."""
+        return self._base_vocab_size
+
+    def __str__(self) -> str:
+        return (
+            f"ItemTokenVocabulary(file={self._sentencepiece_model_file}, "
+            f"extra_ids={self._extra_ids}, item_tokens={len(self._token_slots)})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the SentencePiece model
+# ----------------------------------------------------------------------------------------------
+
+
+def _hf_cache_candidates() -> list[str]:
+    roots = [
+        os.environ.get("HF_HUB_CACHE", ""),
+        os.path.join(os.environ.get("HF_HOME", ""), "hub") if os.environ.get("HF_HOME") else "",
+        os.path.expanduser("~/.cache/huggingface/hub"),
+    ]
+    found: list[str] = []
+    for root in filter(None, roots):
+        found += sorted(glob.glob(os.path.join(root, "models--google--flan-t5-*", "snapshots",
+                                               "*", "spiece.model")))
+    return found
+
+
+def resolve_spm_path(path: str | None = None) -> str:
+    """The SentencePiece model file to use: `path`, else $FLANREC_VOCAB, else the HF cache.
+
+    `path` may be a `.model` file, a directory holding `spiece.model` (an HF Flan-T5 checkpoint)
+    or `sentencepiece.model`, or a `gs://` path (T5X users on TPU). Raises
+    VocabularyNotFoundError naming every option when nothing is found; never downloads.
+    """
+    path = path or os.environ.get(VOCAB_ENV) or None
+    tried: list[str] = []
+    if path:
+        if path.startswith("gs://"):
+            return path
+        if os.path.isdir(path):
+            for name in ("spiece.model", "sentencepiece.model", "spm.model"):
+                if os.path.isfile(os.path.join(path, name)):
+                    return os.path.join(path, name)
+            tried.append(f"{path}/{{spiece,sentencepiece,spm}}.model")
+        elif os.path.isfile(path):
+            return path
+        else:
+            tried.append(path)
+    else:
+        cached = _hf_cache_candidates()
+        if cached:
+            return cached[0]
+        tried.append("~/.cache/huggingface/hub/models--google--flan-t5-*/snapshots/*/spiece.model")
+    raise VocabularyNotFoundError(
+        "No SentencePiece vocabulary found (looked for: " + ", ".join(tried) + "). Options:\n"
+        f"  1. set {VOCAB_ENV}=/path/to/flan-t5-checkpoint (a dir with spiece.model) or a .model"
+        " file;\n"
+        "  2. gin: flanrec.data.vocab.get_vocabulary.path = '/path/spiece.model';\n"
+        f"  3. TPU/T5X users: {FLAN_T5_GCS_VOCAB} (set it as the path);\n"
+        "  4. train a small one offline: python -m flanrec.prepare ... --train_vocab "
+        "(tasks then pick DIR/vocab/spm.model up by themselves)."
+    )
+
+
+def load_token_slots(data_dir: str) -> dict[str, int]:
+    """token -> id from a prepared dir (`DIR/index/token_slots.json`, or DIR itself holding
+    `token_slots.json`); {} when the index has no new tokens (numeric and title IDs)."""
+    for path in (os.path.join(data_dir, "index", TOKEN_SLOTS_FILE),
+                 os.path.join(data_dir, TOKEN_SLOTS_FILE)):
+        if tf.io.gfile.exists(path):
+            break
+    else:
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            doc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    tokens = doc.get("tokens") if isinstance(doc, dict) else None
+    if not isinstance(tokens, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in tokens.items()
+    ):
+        raise ValueError(f"{path}: field 'tokens' must be an object token -> integer id")
+    return tokens
+
+
+def trained_vocab_path(data_dir: str) -> str | None:
+    """DIR/vocab/spm.model when `prepare --train_vocab` wrote one, else None."""
+    path = os.path.join(data_dir, "vocab", "spm.model")
+    return path if tf.io.gfile.exists(path) else None
+
+
+@gin.configurable
+def get_vocabulary(
+    path: str | None = None,
+    extra_ids: int = DEFAULT_EXTRA_IDS,
+    item_tokens: Mapping[str, int] | Sequence[str] | str | None = None,
+    max_rows: int | None = FLAN_T5_EMBEDDING_ROWS,
+) -> seqio.Vocabulary:
+    """The vocabulary of every flanrec task (gin: `get_vocabulary.path = ...`).
+
+    `path`: SentencePiece model as accepted by `resolve_spm_path` (default: $FLANREC_VOCAB,
+    then the HF cache). `item_tokens`: item-ID tokens to put on reserved rows: a token -> id
+    slot map, a list (ids handed out from the piece count upwards), or a prepared data dir to
+    read the slot map from. Without item tokens this returns a plain
+    `seqio.SentencePieceVocabulary(path, extra_ids)`, which equals the vocabulary of Flan
+    mixtures, so they can be mixed with ours. A trained vocabulary already holds the item
+    tokens as pieces, so they are not put on reserved rows again.
+    """
+    spm_path = resolve_spm_path(path)
+    if isinstance(item_tokens, str):
+        item_tokens = load_token_slots(item_tokens)
+    if not item_tokens:
+        return seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
+    pieces = [p.piece for p in _read_model_proto(spm_path).pieces]
+    if all(t in set(pieces) for t in item_tokens):
+        return seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
+    if isinstance(item_tokens, Mapping):
+        slots = dict(item_tokens)
+    else:
+        slots = {t: len(pieces) + i for i, t in enumerate(item_tokens)}
+    return ItemTokenVocabulary(spm_path, slots, extra_ids=extra_ids, max_rows=max_rows)
+
+
+def vocabulary_for_prepared(data_dir: str, path: str | None = None) -> seqio.Vocabulary:
+    """The vocabulary for tasks of a prepared dir.
+
+    Precedence: explicit `path` / gin / $FLANREC_VOCAB (with the dir's item tokens on reserved
+    slots), else the dir's trained vocabulary (`prepare --train_vocab`), else the Flan-T5 model
+    in the HF cache; otherwise VocabularyNotFoundError listing the options.
+    """
+    if path:
+        return get_vocabulary(path, item_tokens=data_dir)
+    if _gin_bound_path() is None and not os.environ.get(VOCAB_ENV):
+        trained = trained_vocab_path(data_dir)
+        if trained:
+            return get_vocabulary(trained, item_tokens=data_dir, max_rows=None)
+    # Leave `path` unset so a gin binding of get_vocabulary.path applies.
+    return get_vocabulary(item_tokens=data_dir)
+
+
+def _gin_bound_path() -> str | None:
+    try:
+        return gin.query_parameter("flanrec.data.vocab.get_vocabulary.path")
+    except ValueError:
+        return None

@@ -1,0 +1,536 @@
+"""`python -m flanrec.prepare`: raw logs -> split -> item index -> instruction tasks on disk.
+
+One offline job, run once per dataset, so that training only reads files:
+
+    python -m flanrec.prepare --dataset ml-100k --out ~/.cache/flanrec/prepared/ml-100k
+
+fetch (H3's `flanrec.data.fetch`) -> read -> leave-one-out split (ml100k-loo exactly) ->
+fit each item index on train sequences only -> render every task family for every split
+(`flanrec.data.examples`) -> sharded TFRecords + info.json per task -> optional SentencePiece
+training -> prefix tries of the valid item IDs. Everything is written to `OUT.tmp` and moved
+into place with os.replace at the end, so a crash never leaves a half-prepared directory
+that tasks would register.
+
+Layout of OUT (the contract `tasks/` and the trainer read):
+
+    prepare.json                      dataset, options, counts, fingerprints, timings
+    split/split.json                  per-user sequences (train items/ratings/timestamps,
+                                      valid/test item and rating), catalogue, max_history
+    split/sequences.tsv               user \\t i_1 ... i_n (the protocol's fingerprint text)
+    split/items.tsv                   item \\t title \\t year \\t categories
+    index/token_slots.json            new ID token -> vocabulary id (union of indexings)
+    index/{method}/item_index.json    raw item -> ID string (flanrec.data.indexing format)
+    index/{method}/trie.npz           prefix trie of item IDs as token ids (+ EOS), when a
+                                      vocabulary was available; `items` gives item order
+    vocab/spm.model                   with --train_vocab
+    tasks/{task}/{split}.tfrecord-0000i-of-0000n, tasks/{task}/info.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+INDEX_SUFFIX = {
+    "sequential": "seqidx",
+    "random": "randidx",
+    "title": "titleidx",
+    "collaborative": "cfidx",
+    "semantic": "semidx",
+}
+DATASET_ALIASES = {
+    "amazon-beauty": "amazon-2014-Beauty",
+    "amazon-sports": "amazon-2014-Sports_and_Outdoors",
+    "amazon-toys": "amazon-2014-Toys_and_Games",
+}
+# Families whose task name carries the indexing suffix (one task per indexing); the others
+# are rendered once, with the first indexing's IDs.
+INDEXED_FAMILIES = ("seq", "direct", "grounding")
+FAMILIES = ("seq", "direct", "rating", "binary", "grounding", "profile")
+TARGET_KIND = {
+    "seq": "item",
+    "direct": "item",
+    "rating": "rating",
+    "binary": "binary",
+    "grounding": "text",
+    "profile": "text",
+}
+EVAL_SPLITS = ("validation", "test")
+
+
+def default_cache_dir() -> str:
+    return os.path.expanduser(os.environ.get("FLANREC_CACHE", "~/.cache/flanrec"))
+
+
+def task_prefix_for(dataset: str) -> str:
+    """ml-100k -> ml100k, amazon-2014-Beauty -> amazon_beauty, my-data.csv -> my_data_csv."""
+    name = dataset.lower()
+    if name.startswith("ml-"):
+        return name.replace("-", "")
+    if name.startswith("amazon-"):
+        parts = [p for p in name.split("-")[1:] if not p.isdigit()]
+        return "amazon_" + "_".join(parts)
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_") or "data"
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PrepareOptions:
+    """Everything that determines the output (recorded in prepare.json)."""
+
+    dataset: str
+    out: str
+    raw_dir: str | None = None
+    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
+    indexing: tuple[str, ...] = ("sequential",)
+    seed: int = 0
+    num_shards: int = 2
+    train_vocab: bool = False
+    vocab_size: int = 4000
+    max_history: int = 50
+    families: tuple[str, ...] = FAMILIES
+    num_candidates: int = 20
+    kcore: int | None = None
+    min_rating: float | None = None
+    task_prefix: str | None = None
+    allow_download: bool = True
+    unseen_eval: bool = True
+    overwrite: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+
+
+def load_dataset(opts: PrepareOptions):  # noqa: ANN201 - flanrec.data.types.Dataset
+    """fetch + read: `--dataset csv|parquet` read `--raw_dir` directly."""
+    from flanrec.data.fetch import fetch
+    from flanrec.data.sources import kinds, read_dataset
+
+    name = DATASET_ALIASES.get(opts.dataset, opts.dataset)
+    if name in ("csv", "parquet") or (opts.raw_dir and name in kinds()
+                                      and name not in ("ml-100k",)):
+        if not opts.raw_dir:
+            raise SystemExit(f"--dataset {name} needs --raw_dir (the file or directory)")
+        return read_dataset(name, opts.raw_dir)
+    fetched = fetch(name, opts.cache_dir, raw_dir=opts.raw_dir,
+                    allow_download=opts.allow_download)
+    return read_dataset(fetched.kind, fetched.path)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_split(split, meta, out_dir: str) -> dict[str, str]:  # noqa: ANN001
+    """split/split.json, split/sequences.tsv, split/items.tsv; returns their sha256."""
+    from flanrec.data import splits as splits_lib
+
+    os.makedirs(out_dir, exist_ok=True)
+    doc = {
+        "max_history": split.max_history,
+        "all_items": list(split.all_items),
+        "users": [dataclasses.asdict(u) for u in split.users],
+    }
+    text = json.dumps(doc, ensure_ascii=False)
+    with open(os.path.join(out_dir, "split.json"), "w", encoding="utf-8") as f:
+        f.write(text)
+    seqs = splits_lib.fingerprint_texts(split)["sequences"]
+    with open(os.path.join(out_dir, "sequences.tsv"), "w", encoding="utf-8") as f:
+        f.write(seqs)
+    rows = []
+    for item in split.all_items:
+        cats = " | ".join(meta.categories.get(item, []))
+        row = [item, meta.title.get(item, ""), meta.year.get(item, ""), cats]
+        rows.append("\t".join(c.replace("\t", " ").replace("\n", " ") for c in row) + "\n")
+    with open(os.path.join(out_dir, "items.tsv"), "w", encoding="utf-8") as f:
+        f.write("item\ttitle\tyear\tcategories\n" + "".join(rows))
+    return {"split.json": _sha256(text), "sequences.tsv": _sha256(seqs)}
+
+
+def fit_indexes(split, meta, opts: PrepareOptions, index_root: str):  # noqa: ANN001, ANN201
+    """Fit every requested indexing on train sequences only; one shared token-slot map.
+
+    All indexings of one dir share one vocabulary, so their new tokens are placed on slots
+    together (`token_slot_map` of the union); too many for Flan-T5's 128 free rows raises
+    with the counts (then prepare the indexings into separate dirs).
+    """
+    from flanrec.data.indexing import fit_index, token_slot_map
+    from flanrec.data.indexing.core import write_json_atomic
+    from flanrec.data.indexing.slots import slot_map_json
+
+    indexes = {}
+    for method in opts.indexing:
+        indexes[method] = fit_index(method, split, split.all_items, meta, seed=opts.seed)
+    union = list(dict.fromkeys(t for ix in indexes.values() for t in ix.new_tokens))
+    slots = token_slot_map(union) if union else {}
+    os.makedirs(index_root, exist_ok=True)
+    for method, ix in indexes.items():
+        ix.save(os.path.join(index_root, method),
+                slot_map={t: slots[t] for t in ix.new_tokens} if ix.new_tokens else None)
+    if slots:
+        write_json_atomic(os.path.join(index_root, "token_slots.json"), slot_map_json(slots))
+    return indexes, slots
+
+
+def _family_splits(family: str, opts: PrepareOptions) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(output split, examples split_name, template types) for one family."""
+    if family == "grounding":
+        return [("train", "train", ("seen",))]
+    out = [("train", "train", ("seen",))]
+    out += [(s, s, ("seen",)) for s in EVAL_SPLITS]
+    if opts.unseen_eval:
+        out.append(("test_unseen", "test", ("unseen",)))
+    return out
+
+
+class _TextSample:
+    """Keeps every k-th inputs/targets text seen while writing (the vocab training corpus)."""
+
+    def __init__(self, every: int = 3):
+        self.every = every
+        self.n = 0
+        self.texts: list[str] = []
+
+    def tap(self, examples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for ex in examples:
+            if self.n % self.every == 0:
+                self.texts.append(ex["inputs"])
+                self.texts.append(ex["targets"])
+            self.n += 1
+            yield ex
+
+
+def _examples(family: str, split, dataset, index, opts: PrepareOptions,  # noqa: ANN001
+              split_name: str, template_types: tuple[str, ...], prefix: str):
+    from flanrec.data import examples as ex_lib
+
+    common = dict(split_name=split_name, seed=opts.seed, template_types=template_types,
+                  task_prefix=prefix + "_")
+    if family == "profile":
+        if dataset.users is None or not dataset.users.features:
+            return None
+        return ex_lib.profile_examples(split, index, dataset.users, dataset.items, **common)
+    kwargs: dict[str, Any] = {}
+    if family in ("seq", "direct"):
+        kwargs["max_history"] = opts.max_history
+    if family == "direct":
+        kwargs["num_candidates"] = min(opts.num_candidates, len(split.all_items))
+    if family == "grounding" and not dataset.items.title:
+        return None
+    return ex_lib.build_examples(family, split, index, dataset.items, dataset.users,
+                                 **common, **kwargs)
+
+
+def write_tasks(split, dataset, indexes, opts: PrepareOptions, tasks_root: str,  # noqa: ANN001
+                prefix: str, sample: _TextSample) -> dict[str, dict[str, Any]]:
+    """Render and write every (family, indexing) task; returns task dir -> info."""
+    from flanrec.data import writer
+
+    methods = list(indexes)
+    infos = {}
+    for family in opts.families:
+        if family not in FAMILIES:
+            raise SystemExit(f"unknown family {family!r}; choose from {FAMILIES}")
+        for n, method in enumerate(methods if family in INDEXED_FAMILIES else methods[:1]):
+            suffix = INDEX_SUFFIX[method]
+            dirname = f"{family}_{suffix}" if family in INDEXED_FAMILIES else family
+            splits_out = {}
+            for out_split, split_name, ttypes in _family_splits(family, opts):
+                ex = _examples(family, split, dataset, indexes[method], opts, split_name,
+                               ttypes, prefix)
+                if ex is None:
+                    break
+                splits_out[out_split] = sample.tap(ex) if out_split == "train" else ex
+            if not splits_out:
+                continue
+            info = writer.write_task(
+                os.path.join(tasks_root, dirname), splits_out, num_shards=opts.num_shards,
+                metadata={
+                    "family": family,
+                    "indexing": suffix if family in INDEXED_FAMILIES else None,
+                    "index_method": method,
+                    "index_file": f"index/{method}/item_index.json",
+                    "target_kind": TARGET_KIND[family],
+                    "primary_indexing": n == 0,
+                },
+            )
+            infos[dirname] = info
+    return infos
+
+
+def resolve_prepare_vocab(vocab_path: str | None, slots: dict[str, int]):  # noqa: ANN201
+    """The vocabulary to build tries with, or None (with the reason) when none is found."""
+    from flanrec.data import vocab as vocab_lib
+
+    try:
+        if vocab_path:
+            return vocab_lib.get_vocabulary(vocab_path, item_tokens=slots or None,
+                                            max_rows=None), ""
+        return vocab_lib.get_vocabulary(item_tokens=slots or None), ""
+    except vocab_lib.VocabularyNotFoundError as e:
+        return None, str(e).splitlines()[0]
+
+
+def save_trie(path: str, trie, items: Sequence[str]) -> None:  # noqa: ANN001
+    """npz with the TrieArrays fields (no dense table) and `items` (item number -> raw id)."""
+    import numpy as np
+
+    arrays = {f.name: getattr(trie, f.name) for f in dataclasses.fields(trie)
+              if f.name != "dense_next"}
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    arrays["items"] = np.asarray(list(items), dtype=object).astype(str)
+    np.savez(path, **arrays)
+
+
+def load_trie(path: str):  # noqa: ANN201 - (flanrec.data.trie.TrieArrays, list[str])
+    """Inverse of save_trie (dense_next is None; build_trie can recompute it)."""
+    import numpy as np
+
+    from flanrec.data.trie import TrieArrays
+
+    with np.load(path) as z:
+        data = {k: z[k] for k in z.files}
+    items = [str(x) for x in data.pop("items")]
+    scalars = {k: int(data.pop(k)) for k in ("eos_id", "pad_id", "vocab_size", "max_length")}
+    return TrieArrays(dense_next=None, **data, **scalars), items
+
+
+def build_tries(indexes, vocabulary, catalogue: Sequence[str], index_root: str  # noqa: ANN001
+                ) -> dict[str, dict[str, int]]:
+    """index/{method}/trie.npz for every indexing; returns per-method sizes."""
+    from flanrec.data.trie import build_trie
+
+    out = {}
+    for method, ix in indexes.items():
+        seqs = [vocabulary.encode(ix.id_of(item)) for item in catalogue]
+        trie = build_trie(seqs, eos_id=vocabulary.eos_id, vocab_size=vocabulary.vocab_size,
+                          pad_id=0, dense_limit=0)
+        save_trie(os.path.join(index_root, method, "trie.npz"), trie, catalogue)
+        out[method] = {"nodes": trie.num_nodes, "max_length": trie.max_length}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+
+
+def _publish(tmp: str, out: str, overwrite: bool) -> None:
+    """Move the finished tmp dir into place (an existing OUT is replaced only if allowed)."""
+    if os.path.exists(out):
+        if not overwrite:
+            raise SystemExit(f"{out} exists; pass --overwrite to replace it")
+        old = f"{out}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
+    """Run the whole job; returns the prepare.json document."""
+    from flanrec.data import splits as splits_lib
+
+    t0 = time.time()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: list[float] = [t0]) -> None:  # noqa: B006 - a tiny closure clock
+        now = time.time()
+        timings[name] = round(now - since[0], 3)
+        since[0] = now
+
+    for m in opts.indexing:
+        if m not in INDEX_SUFFIX:
+            raise SystemExit(f"unknown indexing {m!r}; choose from {sorted(INDEX_SUFFIX)}")
+    if opts.num_shards < 2:
+        raise SystemExit("--num_shards must be >= 2 (multi-host readers shard by file)")
+    out = os.path.abspath(os.path.expanduser(opts.out))
+    tmp = out + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    prefix = opts.task_prefix or task_prefix_for(opts.dataset)
+    try:
+        dataset = load_dataset(opts)
+        lap("read")
+        split = splits_lib.leave_one_out(dataset, max_history=opts.max_history,
+                                         kcore=opts.kcore, min_rating=opts.min_rating)
+        fps = splits_lib.fingerprints(split)
+        file_hashes = write_split(split, dataset.items, os.path.join(tmp, "split"))
+        lap("split")
+        index_root = os.path.join(tmp, "index")
+        indexes, slots = fit_indexes(split, dataset.items, opts, index_root)
+        lap("index")
+        sample = _TextSample()
+        infos = write_tasks(split, dataset, indexes, opts, os.path.join(tmp, "tasks"), prefix,
+                            sample)
+        lap("tasks")
+        vocab_path = None
+        if opts.train_vocab:
+            from flanrec.data import vocab as vocab_lib
+
+            vocab_path = vocab_lib.train_sentencepiece(
+                sample.texts, os.path.join(tmp, "vocab", "spm.model"),
+                vocab_size=opts.vocab_size, user_defined_symbols=list(slots))
+            lap("vocab")
+        vocabulary, why_no_vocab = resolve_prepare_vocab(vocab_path, slots)
+        tries = {}
+        if vocabulary is not None:
+            tries = build_tries(indexes, vocabulary, split.all_items, index_root)
+            lap("trie")
+        doc = {
+            "format": "flanrec.prepared",
+            "version": 1,
+            "dataset": opts.dataset,
+            "task_prefix": prefix,
+            "options": {k: (list(v) if isinstance(v, tuple) else v)
+                        for k, v in dataclasses.asdict(opts).items()},
+            "index_methods": list(indexes),
+            "index_suffixes": [INDEX_SUFFIX[m] for m in indexes],
+            "counts": {
+                "interactions": len(dataset.interactions),
+                "users": len(split.users),
+                "items": len(split.all_items),
+                "train_windows": splits_lib.count_train_windows(split),
+                "tasks": {name: {s: v["num_input_examples"] for s, v in info["splits"].items()}
+                          for name, info in infos.items()},
+            },
+            "fingerprints": fps,
+            "fingerprints_match_ml100k_loo": (fps == splits_lib.ML100K_FINGERPRINTS
+                                              if opts.dataset == "ml-100k" else None),
+            "files": file_hashes,
+            "new_tokens": len(slots),
+            "vocab": {
+                "trained": "vocab/spm.model" if vocab_path else None,
+                "trie_vocab": str(vocabulary) if vocabulary is not None else None,
+                "trie_skipped_because": why_no_vocab or None,
+            },
+            "tries": tries,
+            "timings_s": timings,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        doc["timings_s"]["total"] = round(time.time() - t0, 3)
+        with open(os.path.join(tmp, "prepare.json"), "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        _publish(tmp, out, opts.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(summary_table(doc, out))
+    return doc
+
+
+def summary_table(doc: dict[str, Any], out: str) -> str:
+    c = doc["counts"]
+    lines = [
+        f"prepared {doc['dataset']} -> {out}  ({doc['timings_s']['total']:.1f} s)",
+        f"  {c['interactions']:,} interactions, {c['users']:,} users, {c['items']:,} items, "
+        f"{c['train_windows']:,} train windows; indexings: {', '.join(doc['index_methods'])}",
+    ]
+    if doc.get("fingerprints_match_ml100k_loo") is not None:
+        lines.append(f"  ml100k-loo fingerprints match: {doc['fingerprints_match_ml100k_loo']}")
+    splits = sorted({s for t in c["tasks"].values() for s in t},
+                    key=lambda s: ("train", "validation", "test", "test_unseen").index(s)
+                    if s in ("train", "validation", "test", "test_unseen") else 9)
+    head = f"  {'task':28s}" + "".join(f"{s:>13s}" for s in splits)
+    lines += [head, "  " + "-" * (len(head) - 2)]
+    for name, counts in sorted(c["tasks"].items()):
+        task = f"{doc['task_prefix']}_{name}"
+        lines.append(f"  {task:28s}" + "".join(
+            f"{counts[s]:>13,d}" if s in counts else f"{'-':>13s}" for s in splits))
+    if doc["vocab"]["trie_skipped_because"]:
+        lines.append(f"  tries skipped: {doc['vocab']['trie_skipped_because']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def list_tasks(data_dirs: Sequence[str] = ()) -> list[str]:
+    """Registered seqio task and mixture names after `import tasks` (+ given prepared dirs)."""
+    import seqio
+
+    import tasks
+
+    for d in data_dirs:
+        tasks.register_prepared(d)
+    return sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m flanrec.prepare",
+        description="Prepare a recommendation dataset as SeqIO instruction tasks (offline).",
+    )
+    p.add_argument("--dataset", help="ml-100k, ml-1m, ml-20m, amazon-2014-<Cat>, "
+                   "amazon-beauty, csv, parquet, ...")
+    p.add_argument("--out", help="output directory (written atomically)")
+    p.add_argument("--raw_dir", help="raw files (skips fetching); required for csv/parquet")
+    p.add_argument("--cache_dir", default=default_cache_dir(),
+                   help="fetch cache (default $FLANREC_CACHE or ~/.cache/flanrec)")
+    p.add_argument("--indexing", default="sequential",
+                   help="comma list of " + "|".join(INDEX_SUFFIX) + " (first one is primary)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_shards", type=int, default=2, help="TFRecord shards per split (>= 2)")
+    p.add_argument("--train_vocab", action="store_true",
+                   help="train a small SentencePiece model on the task text (vocab/spm.model)")
+    p.add_argument("--vocab_size", type=int, default=4000)
+    p.add_argument("--max_history", type=int, default=50)
+    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--num_candidates", type=int, default=20)
+    p.add_argument("--kcore", type=int, default=None, help="k-core filter (e.g. 5 for Amazon)")
+    p.add_argument("--min_rating", type=float, default=None,
+                   help="keep interactions rated >= this (default: all)")
+    p.add_argument("--task_prefix", default=None, help="default: from the dataset (ml100k)")
+    p.add_argument("--offline", action="store_true", help="never download anything")
+    p.add_argument("--no_unseen_eval", action="store_true",
+                   help="skip the test_unseen split (held-out templates)")
+    p.add_argument("--no_overwrite", action="store_true", help="fail if --out exists")
+    p.add_argument("--list_tasks", action="store_true",
+                   help="print registered task and mixture names (after `import tasks`; "
+                   "with --out, that dir is registered too) and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_tasks:
+        for name in list_tasks([args.out] if args.out else []):
+            print(name)
+        return 0
+    if not args.dataset or not args.out:
+        build_parser().error("--dataset and --out are required (or --list_tasks)")
+    opts = PrepareOptions(
+        dataset=args.dataset, out=args.out, raw_dir=args.raw_dir, cache_dir=args.cache_dir,
+        indexing=tuple(m.strip() for m in args.indexing.split(",") if m.strip()),
+        seed=args.seed, num_shards=args.num_shards, train_vocab=args.train_vocab,
+        vocab_size=args.vocab_size, max_history=args.max_history,
+        families=tuple(f.strip() for f in args.families.split(",") if f.strip()),
+        num_candidates=args.num_candidates, kcore=args.kcore, min_rating=args.min_rating,
+        task_prefix=args.task_prefix, allow_download=not args.offline,
+        unseen_eval=not args.no_unseen_eval, overwrite=not args.no_overwrite,
+    )
+    prepare(opts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

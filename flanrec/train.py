@@ -1,0 +1,535 @@
+r"""Fine-tune (or pre-train) Flan-T5 on a SeqIO mixture: `python -m flanrec.train`.
+
+    python -m flanrec.train \
+      --gin_file=gin/models/flan_t5_small.gin --gin_file=gin/runs/finetune.gin \
+      --gin.MODEL_DIR=/tmp/run --gin.MIXTURE_OR_TASK_NAME=ml100k_seq_rec \
+      --gin.MIXTURE_OR_TASK_MODULE=tasks.movielens --gin.INITIAL_CHECKPOINT_PATH=/ckpt
+
+Macros follow T5X (MODEL_DIR, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE,
+TASK_FEATURE_LENGTHS, TRAIN_STEPS, BATCH_SIZE, DROPOUT_RATE, LEARNING_RATE,
+INITIAL_CHECKPOINT_PATH, EVAL_PERIOD, CHECKPOINT_PERIOD, RANDOM_SEED). `--gin.X=V` is a gin
+binding `X = V`; a V that is not a Python literal or gin reference is taken as a string, so
+`--gin.MODEL_DIR=/tmp/run` needs no quotes.
+
+The job reads top to bottom in `train()`: output dir → mesh → data → state (resume, initial
+checkpoint or scratch) → compiled steps → loop (log, validate, checkpoint) → final save.
+
+Exact resume. The training input is a *deterministic* function of (seed, host shard): seqio
+shuffles with a fixed seed and repeats, and `data_position` (batches consumed, stored in the
+checkpoint meta) is skipped on restart. We chose skip over tf.data iterator checkpoints
+because the position is one host-independent integer in the checkpoint's JSON — no per-host
+files holding shuffle buffers (hundreds of MB for long-sequence tasks), nothing extra for
+Orbax to coordinate — at the cost of re-reading the skipped examples at restart (seconds for
+recommendation-sized data). Dropout keys are `fold_in(rng, step)`, so a resumed run is
+bitwise the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import datetime
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+from etils import epath
+
+from flanrec import flops, losses, optimizers, partitioning, trainer
+from flanrec.convert import common
+from flanrec.model.config import T5Config
+
+log = logging.getLogger("flanrec.train")
+
+# T5Config is a plain frozen dataclass; registering (not decorating) it keeps instances of the
+# real class while gin checks every field name (`T5Config.d_modle = …` fails at parse time).
+gin.register(T5Config, module="flanrec.model.config")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; nothing from that step on is checkpointed."""
+
+
+# ---------------------------------------------------------------------------------- data
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """One seqio input: which task, which split, how long, how many per step (global)."""
+
+    mixture_or_task_name: str = ""
+    task_feature_lengths: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    split: str = "train"
+    batch_size: int = 0
+    shuffle: bool = True
+    seed: int | None = None
+    pack: bool = True
+    use_cached: bool = False
+
+
+def _seqio_dataset(cfg: DatasetConfig, *, repeat: bool, shuffle: bool) -> Any:
+    import seqio
+
+    shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
+    return seqio.get_dataset(
+        cfg.mixture_or_task_name, cfg.task_feature_lengths,
+        feature_converter=seqio.EncDecFeatureConverter(pack=cfg.pack),
+        dataset_split=cfg.split, use_cached=cfg.use_cached, shuffle=shuffle,
+        num_epochs=None if repeat else 1, shard_info=shard, seed=cfg.seed, verbose=False)
+
+
+def check_task(cfg: DatasetConfig, model_vocab: int) -> None:
+    """Fail early, by name, on an unknown task/split or a vocabulary the model cannot embed."""
+    import seqio
+
+    try:
+        provider = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
+    except ValueError as e:
+        raise ValueError(f"MIXTURE_OR_TASK_NAME {cfg.mixture_or_task_name!r} is not registered "
+                         "(is MIXTURE_OR_TASK_MODULE set to the module that registers it?)"
+                         ) from e
+    if cfg.split not in provider.splits:
+        raise ValueError(f"{cfg.mixture_or_task_name}: no split {cfg.split!r}; it has "
+                         f"{sorted(provider.splits)}")
+    for name, feature in provider.output_features.items():
+        if name not in ("inputs", "targets"):
+            continue
+        if name not in cfg.task_feature_lengths:
+            raise ValueError(f"TASK_FEATURE_LENGTHS has no length for feature {name!r}")
+        size = feature.vocabulary.vocab_size
+        if size > model_vocab:
+            raise ValueError(f"{cfg.mixture_or_task_name}: feature {name!r} uses a vocabulary "
+                             f"of {size} ids, but the model embeds only {model_vocab}")
+
+
+def train_batches(cfg: DatasetConfig, per_host_batch: int, skip_batches: int
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """This host's endless stream of training batches, starting after `skip_batches`."""
+    import tensorflow as tf
+
+    ds = _seqio_dataset(cfg, repeat=True, shuffle=cfg.shuffle)
+    ds = ds.batch(per_host_batch, drop_remainder=True).skip(skip_batches)
+    return iter(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+
+
+def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.ndarray]]:
+    """One full pass over the split on this host, padded so every host runs as many steps.
+
+    Padding rows are all zeros (target id 0 = weight 0), so they change no metric; hosts
+    agree on the number of batches through an allgather, since an uneven split would leave
+    one host waiting in a collective forever.
+    """
+    ds = _seqio_dataset(cfg, repeat=False, shuffle=False).batch(per_host_batch)
+    batches = []
+    for b in ds.as_numpy_iterator():
+        rows = next(iter(b.values())).shape[0]
+        if rows < per_host_batch:
+            b = {k: np.pad(v, [(0, per_host_batch - rows)] + [(0, 0)] * (v.ndim - 1))
+                 for k, v in b.items()}
+        batches.append(b)
+    count = len(batches)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
+    if not batches and count:
+        raise ValueError(f"{cfg.mixture_or_task_name}/{cfg.split}: this host's shard is empty")
+    if not count:
+        raise ValueError(f"{cfg.mixture_or_task_name}/{cfg.split}: the split is empty")
+    batches += [{k: np.zeros_like(v) for k, v in batches[0].items()}] * (count - len(batches))
+    return batches
+
+
+# ------------------------------------------------------------------------- small helpers
+def _prepare_model_dir(model_dir: str) -> epath.Path:
+    """Create MODEL_DIR and prove it writable, before anything is compiled."""
+    path = epath.Path(model_dir)
+    if jax.process_index() == 0:
+        probe = path / f".write_probe_{os.getpid()}"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise PermissionError(f"MODEL_DIR {model_dir} is not writable: {e}") from e
+    return path
+
+
+def _write_atomic(path: epath.Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _format_eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(seconds))) if math.isfinite(seconds) else "?"
+
+
+class _Preemption:
+    """SIGTERM → stop at the next step boundary, after saving a checkpoint.
+
+    Single process: our own handler sets a flag. Multi-process: jax's preemption sync
+    manager (installed by `jax.distributed.initialize`) catches the signal on any host and
+    makes every host agree on the same step; we leave its handler alone.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.multi = jax.process_count() > 1
+        if not self.multi:
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        del frame
+        log.warning("received signal %d: will save a checkpoint and stop at the next step",
+                    signum)
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if self.multi:
+            from jax.experimental import multihost_utils
+
+            try:
+                return bool(multihost_utils.reached_preemption_sync_point(step))
+            except RuntimeError as e:  # preemption service disabled in this jax config
+                log.warning("no preemption sync across hosts: %s", e)
+                self.multi = False
+        return self.requested
+
+
+class _Window:
+    """Averages of the step metrics between two log lines, with the NaN check."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.last: dict[str, float] = {}
+
+    def add(self, step: int, metrics: Mapping[str, Any]) -> float:
+        values = {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+        if not math.isfinite(values["loss"]):
+            raise NonFiniteLossError(
+                f"loss is {values['loss']} at step {step} (grad norm {values['grad_norm']}); "
+                "stopping without checkpointing this or any later step. Lower "
+                "LEARNING_RATE, enable clipping or check the data of this step.")
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        self.last = values
+        return values["target_tokens"]
+
+    def pop(self) -> dict[str, float]:
+        out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        out["learning_rate"] = self.last.get("learning_rate", float("nan"))
+        self.sums, self.count = {}, 0
+        return out
+
+
+# ------------------------------------------------------------------------------ the job
+@gin.configurable(denylist=["devices"])
+def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRED,
+          train_dataset: DatasetConfig = gin.REQUIRED,
+          eval_dataset: DatasetConfig | None = None,
+          train_steps: int = gin.REQUIRED, eval_period: int = 0,
+          checkpoint_period: int = 1000, keep_checkpoints: int | None = 3,
+          log_period: int = 100, initial_checkpoint_path: str | None = None,
+          random_seed: int = 0, num_microbatches: int = 1,
+          loss: losses.LossConfig | None = None,
+          optimizer: tuple[Any, Any] | None = None,
+          mesh_shape: Sequence[int] = (-1, 1),
+          mesh_axes: Sequence[str] = ("data", "model"),
+          rules: partitioning.Rules | None = None, remat_policy: str = "none",
+          async_checkpointing: bool = True,
+          devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+    """Run (or resume) one training job; returns the last logged train/validation metrics."""
+    import tensorflow as tf
+
+    from flanrec.checkpoints import TrainCheckpointer
+    from flanrec.model.network import Transformer
+
+    tf.config.set_visible_devices([], "GPU")  # the input pipeline must not grab accelerators
+    loss_cfg = loss or losses.LossConfig()
+    tx, schedule = optimizer or optimizers.make_optimizer()
+    rules = tuple(rules or partitioning.logical_axis_rules())
+    t_start = time.time()
+
+    # 1. Output directory and effective config, before any compilation.
+    out = _prepare_model_dir(model_dir)
+    if jax.process_index() == 0:
+        _write_atomic(out / "config.gin", gin.config_str())
+
+    # 2. Mesh, model, sizes.
+    mesh = partitioning.make_mesh(mesh_shape, mesh_axes, devices)
+    dp = partitioning.data_parallel_size(mesh, rules)
+    batch = train_dataset.batch_size
+    if batch % (num_microbatches * dp) or batch % jax.process_count():
+        raise ValueError(f"BATCH_SIZE {batch} must be divisible by num_microbatches "
+                         f"({num_microbatches}) × data-parallel size ({dp}) and by the "
+                         f"number of processes ({jax.process_count()})")
+    per_host = batch // jax.process_count()
+    model = Transformer(model_config, remat_policy=remat_policy)
+    log.info("mesh %s over %d devices (%d processes); %s: %.1fM parameters; global batch %d "
+             "(%d per host, %d microbatches)", dict(mesh.shape), mesh.size,
+             jax.process_count(), model_config.name, common.count_params(model_config) / 1e6,
+             batch, per_host, num_microbatches)
+
+    # 3. Data checks (task registered, vocabulary fits) — still nothing compiled.
+    check_task(train_dataset, model_config.vocab_size)
+    if eval_dataset is not None and eval_period:
+        check_task(eval_dataset, model_config.vocab_size)
+
+    # 4. Train state: resume > initial checkpoint > from scratch.
+    abstract = trainer.abstract_state(model, tx)
+    shardings = trainer.state_shardings(abstract, model_config, mesh, rules)
+    ckpt = TrainCheckpointer(out, max_to_keep=keep_checkpoints, async_save=async_checkpointing)
+    rng = jax.random.PRNGKey(random_seed)
+    init_rng, dropout_rng = jax.random.split(rng)
+    resume_step = ckpt.latest_step()
+    if resume_step is not None:
+        def with_sharding(a: Any, s: Any) -> jax.ShapeDtypeStruct:
+            return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+
+        params, opt_state, meta = ckpt.restore(
+            resume_step,
+            abstract_params=jax.tree_util.tree_map(with_sharding, abstract.params,
+                                                   shardings.params),
+            abstract_opt_state=jax.tree_util.tree_map(with_sharding, abstract.opt_state,
+                                                      shardings.opt_state))
+        step_arr = jax.device_put(np.int32(resume_step), shardings.step)
+        state = trainer.TrainState(step_arr, params, opt_state)
+        dropout_rng = jax.numpy.asarray(np.asarray(meta["rng"], np.uint32))
+        position = meta.get("data_position") or {}
+        skip = int(position.get("train_batches", resume_step))
+        if position.get("per_host_batch", per_host) != per_host or \
+                position.get("process_count", jax.process_count()) != jax.process_count():
+            log.warning("resuming with a different batch/host layout than %s: the input "
+                        "stream will not match the interrupted run exactly", position)
+        log.info("resumed from %s at step %d (skipping %d input batches)",
+                 out / f"checkpoint_{resume_step}", resume_step, skip)
+    else:
+        init_params = None
+        if initial_checkpoint_path:
+            from flanrec.api import load_params_any
+
+            src_cfg, init_params = load_params_any(initial_checkpoint_path)
+            common.check_params(common.flatten(init_params), model_config,
+                                str(initial_checkpoint_path))
+            log.info("initial parameters from %s (%s)", initial_checkpoint_path, src_cfg.name)
+        state = trainer.init_state(model, tx, init_rng, shardings, mesh, rules, init_params)
+        skip = 0
+    start_step = int(jax.device_get(state.step))
+
+    # 5. Input streams, compiled steps, writers.
+    train_iter = train_batches(dataclasses.replace(train_dataset, seed=train_dataset.seed
+                                                   if train_dataset.seed is not None
+                                                   else random_seed), per_host, skip)
+    evals = None
+    if eval_dataset is not None and eval_period:
+        evals = eval_batches(eval_dataset, eval_dataset.batch_size // jax.process_count())
+    bsh = partitioning.batch_sharding(mesh, rules)
+    train_step = trainer.make_train_step(model, tx, schedule, loss_cfg, shardings, bsh, mesh,
+                                         rules, num_microbatches)
+    eval_step = trainer.make_eval_step(model, loss_cfg, shardings.params, bsh, mesh, rules)
+    lengths = train_dataset.task_feature_lengths
+    step_flops = flops.train_flops_per_step(model_config, batch, lengths["inputs"],
+                                            lengths["targets"])
+    peak, peak_source = flops.peak_flops_total()
+    log.info("%.3g model FLOPs per step; peak %.3g FLOP/s (%s)", step_flops, peak, peak_source)
+    meter = trainer.Throughput(step_flops, peak, batch, train_steps)
+    from clu import metric_writers
+
+    quiet = jax.process_index() > 0
+    writers = {name: metric_writers.create_default_writer(os.fspath(out / name),
+                                                          just_logging=quiet)
+               for name in ("train", "validation")}
+    preemption = _Preemption()
+
+    def save(step: int) -> None:
+        meta = {"model_config": model_config.to_dict(), "rng": dropout_rng,
+                "data_position": {"train_batches": step, "per_host_batch": per_host,
+                                  "process_count": jax.process_count()}}
+        ckpt.save(step, state.params, state.opt_state, meta=meta, force=True)
+        log.info("checkpoint %d started (%s)", step, "async" if async_checkpointing else "sync")
+
+    def validate(step: int) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for b in evals or []:
+            result = eval_step(state.params, partitioning.host_to_global(b, bsh))
+            for k, v in jax.device_get(result).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        w = max(sums.get("weight", 0.0), 1.0)
+        metrics = {"loss": sums["loss"] / w, "accuracy": sums["correct"] / w,
+                   "target_tokens": sums["weight"]}
+        writers["validation"].write_scalars(step, metrics)
+        log.info("validation @ step %d | loss %.4f | token acc %.2f%% | %d target tokens",
+                 step, metrics["loss"], 100 * metrics["accuracy"], metrics["target_tokens"])
+        return metrics
+
+    # 6. The loop. Metrics of step s are read after step s+1 is queued, so the device never
+    # idles waiting for the host; a NaN is still caught before any checkpoint of it is made.
+    window, last_train, last_eval = _Window(), {}, {}
+    pending: tuple[int, Any] | None = None
+    step = start_step
+    log.info("training from step %d to %d (setup %.1fs)", step, train_steps,
+             time.time() - t_start)
+    try:
+        while step < train_steps:
+            host_batch = next(train_iter)
+            trainer.check_token_ids(host_batch, model_config.vocab_size,
+                                    f"training batch {step + 1}")
+            state, metrics = train_step(state, partitioning.host_to_global(host_batch, bsh),
+                                        dropout_rng)
+            step += 1
+            if pending is not None:
+                meter.add_tokens(window.add(*pending))
+            pending = (step, metrics)
+            if step == start_step + 1:  # the first step includes compilation: not timed
+                window.add(*pending)
+                pending = None
+                meter.start(step)
+            stop = preemption.reached(step)
+            is_last = step == train_steps
+            save_now = is_last or stop or (checkpoint_period and step % checkpoint_period == 0)
+            eval_now = evals is not None and (is_last or step % eval_period == 0)
+            if step % log_period == 0 or save_now or eval_now:
+                if pending is not None:
+                    meter.add_tokens(window.add(*pending))
+                    pending = None
+                if step % log_period == 0 or is_last:
+                    last_train = {**window.pop(), **meter.report(step)}
+                    writers["train"].write_scalars(step, last_train)
+                    log.info("step %d/%d | loss %.4f | token acc %.2f%% | lr %.3g | "
+                             "grad norm %.3g | %.1f examples/s | %.0f target tokens/s | "
+                             "MFU %.2f%% | ETA %s", step, train_steps, last_train["loss"],
+                             100 * last_train["accuracy"], last_train["learning_rate"],
+                             last_train["grad_norm"],
+                             last_train.get("examples_per_sec", float("nan")),
+                             last_train.get("target_tokens_per_sec", float("nan")),
+                             100 * last_train.get("mfu", float("nan")),
+                             _format_eta(last_train.get("eta_sec", float("nan"))))
+            if eval_now:
+                last_eval = validate(step)
+            if save_now:
+                save(step)
+            if stop and not is_last:
+                log.warning("preempted: checkpoint %d saved, exiting", step)
+                break
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        for w in writers.values():
+            w.flush()
+            w.close()
+    return {"step": step, "train": last_train, "validation": last_eval,
+            "preempted": step < train_steps}
+
+
+# ---------------------------------------------------------------------------- entry point
+def _as_binding(name: str, value: str) -> str:
+    """`--gin.X=V` → `X = V`, quoting V when it is not a literal or a gin reference."""
+    v = value.strip()
+    if v[:1] in "@%([{'\"" or v in ("None", "True", "False"):
+        return f"{name} = {v}"
+    try:
+        ast.literal_eval(v)
+        return f"{name} = {v}"
+    except (ValueError, SyntaxError):
+        return f"{name} = {v!r}"
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m flanrec.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file (repeatable; later files override earlier ones)")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="raw gin binding, e.g. 'train.log_period = 10' (repeatable)")
+    parser.add_argument("--gin_search_paths", action="append", default=[],
+                        help="directories searched for gin files and includes "
+                             "(comma-separated or repeated; cwd and the repo root are added)")
+    parser.add_argument("--coordinator_address", default=None,
+                        help="host:port of process 0, for multi-process runs outside TPU pods")
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() with auto-detection "
+                             "(TPU pod slices: run the same command on every worker)")
+    args, rest = parser.parse_known_args(argv)
+    bindings = list(args.gin_bindings)
+    for arg in rest:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin."):].split("=", 1)
+            bindings.append(_as_binding(name, value))
+        else:
+            parser.error(f"unrecognised argument {arg!r} (gin macros are --gin.NAME=VALUE)")
+    return args, bindings
+
+
+def configure_gin(files: Sequence[str], bindings: Sequence[str],
+                  search_paths: Sequence[str] = ()) -> None:
+    """Parse gin files and bindings, import MIXTURE_OR_TASK_MODULE, then lock the config.
+
+    Every configurable is registered by the imports at the top of this module, so a
+    misspelled name fails here with gin's own message, before anything is compiled.
+    """
+    gin.clear_config()
+    paths = [p for arg in search_paths for p in arg.split(",") if p]
+    for p in [*paths, os.getcwd(), REPO_ROOT]:
+        gin.add_config_file_search_path(p)
+    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+    try:
+        module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
+    except ValueError:
+        module = None
+    if module:
+        import importlib
+
+        importlib.import_module(module)
+    gin.finalize()
+
+
+def _init_distributed(args: argparse.Namespace) -> None:
+    if args.coordinator_address:
+        # CPU collectives across processes (no effect on TPU/GPU backends); must be set
+        # before the backend starts, so no device query may precede it.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    elif args.distributed:
+        jax.distributed.initialize()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    for noisy in ("absl", "jax", "orbax", "tensorflow", "seqio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_gin(args.gin_file, bindings, args.gin_search_paths)  # before any jax backend use
+    _init_distributed(args)
+    if jax.process_count() > 1:
+        log.info("process %d of %d", jax.process_index(), jax.process_count())
+    try:
+        result = train()
+    except NonFiniteLossError as e:
+        log.error("%s", e)
+        return 1
+    if result["preempted"]:
+        log.info("stopped early at step %d after SIGTERM; rerun the same command to resume",
+                 result["step"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

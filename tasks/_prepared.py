@@ -1,0 +1,64 @@
+"""Import-time registration of prepared dirs, shared by tasks/movielens.py and tasks/amazon.py.
+
+Failing soft here is deliberate: `import tasks` must work on a machine where a dir is not
+prepared yet or no vocabulary is available; the reason is logged, and calling
+`tasks.register_prepared` directly raises it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import tensorflow as tf
+
+from flanrec.data import seqio_tasks
+from flanrec.data.vocab import VocabularyNotFoundError
+
+log = logging.getLogger("flanrec.tasks")
+
+REGISTERED: dict[str, str] = {}
+"""Every prefix registered in this process -> its data dir."""
+
+
+def task_prefix(data_dir: str) -> str:
+    """The prefix prepare.json records (e.g. `ml100k`)."""
+    with tf.io.gfile.GFile(os.path.join(data_dir, "prepare.json")) as f:
+        doc = json.load(f)
+    prefix = doc.get("task_prefix")
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError(f"{data_dir}/prepare.json: field 'task_prefix' missing")
+    return prefix
+
+
+def register_prepared(data_dir: str, prefix: str | None = None, vocabulary=None,  # noqa: ANN001
+                      ) -> list[str]:
+    """Register the tasks and `{prefix}_rec_mix` mixtures of a prepared dir; returns names.
+
+    `prefix` defaults to the one prepare.json records (`ml100k` for ml-100k); `vocabulary`
+    to `flanrec.data.vocab.vocabulary_for_prepared(data_dir)`.
+    """
+    prefix = prefix or task_prefix(data_dir)
+    names = seqio_tasks.register_prepared(data_dir, prefix, vocabulary)
+    names += seqio_tasks.register_rec_mixture(data_dir, prefix)
+    REGISTERED[prefix] = data_dir
+    seqio_tasks.log_registered(names)
+    return names
+
+
+def register_dirs(dirs: list[str], dataset_prefix: str = "") -> dict[str, str]:
+    """Register each prepared dir that exists; log (not raise) why one is skipped."""
+    out: dict[str, str] = {}
+    for d in dirs:
+        if not tf.io.gfile.exists(os.path.join(d, "prepare.json")):
+            log.info("flanrec tasks: %s is not prepared yet; nothing registered from it", d)
+            continue
+        try:
+            prefix = task_prefix(d)
+            register_prepared(d, prefix)
+        except VocabularyNotFoundError as e:
+            log.warning("flanrec tasks from %s not registered: %s", d, e)
+            continue
+        out[prefix] = d
+    return out

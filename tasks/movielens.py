@@ -1,0 +1,29 @@
+"""MovieLens tasks: everything `flanrec.prepare --dataset ml-*` wrote to the data dir.
+
+Where the data lives is configuration, not code: `$FLANREC_DATA_DIR` (or gin
+`tasks.movielens.data_dir.path`), default `~/.cache/flanrec/prepared/ml-100k`. Several dirs
+may be listed, separated by `os.pathsep` (":"); each registers under the prefix its
+prepare.json names (ml-100k -> `ml100k`, ml-1m -> `ml1m`), e.g. `ml100k_seq_seqidx`.
+A missing dir registers nothing (so `import tasks` works before `prepare` has run).
+"""
+
+from __future__ import annotations
+
+import os
+
+import gin
+from tasks import _prepared
+
+DATA_DIR_ENV = "FLANREC_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/flanrec/prepared/ml-100k"
+
+
+@gin.configurable
+def data_dir(path: str | None = None) -> list[str]:
+    """The prepared MovieLens dirs: gin `path`, else $FLANREC_DATA_DIR, else the default."""
+    value = path or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return [os.path.expanduser(p) for p in value.split(os.pathsep) if p]
+
+
+REGISTERED = _prepared.register_dirs(data_dir(), dataset_prefix="ml")
+"""prefix -> data dir of what this import registered."""

@@ -1,0 +1,173 @@
+"""The item trie accepts exactly the valid item sequences, and its JAX constraint agrees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flanrec.data import trie as trie_lib
+
+EOS, PAD, VOCAB = 1, 0, 12
+
+# Item token sequences over a tiny vocabulary (2..VOCAB-1), distinct, 1..5 tokens long.
+item_sets = st.lists(st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=5),
+                     min_size=1, max_size=25, unique_by=tuple)
+any_seq = st.lists(st.integers(0, VOCAB - 1), min_size=0, max_size=7)
+
+
+def _all_paths(t: trie_lib.TrieArrays, node: int = 0, prefix: tuple = ()) -> set[tuple]:
+    """Every root-to-leaf token path, by walking allowed_tokens/step."""
+    if t.leaf_item[node] >= 0:
+        return {prefix}
+    out = set()
+    for tok in trie_lib.allowed_tokens(t, node).tolist():
+        out |= _all_paths(t, trie_lib.step(t, node, tok), prefix + (tok,))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=item_sets, probes=st.lists(any_seq, max_size=20))
+def test_trie_accepts_exactly_the_items(items, probes):
+    t = trie_lib.build_trie(items, eos_id=EOS, vocab_size=VOCAB)
+    valid = {tuple(s) + (EOS,) for s in items}
+    assert _all_paths(t) == valid  # nothing more, nothing less
+    for i, s in enumerate(items):
+        full = list(s) + [EOS]
+        assert trie_lib.accepts(t, full)
+        assert trie_lib.lookup(t, full) == i
+        for cut in range(len(full)):  # proper prefixes are not items
+            assert not trie_lib.accepts(t, full[:cut])
+        for extra in range(VOCAB):  # nothing extends a finished item
+            assert not trie_lib.accepts(t, full + [extra])
+        assert not trie_lib.accepts(t, list(s))  # without EOS
+    for p in probes:
+        assert trie_lib.accepts(t, p) == (tuple(p) in valid)
+    # leaf ranks: each subtree's items are one contiguous range
+    for node in range(t.num_nodes):
+        below = {t.leaf_item[n] for n in range(node, t.num_nodes)
+                 if t.leaf_item[n] >= 0 and _is_descendant(t, node, n)}
+        ranks = set(t.item_rank[list(below)].tolist()) if below else set()
+        assert ranks == set(range(t.leaf_lo[node], t.leaf_hi[node]))
+    if t.dense_next is not None:
+        for node in range(t.num_nodes):
+            for tok in range(VOCAB):
+                assert t.dense_next[node, tok] == trie_lib.step(t, node, tok)
+
+
+def _is_descendant(t, anc: int, node: int) -> bool:
+    stack = [anc]
+    while stack:
+        n = stack.pop()
+        if n == node:
+            return True
+        stack.extend(t.children_next[n, : t.num_children[n]].tolist())
+    return False
+
+
+def test_trie_rejects_bad_input():
+    with pytest.raises(ValueError, match="same token sequence"):
+        trie_lib.build_trie([[3, 4], [5], [3, 4, EOS]], vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="EOS"):
+        trie_lib.build_trie([[3, EOS, 4]], vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="padding"):
+        trie_lib.build_trie([[PAD, 4]], vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        trie_lib.build_trie([[3, VOCAB]], vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="empty"):
+        trie_lib.build_trie([[3], []], vocab_size=VOCAB)
+
+
+def test_dense_table_only_when_small():
+    items = [[2, 3], [2, 4], [5]]
+    assert trie_lib.build_trie(items, vocab_size=VOCAB).dense_next is not None
+    assert trie_lib.build_trie(items, vocab_size=VOCAB, dense_limit=10).dense_next is None
+
+
+# ------------------------------------------------------------------------------ JAX constraint
+
+
+def _walk_all(constraint, n_rows: int, max_len: int) -> list[set[tuple]]:
+    """Enumerate, per row, every sequence the constraint lets a decoder produce (BFS)."""
+    import jax.numpy as jnp
+
+    results = []
+    for row in range(n_rows):
+        done, frontier = set(), [((), 0)]
+        for _ in range(max_len):
+            new = []
+            for prefix, node in frontier:
+                state = jnp.zeros((n_rows,), jnp.int32).at[row].set(node)
+                allowed = np.asarray(constraint.allowed(state))[row]
+                for tok in np.flatnonzero(allowed).tolist():
+                    if tok == PAD:
+                        continue
+                    tokens = jnp.zeros((n_rows,), jnp.int32).at[row].set(tok)
+                    nxt = int(np.asarray(constraint.advance(state, tokens))[row])
+                    assert nxt >= 0, "an allowed token led to a dead node"
+                    if tok == EOS:
+                        done.add(prefix + (tok,))
+                    else:
+                        new.append((prefix + (tok,), nxt))
+            frontier = new
+        assert not frontier
+        results.append(done)
+    return results
+
+
+@settings(max_examples=25, deadline=None)
+@given(items=item_sets, data=st.data())
+def test_trie_constraint_masks_seen_items_exactly(items, data):
+    from flanrec.data.trie_jax import TrieConstraint
+
+    t = trie_lib.build_trie(items, eos_id=EOS, vocab_size=VOCAB)
+    batch, beams = 2, 2
+    allowed_items = np.array(data.draw(st.lists(
+        st.lists(st.booleans(), min_size=len(items), max_size=len(items)),
+        min_size=batch, max_size=batch)), dtype=bool)
+    c = TrieConstraint.create(t, allowed_items=allowed_items, beams=beams)
+    assert c.init(batch * beams).shape == (batch * beams,)
+    reach = _walk_all(c, batch * beams, t.max_length)
+    for row in range(batch * beams):
+        want = {tuple(items[i]) + (EOS,) for i in np.flatnonzero(allowed_items[row // beams])}
+        assert reach[row] == want
+    # without a mask: every item
+    free = TrieConstraint.create(t)
+    assert _walk_all(free, 1, t.max_length)[0] == {tuple(s) + (EOS,) for s in items}
+
+
+def test_constraint_jits_and_handles_finished_rows():
+    import jax
+    import jax.numpy as jnp
+
+    from flanrec.data.trie_jax import TrieConstraint, advance, allowed_mask, to_jax
+
+    items = [[2, 3], [2, 4], [5]]
+    t = trie_lib.build_trie(items, vocab_size=VOCAB)
+    jt = to_jax(t)
+    nodes = jnp.array([0, trie_lib.step(t, 0, 2), -1], jnp.int32)
+    mask = np.asarray(allowed_mask(jt, nodes, VOCAB))
+    assert np.flatnonzero(mask[0]).tolist() == [2, 5]
+    assert np.flatnonzero(mask[1]).tolist() == [3, 4]
+    assert np.flatnonzero(mask[2]).tolist() == [PAD]  # dead row: pad only, never all-False
+    nxt = np.asarray(advance(jt, nodes, jnp.array([5, 9, 3])))
+    assert nxt[0] == trie_lib.step(t, 0, 5) and nxt[1] == -1 and nxt[2] == -1
+
+    c = TrieConstraint.create(t, allowed_items=np.array([[True, False, True]]), beams=3)
+
+    @jax.jit
+    def run(constraint, tokens):
+        state = constraint.init(3)
+        for k in range(tokens.shape[1]):
+            state = constraint.advance(state, tokens[:, k])
+        return state, constraint.allowed(state), constraint.item(state)
+
+    toks = jnp.array([[2, 3, EOS], [5, EOS, PAD], [2, 7, EOS]])
+    state, allowed, item = run(c, toks)
+    assert np.asarray(item).tolist() == [0, 2, -1]  # row 2 left the trie -> dead
+    assert np.asarray(allowed)[:, PAD].all()
+    _, allowed, _ = run(c, toks[:, :1])
+    assert np.flatnonzero(np.asarray(allowed)[0]).tolist() == [3]  # item 1 ([2, 4]) masked
+    with pytest.raises(ValueError, match="batch_beams"):
+        c.init(4)

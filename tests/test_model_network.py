@@ -1,0 +1,209 @@
+"""The Flax T5 network on its own: parameter table, presets, masks, packing, cache, dtypes."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from hf_fixtures import padded_batch, shift_right
+
+from flanrec.convert import common
+from flanrec.model import PRESETS, T5Config, Transformer, get_preset
+from flanrec.model.network import relative_position_bucket
+
+TINY = get_preset("tiny", dropout_rate=0.1)
+
+
+def _abstract_init(cfg: T5Config):
+    model = Transformer(cfg)
+    enc = jnp.ones((2, 5), jnp.int32)
+    dec = jnp.ones((2, 4), jnp.int32)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), enc, dec))["params"]
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    rng = np.random.default_rng(0)
+    model = Transformer(TINY)
+    params = model.init(jax.random.key(0), jnp.ones((1, 3), jnp.int32),
+                        jnp.ones((1, 3), jnp.int32))["params"]
+    params = nn.unbox(params)
+    # Give the relative-position tables and norms non-trivial values.
+    flat = common.flatten(params)
+    for name in flat:
+        if "rel_embedding" in name or name.endswith("scale"):
+            flat[name] = jnp.asarray(rng.normal(1.0, 0.5, flat[name].shape), jnp.float32)
+    return common.unflatten(flat)
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY.replace(num_decoder_layers=3, name="asym")],
+                         ids=["tiny", "tiny-asym"])
+def test_param_tree_matches_param_specs(cfg):
+    boxed = _abstract_init(cfg)
+    specs = common.param_specs(cfg)
+    shapes = common.flatten(nn.unbox(boxed))
+    axes = common.flatten(nn.get_partition_spec(boxed))
+    assert set(shapes) == set(specs)
+    for name, (shape, logical) in specs.items():
+        assert shapes[name].shape == shape, name
+        assert shapes[name].dtype == jnp.float32, name
+        assert tuple(axes[name]) == logical, name
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("flan-t5-small", 77e6), ("flan-t5-base", 248e6), ("flan-t5-large", 783e6),
+    ("flan-t5-xl", 2.85e9), ("flan-t5-xxl", 11.1e9)])
+def test_preset_parameter_counts(name, expected):
+    cfg = PRESETS[name]
+    count = sum(x.size for x in jax.tree.leaves(nn.unbox(_abstract_init(cfg))))
+    assert abs(count - expected) / expected < 0.01, (name, count)
+    assert count == common.count_params(cfg)
+
+
+def test_relative_position_bucket_matches_transformers():
+    from transformers.models.t5.modeling_t5 import T5Attention
+    import torch
+
+    rel = np.arange(-600, 601)[None, :]
+    for bidirectional in (True, False):
+        for nb, md in ((32, 128), (16, 40)):
+            ours = relative_position_bucket(rel, bidirectional, nb, md)
+            theirs = T5Attention._relative_position_bucket(
+                torch.tensor(rel), bidirectional=bidirectional, num_buckets=nb,
+                max_distance=md).numpy()
+            np.testing.assert_array_equal(ours, theirs)
+    # Buckets saturate at the far end and are all used (bucket 16 would be "after, distance 0").
+    ours = relative_position_bucket(rel, True, 32, 128)
+    assert set(np.unique(ours)) == set(range(32)) - {16}
+
+
+def test_padding_does_not_change_valid_outputs(tiny_params):
+    model = Transformer(TINY)
+    rng = np.random.default_rng(1)
+    enc = padded_batch(rng, 2, 7, min_len=3)
+    tgt = padded_batch(rng, 2, 5, min_len=2)
+    base = model.apply({"params": tiny_params}, enc, shift_right(tgt), tgt)
+    # Extra padding on both sides must not change any non-padding logit.
+    enc2 = np.pad(enc, ((0, 0), (0, 4)))
+    tgt2 = np.pad(tgt, ((0, 0), (0, 3)))
+    more = model.apply({"params": tiny_params}, enc2, shift_right(tgt2), tgt2)
+    valid = tgt > 0
+    np.testing.assert_allclose(np.asarray(more)[:, :5][valid], np.asarray(base)[valid],
+                               atol=1e-5)
+
+
+def test_packed_segments_equal_separate_examples(tiny_params):
+    """Two examples packed into one row give the same logits as each run alone."""
+    model = Transformer(TINY)
+    rng = np.random.default_rng(2)
+    a_enc, b_enc = rng.integers(2, 128, 4), rng.integers(2, 128, 6)
+    a_tgt, b_tgt = rng.integers(2, 128, 3), rng.integers(2, 128, 5)
+
+    def alone(enc, tgt):
+        e, t = enc[None].astype(np.int32), tgt[None].astype(np.int32)
+        return np.asarray(model.apply({"params": tiny_params}, e, shift_right(t), t))[0]
+
+    enc = np.zeros((1, 12), np.int32)
+    enc_seg = np.zeros((1, 12), np.int32)
+    enc[0, :4], enc[0, 4:10] = a_enc, b_enc
+    enc_seg[0, :4], enc_seg[0, 4:10] = 1, 2
+    tgt = np.zeros((1, 10), np.int32)
+    dec_seg = np.zeros((1, 10), np.int32)
+    tgt[0, :3], tgt[0, 3:8] = a_tgt, b_tgt
+    dec_seg[0, :3], dec_seg[0, 3:8] = 1, 2
+    dec_in = np.zeros_like(tgt)
+    dec_in[0, 1:3], dec_in[0, 4:8] = a_tgt[:-1], b_tgt[:-1]  # shifted per segment
+    enc_pos = np.concatenate([np.arange(4), np.arange(6), [0, 0]])[None]
+    dec_pos = np.concatenate([np.arange(3), np.arange(5), [0, 0]])[None]
+    packed = np.asarray(model.apply(
+        {"params": tiny_params}, enc, dec_in, tgt, encoder_segment_ids=enc_seg,
+        decoder_segment_ids=dec_seg, encoder_positions=enc_pos, decoder_positions=dec_pos))[0]
+    np.testing.assert_allclose(packed[:3], alone(a_enc, a_tgt), atol=1e-5)
+    np.testing.assert_allclose(packed[3:8], alone(b_enc, b_tgt), atol=1e-5)
+
+
+def test_incremental_decoding_equals_full_forward(tiny_params):
+    model = Transformer(TINY)
+    rng = np.random.default_rng(3)
+    enc = padded_batch(rng, 3, 6)
+    dec_in = shift_right(padded_batch(rng, 3, 7, min_len=7))
+    full = np.asarray(model.apply({"params": tiny_params}, enc, dec_in))
+    max_len = 9  # longer than the steps taken: the cache may be larger than used
+    cache = model.init(jax.random.key(0), enc, jnp.ones((3, max_len), jnp.int32),
+                       decode=True)["cache"]
+    encoded = model.apply({"params": tiny_params}, enc, method=Transformer.encode)
+
+    @jax.jit
+    def step(cache, token):
+        logits, mut = model.apply({"params": tiny_params, "cache": cache}, encoded, enc,
+                                  token, decode=True, max_decode_length=max_len,
+                                  mutable=["cache"], method=Transformer.decode)
+        return logits, mut["cache"]
+
+    steps = []
+    for i in range(dec_in.shape[1]):
+        logits, cache = step(cache, dec_in[:, i:i + 1])
+        steps.append(np.asarray(logits)[:, 0])
+    np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5)
+
+
+def test_decode_without_max_length_is_refused(tiny_params):
+    model = Transformer(TINY)
+    enc = jnp.ones((1, 3), jnp.int32)
+    cache = model.init(jax.random.key(0), enc, jnp.ones((1, 5), jnp.int32), decode=True)["cache"]
+    encoded = model.apply({"params": tiny_params}, enc, method=Transformer.encode)
+    with pytest.raises(ValueError, match="max_decode_length=5"):
+        model.apply({"params": tiny_params, "cache": cache}, encoded, enc,
+                    jnp.ones((1, 1), jnp.int32), decode=True, mutable=["cache"],
+                    method=Transformer.decode)
+
+
+def test_dropout_only_when_enabled(tiny_params):
+    model = Transformer(TINY)
+    enc = jnp.array([[5, 6, 7, 1]])
+    dec = jnp.array([[0, 9, 10]])
+    a = model.apply({"params": tiny_params}, enc, dec)
+    b = model.apply({"params": tiny_params}, enc, dec, enable_dropout=False,
+                    rngs={"dropout": jax.random.key(1)})
+    np.testing.assert_array_equal(a, b)
+    c = model.apply({"params": tiny_params}, enc, dec, enable_dropout=True,
+                    rngs={"dropout": jax.random.key(1)})
+    d = model.apply({"params": tiny_params}, enc, dec, enable_dropout=True,
+                    rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, c) and not np.allclose(c, d)
+
+
+def test_bfloat16_smoke(tiny_params):
+    enc = padded_batch(np.random.default_rng(4), 2, 8)
+    dec = shift_right(padded_batch(np.random.default_rng(5), 2, 6))
+    f32 = Transformer(TINY).apply({"params": tiny_params}, enc, dec)
+    bf16 = Transformer(TINY.replace(dtype="bfloat16")).apply({"params": tiny_params}, enc, dec)
+    assert bf16.dtype == jnp.float32  # logits stay float32
+    assert np.all(np.isfinite(bf16))
+    scale = float(jnp.max(jnp.abs(f32)))
+    assert float(jnp.max(jnp.abs(bf16 - f32))) < 0.1 * scale
+    # The argmax mostly survives the precision drop.
+    assert np.mean(np.argmax(bf16, -1) == np.argmax(f32, -1)) > 0.8
+
+
+def test_remat_keeps_names_and_gradients(tiny_params):
+    enc = jnp.array([[5, 6, 7, 1], [8, 1, 0, 0]])
+    tgt = jnp.array([[9, 10, 1], [11, 1, 0]])
+    dec = shift_right(np.asarray(tgt))
+
+    def loss(model, p):
+        logits = model.apply({"params": p}, enc, dec, tgt)
+        return jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(tgt, TINY.vocab_size))
+
+    g0 = jax.grad(functools.partial(loss, Transformer(TINY)))(tiny_params)
+    g1 = jax.grad(functools.partial(loss, Transformer(TINY, remat_policy="dots")))(tiny_params)
+    flat0, flat1 = common.flatten(g0), common.flatten(g1)
+    assert set(flat0) == set(flat1)
+    for name in flat0:
+        np.testing.assert_allclose(flat1[name], flat0[name], atol=1e-5, err_msg=name)
+    with pytest.raises(ValueError, match="remat_policy"):
+        Transformer(TINY, remat_policy="bogus").init(jax.random.key(0), enc, dec)
