@@ -293,7 +293,7 @@ def save_trie(path: str, trie, items: Sequence[str]) -> None:  # noqa: ANN001
               if f.name != "dense_next"}
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     arrays["items"] = np.asarray(list(items), dtype=object).astype(str)
-    np.savez(path, **arrays)
+    np.savez_compressed(path, **arrays)
 
 
 def load_trie(path: str):  # noqa: ANN201 - (flanrec.data.trie.TrieArrays, list[str])

@@ -172,7 +172,9 @@ def _write_atomic(path: epath.Path, text: str) -> None:
 
 
 def _format_eta(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(seconds))) if math.isfinite(seconds) else "?"
+    if not math.isfinite(seconds):
+        return "?"
+    return f"{seconds:.1f}s" if seconds < 60 else str(datetime.timedelta(seconds=int(seconds)))
 
 
 class _Preemption:
@@ -186,8 +188,11 @@ class _Preemption:
     def __init__(self) -> None:
         self.requested = False
         self.multi = jax.process_count() > 1
-        if not self.multi:
-            signal.signal(signal.SIGTERM, self._handle)
+        self._previous = None if self.multi else signal.signal(signal.SIGTERM, self._handle)
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
     def _handle(self, signum: int, frame: object) -> None:
         del frame
@@ -217,11 +222,12 @@ class _Window:
 
     def add(self, step: int, metrics: Mapping[str, Any]) -> float:
         values = {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
-        if not math.isfinite(values["loss"]):
+        if not (math.isfinite(values["loss"]) and math.isfinite(values["param_norm"])):
             raise NonFiniteLossError(
-                f"loss is {values['loss']} at step {step} (grad norm {values['grad_norm']}); "
-                "stopping without checkpointing this or any later step. Lower "
-                "LEARNING_RATE, enable clipping or check the data of this step.")
+                f"non-finite training at step {step}: loss {values['loss']}, grad norm "
+                f"{values['grad_norm']}, parameter norm after the update "
+                f"{values['param_norm']}; stopping without checkpointing this or any later "
+                "step. Lower LEARNING_RATE, enable clipping or check this step's data.")
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.count += 1
@@ -421,10 +427,13 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                 last_eval = validate(step)
             if save_now:
                 save(step)
+            if eval_now or save_now:
+                meter.start(step)  # throughput counts training only
             if stop and not is_last:
                 log.warning("preempted: checkpoint %d saved, exiting", step)
                 break
     finally:
+        preemption.close()
         ckpt.wait()
         ckpt.close()
         for w in writers.values():
@@ -487,6 +496,7 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
     for p in [*paths, os.getcwd(), REPO_ROOT]:
         gin.add_config_file_search_path(p)
     gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+    _check_macros_used(bindings)
     try:
         module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
     except ValueError:
@@ -496,6 +506,21 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
 
         importlib.import_module(module)
     gin.finalize()
+
+
+_DRIVER_MACROS = {"MIXTURE_OR_TASK_MODULE"}  # read by `configure_gin` itself
+
+
+def _check_macros_used(bindings: Sequence[str]) -> None:
+    """gin accepts any new macro silently, so `--gin.TRAIN_STEP=5` would be ignored; refuse
+    a command-line macro that no gin binding references."""
+    config = gin.config_str()
+    for binding in bindings:
+        name = binding.split("=", 1)[0].strip()
+        if name.isupper() and name not in _DRIVER_MACROS and f"%{name}" not in config:
+            raise ValueError(f"gin macro {name} is set on the command line but no gin file "
+                             f"uses it (misspelled? known macros are in the --gin_file "
+                             "files, e.g. gin/runs/finetune.gin)")
 
 
 def _init_distributed(args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ from flanrec import losses, partitioning
 from flanrec.model.config import T5Config
 
 Batch = Mapping[str, jax.Array]
+_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
                   "encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
                   "decoder_positions")
@@ -152,7 +153,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             "z_loss": sums["z_loss"] / denom,
             "accuracy": sums["correct"] / denom,
             "target_tokens": sums["weight"],
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": _norm(grads),
+            # Norm of the *updated* parameters: a non-finite value here means this step made
+            # the weights unusable even if its loss (computed before the update) was finite.
+            "param_norm": _norm(params),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
         }
         return TrainState(state.step + 1, params, opt_state), metrics

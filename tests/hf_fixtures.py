@@ -88,3 +88,24 @@ def hf_encoder(model, enc: np.ndarray) -> np.ndarray:
         out = model.encoder(input_ids=torch.tensor(enc, dtype=torch.long),
                             attention_mask=torch.tensor(enc > 0, dtype=torch.long))
     return out.last_hidden_state.numpy()
+
+
+def random_params(cfg, seed: int = 0) -> dict:
+    """Random float32 params for `cfg` built straight from the shared table (numpy only).
+
+    Much cheaper than `Transformer.init` on a busy CPU (each initializer compiles), and it
+    gives norms and relative-position tables non-trivial values.
+    """
+    from flanrec.convert import common
+
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for name, (shape, _) in common.param_specs(cfg).items():
+        if name.endswith("/scale"):
+            value = rng.normal(1.0, 0.3, shape)
+        elif name.endswith("rel_embedding") or name.endswith("embedding"):
+            value = rng.normal(0.0, 1.0, shape)
+        else:
+            value = rng.normal(0.0, 1.0 / np.sqrt(shape[0]), shape)
+        flat[name] = value.astype(np.float32)
+    return common.unflatten(flat)

@@ -53,14 +53,14 @@ def assert_tree_equal(a, b) -> None:
         np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def state():
     params = jax.tree.map(jnp.asarray, random_params())
     tx = optax.adafactor(1e-3)
-    opt_state = tx.init(params)
+    opt_state = jax.jit(tx.init)(params)
     # One real update so the optimizer state is not all zeros.
     grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.1, params)
-    _, opt_state = tx.update(grads, opt_state, params)
+    _, opt_state = jax.jit(tx.update)(grads, opt_state, params)
     return params, opt_state
 
 
@@ -91,11 +91,12 @@ def test_keep_n_and_interval(tmp_path, state):
     params, opt_state = state
     with TrainCheckpointer(tmp_path, max_to_keep=2, async_save=False,
                            save_interval_steps=2) as ckpt:
-        saved = [ckpt.save(s, params, opt_state, meta(s)) for s in range(1, 9)]
-        assert saved == [s % 2 == 0 for s in range(1, 9)]
-        assert ckpt.save(9, params, None, meta(9), force=True)
-        assert ckpt.all_steps() == [8, 9]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_8", "checkpoint_9"]
+        saved = {s: ckpt.save(s, params, None, meta(s)) for s in range(1, 7)}
+        # Orbax always saves the first step it sees, then every save_interval_steps.
+        assert saved == {1: True, 2: True, 3: False, 4: True, 5: False, 6: True}
+        assert ckpt.save(7, params, opt_state, meta(7), force=True)
+        assert ckpt.all_steps() == [6, 7]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_6", "checkpoint_7"]
 
 
 def test_latest_step_counts_only_complete(tmp_path, state):
@@ -285,3 +286,82 @@ def _run(script: str, *args: str, timeout: int = 240) -> subprocess.CompletedPro
 def test_restore_into_shardings_on_4_fake_devices(tmp_path):
     proc = _run(_SHARDED_SCRIPT, str(tmp_path / "model"))
     assert "SHARDED_OK" in proc.stdout, proc.stderr[-4000:]
+
+
+_MULTIPROCESS_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax, numpy as np
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    pid, port, model_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                               process_id=pid)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from flanrec.checkpoints import TrainCheckpointer, load_params
+    from flanrec.convert.common import flatten, param_specs, unflatten
+    from flanrec.model.config import get_preset
+
+    assert jax.device_count() == 4 and jax.local_device_count() == 2
+    cfg = get_preset("tiny")
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))
+    specs = param_specs(cfg)
+    rng = np.random.default_rng(0)  # same numbers on both hosts
+    host = {k: rng.standard_normal(s).astype(np.float32) for k, (s, _) in specs.items()}
+
+    def sharding(name, rules):
+        return NamedSharding(mesh, P(*[rules.get(a) for a in specs[name][1]]))
+
+    save_rules = {"vocab": "data", "embed": "model"}
+    load_rules = {"vocab": "model", "mlp": "data"}
+    params = unflatten({k: jax.make_array_from_callback(v.shape, sharding(k, save_rules),
+                                                        lambda idx, v=v: v[idx])
+                        for k, v in host.items()})
+    ckpt = TrainCheckpointer(model_dir, async_save=True, max_to_keep=1)
+    for step in (1, 2):
+        ckpt.save(step, params, None, {"model_config": cfg, "data_position": {"host": pid}})
+    ckpt.wait()
+    assert ckpt.latest_step() == 2, ckpt.latest_step()
+    want = unflatten({k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding(k, load_rules))
+                      for k, v in host.items()})
+    p, _, meta = ckpt.restore(abstract_params=want)
+    ckpt.close()
+    for k, v in flatten(p).items():
+        assert v.sharding == flatten(want)[k].sharding
+        for shard in v.addressable_shards:
+            np.testing.assert_array_equal(np.asarray(shard.data), host[k][shard.index])
+    assert meta["step"] == 2 and meta["data_position"] == {"host": 0}, meta  # primary wrote it
+    print(f"MULTIPROCESS_OK {pid}")
+""")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multiprocess_save_restore(tmp_path):
+    """Two real jax.distributed processes (gloo) share one MODEL_DIR: each writes its shards,
+    Orbax commits once, the primary host's meta is the one stored."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", _MULTIPROCESS_SCRIPT, str(i), port,
+                               str(tmp_path / "model")], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=240))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, (out, err) in enumerate(outs):
+        assert f"MULTIPROCESS_OK {i}" in out, err[-4000:]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["checkpoint_2"]
+    cfg, got = load_params(tmp_path / "model")
+    assert cfg == CFG

@@ -279,3 +279,24 @@ def test_amazon_2018_download_gzip_checked(http_root, tmp_path, monkeypatch):
     assert info["sha256"]["Software_5.json.gz"] == hashlib.sha256(data).hexdigest()
     ds = read_dataset(got.kind, got.path)
     assert ds.interactions.item.tolist() == ["B1", "B2"] and ds.items.title["B1"] == "item B1"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_check_prints_matching_fingerprints(ml100k_dir, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(fetch_mod, "_pip_download_recbole", None)  # must stay offline
+    rc = fetch_mod.main(["ml-100k", "--cache-dir", str(ml100k_dir.parent), "--offline",
+                         "--check"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.splitlines()[0] == f"{ml100k_dir}\trecbole"
+    assert "users 943  evaluated 943  items 1682  train windows 97171" in out
+    assert "ml100k-loo fingerprints: MATCH" in out
+
+
+def test_bad_local_wheel_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLANREC_RECBOLE_WHEEL", str(tmp_path / "missing.whl"))
+    with pytest.raises(FetchError, match=r"FLANREC_RECBOLE_WHEEL=.*missing.whl: expected a "
+                                         "readable recbole-1.2.1 wheel"):
+        fetch("ml-100k", tmp_path / "cache", allow_download=False)

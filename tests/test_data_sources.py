@@ -275,6 +275,8 @@ def test_movielens_csv_quoted_titles_and_header(tmp_path):
     assert ds.items.title["11"] == "American President, The" and ds.items.year["11"] == "1995"
     assert ds.items.categories["11"] == ["Comedy", "Drama", "Romance"]
     assert "12" not in ds.items.categories and ds.items.year["13"] == "1994"
+    _write(d / "ratings.csv", b"\xef\xbb\xbfuserId,movieId,rating,timestamp\r\n1,1,4.0,9\r\n")
+    assert read_dataset("ml-csv", d).interactions.timestamp.tolist() == [9]  # BOM, CRLF ok
     _write(d / "ratings.csv", "user,movie,rating,timestamp\n1,1,4.0,964982703\n")
     with pytest.raises(DataError, match=r"ratings.csv line 1: expected the header "
                                         r"'userId,movieId,rating,timestamp'"):

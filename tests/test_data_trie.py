@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -27,7 +29,7 @@ def _all_paths(t: trie_lib.TrieArrays, node: int = 0, prefix: tuple = ()) -> set
     return out
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(items=item_sets, probes=st.lists(any_seq, max_size=20))
 def test_trie_accepts_exactly_the_items(items, probes):
     t = trie_lib.build_trie(items, eos_id=EOS, vocab_size=VOCAB)
@@ -88,35 +90,70 @@ def test_dense_table_only_when_small():
 # ------------------------------------------------------------------------------ JAX constraint
 
 
-def _walk_all(constraint, n_rows: int, max_len: int) -> list[set[tuple]]:
-    """Enumerate, per row, every sequence the constraint lets a decoder produce (BFS)."""
+def _reachable(mask_of, step_of, max_len: int) -> set[tuple]:
+    """Every sequence a decoder obeying ``mask_of(node)`` can produce (BFS over the trie)."""
+    done, frontier = set(), [((), 0)]
+    for _ in range(max_len):
+        new = []
+        for prefix, node in frontier:
+            for tok in np.flatnonzero(mask_of(node)).tolist():
+                if tok == PAD:
+                    continue
+                nxt = step_of(node, tok)
+                assert nxt >= 0, "an allowed token led to a dead node"
+                (done.add(prefix + (tok,)) if tok == EOS else new.append((prefix + (tok,), nxt)))
+        frontier = new
+    assert not frontier
+    return done
+
+
+MAX_NODES, MAX_ITEMS = 25 * 6 + 1, 25  # bounds for item_sets: pad to one shape, jit once
+
+
+def _padded(c):
+    """The constraint's arrays padded to fixed shapes (extra nodes unreachable), so the
+    jitted checks below compile once for all hypothesis examples."""
     import jax.numpy as jnp
 
-    results = []
-    for row in range(n_rows):
-        done, frontier = set(), [((), 0)]
-        for _ in range(max_len):
-            new = []
-            for prefix, node in frontier:
-                state = jnp.zeros((n_rows,), jnp.int32).at[row].set(node)
-                allowed = np.asarray(constraint.allowed(state))[row]
-                for tok in np.flatnonzero(allowed).tolist():
-                    if tok == PAD:
-                        continue
-                    tokens = jnp.zeros((n_rows,), jnp.int32).at[row].set(tok)
-                    nxt = int(np.asarray(constraint.advance(state, tokens))[row])
-                    assert nxt >= 0, "an allowed token led to a dead node"
-                    if tok == EOS:
-                        done.add(prefix + (tok,))
-                    else:
-                        new.append((prefix + (tok,), nxt))
-            frontier = new
-        assert not frontier
-        results.append(done)
-    return results
+    from flanrec.data.trie_jax import JaxTrie
+
+    def pad(a, rows, cols=None, value=-1):
+        a = np.asarray(a)
+        width = [(0, rows - a.shape[0])] + ([(0, cols - a.shape[1])] if a.ndim == 2 else [])
+        return jnp.asarray(np.pad(a, width, constant_values=value))
+
+    tr = c.trie
+    jt = JaxTrie(pad(tr.children_tokens, MAX_NODES, VOCAB), pad(tr.children_next, MAX_NODES,
+                 VOCAB), pad(tr.leaf_lo, MAX_NODES, value=0), pad(tr.leaf_hi, MAX_NODES,
+                 value=0), pad(tr.leaf_item, MAX_NODES))
+    cums = np.asarray(c.cums)
+    cums = np.pad(cums, [(0, 0), (0, MAX_ITEMS + 1 - cums.shape[1])], mode="edge")
+    return jt, jnp.asarray(cums)
 
 
-@settings(max_examples=25, deadline=None)
+@functools.cache
+def _jitted():
+    import jax
+    import jax.numpy as jnp
+
+    from flanrec.data.trie_jax import advance, allowed_mask
+
+    @jax.jit
+    def tables(jt, cums):
+        nodes = jnp.arange(MAX_NODES, dtype=jnp.int32)
+        masked = jax.vmap(lambda r: allowed_mask(jt, nodes, VOCAB, cums,
+                                                 jnp.full((MAX_NODES,), r)))(
+            jnp.arange(cums.shape[0]))
+        free = allowed_mask(jt, nodes, VOCAB)
+        pn = jnp.repeat(nodes, VOCAB)
+        pt = jnp.tile(jnp.arange(VOCAB, dtype=jnp.int32), MAX_NODES)
+        nxt = advance(jt, pn, pt).reshape(MAX_NODES, VOCAB)
+        return masked, free, nxt
+
+    return tables
+
+
+@settings(max_examples=40, deadline=None)
 @given(items=item_sets, data=st.data())
 def test_trie_constraint_masks_seen_items_exactly(items, data):
     from flanrec.data.trie_jax import TrieConstraint
@@ -127,14 +164,38 @@ def test_trie_constraint_masks_seen_items_exactly(items, data):
         st.lists(st.booleans(), min_size=len(items), max_size=len(items)),
         min_size=batch, max_size=batch)), dtype=bool)
     c = TrieConstraint.create(t, allowed_items=allowed_items, beams=beams)
-    assert c.init(batch * beams).shape == (batch * beams,)
-    reach = _walk_all(c, batch * beams, t.max_length)
-    for row in range(batch * beams):
-        want = {tuple(items[i]) + (EOS,) for i in np.flatnonzero(allowed_items[row // beams])}
-        assert reach[row] == want
-    # without a mask: every item
-    free = TrieConstraint.create(t)
-    assert _walk_all(free, 1, t.max_length)[0] == {tuple(s) + (EOS,) for s in items}
+    n = t.num_nodes
+    masked, free, nxt = (np.asarray(a) for a in _jitted()(*_padded(c)))
+    cums = trie_lib.allowed_items_in_rank_order(t, allowed_items)
+    for node in range(n):
+        for tok in range(VOCAB):
+            want = trie_lib.step(t, node, tok)
+            if tok == PAD and t.leaf_item[node] >= 0:
+                want = node  # padding keeps a finished row on its leaf
+            assert nxt[node, tok] == want
+        # the numpy reference of the masked step agrees with the JAX mask
+        for b in range(batch):
+            ref = trie_lib.allowed_tokens_masked(t, node, cums[b]).tolist()
+            got = np.flatnonzero(masked[b, node]).tolist()
+            assert got == (ref if ref else [PAD])
+    for b in range(batch):
+        want = {tuple(items[i]) + (EOS,) for i in np.flatnonzero(allowed_items[b])}
+        got = _reachable(lambda node, b=b: masked[b, node], lambda nd, tk: int(nxt[nd, tk]),
+                         t.max_length)
+        assert got == want
+    assert _reachable(lambda node: free[node], lambda nd, tk: int(nxt[nd, tk]),
+                      t.max_length) == {tuple(s) + (EOS,) for s in items}
+
+
+def test_constraint_maps_beams_to_batch_rows():
+    from flanrec.data.trie_jax import TrieConstraint
+
+    items = [[2, 3], [2, 4], [5], [6, 2]]
+    t = trie_lib.build_trie(items, vocab_size=VOCAB)
+    allowed_items = np.array([[True, False, False, False], [False, True, True, False]])
+    c = TrieConstraint.create(t, allowed_items=allowed_items, beams=3)
+    root = np.asarray(c.allowed(c.init(6)))
+    assert [np.flatnonzero(r).tolist() for r in root] == [[2]] * 3 + [[2, 5]] * 3
 
 
 def test_constraint_jits_and_handles_finished_rows():
@@ -165,7 +226,7 @@ def test_constraint_jits_and_handles_finished_rows():
 
     toks = jnp.array([[2, 3, EOS], [5, EOS, PAD], [2, 7, EOS]])
     state, allowed, item = run(c, toks)
-    assert np.asarray(item).tolist() == [0, 2, -1]  # row 2 left the trie -> dead
+    assert np.asarray(item).tolist() == [0, 2, -1]  # row 1 padded after EOS; row 2 left
     assert np.asarray(allowed)[:, PAD].all()
     _, allowed, _ = run(c, toks[:, :1])
     assert np.flatnonzero(np.asarray(allowed)[0]).tolist() == [3]  # item 1 ([2, 4]) masked

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from hf_fixtures import padded_batch, shift_right
+from hf_fixtures import padded_batch, random_params, shift_right
 
 from flanrec.convert import common
 from flanrec.model import PRESETS, T5Config, Transformer, get_preset
+from flanrec.model.decoding import init_cache
 from flanrec.model.network import relative_position_bucket
 
 TINY = get_preset("tiny", dropout_rate=0.1)
@@ -27,17 +28,7 @@ def _abstract_init(cfg: T5Config):
 
 @pytest.fixture(scope="module")
 def tiny_params():
-    rng = np.random.default_rng(0)
-    model = Transformer(TINY)
-    params = model.init(jax.random.key(0), jnp.ones((1, 3), jnp.int32),
-                        jnp.ones((1, 3), jnp.int32))["params"]
-    params = nn.unbox(params)
-    # Give the relative-position tables and norms non-trivial values.
-    flat = common.flatten(params)
-    for name in flat:
-        if "rel_embedding" in name or name.endswith("scale"):
-            flat[name] = jnp.asarray(rng.normal(1.0, 0.5, flat[name].shape), jnp.float32)
-    return common.unflatten(flat)
+    return random_params(TINY)
 
 
 @pytest.mark.parametrize("cfg", [TINY, TINY.replace(num_decoder_layers=3, name="asym")],
@@ -133,8 +124,7 @@ def test_incremental_decoding_equals_full_forward(tiny_params):
     dec_in = shift_right(padded_batch(rng, 3, 7, min_len=7))
     full = np.asarray(model.apply({"params": tiny_params}, enc, dec_in))
     max_len = 9  # longer than the steps taken: the cache may be larger than used
-    cache = model.init(jax.random.key(0), enc, jnp.ones((3, max_len), jnp.int32),
-                       decode=True)["cache"]
+    cache = init_cache(TINY, 3, max_len)
     encoded = model.apply({"params": tiny_params}, enc, method=Transformer.encode)
 
     @jax.jit
@@ -154,7 +144,7 @@ def test_incremental_decoding_equals_full_forward(tiny_params):
 def test_decode_without_max_length_is_refused(tiny_params):
     model = Transformer(TINY)
     enc = jnp.ones((1, 3), jnp.int32)
-    cache = model.init(jax.random.key(0), enc, jnp.ones((1, 5), jnp.int32), decode=True)["cache"]
+    cache = init_cache(TINY, 1, 5)
     encoded = model.apply({"params": tiny_params}, enc, method=Transformer.encode)
     with pytest.raises(ValueError, match="max_decode_length=5"):
         model.apply({"params": tiny_params, "cache": cache}, encoded, enc,
@@ -206,4 +196,4 @@ def test_remat_keeps_names_and_gradients(tiny_params):
     for name in flat0:
         np.testing.assert_allclose(flat1[name], flat0[name], atol=1e-5, err_msg=name)
     with pytest.raises(ValueError, match="remat_policy"):
-        Transformer(TINY, remat_policy="bogus").init(jax.random.key(0), enc, dec)
+        Transformer(TINY, remat_policy="bogus").apply({"params": tiny_params}, enc, dec)

@@ -237,10 +237,17 @@ def _read_orbax(ckpt_dir: Path) -> dict[str, np.ndarray]:
 # Config inference
 
 
+_SHAPE_FIELDS = ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
+                 "num_decoder_layers", "relative_attention_num_buckets")
+
+
 def match_preset(cfg: T5Config) -> str:
-    """Name of the preset with exactly these shapes (e.g. 'flan-t5-base'), else 'custom'."""
+    """Name of the preset with exactly these shapes (e.g. 'flan-t5-base'), else 'custom'.
+
+    Only shapes count: dropout or dtype settings do not make a checkpoint another model.
+    """
     for name, preset in PRESETS.items():
-        if preset.replace(name=cfg.name) == cfg:
+        if all(getattr(preset, f) == getattr(cfg, f) for f in _SHAPE_FIELDS):
             return name
     return "custom"
 

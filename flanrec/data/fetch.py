@@ -306,7 +306,11 @@ def _fetch_ml100k_recbole(final: Path, allow_download: bool) -> Fetched | None:
         origin = "installed recbole package"
     env_wheel = os.environ.get("FLANREC_RECBOLE_WHEEL")
     if files is None and env_wheel:
-        files = _recbole_bytes_from_wheel(Path(env_wheel))
+        try:
+            files = _recbole_bytes_from_wheel(Path(env_wheel))
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise FetchError(f"$FLANREC_RECBOLE_WHEEL={env_wheel}: expected a readable "
+                             f"recbole-{RECBOLE_VERSION} wheel ({exc})") from None
         origin = f"wheel {env_wheel} ($FLANREC_RECBOLE_WHEEL)"
     wheel_dir = None
     try:
@@ -469,3 +473,48 @@ def fetch(
         raise FetchError(_missing_message(name, cache, layouts, None,
                                           f"download failed ({exc})")) from exc
     raise FetchError(_missing_message(name, cache, layouts, None, "no download source"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flanrec.data.fetch NAME [--cache-dir D] [--raw-dir R] [--offline] [--check]``
+
+    Prints ``<path>\t<kind>``; ``--check`` also reads the data, splits it leave-one-out and
+    prints the two protocol fingerprints (and, for ml-100k, whether they match the published
+    ones: exit status 1 if not).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m flanrec.data.fetch",
+                                     description="Fetch a dataset's raw files into a cache.")
+    parser.add_argument("name", help=", ".join(known_names()))
+    parser.add_argument("--cache-dir", default=os.environ.get("FLANREC_CACHE",
+                                                              "~/.cache/flanrec"))
+    parser.add_argument("--raw-dir", default=None)
+    parser.add_argument("--offline", action="store_true", help="never use the network")
+    parser.add_argument("--check", action="store_true",
+                        help="read + split and print the ml100k-loo style fingerprints")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    got = fetch(args.name, args.cache_dir, raw_dir=args.raw_dir,
+                allow_download=not args.offline)
+    print(f"{got.path}\t{got.kind}")
+    if args.check:
+        from flanrec.data import splits
+        from flanrec.data.sources import read_dataset
+
+        split = splits.leave_one_out(read_dataset(got.kind, got.path))
+        prints = splits.fingerprints(split)
+        n_eval = sum(s.test_item is not None for s in split.users)
+        print(f"users {len(split.users)}  evaluated {n_eval}  items {len(split.all_items)}  "
+              f"train windows {splits.count_train_windows(split)}")
+        for key, value in prints.items():
+            print(f"{key} {value}")
+        if args.name == "ml-100k":
+            ok = prints == splits.ML100K_FINGERPRINTS
+            print("ml100k-loo fingerprints:", "MATCH" if ok else "MISMATCH")
+            return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -201,8 +201,8 @@ def leave_one_out(
     out: list[types.UserSequence] = []
     for user, idx in zip(users, rows, strict=True):
         seq = items_arr[idx].tolist()
-        rat = [float(r) for r in ratings[idx]]
-        stamps = [int(t) for t in ts[idx]]
+        rat = ratings[idx].tolist()
+        stamps = ts[idx].tolist()
         n = len(seq)
         if n < 3:
             if short_users == "drop":

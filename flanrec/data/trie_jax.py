@@ -14,7 +14,7 @@ Per-user exclusion of seen items: pass ``allowed_items`` bool [batch, num_items]
 ``beams`` (rows of the flattened ``batch_beams`` are batch-major: row r belongs to batch
 element r // beams). A token is allowed only if at least one allowed item lies below it, so
 the exclusion is exact before any cut to K. A finished (after EOS) or dead node allows only
-the padding token, so a row is never all -inf.
+the padding token, so a row is never all -inf; padding keeps a finished row on its leaf.
 """
 
 from __future__ import annotations
@@ -77,11 +77,16 @@ def allowed_mask(trie: JaxTrie, nodes: jax.Array, vocab_size: int,
     return mask.at[:, pad_id].set(mask[:, pad_id] | empty)
 
 
-def advance(trie: JaxTrie, nodes: jax.Array, tokens: jax.Array) -> jax.Array:
-    """Next node per row, -1 where ``tokens`` may not follow (or the node is already dead)."""
+def advance(trie: JaxTrie, nodes: jax.Array, tokens: jax.Array, pad_id: int = 0) -> jax.Array:
+    """Next node per row, -1 where ``tokens`` may not follow (or the node is already dead).
+
+    Padding after EOS keeps a finished row on its leaf, so ``item`` still names its item.
+    """
     toks, nxt = _children(trie, nodes)
     hit = toks == tokens[:, None]
-    return jnp.where(hit.any(1), jnp.max(jnp.where(hit, nxt, -1), axis=1), -1).astype(jnp.int32)
+    out = jnp.where(hit.any(1), jnp.max(jnp.where(hit, nxt, -1), axis=1), -1)
+    finished = (nodes >= 0) & (trie.leaf_item[jnp.maximum(nodes, 0)] >= 0)
+    return jnp.where(finished & (tokens == pad_id), nodes, out).astype(jnp.int32)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -128,7 +133,7 @@ class TrieConstraint:
         return allowed_mask(self.trie, state, self.vocab_size, self.cums, rows, self.pad_id)
 
     def advance(self, state: jax.Array, token: jax.Array) -> jax.Array:
-        return advance(self.trie, state, token.astype(jnp.int32))
+        return advance(self.trie, state, token.astype(jnp.int32), self.pad_id)
 
     def item(self, state: jax.Array) -> jax.Array:
         """Item number a finished row decoded (-1 if unfinished or dead)."""

@@ -53,7 +53,7 @@ def train_sentencepiece(
     user_defined_symbols: Sequence[str] = (),
     model_type: str = "unigram",
     byte_fallback: bool = True,
-    max_sentences: int = 300_000,
+    max_sentences: int = 40_000,
 ) -> str:
     """Train a SentencePiece model on `texts` and write it to `out_path` (atomically).
 

@@ -59,17 +59,22 @@ def _dir(path_or_dir: str | os.PathLike[str], main: str) -> Path:
 def _read_ratings(path: Path, sep: str, encoding: str, header: tuple[str, ...] | None):
     names = ("user", "item", "rating", "timestamp")
     users, items, stamps, ratings = [], [], [], []
+    ids: dict[str, str] = {}  # share one str object per distinct id (25M-row files)
     lines = _common.iter_lines(path, encoding)
     if header is not None:
         line, text = next(lines)
         if tuple(c.strip() for c in text.split(sep)) != header:
             raise DataError(path, f"the header {sep.join(header)!r}", line=line, got=text)
+    parse_float, parse_int = _common.parse_float, _common.parse_int
     for line, text in lines:
-        u, i, r, t = _common.split_fields(text, sep, names, path, line)
-        users.append(u)
-        items.append(i)
-        ratings.append(_common.parse_float(r, path, line, "rating"))
-        stamps.append(_common.parse_int(t, path, line, "timestamp"))
+        parts = text.split(sep)
+        if len(parts) != 4:
+            _common.split_fields(text, sep, names, path, line)  # raises the located error
+        u, i, r, t = parts
+        users.append(ids.setdefault(u, u))
+        items.append(ids.setdefault("\0" + i, i))
+        ratings.append(parse_float(r, path, line, "rating"))
+        stamps.append(parse_int(t, path, line, "timestamp"))
     return _common.make_interactions(users, items, stamps, ratings, path)
 
 
