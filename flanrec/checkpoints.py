@@ -227,14 +227,20 @@ class TrainCheckpointer:
 
     def save(self, step: int, params: Any, opt_state: Any = None,
              meta: Mapping[str, Any] | None = None, force: bool = False) -> bool:
-        """Save (asynchronously if enabled) unless `save_interval_steps` says skip; returns
-        whether a save was started. `meta` gets `step` and `version` filled in; a jax PRNG key
-        under `rng` is stored as its list of ints."""
+        """Save (asynchronously if enabled) unless `save_interval_steps` says skip or the step
+        is already saved; returns whether a save was started. `meta` gets `step` and `version`
+        filled in; a jax PRNG key under `rng` is stored as its list of ints."""
         items: dict[str, Any] = {PARAMS: ocp.args.StandardSave(params)}
         if opt_state is not None:
             items[OPT_STATE] = ocp.args.StandardSave(opt_state)
         items[META] = ocp.args.JsonSave(_json_meta(meta, step))
-        return bool(self._manager.save(int(step), args=ocp.args.Composite(**items), force=force))
+        try:
+            return bool(self._manager.save(int(step), args=ocp.args.Composite(**items),
+                                           force=force))
+        except ocp.checkpoint_manager.StepAlreadyExistsError:
+            # As T5X: a step is written once (e.g. the final save right after a periodic one).
+            log.info("checkpoint for step %d already exists; not saving it again", step)
+            return False
 
     def should_save(self, step: int) -> bool:
         return bool(self._manager.should_save(int(step)))

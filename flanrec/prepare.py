@@ -118,11 +118,10 @@ class PrepareOptions:
 def load_dataset(opts: PrepareOptions):  # noqa: ANN201 - flanrec.data.types.Dataset
     """fetch + read: `--dataset csv|parquet` read `--raw_dir` directly."""
     from flanrec.data.fetch import fetch
-    from flanrec.data.sources import kinds, read_dataset
+    from flanrec.data.sources import read_dataset
 
     name = DATASET_ALIASES.get(opts.dataset, opts.dataset)
-    if name in ("csv", "parquet") or (opts.raw_dir and name in kinds()
-                                      and name not in ("ml-100k",)):
+    if name in ("csv", "parquet"):
         if not opts.raw_dir:
             raise SystemExit(f"--dataset {name} needs --raw_dir (the file or directory)")
         return read_dataset(name, opts.raw_dir)
@@ -268,6 +267,9 @@ def write_tasks(split, dataset, indexes, opts: PrepareOptions, tasks_root: str, 
                     "primary_indexing": n == 0,
                 },
             )
+            if not info["splits"]:  # e.g. rating tasks of a log without ratings
+                shutil.rmtree(os.path.join(tasks_root, dirname))
+                continue
             infos[dirname] = info
     return infos
 

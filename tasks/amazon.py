@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import gin
+
 from tasks import _prepared
 
 DATA_DIR_ENV = "FLANREC_AMAZON_DATA_DIR"

@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import os
 
+import gin
 import seqio
 import tensorflow as tf
 
-import gin
 from flanrec.data import seqio_tasks
 from flanrec.data import vocab as vocab_lib
 

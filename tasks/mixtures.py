@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
+import gin
 import seqio
 
-import gin
 from flanrec.data import seqio_tasks
 from tasks import _prepared, flan
 

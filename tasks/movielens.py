@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import gin
+
 from tasks import _prepared
 
 DATA_DIR_ENV = "FLANREC_DATA_DIR"

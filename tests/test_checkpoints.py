@@ -95,6 +95,7 @@ def test_keep_n_and_interval(tmp_path, state):
         # Orbax always saves the first step it sees, then every save_interval_steps.
         assert saved == {1: True, 2: True, 3: False, 4: True, 5: False, 6: True}
         assert ckpt.save(7, params, opt_state, meta(7), force=True)
+        assert not ckpt.save(7, params, opt_state, meta(7), force=True)  # once per step
         assert ckpt.all_steps() == [6, 7]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_6", "checkpoint_7"]
 

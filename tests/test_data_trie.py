@@ -232,3 +232,12 @@ def test_constraint_jits_and_handles_finished_rows():
     assert np.flatnonzero(np.asarray(allowed)[0]).tolist() == [3]  # item 1 ([2, 4]) masked
     with pytest.raises(ValueError, match="batch_beams"):
         c.init(4)
+
+
+def test_item_trie_names_clashing_id_strings():
+    vocab = {"a": 2, "b": 3, "c": 4}
+    encode = lambda s: [vocab[ch] for ch in s if ch != " "]  # drops spaces, like SentencePiece
+    t = trie_lib.item_trie(["ab", "c", "ba"], encode, vocab_size=VOCAB)
+    assert trie_lib.lookup(t, [3, 2, EOS]) == 2
+    with pytest.raises(ValueError, match="'ab' and 'a b'"):
+        trie_lib.item_trie(["ab", "c", "a b"], encode, vocab_size=VOCAB)

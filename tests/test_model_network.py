@@ -26,6 +26,15 @@ def _abstract_init(cfg: T5Config):
     return jax.eval_shape(lambda: model.init(jax.random.key(0), enc, dec))["params"]
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "enable_dropout"))
+def forward(cfg, params, enc, dec, tgt=None, enc_seg=None, dec_seg=None, enc_pos=None,
+            dec_pos=None, enable_dropout=False, rng=None):
+    """Jitted forward pass: one compile per shape is far cheaper than eager op-by-op."""
+    rngs = {"dropout": rng} if rng is not None else None
+    return Transformer(cfg).apply({"params": params}, enc, dec, tgt, enc_seg, dec_seg, enc_pos,
+                                  dec_pos, enable_dropout=enable_dropout, rngs=rngs)
+
+
 @pytest.fixture(scope="module")
 def tiny_params():
     return random_params(TINY)
@@ -73,15 +82,14 @@ def test_relative_position_bucket_matches_transformers():
 
 
 def test_padding_does_not_change_valid_outputs(tiny_params):
-    model = Transformer(TINY)
     rng = np.random.default_rng(1)
     enc = padded_batch(rng, 2, 7, min_len=3)
     tgt = padded_batch(rng, 2, 5, min_len=2)
-    base = model.apply({"params": tiny_params}, enc, shift_right(tgt), tgt)
+    base = forward(TINY, tiny_params, enc, shift_right(tgt), tgt)
     # Extra padding on both sides must not change any non-padding logit.
     enc2 = np.pad(enc, ((0, 0), (0, 4)))
     tgt2 = np.pad(tgt, ((0, 0), (0, 3)))
-    more = model.apply({"params": tiny_params}, enc2, shift_right(tgt2), tgt2)
+    more = forward(TINY, tiny_params, enc2, shift_right(tgt2), tgt2)
     valid = tgt > 0
     np.testing.assert_allclose(np.asarray(more)[:, :5][valid], np.asarray(base)[valid],
                                atol=1e-5)
@@ -89,14 +97,15 @@ def test_padding_does_not_change_valid_outputs(tiny_params):
 
 def test_packed_segments_equal_separate_examples(tiny_params):
     """Two examples packed into one row give the same logits as each run alone."""
-    model = Transformer(TINY)
     rng = np.random.default_rng(2)
     a_enc, b_enc = rng.integers(2, 128, 4), rng.integers(2, 128, 6)
     a_tgt, b_tgt = rng.integers(2, 128, 3), rng.integers(2, 128, 5)
-
-    def alone(enc, tgt):
-        e, t = enc[None].astype(np.int32), tgt[None].astype(np.int32)
-        return np.asarray(model.apply({"params": tiny_params}, e, shift_right(t), t))[0]
+    # Each example alone (right-padded to the packed shapes), as a batch of two.
+    enc_alone = np.zeros((2, 12), np.int32)
+    tgt_alone = np.zeros((2, 10), np.int32)
+    enc_alone[0, :4], enc_alone[1, :6] = a_enc, b_enc
+    tgt_alone[0, :3], tgt_alone[1, :5] = a_tgt, b_tgt
+    alone = np.asarray(forward(TINY, tiny_params, enc_alone, shift_right(tgt_alone), tgt_alone))
 
     enc = np.zeros((1, 12), np.int32)
     enc_seg = np.zeros((1, 12), np.int32)
@@ -110,11 +119,13 @@ def test_packed_segments_equal_separate_examples(tiny_params):
     dec_in[0, 1:3], dec_in[0, 4:8] = a_tgt[:-1], b_tgt[:-1]  # shifted per segment
     enc_pos = np.concatenate([np.arange(4), np.arange(6), [0, 0]])[None]
     dec_pos = np.concatenate([np.arange(3), np.arange(5), [0, 0]])[None]
-    packed = np.asarray(model.apply(
-        {"params": tiny_params}, enc, dec_in, tgt, encoder_segment_ids=enc_seg,
-        decoder_segment_ids=dec_seg, encoder_positions=enc_pos, decoder_positions=dec_pos))[0]
-    np.testing.assert_allclose(packed[:3], alone(a_enc, a_tgt), atol=1e-5)
-    np.testing.assert_allclose(packed[3:8], alone(b_enc, b_tgt), atol=1e-5)
+    packed = np.asarray(forward(TINY, tiny_params, enc, dec_in, tgt, enc_seg, dec_seg, enc_pos,
+                                dec_pos))[0]
+    np.testing.assert_allclose(packed[:3], alone[0, :3], atol=1e-5)
+    np.testing.assert_allclose(packed[3:8], alone[1, :5], atol=1e-5)
+    # Without segment ids the two examples would see each other.
+    mixed = np.asarray(forward(TINY, tiny_params, enc, dec_in, tgt))[0]
+    assert not np.allclose(mixed[3:8], alone[1, :5], atol=1e-3)
 
 
 def test_incremental_decoding_equals_full_forward(tiny_params):
@@ -122,7 +133,7 @@ def test_incremental_decoding_equals_full_forward(tiny_params):
     rng = np.random.default_rng(3)
     enc = padded_batch(rng, 3, 6)
     dec_in = shift_right(padded_batch(rng, 3, 7, min_len=7))
-    full = np.asarray(model.apply({"params": tiny_params}, enc, dec_in))
+    full = np.asarray(forward(TINY, tiny_params, enc, dec_in))
     max_len = 9  # longer than the steps taken: the cache may be larger than used
     cache = init_cache(TINY, 3, max_len)
     encoded = model.apply({"params": tiny_params}, enc, method=Transformer.encode)
@@ -153,25 +164,21 @@ def test_decode_without_max_length_is_refused(tiny_params):
 
 
 def test_dropout_only_when_enabled(tiny_params):
-    model = Transformer(TINY)
     enc = jnp.array([[5, 6, 7, 1]])
     dec = jnp.array([[0, 9, 10]])
-    a = model.apply({"params": tiny_params}, enc, dec)
-    b = model.apply({"params": tiny_params}, enc, dec, enable_dropout=False,
-                    rngs={"dropout": jax.random.key(1)})
-    np.testing.assert_array_equal(a, b)
-    c = model.apply({"params": tiny_params}, enc, dec, enable_dropout=True,
-                    rngs={"dropout": jax.random.key(1)})
-    d = model.apply({"params": tiny_params}, enc, dec, enable_dropout=True,
-                    rngs={"dropout": jax.random.key(2)})
+    a = forward(TINY, tiny_params, enc, dec)
+    c = forward(TINY, tiny_params, enc, dec, enable_dropout=True, rng=jax.random.key(1))
+    d = forward(TINY, tiny_params, enc, dec, enable_dropout=True, rng=jax.random.key(2))
+    e = forward(TINY, tiny_params, enc, dec, enable_dropout=True, rng=jax.random.key(2))
     assert not np.allclose(a, c) and not np.allclose(c, d)
+    np.testing.assert_array_equal(d, e)  # same key, same mask
 
 
 def test_bfloat16_smoke(tiny_params):
     enc = padded_batch(np.random.default_rng(4), 2, 8)
     dec = shift_right(padded_batch(np.random.default_rng(5), 2, 6))
-    f32 = Transformer(TINY).apply({"params": tiny_params}, enc, dec)
-    bf16 = Transformer(TINY.replace(dtype="bfloat16")).apply({"params": tiny_params}, enc, dec)
+    f32 = forward(TINY, tiny_params, enc, dec)
+    bf16 = forward(TINY.replace(dtype="bfloat16"), tiny_params, enc, dec)
     assert bf16.dtype == jnp.float32  # logits stay float32
     assert np.all(np.isfinite(bf16))
     scale = float(jnp.max(jnp.abs(f32)))
@@ -180,20 +187,22 @@ def test_bfloat16_smoke(tiny_params):
     assert np.mean(np.argmax(bf16, -1) == np.argmax(f32, -1)) > 0.8
 
 
-def test_remat_keeps_names_and_gradients(tiny_params):
+def test_remat_keeps_names_and_gradients():
+    cfg = TINY.replace(num_encoder_layers=1, num_decoder_layers=1, name="one-layer")
+    params = random_params(cfg)
     enc = jnp.array([[5, 6, 7, 1], [8, 1, 0, 0]])
     tgt = jnp.array([[9, 10, 1], [11, 1, 0]])
     dec = shift_right(np.asarray(tgt))
 
     def loss(model, p):
         logits = model.apply({"params": p}, enc, dec, tgt)
-        return jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(tgt, TINY.vocab_size))
+        return jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(tgt, cfg.vocab_size))
 
-    g0 = jax.grad(functools.partial(loss, Transformer(TINY)))(tiny_params)
-    g1 = jax.grad(functools.partial(loss, Transformer(TINY, remat_policy="dots")))(tiny_params)
+    g0 = jax.jit(jax.grad(functools.partial(loss, Transformer(cfg))))(params)
+    g1 = jax.jit(jax.grad(functools.partial(loss, Transformer(cfg, remat_policy="dots"))))(params)
     flat0, flat1 = common.flatten(g0), common.flatten(g1)
     assert set(flat0) == set(flat1)
     for name in flat0:
         np.testing.assert_allclose(flat1[name], flat0[name], atol=1e-5, err_msg=name)
     with pytest.raises(ValueError, match="remat_policy"):
-        Transformer(TINY, remat_policy="bogus").apply({"params": tiny_params}, enc, dec)
+        jax.eval_shape(Transformer(cfg, remat_policy="bogus").apply, {"params": params}, enc, dec)

@@ -19,9 +19,8 @@ Two on-disk layouts exist, both under `MODEL_DIR/checkpoint_N/`:
   array); item dirs from Orbax versions before its `_METADATA` file (tree in a msgpack
   `checkpoint` file with `PLACEHOLDER://name` leaves) are read directly.
 
-Only `target` (the model parameters) is read. Optimizer state (Adafactor factored moments,
-step) is ignored on purpose: flanrec starts its own optimizer, and skipping it halves the
-bytes read for a Flan-T5 checkpoint.
+Only `target` (the model parameters) is read. Optimizer state (Adafactor moments, step) is
+ignored on purpose: flanrec starts its own optimizer state, and its arrays are never opened.
 """
 
 from __future__ import annotations
@@ -79,13 +78,16 @@ def find_t5x_checkpoint(path: str | os.PathLike) -> Path:
     complete = [(s, c) for s, c in steps if _is_checkpoint_dir(c)]
     if complete:
         return complete[-1][1]
+    flanrec_hint = " (it looks like a flanrec checkpoint: use --from flanrec / load_params)"
     if steps:
         step, c = steps[-1]
+        hint = flanrec_hint if (c / "params").is_dir() else ""
         raise ValueError(f"{c}: T5X checkpoint for step {step} is incomplete: it has no "
                          f"'{_MSGPACK_FILE}' msgpack file (legacy layout) and no "
-                         f"'{_ORBAX_ITEM}/' item (Orbax layout)")
+                         f"'{_ORBAX_ITEM}/' item (Orbax layout){hint}")
+    hint = flanrec_hint if (p / "params").is_dir() else ""
     raise ValueError(f"{p}: not a T5X checkpoint: no '{_MSGPACK_FILE}' msgpack file, no "
-                     f"'{_ORBAX_ITEM}/' Orbax item and no checkpoint_N subdirectories")
+                     f"'{_ORBAX_ITEM}/' Orbax item and no checkpoint_N subdirectories{hint}")
 
 
 # ----------------------------------------------------------------------------------------------

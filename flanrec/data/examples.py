@@ -188,14 +188,11 @@ def seq_examples(split: Split, index: ItemIndex, meta: ItemMeta | None = None,
                       target_item=target)
 
 
-def _interacted(seq: UserSequence, split_name: str) -> set[str]:
-    """Items excluded from negatives: what the user had interacted with by then."""
-    items = set(seq.train_items)
-    if split_name in ("validation", "test") and seq.valid_item is not None:
-        items.add(seq.valid_item)
-    if split_name == "test" and seq.test_item is not None:
-        items.add(seq.test_item)
-    return items
+def _interacted(seq: UserSequence) -> set[str]:
+    """Items never offered as negatives: everything the user interacted with, held-out
+    items included, so a user's validation/test item never appears in their training
+    examples (not even as a wrong option) and is never a wrong option at evaluation."""
+    return set(seq.train_items) | {i for i in (seq.valid_item, seq.test_item) if i is not None}
 
 
 def sample_negatives(catalogue: Sequence[str], exclude: set[str], n: int,
@@ -227,8 +224,8 @@ def direct_examples(split: Split, index: ItemIndex, meta: ItemMeta | None = None
                     num_candidates: int = 20, max_history: int | None = None,
                     shard_index: int = 0, num_shards: int = 1, task_prefix: str = ""
                     ) -> Iterator[Example]:
-    """Pick the target among ``num_candidates`` (target + negatives the user never
-    interacted with: in train for training examples, up to the target for evaluation)."""
+    """Pick the target among ``num_candidates``: the target plus negatives the user never
+    interacted with (in any split, see ``_interacted``), in a seeded order."""
     _check_split_name(split_name)
     family = "direct"
     pool = _pool(family, template_types, template_idx)
@@ -241,7 +238,7 @@ def direct_examples(split: Split, index: ItemIndex, meta: ItemMeta | None = None
         rng = example_rng(seed, "direct", split_name, key)
         if user not in exclude:
             exclude.clear()  # queries come user by user: keep one set alive
-            seen = _interacted(by_user[user], split_name)
+            seen = _interacted(by_user[user])
             exclude[user] = (seen, len(catalogue_set - seen))
         negs = sample_negatives(catalogue, exclude[user][0], num_candidates - 1, rng,
                                 exclude[user][1])

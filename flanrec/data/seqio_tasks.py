@@ -24,10 +24,10 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import gin
 import seqio
 import tensorflow as tf
 
-import gin
 from flanrec.data import writer
 
 log = logging.getLogger("flanrec.tasks")

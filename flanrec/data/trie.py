@@ -27,7 +27,7 @@ whose items are all excluded, and every finished beam is an allowed item.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -203,3 +203,24 @@ def allowed_tokens_masked(trie: TrieArrays, node: int, cums_row: np.ndarray) -> 
     nxt = trie.children_next[node, :k]
     keep = cums_row[trie.leaf_hi[nxt]] - cums_row[trie.leaf_lo[nxt]] > 0
     return trie.children_tokens[node, :k][keep].copy()
+
+
+def item_trie(item_ids: Sequence[str], encode: Callable[[str], Sequence[int]],
+              eos_id: int = 1, vocab_size: int = 32128, pad_id: int = 0,
+              dense_limit: int = 1 << 24) -> TrieArrays:
+    """The trie of ``encode(id_string)`` for each ID string, item number = position.
+
+    Typical use: ``item_trie([index.id_of(i) for i in split.all_items], vocab.encode)``; then
+    item number j is ``split.all_items[j]``, and ``~splits.seen_mask(split, stage)[1]`` is
+    directly the ``allowed_items`` bitmap for ``TrieConstraint.create``. Two IDs that encode
+    to the same tokens raise ValueError naming both strings.
+    """
+    sequences = [list(encode(s)) for s in item_ids]
+    try:
+        return build_trie(sequences, eos_id, vocab_size, pad_id, dense_limit)
+    except ValueError as e:
+        msg = str(e)
+        if "same token sequence" in msg:
+            a, b = (int(x) for x in msg.split()[1:4:2])
+            msg = f"ID strings {item_ids[a]!r} and {item_ids[b]!r}: {msg}"
+        raise ValueError(msg) from None

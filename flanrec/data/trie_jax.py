@@ -42,6 +42,10 @@ def to_jax(trie: TrieArrays) -> JaxTrie:
                    jnp.asarray(trie.leaf_item))
 
 
+def _as_jax(trie: JaxTrie | TrieArrays) -> JaxTrie:
+    return to_jax(trie) if isinstance(trie, TrieArrays) else trie
+
+
 def _children(trie: JaxTrie, nodes: jax.Array) -> tuple[jax.Array, jax.Array]:
     safe = jnp.maximum(nodes, 0)
     live = (nodes >= 0)[:, None]
@@ -50,7 +54,7 @@ def _children(trie: JaxTrie, nodes: jax.Array) -> tuple[jax.Array, jax.Array]:
     return toks, nxt
 
 
-def allowed_mask(trie: JaxTrie, nodes: jax.Array, vocab_size: int,
+def allowed_mask(trie: JaxTrie | TrieArrays, nodes: jax.Array, vocab_size: int,
                  cums: jax.Array | None = None, cum_rows: jax.Array | None = None,
                  pad_id: int = 0) -> jax.Array:
     """bool [len(nodes), vocab_size]: tokens that may follow each node.
@@ -60,6 +64,7 @@ def allowed_mask(trie: JaxTrie, nodes: jax.Array, vocab_size: int,
     Only the needed entries are gathered, never a [len(nodes), num_items] copy. Rows with no
     allowed token (finished or dead nodes) allow ``pad_id`` only.
     """
+    trie = _as_jax(trie)
     toks, nxt = _children(trie, nodes)
     ok = toks >= 0
     if cums is not None:
@@ -77,11 +82,13 @@ def allowed_mask(trie: JaxTrie, nodes: jax.Array, vocab_size: int,
     return mask.at[:, pad_id].set(mask[:, pad_id] | empty)
 
 
-def advance(trie: JaxTrie, nodes: jax.Array, tokens: jax.Array, pad_id: int = 0) -> jax.Array:
+def advance(trie: JaxTrie | TrieArrays, nodes: jax.Array, tokens: jax.Array,
+            pad_id: int = 0) -> jax.Array:
     """Next node per row, -1 where ``tokens`` may not follow (or the node is already dead).
 
     Padding after EOS keeps a finished row on its leaf, so ``item`` still names its item.
     """
+    trie = _as_jax(trie)
     toks, nxt = _children(trie, nodes)
     hit = toks == tokens[:, None]
     out = jnp.where(hit.any(1), jnp.max(jnp.where(hit, nxt, -1), axis=1), -1)

@@ -23,11 +23,10 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
+import gin
 import seqio
 import tensorflow as tf
 from sentencepiece import sentencepiece_model_pb2
-
-import gin
 
 VOCAB_ENV = "FLANREC_VOCAB"
 FLAN_T5_GCS_VOCAB = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
@@ -71,22 +70,30 @@ def train_sentencepiece(
         step = len(texts) / max_sentences
         texts = [texts[int(i * step)] for i in range(max_sentences)]
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        user_defined_symbols=symbols,
-        byte_fallback=byte_fallback,
-        hard_vocab_limit=False,
-        character_coverage=1.0,
-        num_threads=2,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            user_defined_symbols=symbols,
+            byte_fallback=byte_fallback,
+            hard_vocab_limit=False,
+            character_coverage=1.0,
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise ValueError(
+            f"SentencePiece training failed for vocab_size={vocab_size} "
+            f"({len(texts)} sentences, {len(symbols)} user-defined symbols): {e}. With "
+            "byte_fallback the vocabulary needs room for 256 byte pieces plus every "
+            "character seen: raise vocab_size."
+        ) from None
     parent = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(parent, exist_ok=True)
     tmp = out_path + ".tmp"

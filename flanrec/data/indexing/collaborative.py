@@ -15,14 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 import scipy.sparse.linalg
 
 from flanrec.data.indexing.core import ItemIndex
 from flanrec.data.indexing.kmeans import kmeans
 
-DENSE_EIGH_MAX = 4000  # above this many items per cluster, use Lanczos on a sparse operator
+DENSE_EIGH_MAX = 200  # above this many items per cluster, use Lanczos on a sparse operator
 
 
 def cooccurrence(sequences: list[list[str]], pos: dict[str, int]) -> sp.csr_matrix:
@@ -52,18 +51,20 @@ def _spectral_embedding(w: sp.csr_matrix, k: int, rng: np.random.Generator) -> n
     tau = max(float(deg.mean()), 1e-3)
     d = deg + tau  # degrees of W + tau/n * 11^T
     inv_sqrt = 1.0 / np.sqrt(d)
-    if n <= DENSE_EIGH_MAX:
+    if n <= DENSE_EIGH_MAX:  # small: exact dense solver
         m = w.toarray() + tau / n
         m = inv_sqrt[:, None] * m * inv_sqrt[None, :]
-        _, vecs = scipy.linalg.eigh(m, subset_by_index=[n - k, n - 1])
-    else:
+        _, vecs = np.linalg.eigh(m)  # ascending; full solve is cheap at this size
+        vecs = vecs[:, n - k:]
+    else:  # large: Lanczos on the never-materialised regularised matrix
         def matvec(v: np.ndarray) -> np.ndarray:
             v = v.ravel() * inv_sqrt
             return inv_sqrt * (w @ v + tau / n * v.sum())
 
         op = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
-        v0 = rng.standard_normal(n)
-        _, vecs = scipy.sparse.linalg.eigsh(op, k=k, which="LA", v0=v0)
+        v0 = rng.standard_normal(n)  # seeded start vector: eigsh is otherwise random
+        vals, vecs = scipy.sparse.linalg.eigsh(op, k=k, which="LA", v0=v0, tol=1e-8)
+        vecs = vecs[:, np.argsort(vals)]
     vecs = vecs[:, ::-1]
     # An eigenvector's sign is arbitrary; fix it so the largest entry is positive.
     flip = np.sign(vecs[np.abs(vecs).argmax(0), np.arange(vecs.shape[1])])

@@ -1,0 +1,26 @@
+"""One real `flanrec.prepare` run on MovieLens-100K per test session, shared by the
+test_prepare_* and test_tasks_* modules (import the fixture into a test module)::
+
+    from tests.data_fixtures import ml100k_dir  # noqa: F401
+    from tests.prepare_fixtures import prepared_ml100k  # noqa: F401
+
+It trains a small SentencePiece vocabulary (--train_vocab), because the Flan-T5 one is not
+available offline; every task then tokenizes with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def prepared_ml100k(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flanrec.prepare import PrepareOptions, prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "ml-100k"
+    prepare(PrepareOptions(dataset="ml-100k", out=str(out), raw_dir=str(ml100k_dir),
+                           train_vocab=True, vocab_size=2000, allow_download=False),
+            log=lambda msg: None)
+    return out
