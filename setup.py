@@ -26,6 +26,8 @@ setup(
         "tensorstore>=0.1.60",
         "msgpack>=1.0",
         "numpy>=1.26",
+        "scipy>=1.11",
+        "pyarrow>=14",
     ],
     extras_require={
         "test": [

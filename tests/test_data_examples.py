@@ -184,6 +184,14 @@ def test_grounding_and_profile():
     rec = all_examples("profile_rec", split, index, meta, feats, "test")
     assert len(rec) == len(split.users) - 1
     assert "a female user aged 18-24 whose occupation is doctor" in rec[0]["inputs"]
+    both = list(ex.profile_examples(split, index, feats, meta))
+    assert [e["_task_name"] for e in both] == ["profile_attr"] * len(attr) + \
+        ["profile_rec"] * (len(both) - len(attr))
+    assert len(list(ex.profile_examples(split, index, feats, meta, "test"))) == len(rec)
+    with pytest.raises(ValueError, match="need UserFeatures"):
+        all_examples("profile_rec", split, index, meta, None)
+    with pytest.raises(ValueError, match="unknown family"):
+        all_examples("poetry", split, index, meta, feats)
 
 
 def test_ml100k_windows_and_protocol(ml100k_split, ml100k_dataset):  # noqa: F811

@@ -131,6 +131,24 @@ def test_collaborative_separates_communities():
     assert index.collisions_resolved > 0
 
 
+def test_collaborative_lanczos_path_is_deterministic():
+    """Above DENSE_EIGH_MAX items the sparse eigensolver runs; it must be seeded too."""
+    from flanrec.data.indexing import collaborative
+
+    rng = np.random.default_rng(1)
+    n = collaborative.DENSE_EIGH_MAX + 60
+    items = [f"x{i}" for i in range(n)]
+    half = n // 2
+    train = [list(rng.choice(items[:half], 8, replace=False)) for _ in range(200)]
+    train += [list(rng.choice(items[half:], 8, replace=False)) for _ in range(200)]
+    a = fit_index("collaborative", train, items, seed=5, n_clusters=2, max_leaf=40)
+    b = fit_index("collaborative", train, items, seed=5, n_clusters=2, max_leaf=40)
+    assert a.item_to_id == b.item_to_id
+    first = [NEW_TOKEN_RE.findall(a.item_to_id[i])[0] for i in items]
+    assert len(set(first[:half])) == 1 and len(set(first[half:])) == 1
+    assert first[0] != first[-1]
+
+
 def test_semantic_codes_follow_embeddings_and_resolve_collisions(tmp_path):
     cat = [f"i{j}" for j in range(8)]
     centers = np.eye(4)[[0, 0, 1, 1, 2, 2, 3, 3]]
@@ -253,7 +271,7 @@ def test_ml100k_indexes_and_trie(ml100k_split, ml100k_dataset):  # noqa: F811
 
     split = ml100k_split
     seq = fit_index("sequential", split, split.all_items)
-    unseen = {i for i in split.all_items} - {i for u in split.users for i in u.train_items}
+    unseen = set(split.all_items) - {i for u in split.users for i in u.train_items}
     assert seq.options["items_unseen_in_train"] == len(unseen) > 0
     assert {int(seq.item_to_id[i]) for i in unseen} == set(range(1683 - len(unseen), 1683))
     # swapping every user's validation and test items changes no ID

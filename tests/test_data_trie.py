@@ -241,3 +241,39 @@ def test_item_trie_names_clashing_id_strings():
     assert trie_lib.lookup(t, [3, 2, EOS]) == 2
     with pytest.raises(ValueError, match="'ab' and 'a b'"):
         trie_lib.item_trie(["ab", "c", "a b"], encode, vocab_size=VOCAB)
+
+
+def test_trie_constraint_in_the_models_beam_search():
+    """End to end with H1's jitted beam search on a tiny random T5: every finished beam is an
+    item the row may see, and per-user exclusion holds before any cut to K."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from flanrec.data.trie_jax import TrieConstraint
+    from flanrec.model import decoding
+    from flanrec.model.config import get_preset
+    from flanrec.model.network import Transformer
+
+    cfg = get_preset("tiny")
+    rng = np.random.default_rng(0)
+    items = list({tuple(rng.integers(2, cfg.vocab_size, int(rng.integers(1, 4))).tolist())
+                  for _ in range(40)})
+    t = trie_lib.build_trie(items, vocab_size=cfg.vocab_size)
+    allowed_items = rng.random((2, len(items))) < 0.5
+    beams = 4
+    constraint = TrieConstraint.create(t, allowed_items=allowed_items, beams=beams)
+    model = Transformer(cfg)
+    enc = jnp.asarray(rng.integers(2, cfg.vocab_size, (2, 6)), jnp.int32)
+    params = model.init(jax.random.key(0), enc, jnp.ones((2, t.max_length), jnp.int32))
+    params = nn.unbox(params)["params"]
+    seqs, scores = decoding.beam_search(cfg, params, enc, max_length=t.max_length,
+                                        num_beams=beams, constraint=constraint)
+    seqs, scores = np.asarray(seqs), np.asarray(scores)
+    for b in range(2):
+        ok = {tuple(items[i]) + (EOS,) for i in np.flatnonzero(allowed_items[b])}
+        finished = [tuple(s[: list(s).index(EOS) + 1])
+                    for s, sc in zip(seqs[b], scores[b], strict=True)
+                    if np.isfinite(sc) and EOS in s]
+        assert len(finished) == min(beams, len(ok))
+        assert set(finished) <= ok and len(set(finished)) == len(finished)

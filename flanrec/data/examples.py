@@ -153,7 +153,10 @@ def _title(meta: ItemMeta | None, item: str) -> str:
 
 def _queries(split: Split, split_name: str, max_history: int | None
              ) -> Iterator[tuple[str, str, list[str], str]]:
-    """(key, user, history, target) in a fixed order: train windows or LOO eval queries."""
+    """(key, user, history, target) in a fixed order: train windows or LOO eval queries.
+
+    An evaluation query with an empty history (a user with only two interactions) has
+    nothing to condition on and is left out."""
     if split_name == "train":
         counter: dict[str, int] = {}
         for w in splits_lib.train_windows(split, max_history):
@@ -162,7 +165,8 @@ def _queries(split: Split, split_name: str, max_history: int | None
             yield f"{w.user}:{t}", w.user, w.history, w.target
     else:
         for q in splits_lib.eval_examples(split, split_name, max_history):
-            yield q.user, q.user, q.history, q.target
+            if q.history:
+                yield q.user, q.user, q.history, q.target
 
 
 # ---------------------------------------------------------------------- families

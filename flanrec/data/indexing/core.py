@@ -98,6 +98,8 @@ class ItemIndex:
         layout), so the mapping the model trains with is always stored beside the index.
         """
         os.makedirs(directory, exist_ok=True)
+        if "reserved_extra_ids" in slot_opts:  # used twice below: no one-shot iterators
+            slot_opts["reserved_extra_ids"] = tuple(slot_opts["reserved_extra_ids"])
         write_json_atomic(os.path.join(directory, INDEX_FILE), self.to_json())
         slots_path = os.path.join(directory, SLOTS_FILE)
         if self.new_tokens:
