@@ -108,7 +108,7 @@ def load_params_any(path: str | os.PathLike[str]) -> tuple[T5Config, Any]:
     """(T5Config, params) from an HF directory, a T5X checkpoint or a flanrec checkpoint.
 
     HF: a directory with config.json. T5X: a directory with a `checkpoint` file or `state/`,
-    or holding such `checkpoint_N` dirs. Anything else is handed to `flanrec.checkpoints.load_params`.
+    or holding such `checkpoint_N` dirs. Anything else goes to `flanrec.checkpoints.load_params`.
     """
     p = Path(path)
     if not p.exists():

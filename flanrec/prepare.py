@@ -160,12 +160,14 @@ def write_split(split, meta, out_dir: str) -> dict[str, str]:  # noqa: ANN001
     return {"split.json": _sha256(text), "sequences.tsv": _sha256(seqs)}
 
 
-def fit_indexes(split, meta, opts: PrepareOptions, index_root: str):  # noqa: ANN001, ANN201
+def fit_indexes(split, meta, opts: PrepareOptions, index_root: str,  # noqa: ANN001, ANN201
+                sp_size: int = 32000):
     """Fit every requested indexing on train sequences only; one shared token-slot map.
 
     All indexings of one dir share one vocabulary, so their new tokens are placed on slots
-    together (`token_slot_map` of the union); too many for Flan-T5's 128 free rows raises
-    with the counts (then prepare the indexings into separate dirs).
+    together (`token_slot_map` of the union) from id `sp_size` (the SentencePiece model's
+    piece count: 32000 for Flan-T5) over the 128 rows above it; too many raises with the
+    counts (then prepare the indexings into separate dirs).
     """
     from flanrec.data.indexing import fit_index, token_slot_map
     from flanrec.data.indexing.core import write_json_atomic
@@ -175,13 +177,14 @@ def fit_indexes(split, meta, opts: PrepareOptions, index_root: str):  # noqa: AN
     for method in opts.indexing:
         indexes[method] = fit_index(method, split, split.all_items, meta, seed=opts.seed)
     union = list(dict.fromkeys(t for ix in indexes.values() for t in ix.new_tokens))
-    slots = token_slot_map(union) if union else {}
+    slots = token_slot_map(union, vocab_size=sp_size + 128, sp_size=sp_size) if union else {}
     os.makedirs(index_root, exist_ok=True)
     for method, ix in indexes.items():
         ix.save(os.path.join(index_root, method),
                 slot_map={t: slots[t] for t in ix.new_tokens} if ix.new_tokens else None)
     if slots:
-        write_json_atomic(os.path.join(index_root, "token_slots.json"), slot_map_json(slots))
+        write_json_atomic(os.path.join(index_root, "token_slots.json"),
+                          slot_map_json(slots, vocab_size=sp_size + 128, sp_size=sp_size))
     return indexes, slots
 
 
@@ -274,6 +277,23 @@ def write_tasks(split, dataset, indexes, opts: PrepareOptions, tasks_root: str, 
     return infos
 
 
+def base_piece_count(opts: PrepareOptions) -> int:
+    """Pieces of the SentencePiece model training will use, where new ID tokens start.
+
+    A trained vocabulary holds the tokens as pieces, so the slot map only matters for
+    Flan-T5 (32000) or a model given by $FLANREC_VOCAB / gin, whose pieces are counted.
+    """
+    from flanrec.data import vocab as vocab_lib
+
+    if opts.train_vocab:
+        return 32000
+    try:
+        path = vocab_lib.resolve_spm_path()
+    except vocab_lib.VocabularyNotFoundError:
+        return 32000
+    return vocab_lib.piece_count(path)
+
+
 def resolve_prepare_vocab(vocab_path: str | None, slots: dict[str, int]):  # noqa: ANN201
     """The vocabulary to build tries with, or None (with the reason) when none is found."""
     from flanrec.data import vocab as vocab_lib
@@ -282,7 +302,8 @@ def resolve_prepare_vocab(vocab_path: str | None, slots: dict[str, int]):  # noq
         if vocab_path:
             return vocab_lib.get_vocabulary(vocab_path, item_tokens=slots or None,
                                             max_rows=None), ""
-        return vocab_lib.get_vocabulary(item_tokens=slots or None), ""
+        # The slot map was fitted to this model's pieces + 128 rows by fit_indexes.
+        return vocab_lib.get_vocabulary(item_tokens=slots or None, max_rows=None), ""
     except vocab_lib.VocabularyNotFoundError as e:
         return None, str(e).splitlines()[0]
 
@@ -376,7 +397,8 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
         file_hashes = write_split(split, dataset.items, os.path.join(tmp, "split"))
         lap("split")
         index_root = os.path.join(tmp, "index")
-        indexes, slots = fit_indexes(split, dataset.items, opts, index_root)
+        sp_size = base_piece_count(opts)
+        indexes, slots = fit_indexes(split, dataset.items, opts, index_root, sp_size)
         lap("index")
         sample = _TextSample()
         infos = write_tasks(split, dataset, indexes, opts, os.path.join(tmp, "tasks"), prefix,

@@ -47,7 +47,7 @@ def register_prepared(data_dir: str, prefix: str | None = None, vocabulary=None,
     return names
 
 
-def register_dirs(dirs: list[str], dataset_prefix: str = "") -> dict[str, str]:
+def register_dirs(dirs: list[str]) -> dict[str, str]:
     """Register each prepared dir that exists; log (not raise) why one is skipped."""
     out: dict[str, str] = {}
     for d in dirs:

@@ -22,4 +22,8 @@ def data_dir(path: str | None = None) -> list[str]:
     return [os.path.expanduser(p) for p in value.split(os.pathsep) if p]
 
 
-REGISTERED = _prepared.register_dirs(data_dir(), dataset_prefix="amazon")
+def register_from_config() -> dict[str, str]:
+    return _prepared.register_dirs(data_dir())
+
+
+REGISTERED = register_from_config()

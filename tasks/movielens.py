@@ -26,5 +26,10 @@ def data_dir(path: str | None = None) -> list[str]:
     return [os.path.expanduser(p) for p in value.split(os.pathsep) if p]
 
 
-REGISTERED = _prepared.register_dirs(data_dir(), dataset_prefix="ml")
+def register_from_config() -> dict[str, str]:
+    """Register every configured dir that is prepared; prefix -> data dir."""
+    return _prepared.register_dirs(data_dir())
+
+
+REGISTERED = register_from_config()
 """prefix -> data dir of what this import registered."""

@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import torch
 from hf_fixtures import hf_encoder, hf_logits, make_hf_t5, padded_batch, shift_right
 
 from flanrec import api
-from flanrec.convert import hf
+from flanrec.model import Transformer
+
+
+_PAIRS: dict = {}
 
 
 @pytest.fixture(scope="module", params=[(2, None), (2, 3)], ids=["sym", "dec3"])
 def pair(request, tmp_path_factory):
     """(HF model, our FlanT5Model) sharing the same random weights via import_hf."""
-    layers, dec_layers = request.param
+    return _pair(*request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def sym_pair(tmp_path_factory):
+    return _pair(2, None, tmp_path_factory)
+
+
+def _pair(layers, dec_layers, tmp_path_factory):
+    if (layers, dec_layers) in _PAIRS:
+        return _PAIRS[layers, dec_layers]
     model = make_hf_t5(num_layers=layers, num_decoder_layers=dec_layers, seed=layers)
     _make_eos_likely(model)
     path = tmp_path_factory.mktemp("hf") / "model"
     model.save_pretrained(str(path))
     ours = api.load(path)
     assert ours.config.num_decoder_layers == (dec_layers or layers)
+    _PAIRS[layers, dec_layers] = model, ours
     return model, ours
 
 
@@ -47,10 +62,6 @@ def test_encoder_and_logits_match(pair):
     rng = np.random.default_rng(0)
     enc = padded_batch(rng, 4, 13)
     dec_in = shift_right(padded_batch(rng, 4, 9))
-    import jax
-
-    from flanrec.model import Transformer
-
     encoded = jax.jit(Transformer(ours.config).apply, static_argnames="method")(
         {"params": ours.params}, enc, method="encode")
     np.testing.assert_allclose(np.asarray(encoded), hf_encoder(theirs, enc), atol=1e-4)
@@ -94,8 +105,8 @@ def test_greedy_matches_hf_generate(pair):
     assert (got == 1).any(), "fixture should produce some EOS"
 
 
-def test_beam_search_matches_hf_generate(pair):
-    theirs, ours = pair
+def test_beam_search_matches_hf_generate(sym_pair):
+    theirs, ours = sym_pair
     enc = padded_batch(np.random.default_rng(3), 3, 9)
     k, max_len = 3, 8
     seqs, scores = ours.generate(enc, max_length=max_len, num_beams=k, return_scores=True)

@@ -65,8 +65,8 @@ def test_preset_parameter_counts(name, expected):
 
 
 def test_relative_position_bucket_matches_transformers():
-    from transformers.models.t5.modeling_t5 import T5Attention
     import torch
+    from transformers.models.t5.modeling_t5 import T5Attention
 
     rel = np.arange(-600, 601)[None, :]
     for bidirectional in (True, False):
@@ -135,37 +135,54 @@ def test_incremental_decoding_equals_full_forward(tiny_params):
     dec_in = shift_right(padded_batch(rng, 3, 7, min_len=7))
     full = np.asarray(forward(TINY, tiny_params, enc, dec_in))
     max_len = 9  # longer than the steps taken: the cache may be larger than used
-    cache = init_cache(TINY, 3, max_len)
-    encoded = model.apply({"params": tiny_params}, enc, method=Transformer.encode)
 
     @jax.jit
-    def step(cache, token):
+    def prefill(enc):
+        encoded = model.apply({"params": tiny_params}, enc, method=Transformer.encode)
+        return encoded, init_cache(TINY, tiny_params, encoded, enc, max_len)
+
+    @jax.jit
+    def step(cache, encoded, token):
         logits, mut = model.apply({"params": tiny_params, "cache": cache}, encoded, enc,
                                   token, decode=True, max_decode_length=max_len,
                                   mutable=["cache"], method=Transformer.decode)
         return logits, mut["cache"]
 
+    encoded, cache = prefill(enc)
     steps = []
     for i in range(dec_in.shape[1]):
-        logits, cache = step(cache, dec_in[:, i:i + 1])
+        logits, cache = step(cache, encoded, dec_in[:, i:i + 1])
         steps.append(np.asarray(logits)[:, 0])
     np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5)
+    # The cross-attention cache holds the encoder's projected keys/values.
+    assert cache["decoder"]["layers_1"]["encoder_decoder_attention"]["cached_key"].shape == (
+        3, 6, 4, 8)
+    # T5X-style `init(..., decode=True)` sizes the self-attention cache by the decoder input
+    # and holds no cross-attention cache (that one must come from the real encoder output).
+    shapes = jax.eval_shape(functools.partial(model.init, decode=True), jax.random.key(0),
+                            enc, jnp.ones((3, max_len), jnp.int32))["cache"]["decoder"]
+    assert shapes["layers_0"]["self_attention"]["cached_key"].shape == (3, max_len, 4, 8)
+    assert "encoder_decoder_attention" not in shapes["layers_0"]
 
 
 def test_decode_without_max_length_is_refused(tiny_params):
     model = Transformer(TINY)
     enc = jnp.ones((1, 3), jnp.int32)
-    cache = init_cache(TINY, 1, 5)
-    encoded = model.apply({"params": tiny_params}, enc, method=Transformer.encode)
+
+    def run():
+        encoded = model.apply({"params": tiny_params}, enc, method=Transformer.encode)
+        cache = init_cache(TINY, tiny_params, encoded, enc, 5)
+        return model.apply({"params": tiny_params, "cache": cache}, encoded, enc,
+                           jnp.ones((1, 1), jnp.int32), decode=True, mutable=["cache"],
+                           method=Transformer.decode)
+
     with pytest.raises(ValueError, match="max_decode_length=5"):
-        model.apply({"params": tiny_params, "cache": cache}, encoded, enc,
-                    jnp.ones((1, 1), jnp.int32), decode=True, mutable=["cache"],
-                    method=Transformer.decode)
+        jax.eval_shape(run)  # shapes only: the check happens while tracing
 
 
 def test_dropout_only_when_enabled(tiny_params):
-    enc = jnp.array([[5, 6, 7, 1]])
-    dec = jnp.array([[0, 9, 10]])
+    enc = padded_batch(np.random.default_rng(4), 2, 8)  # shapes shared with the bf16 test
+    dec = shift_right(padded_batch(np.random.default_rng(5), 2, 6))
     a = forward(TINY, tiny_params, enc, dec)
     c = forward(TINY, tiny_params, enc, dec, enable_dropout=True, rng=jax.random.key(1))
     d = forward(TINY, tiny_params, enc, dec, enable_dropout=True, rng=jax.random.key(2))

@@ -406,11 +406,12 @@ def register_jsonl_task(
     postprocess, metrics = postprocess_and_metrics(target_kind, None)
     source = seqio.TextLineDataSource(split_to_filepattern=files, num_input_examples=counts)
 
+    # TextLineDataSource yields scalar string lines.
     def drop_blank(dataset: tf.data.Dataset) -> tf.data.Dataset:
-        return dataset.filter(lambda ex: tf.strings.length(tf.strings.strip(ex["text"])) > 0)
+        return dataset.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
 
     def text_to_features(dataset: tf.data.Dataset) -> tf.data.Dataset:
-        return parse_jsonl(dataset.map(lambda ex: ex["text"]), name)
+        return parse_jsonl(dataset, name)
 
     kwargs = dict(
         source=source,
@@ -524,7 +525,8 @@ def register_rec_mixture(
 
     `{prefix}_rec_mix` holds the index-free tasks and those of the dir's first indexing
     (tasks of different item indexings name items differently, so they do not belong in one
-    mixture by default). Rate of a task = its train examples, capped by its family's cap
+    mixture by default); `{prefix}_rec_mix_{idx}` holds the tasks of another indexing.
+    Rate of a task = its train examples, capped by its family's cap
     (`family_caps`, default DEFAULT_FAMILY_CAPS; `default_cap` for other families).
     Returns the mixture names. The tasks must be registered already (`register_prepared`).
     """
@@ -539,7 +541,8 @@ def register_rec_mixture(
         members = [
             (name, rate_by_examples(caps.get(t["family"], default_cap), temperature))
             for name, t in sorted(tasks.items())
-            if t["num_train"] > 0 and t["indexing"] in (None, suffix)
+            # Index-free tasks are rendered with the first indexing's IDs: only there.
+            if t["num_train"] > 0 and t["indexing"] in ((None, suffix) if n == 0 else (suffix,))
         ]
         if not members:
             continue

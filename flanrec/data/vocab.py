@@ -113,6 +113,11 @@ def _read_model_proto(path: str) -> sentencepiece_model_pb2.ModelProto:
         return sentencepiece_model_pb2.ModelProto.FromString(f.read())
 
 
+def piece_count(path: str) -> int:
+    """Pieces in a SentencePiece model file (without seqio's extra ids)."""
+    return len(_read_model_proto(path).pieces)
+
+
 class ItemTokenVocabulary(seqio.SentencePieceVocabulary):
     """A SentencePieceVocabulary whose reserved rows carry item-ID tokens like `<c17>`.
 

@@ -62,14 +62,15 @@ class TransitionTableConstraint:
         return jnp.maximum(nxt, 0)
 
 
-def init_cache(config: T5Config, batch: int, max_length: int) -> Any:
-    """Zeroed decoder KV cache for `batch` rows and `max_length` steps (no params built)."""
-    model = Transformer(config)
-    shapes = jax.eval_shape(
-        functools.partial(model.init, decode=True),
-        jax.random.key(0), jnp.ones((batch, 1), jnp.int32),
-        jnp.ones((batch, max_length), jnp.int32))["cache"]
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+def init_cache(config: T5Config, params: Any, encoded: Array, encoder_tokens: Array,
+               max_length: int) -> Any:
+    """Decoder cache for `max_length` steps: empty self-attention caches and the encoder's
+    projected keys/values (computed here once, reused by every step)."""
+    start = jnp.full((encoded.shape[0], 1), config.decoder_start_token_id, jnp.int32)
+    _, mutated = Transformer(config).apply(
+        {"params": params}, encoded, encoder_tokens, start, decode=True,
+        max_decode_length=max_length, mutable=["cache"], method=Transformer.decode)
+    return mutated["cache"]
 
 
 def _step(model: Transformer, params: Any, cache: Any, encoded: Array, enc_tokens: Array,
@@ -105,7 +106,7 @@ def greedy_decode(config: T5Config, params: Any, encoder_tokens: Array, max_leng
     carry = dict(
         i=jnp.array(0, jnp.int32),
         last=jnp.full((batch,), config.decoder_start_token_id, jnp.int32),
-        cache=init_cache(config, batch, max_length),
+        cache=init_cache(config, params, encoded, encoder_tokens, max_length),
         done=jnp.zeros((batch,), jnp.bool_),
         out=jnp.full((batch, max_length), pad, jnp.int32),
         score=jnp.zeros((batch,), jnp.float32),
@@ -169,7 +170,7 @@ def beam_search(config: T5Config, params: Any, encoder_tokens: Array, max_length
     carry = dict(
         i=jnp.array(0, jnp.int32),
         last=jnp.full((n,), config.decoder_start_token_id, jnp.int32),
-        cache=init_cache(config, n, max_length),
+        cache=init_cache(config, params, encoded, enc_tokens, max_length),
         live_seqs=jnp.full((batch, k, max_length), pad, jnp.int32),
         live_logp=jnp.broadcast_to(first_beam_only, (batch, k)).astype(jnp.float32),
         fin_seqs=jnp.full((batch, k, max_length), pad, jnp.int32),

@@ -147,15 +147,17 @@ class RelativePositionBias(nn.Module):
 class MultiHeadAttention(nn.Module):
     """T5 attention: no 1/sqrt(d) scaling, additive position bias, optional KV cache.
 
-    `decode=True` (self-attention only) keeps keys/values of past positions in the 'cache'
-    collection. The first call (during `init`) only creates cache variables sized by the
-    input length, which is therefore the maximum decode length; later calls take one token
-    at a time, write it at `cache_index` and attend to positions <= cache_index.
+    `decode=True` keeps keys/values in the 'cache' collection. Self-attention: the first call
+    creates zeroed caches of the decoder's max_decode_length (default: the input length, as
+    in T5X's `init(..., decode=True)`); later calls take one token at a time, write it at
+    `cache_index` and attend to positions <= cache_index. Cross-attention: the first call
+    stores the projected encoder keys/values, later calls reuse them.
     """
 
     config: T5Config
     deterministic: bool = True
     decode: bool = False
+    cross: bool = False  # encoder-decoder attention: caches projected encoder keys/values
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None,
@@ -174,17 +176,35 @@ class MultiHeadAttention(nn.Module):
             return _constrain(y, ("batch", "length", "heads", "kv"))
 
         q = proj("query", query_init, inputs_q)
-        k = proj("key", base_init, inputs_kv)
-        v = proj("value", base_init, inputs_kv)
+        if self.decode and self.cross:
+            # Keys/values of the encoder output do not change while decoding: project them
+            # once (on the first decode call under `apply`) and reuse them at every step.
+            # Never during `init`: a cache made from init's dummy encoder would be silently
+            # wrong; without it, the first real step adds it (use decoding.init_cache).
+            if self.has_variable("cache", "cached_key"):
+                k = self.variable("cache", "cached_key").value
+                v = self.variable("cache", "cached_value").value
+            else:
+                k = proj("key", base_init, inputs_kv)
+                v = proj("value", base_init, inputs_kv)
+                if not self.is_initializing():
+                    self.variable("cache", "cached_key", lambda: k)
+                    self.variable("cache", "cached_value", lambda: v)
+        else:
+            k = proj("key", base_init, inputs_kv)
+            v = proj("value", base_init, inputs_kv)
 
-        if self.decode:
+        if self.decode and not self.cross:
             initialized = self.has_variable("cache", "cached_key")
-            cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-            cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+            # Cache length: the decoder sizes the position bias by max_decode_length.
+            max_len = bias.shape[-1] if bias is not None else k.shape[1]
+            shape = (k.shape[0], max_len, h, dk)
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
             cache_index = self.variable("cache", "cache_index",
                                         lambda: jnp.array(0, dtype=jnp.int32))
             if initialized:
-                batch, max_len, _, _ = cached_key.value.shape
+                max_len = cached_key.value.shape[1]
                 if q.shape[1] != 1:
                     raise ValueError(f"incremental decoding takes one token per step, got "
                                      f"decoder inputs of length {q.shape[1]}")
@@ -200,6 +220,8 @@ class MultiHeadAttention(nn.Module):
                 mask = step_mask if mask is None else jnp.logical_and(mask, step_mask)
                 if bias is not None:
                     bias = lax.dynamic_slice_in_dim(bias, idx, 1, axis=2)
+            elif bias is not None:  # cache-creating call: plain causal attention
+                bias = bias[:, :, :q.shape[1], :k.shape[1]]
 
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         if bias is not None:
@@ -269,8 +291,8 @@ class DecoderLayer(nn.Module):
             y, y, self_mask, self_bias)
         x = x + drop(y, deterministic=det)
         y = norm(name="pre_cross_attention_layer_norm")(x)
-        y = MultiHeadAttention(cfg, det, name="encoder_decoder_attention")(
-            y, encoded, cross_mask, None)
+        y = MultiHeadAttention(cfg, det, self.decode, cross=True,
+                               name="encoder_decoder_attention")(y, encoded, cross_mask, None)
         x = x + drop(y, deterministic=det)
         y = norm(name="pre_mlp_layer_norm")(x)
         y = MlpBlock(cfg, det, name="mlp")(y)

@@ -1,0 +1,204 @@
+"""Loss, accumulation and `flanrec.train` in-process on one CPU device: it learns, it starts
+from a Hugging Face checkpoint with transformers' own loss, and it fails early and clearly."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import train_fixtures as tfx
+
+from flanrec import losses, optimizers, partitioning, train, trainer
+from flanrec.model.config import get_preset
+
+
+# ---------------------------------------------------------------------------------- losses
+def _numpy_loss(logits, targets, smoothing, z):
+    v = logits.shape[-1]
+    log_z = np.log(np.exp(logits).sum(-1))
+    logp = logits - log_z[..., None]
+    soft = np.full(logits.shape, smoothing / (v - 1))
+    np.put_along_axis(soft, targets[..., None], 1 - smoothing, axis=-1)
+    entropy = -(soft * np.log(soft)).sum(-1) if smoothing else 0.0
+    per_token = -(soft * logp).sum(-1) - entropy + z * log_z ** 2
+    w = (targets != 0).astype(np.float64)
+    return (per_token * w).sum(), w.sum()
+
+
+@pytest.mark.parametrize("smoothing,z", [(0.0, 0.0), (0.0, 1e-4), (0.1, 1e-4)])
+def test_cross_entropy_matches_numpy_reference(smoothing, z):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, 11)) * 3
+    targets = rng.integers(1, 11, size=(3, 5))
+    targets[0, 3:] = 0
+    sums = losses.cross_entropy_sums(jnp.asarray(logits, jnp.float32), jnp.asarray(targets),
+                                     losses.target_weights(jnp.asarray(targets)),
+                                     losses.LossConfig(z_loss=z, label_smoothing=smoothing))
+    want, weight = _numpy_loss(logits, targets, smoothing, z)
+    assert float(sums["weight"]) == weight == 13
+    assert float(sums["loss"]) == pytest.approx(want, rel=1e-5)
+    hits = (logits.argmax(-1) == targets) & (targets != 0)
+    assert float(sums["correct"]) == hits.sum()
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused_by_name():
+    batch = {"encoder_input_tokens": np.array([[5, 200, 1]]),
+             "decoder_target_tokens": np.array([[3, 1, 0]])}
+    with pytest.raises(ValueError, match=r"'encoder_input_tokens' contains token id 200.*"
+                                         r"\[0, 128\)"):
+        trainer.check_token_ids(batch, 128, "training batch 1")
+    trainer.check_token_ids({"decoder_target_tokens": np.array([[127, 1]])}, 128, "ok")
+
+
+# ---------------------------------------------------------------------------- accumulation
+def test_two_microbatches_of_four_equal_one_batch_of_eight():
+    cfg = get_preset("tiny", dropout_rate=0.0)
+    from flanrec.model.network import Transformer
+
+    model = Transformer(cfg)
+    mesh = partitioning.make_mesh((1, 1), devices=jax.devices()[:1])
+    rules = partitioning.logical_axis_rules()
+    # Plain SGD (lr 1): parameter differences are gradient differences, not amplified by
+    # an adaptive normaliser dividing tiny gradients by their own magnitude.
+    sched = optimizers.constant_schedule(1.0)
+    tx = optax.sgd(sched)
+    sh = trainer.state_shardings(trainer.abstract_state(model, tx), cfg, mesh, rules)
+    bsh = partitioning.batch_sharding(mesh, rules)
+    rng = np.random.default_rng(1)
+    tg = rng.integers(2, 128, (8, 7)).astype(np.int32)
+    for i, n in enumerate([7, 2, 5, 1, 6, 3, 7, 4]):  # uneven target lengths
+        tg[i, n:] = 0
+    batch = {"encoder_input_tokens": rng.integers(2, 128, (8, 10)).astype(np.int32),
+             "decoder_target_tokens": tg,
+             "decoder_input_tokens": np.concatenate([np.zeros((8, 1), np.int32), tg[:, :-1]], 1)}
+    results = []
+    for micro in (1, 2):
+        state = trainer.init_state(model, tx, jax.random.PRNGKey(0), sh, mesh, rules)
+        step = trainer.make_train_step(model, tx, sched, losses.LossConfig(), sh, bsh, mesh,
+                                       rules, num_microbatches=micro)
+        state, m = step(state, partitioning.host_to_global(batch, bsh), jax.random.PRNGKey(1))
+        results.append((jax.device_get(state.params), jax.device_get(m)))
+    (p1, m1), (p2, m2) = results
+    for k in ("loss", "accuracy", "grad_norm", "target_tokens"):
+        assert float(m2[k]) == pytest.approx(float(m1[k]), rel=1e-6, abs=1e-6), k
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------- the job, in-process
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    t = tfx.make_task(tmp_path_factory.mktemp("steps") / "task", n_train=16, n_val=8)
+    sys.path.insert(0, t["dir"])
+    yield t
+    sys.path.remove(t["dir"])
+
+
+def _main(args: list[str]) -> int:
+    try:
+        return train.main(args)
+    finally:
+        gin.clear_config()
+
+
+def test_memorises_sixteen_examples(task, tmp_path):
+    model_dir = tmp_path / "run"
+    args = tfx.train_args(task, model_dir, steps=120, batch=16, extra=(
+        "--gin.DROPOUT_RATE=0.0", "--gin.LEARNING_RATE=0.02", "--gin.LOG_PERIOD=10",
+        "--gin.EVAL_PERIOD=120", "--gin.CHECKPOINT_PERIOD=1000"))
+    assert _main(args) == 0
+    loss = tfx.read_scalars(model_dir / "train", "loss")
+    acc = tfx.read_scalars(model_dir / "train", "accuracy")
+    assert loss[120] < 0.25 * loss[10]
+    assert acc[120] > 0.95, acc
+    for tag in ("learning_rate", "grad_norm", "examples_per_sec", "target_tokens_per_sec",
+                "mfu", "eta_sec"):
+        assert tfx.read_scalars(model_dir / "train", tag), tag
+    assert tfx.read_scalars(model_dir / "validation", "loss")[120] > 0
+    # Effective config: written atomically, re-parsable, and naming the run's values.
+    config = (model_dir / "config.gin").read_text()
+    assert f"MIXTURE_OR_TASK_NAME = '{task['task']}'" in config
+    assert "TRAIN_STEPS = 120" in config
+    assert not [p for p in model_dir.iterdir() if p.name.startswith(".")]
+    assert (model_dir / "checkpoint_120" / "commit_success.txt").exists()
+
+
+def test_step0_loss_from_hf_checkpoint_equals_transformers(task, tmp_path):
+    import torch
+    from hf_fixtures import save_hf_t5
+
+    hf_dir = save_hf_t5(tmp_path / "hf")  # tiny: the shapes of gin/models/tiny.gin
+    model_dir = tmp_path / "run"
+    args = tfx.train_args(task, model_dir, steps=1, batch=8, extra=(
+        f"--gin.INITIAL_CHECKPOINT_PATH={hf_dir}", "--gin.DROPOUT_RATE=0.0",
+        "--gin.LossConfig.z_loss=0.0", "--gin.LossConfig.label_smoothing=0.0"))
+    assert _main(args) == 0
+    ours = tfx.read_scalars(model_dir / "train", "loss")[1]
+
+    import transformers
+
+    cfg = train.DatasetConfig(task["task"], {"inputs": 32, "targets": 8}, "train", 8,
+                              shuffle=True, seed=0, pack=False)
+    batch = next(train.train_batches(cfg, 8, 0))
+    model = transformers.T5ForConditionalGeneration.from_pretrained(str(hf_dir)).eval()
+    labels = torch.tensor(batch["decoder_target_tokens"], dtype=torch.long)
+    enc = torch.tensor(batch["encoder_input_tokens"], dtype=torch.long)
+    with torch.no_grad():
+        out = model(input_ids=enc, attention_mask=(enc > 0).long(),
+                    labels=torch.where(labels == 0, -100, labels))
+    assert abs(ours - float(out.loss)) < 1e-4, (ours, float(out.loss))
+
+
+def test_initial_checkpoint_of_another_shape_is_refused_before_training(task, tmp_path):
+    from hf_fixtures import save_hf_t5
+
+    hf_dir = save_hf_t5(tmp_path / "hf", d_ff=48)
+    args = tfx.train_args(task, tmp_path / "run", steps=1,
+                          extra=(f"--gin.INITIAL_CHECKPOINT_PATH={hf_dir}",))
+    with pytest.raises(ValueError, match=r"wi_0/kernel has shape \(32, 48\), expected \(32, 64\)"):
+        _main(args)
+
+
+def test_non_finite_loss_or_params_stop_naming_the_step():
+    # The guard every step's metrics pass through before any checkpoint of that step.
+    window = train._Window()
+    ok = {"loss": 2.0, "grad_norm": 1.0, "param_norm": 3.0, "accuracy": 0.5,
+          "learning_rate": 1e-3, "target_tokens": 10.0, "z_loss": 0.0}
+    assert window.add(3, ok) == 10.0
+    with pytest.raises(train.NonFiniteLossError, match="at step 4: loss nan"):
+        window.add(4, {**ok, "loss": float("nan")})
+    # A finite loss (computed before the update) with weights blown up by the update.
+    with pytest.raises(train.NonFiniteLossError, match="at step 5: .*norm after the update inf"):
+        window.add(5, {**ok, "param_norm": float("inf")})
+    assert window.pop()["loss"] == 2.0
+
+
+def test_misspelled_bindings_fail_at_parse_time(task, tmp_path):
+    base = tfx.train_args(task, tmp_path / "run", steps=1)
+    with pytest.raises(ValueError, match="doesn't have a parameter named 'lerning_rate'"):
+        _main([*base, "--gin.make_optimizer.lerning_rate=0.1"])
+    with pytest.raises(ValueError, match="No configurable matching 'trian'"):
+        _main([*base, "--gin.trian.log_period=3"])
+    with pytest.raises(ValueError, match="macro TRAIN_STEP is set on the command line"):
+        _main([*base, "--gin.TRAIN_STEP=3"])
+    assert not (tmp_path / "run").exists()  # nothing ran
+
+
+def test_unwritable_model_dir_and_vocab_mismatch_fail_before_compiling(task, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PermissionError, match="MODEL_DIR .* is not writable"):
+        _main(tfx.train_args(task, blocker / "run", steps=1))
+    with pytest.raises(ValueError, match="feature 'inputs' uses a vocabulary of \\d+ ids, but "
+                                         "the model embeds only 16"):
+        _main(tfx.train_args(task, tmp_path / "run", steps=1,
+                             extra=("--gin.T5Config.vocab_size=16",)))
+    with pytest.raises(ValueError, match="is not registered"):
+        _main(tfx.train_args(task, tmp_path / "run2", steps=1,
+                             extra=("--gin.MIXTURE_OR_TASK_NAME=no_such_task",)))
