@@ -308,15 +308,27 @@ def resolve_prepare_vocab(vocab_path: str | None, slots: dict[str, int]):  # noq
         return None, str(e).splitlines()[0]
 
 
-def save_trie(path: str, trie, items: Sequence[str]) -> None:  # noqa: ANN001
-    """npz with the TrieArrays fields (no dense table) and `items` (item number -> raw id)."""
+def vocabulary_fingerprint(vocabulary) -> str:  # noqa: ANN001 - a seqio.Vocabulary
+    """md5 of the (slot-extended) SentencePiece model: a trie is only valid for that model."""
+    sp_model = getattr(vocabulary, "sp_model", None)
+    if sp_model is None:
+        return f"{type(vocabulary).__name__}:{vocabulary.vocab_size}"
+    return hashlib.md5(sp_model).hexdigest()
+
+
+def save_trie(path: str, trie, items: Sequence[str], vocab_id: str = "") -> None:  # noqa: ANN001
+    """npz with the TrieArrays fields (no dense table), `items` (item number -> raw id) and
+    `vocab_id` (vocabulary_fingerprint of the vocabulary the token ids come from)."""
     import numpy as np
 
     arrays = {f.name: getattr(trie, f.name) for f in dataclasses.fields(trie)
               if f.name != "dense_next"}
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     arrays["items"] = np.asarray(list(items), dtype=object).astype(str)
-    np.savez_compressed(path, **arrays)
+    arrays["vocab_id"] = np.asarray(vocab_id)
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def load_trie(path: str):  # noqa: ANN201 - (flanrec.data.trie.TrieArrays, list[str])
@@ -328,6 +340,7 @@ def load_trie(path: str):  # noqa: ANN201 - (flanrec.data.trie.TrieArrays, list[
     with np.load(path) as z:
         data = {k: z[k] for k in z.files}
     items = [str(x) for x in data.pop("items")]
+    data.pop("vocab_id", None)
     scalars = {k: int(data.pop(k)) for k in ("eos_id", "pad_id", "vocab_size", "max_length")}
     return TrieArrays(dense_next=None, **data, **scalars), items
 
@@ -342,9 +355,43 @@ def build_tries(indexes, vocabulary, catalogue: Sequence[str], index_root: str  
         seqs = [vocabulary.encode(ix.id_of(item)) for item in catalogue]
         trie = build_trie(seqs, eos_id=vocabulary.eos_id, vocab_size=vocabulary.vocab_size,
                           pad_id=0, dense_limit=0)
-        save_trie(os.path.join(index_root, method, "trie.npz"), trie, catalogue)
+        save_trie(os.path.join(index_root, method, "trie.npz"), trie, catalogue,
+                  vocabulary_fingerprint(vocabulary))
         out[method] = {"nodes": trie.num_nodes, "max_length": trie.max_length}
     return out
+
+
+def item_trie(data_dir: str, vocabulary=None, method: str | None = None):  # noqa: ANN001, ANN201
+    """(TrieArrays, items) of a prepared dir's item IDs under `vocabulary`.
+
+    Loads `index/{method}/trie.npz` when it was built with this very vocabulary, else builds
+    it in memory (about a second for ml-100k): a trie in another vocabulary's token ids would
+    constrain decoding to the wrong tokens. `vocabulary` defaults to
+    `vocabulary_for_prepared(data_dir)`, `method` to the dir's first indexing.
+    """
+    import numpy as np
+
+    from flanrec.data import vocab as vocab_lib
+    from flanrec.data.indexing import ItemIndex
+    from flanrec.data.trie import build_trie
+
+    with open(os.path.join(data_dir, "prepare.json"), encoding="utf-8") as f:
+        doc = json.load(f)
+    method = method or doc["index_methods"][0]
+    vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)
+    path = os.path.join(data_dir, "index", method, "trie.npz")
+    if os.path.exists(path):
+        with np.load(path) as z:
+            stored = str(z["vocab_id"]) if "vocab_id" in z.files else ""
+        if stored == vocabulary_fingerprint(vocabulary):
+            return load_trie(path)
+    index = ItemIndex.load(os.path.join(data_dir, "index", method))
+    with open(os.path.join(data_dir, "split", "split.json"), encoding="utf-8") as f:
+        catalogue = json.load(f)["all_items"]
+    seqs = [vocabulary.encode(index.id_of(item)) for item in catalogue]
+    trie = build_trie(seqs, eos_id=vocabulary.eos_id, vocab_size=vocabulary.vocab_size,
+                      pad_id=0, dense_limit=0)
+    return trie, list(catalogue)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +427,9 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
     for m in opts.indexing:
         if m not in INDEX_SUFFIX:
             raise SystemExit(f"unknown indexing {m!r}; choose from {sorted(INDEX_SUFFIX)}")
+    unknown = [f for f in opts.families if f not in FAMILIES]
+    if unknown:
+        raise SystemExit(f"unknown families {unknown}; choose from {FAMILIES}")
     if opts.num_shards < 2:
         raise SystemExit("--num_shards must be >= 2 (multi-host readers shard by file)")
     out = os.path.abspath(os.path.expanduser(opts.out))
@@ -441,7 +491,10 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
             "new_tokens": len(slots),
             "vocab": {
                 "trained": "vocab/spm.model" if vocab_path else None,
-                "trie_vocab": str(vocabulary) if vocabulary is not None else None,
+                "trie_vocab": (str(vocabulary).replace(tmp, out)
+                               if vocabulary is not None else None),
+                "trie_vocab_id": (vocabulary_fingerprint(vocabulary)
+                                  if vocabulary is not None else None),
                 "trie_skipped_because": why_no_vocab or None,
             },
             "tries": tries,

@@ -33,6 +33,7 @@ import datetime
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -390,7 +391,10 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
              time.time() - t_start)
     try:
         while step < train_steps:
-            host_batch = next(train_iter)
+            host_batch = next(train_iter, None)
+            if host_batch is None:
+                raise ValueError(f"{train_dataset.mixture_or_task_name}/{train_dataset.split}: "
+                                 f"too few examples for one batch of {per_host} per host")
             trainer.check_token_ids(host_batch, model_config.vocab_size,
                                     f"training batch {step + 1}")
             state, metrics = train_step(state, partitioning.host_to_global(host_batch, bsh),
@@ -517,7 +521,8 @@ def _check_macros_used(bindings: Sequence[str]) -> None:
     config = gin.config_str()
     for binding in bindings:
         name = binding.split("=", 1)[0].strip()
-        if name.isupper() and name not in _DRIVER_MACROS and f"%{name}" not in config:
+        used = re.search(rf"%{re.escape(name)}\b", config)
+        if name.isupper() and name not in _DRIVER_MACROS and not used:
             raise ValueError(f"gin macro {name} is set on the command line but no gin file "
                              f"uses it (misspelled? known macros are in the --gin_file "
                              "files, e.g. gin/runs/finetune.gin)")

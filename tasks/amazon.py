@@ -1,6 +1,6 @@
 """Amazon review tasks (e.g. `prepare --dataset amazon-2014-Beauty`): same layout as MovieLens.
 
-`$FLANREC_AMAZON_DATA_DIR` (or gin `tasks.amazon.data_dir.path`) lists prepared dirs,
+The gin macro / env var `FLANREC_AMAZON_DATA_DIR` lists prepared dirs,
 separated by ":"; nothing is registered by default. amazon-2014-Beauty registers as
 `amazon_beauty_*`.
 """
@@ -11,6 +11,7 @@ import os
 
 import gin
 
+from flanrec.data.vocab import gin_macro
 from tasks import _prepared
 
 DATA_DIR_ENV = "FLANREC_AMAZON_DATA_DIR"
@@ -18,7 +19,7 @@ DATA_DIR_ENV = "FLANREC_AMAZON_DATA_DIR"
 
 @gin.configurable
 def data_dir(path: str | None = None) -> list[str]:
-    value = path or os.environ.get(DATA_DIR_ENV) or ""
+    value = path or gin_macro(DATA_DIR_ENV) or os.environ.get(DATA_DIR_ENV) or ""
     return [os.path.expanduser(p) for p in value.split(os.pathsep) if p]
 
 

@@ -2,8 +2,8 @@
 
 FLAN itself cannot be installed here, but its mixtures can be exported (e.g. with seqio's
 cache job or `Mixture.get_dataset` → JSONL/TFRecord) to files of `inputs`, `targets` and
-the metadata `_task_name`, `_template_type`, `_template_idx`. Point `$FLANREC_FLAN_DATA`
-(or gin `tasks.flan.flan_data.path`) at them:
+the metadata `_task_name`, `_template_type`, `_template_idx`. Point the gin macro or env var
+`FLANREC_FLAN_DATA` at them:
 
 * a directory: every `{split}*.jsonl` / `{split}*.tfrecord*` file is that split's data
   (split = train, validation, test);
@@ -34,8 +34,8 @@ SPLITS = ("train", "validation", "test")
 
 @gin.configurable
 def flan_data(path: str | None = None) -> str | None:
-    """Where Flan-format instruction data lives: gin `path`, else $FLANREC_FLAN_DATA."""
-    value = path or os.environ.get(FLAN_DATA_ENV)
+    """Where Flan-format instruction data lives: `path`, gin macro or env FLANREC_FLAN_DATA."""
+    value = path or vocab_lib.gin_macro(FLAN_DATA_ENV) or os.environ.get(FLAN_DATA_ENV)
     return os.path.expanduser(value) if value else None
 
 

@@ -1,7 +1,8 @@
 """MovieLens tasks: everything `flanrec.prepare --dataset ml-*` wrote to the data dir.
 
-Where the data lives is configuration, not code: `$FLANREC_DATA_DIR` (or gin
-`tasks.movielens.data_dir.path`), default `~/.cache/flanrec/prepared/ml-100k`. Several dirs
+Where the data lives is configuration, not code: the gin macro `FLANREC_DATA_DIR` (in the run's
+gin file; read when MIXTURE_OR_TASK_MODULE is imported), else `$FLANREC_DATA_DIR`, default
+`~/.cache/flanrec/prepared/ml-100k`. Several dirs
 may be listed, separated by `os.pathsep` (":"); each registers under the prefix its
 prepare.json names (ml-100k -> `ml100k`, ml-1m -> `ml1m`), e.g. `ml100k_seq_seqidx`.
 A missing dir registers nothing (so `import tasks` works before `prepare` has run).
@@ -13,6 +14,7 @@ import os
 
 import gin
 
+from flanrec.data.vocab import gin_macro
 from tasks import _prepared
 
 DATA_DIR_ENV = "FLANREC_DATA_DIR"
@@ -21,8 +23,11 @@ DEFAULT_DATA_DIR = "~/.cache/flanrec/prepared/ml-100k"
 
 @gin.configurable
 def data_dir(path: str | None = None) -> list[str]:
-    """The prepared MovieLens dirs: gin `path`, else $FLANREC_DATA_DIR, else the default."""
-    value = path or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    """The prepared MovieLens dirs: `path`, else the gin macro FLANREC_DATA_DIR (set in a run's
+    gin file, read when MIXTURE_OR_TASK_MODULE is imported), else $FLANREC_DATA_DIR, else
+    the default."""
+    value = (path or gin_macro(DATA_DIR_ENV) or os.environ.get(DATA_DIR_ENV)
+             or DEFAULT_DATA_DIR)
     return [os.path.expanduser(p) for p in value.split(os.pathsep) if p]
 
 

@@ -4,6 +4,9 @@ test_prepare_* and test_tasks_* modules (import the fixture into a test module):
     from tests.data_fixtures import ml100k_dir  # noqa: F401
     from tests.prepare_fixtures import prepared_ml100k  # noqa: F401
 
+Without a root conftest.py, every importing module gets its own fixture instance; they
+share the output through a fixed path under the session's base temp dir.
+
 It trains a small SentencePiece vocabulary (--train_vocab), because the Flan-T5 one is not
 available offline; every task then tokenizes with it.
 """
@@ -19,7 +22,11 @@ import pytest
 def prepared_ml100k(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flanrec.prepare import PrepareOptions, prepare
 
-    out = tmp_path_factory.mktemp("prepared") / "ml-100k"
+    # One fixed path per session: each module that imports this fixture gets its own
+    # fixture instance, but all of them find the first run's output there and reuse it.
+    out = tmp_path_factory.getbasetemp() / "prepared-ml-100k"
+    if (out / "prepare.json").exists():
+        return out
     prepare(PrepareOptions(dataset="ml-100k", out=str(out), raw_dir=str(ml100k_dir),
                            train_vocab=True, vocab_size=2000, allow_download=False),
             log=lambda msg: None)

@@ -79,3 +79,27 @@ def test_generate_rejects_bad_input(model):
         model.generate(np.ones((1, 3), np.int32), max_length=3, num_beams=0)
     with pytest.raises(ValueError, match=r"shape \[batch, length\]"):
         model.generate(np.ones((3,), np.int32), max_length=3)
+
+
+def test_item_trie_constraint_with_per_user_exclusion(model):
+    """Integration with the data side's trie (flanrec.data.trie / trie_jax): every beam is a
+    catalog item, all distinct, and items a user may not get never appear."""
+    trie_mod = pytest.importorskip("flanrec.data.trie")
+    trie_jax = pytest.importorskip("flanrec.data.trie_jax")
+    rng = np.random.default_rng(5)
+    items = sorted({tuple(int(t) for t in rng.integers(2, CFG.vocab_size, rng.integers(1, 4)))
+                    for _ in range(12)})
+    trie = trie_mod.build_trie([list(s) for s in items], eos_id=1, vocab_size=CFG.vocab_size)
+    allowed = np.ones((2, len(items)), bool)
+    allowed[0, :6] = False  # user 0 has already seen the first six items
+    k = 4
+    constraint = trie_jax.TrieConstraint.create(trie, CFG.vocab_size, allowed_items=allowed,
+                                                beams=k)
+    enc = padded_batch(np.random.default_rng(6), 2, 7)
+    seqs, scores = model.generate(enc, max_length=5, num_beams=k, constraint=constraint,
+                                  return_scores=True)
+    assert np.all(np.isfinite(scores))
+    for b in range(2):
+        found = [trie_mod.lookup(trie, [int(t) for t in s if t != 0]) for s in seqs[b]]
+        assert min(found) >= 0 and len(set(found)) == k
+        assert all(allowed[b, i] for i in found)

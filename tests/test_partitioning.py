@@ -105,6 +105,7 @@ for _ in range(5):
     dec = np.concatenate([np.zeros((8, 1), np.int32), tg[:, :-1]], 1)
     batches.append({"encoder_input_tokens": enc, "decoder_input_tokens": dec,
                     "decoder_target_tokens": tg})
+batches = batches[:2] * 2 + batches[:1]  # revisit batches, so the loss visibly falls
 
 configs = {"one_device": ((1, 1), jax.devices()[:1], "standard"),
            "data8": ((8, 1), None, "standard"),
@@ -131,7 +132,8 @@ for name, (shape, devices, kind) in configs.items():
         "emb_spec": str(emb.sharding.spec), "wi_spec": str(wi.sharding.spec),
         "wi_shard_shape": list(wi.addressable_shards[0].data.shape),
         "emb_shard_shape": list(emb.addressable_shards[0].data.shape),
-        "v_spec": str(jax.tree_util.tree_leaves(state.opt_state[0].v["encoder"]["layers_0"]["mlp"]["wi_0"])[0].sharding.spec),
+        "v_spec": str(state.opt_state[0].v["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+                      .sharding.spec),
     }
     np.savez(f"{out}/{name}.npz", **flatten(jax.device_get(state.params)))
 json.dump(report, open(f"{out}/report.json", "w"))
@@ -155,7 +157,7 @@ def equivalence(tmp_path_factory):
 def test_same_losses_and_params_on_every_mesh(equivalence):
     report, params = equivalence
     ref = report["one_device"]["losses"]
-    assert ref[-1] < ref[0]  # it trains
+    assert ref[4] < ref[2] < ref[0]  # it trains (steps 1, 3, 5 see the same batch)
     for name in ("data8", "data4_model2", "fsdp8"):
         np.testing.assert_allclose(report[name]["losses"], ref, rtol=1e-5, atol=1e-5,
                                    err_msg=name)

@@ -86,6 +86,16 @@ def test_item_tokens_encode_to_their_slots_and_decode_back(toy_prepared):
             assert set(ids) >= {slots[t] for t in tokens} and tokens
             assert vocab.decode(ids) == index.id_of(item)
             assert accepts(trie, ids + [vocab.eos_id])
+        # The stored trie is reused for the vocabulary it was built with, rebuilt otherwise.
+        from flanrec.prepare import item_trie
+
+        same, _ = item_trie(str(out), vocab, "collaborative")
+        assert same.num_nodes == trie.num_nodes and (same.children_tokens ==
+                                                     trie.children_tokens).all()
+        plain = seqio.SentencePieceVocabulary(base, extra_ids=100)
+        other, other_items = item_trie(str(out), plain, "collaborative")
+        assert other_items == items and other.vocab_size == plain.vocab_size
+        assert accepts(other, plain.encode(index.id_of(items[0])) + [1])
         n = 0
         for ex in task.get_dataset({"inputs": 512, "targets": 16}, split="test",
                                    shuffle=False).as_numpy_iterator():
@@ -104,3 +114,21 @@ def test_item_tokens_encode_to_their_slots_and_decode_back(toy_prepared):
                 seqio.MixtureRegistry.remove(name)
             elif name in seqio.TaskRegistry.names():
                 seqio.TaskRegistry.remove(name)
+
+
+def test_failure_late_in_the_job_leaves_the_old_output(toy_prepared, tmp_path):
+    """The vocabulary step fails after every task was written: nothing of it may remain."""
+    import os
+
+    from flanrec.prepare import PrepareOptions, prepare
+
+    out_dir, _, _ = toy_prepared
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "prepare.json").write_text('{"sentinel": true}')
+    opts = PrepareOptions(dataset="csv", raw_dir=str(out_dir.parent / "log.csv"), out=str(out),
+                          train_vocab=True, vocab_size=100, allow_download=False)
+    with pytest.raises(ValueError, match="raise vocab_size"):
+        prepare(opts, log=lambda m: None)
+    assert json.loads((out / "prepare.json").read_text()) == {"sentinel": True}
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no out.tmp, no out.old-*

@@ -4,7 +4,6 @@ from a Hugging Face checkpoint with transformers' own loss, and it fails early a
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import gin
 import jax

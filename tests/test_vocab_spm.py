@@ -180,3 +180,13 @@ def test_too_small_vocab_size_says_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="raise vocab_size"):
         V.train_sentencepiece(CORPUS, str(tmp_path / "x.model"), vocab_size=100)
     assert not (tmp_path / "x.model").exists()
+
+
+def test_gin_macro_sets_the_vocabulary(base_model, monkeypatch):
+    """A run's gin file can name the model with a macro, read when tasks are imported."""
+    monkeypatch.delenv(V.VOCAB_ENV, raising=False)
+    gin.parse_config(f"FLANREC_VOCAB = '{base_model}'")
+    try:
+        assert V.get_vocabulary().sentencepiece_model_file == base_model
+    finally:
+        gin.clear_config()

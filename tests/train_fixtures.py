@@ -49,7 +49,7 @@ def make_task(root: Path, n_train: int = 16, n_val: int = 8, seed: int = 0,
         character_coverage=1.0, model_type="unigram", minloglevel=2)
     tag = uuid.uuid4().hex[:8]
     task, module = f"flanrec_test_mem_{tag}", f"flanrec_test_tasks_{tag}"
-    (root / f"{module}.py").write_text(f'''"""Test task registration (written by tests/train_fixtures.py)."""
+    (root / f"{module}.py").write_text(f'''"""Test task (written by tests/train_fixtures.py)."""
 import seqio
 import tensorflow as tf
 

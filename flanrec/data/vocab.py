@@ -227,14 +227,27 @@ def _hf_cache_candidates() -> list[str]:
     return found
 
 
+def gin_macro(name: str) -> str | None:
+    """Value of gin macro `name` if a parsed gin file defines it, else None.
+
+    Macros need no registered configurable, so a run's gin file can set `FLANREC_VOCAB` /
+    `FLANREC_DATA_DIR` before the module reading them is imported (T5X's import order).
+    """
+    try:
+        value = gin.query_parameter(f"%{name}")
+    except ValueError:
+        return None
+    return value or None
+
+
 def resolve_spm_path(path: str | None = None) -> str:
-    """The SentencePiece model file to use: `path`, else $FLANREC_VOCAB, else the HF cache.
+    """The SentencePiece model: `path`, else gin macro / env FLANREC_VOCAB, else the HF cache.
 
     `path` may be a `.model` file, a directory holding `spiece.model` (an HF Flan-T5 checkpoint)
     or `sentencepiece.model`, or a `gs://` path (T5X users on TPU). Raises
     VocabularyNotFoundError naming every option when nothing is found; never downloads.
     """
-    path = path or os.environ.get(VOCAB_ENV) or None
+    path = path or gin_macro(VOCAB_ENV) or os.environ.get(VOCAB_ENV) or None
     tried: list[str] = []
     if path:
         if path.startswith("gs://"):
@@ -257,7 +270,8 @@ def resolve_spm_path(path: str | None = None) -> str:
         "No SentencePiece vocabulary found (looked for: " + ", ".join(tried) + "). Options:\n"
         f"  1. set {VOCAB_ENV}=/path/to/flan-t5-checkpoint (a dir with spiece.model) or a .model"
         " file;\n"
-        "  2. gin: flanrec.data.vocab.get_vocabulary.path = '/path/spiece.model';\n"
+        f"  2. gin: {VOCAB_ENV} = '/path/spiece.model' (a macro), or "
+        "flanrec.data.vocab.get_vocabulary.path = '/path/spiece.model';\n"
         f"  3. TPU/T5X users: {FLAN_T5_GCS_VOCAB} (set it as the path);\n"
         "  4. train a small one offline: python -m flanrec.prepare ... --train_vocab "
         "(tasks then pick DIR/vocab/spm.model up by themselves)."
@@ -333,7 +347,7 @@ def vocabulary_for_prepared(data_dir: str, path: str | None = None) -> seqio.Voc
     """
     if path:
         return get_vocabulary(path, item_tokens=data_dir)
-    if _gin_bound_path() is None and not os.environ.get(VOCAB_ENV):
+    if _gin_bound_path() is None and not gin_macro(VOCAB_ENV) and not os.environ.get(VOCAB_ENV):
         trained = trained_vocab_path(data_dir)
         if trained:
             return get_vocabulary(trained, item_tokens=data_dir, max_rows=None)

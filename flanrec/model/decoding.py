@@ -139,8 +139,17 @@ def greedy_decode(config: T5Config, params: Any, encoder_tokens: Array, max_leng
 
 
 def _gather_beams(tree: Any, flat_idx: Array) -> Any:
-    """Reorder rows (leading axis batch*beams) of every non-scalar leaf."""
-    return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, flat_idx, axis=0), tree)
+    """Reorder rows (leading axis batch*beams) of every non-scalar leaf.
+
+    Cross-attention caches are skipped: beams only move within their batch element, whose
+    rows all hold the same encoder keys/values, so gathering them would copy for nothing.
+    """
+    def gather(path: tuple[Any, ...], x: Array) -> Array:
+        names = {getattr(p, "key", None) for p in path}
+        if x.ndim == 0 or "encoder_decoder_attention" in names:
+            return x
+        return jnp.take(x, flat_idx, axis=0)
+    return jax.tree_util.tree_map_with_path(gather, tree)
 
 
 @functools.partial(jax.jit,

@@ -414,13 +414,20 @@ class Transformer(nn.Module):
                decoder_segment_ids: Array | None = None,
                decoder_positions: Array | None = None, enable_dropout: bool = False,
                decode: bool = False, max_decode_length: int | None = None) -> Array:
-        """Decoder logits (float32). With `decode=True` runs one cached step (see attention)."""
+        """Decoder logits (float32) [batch, decoder_len, vocab].
+
+        Incremental decoding: build the cache once with
+        `flanrec.model.decoding.init_cache(config, params, encoded, encoder_input_tokens,
+        max_length)`, then call with one token per step, `decode=True`,
+        `max_decode_length=max_length` and `mutable=['cache']`. A `decode=True` call on a
+        fresh (empty) cache creates it and runs ordinary causal attention over its input.
+        """
         del decoder_positions
         length = decoder_input_tokens.shape[1]
+        causal = jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
         if decode:
-            self_mask = None  # the cache supplies causality
+            self_mask = causal  # a single step is [1, 1]; the cache masks future positions
         else:
-            causal = jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
             target_mask = (None if decoder_target_tokens is None
                            else (decoder_target_tokens > 0)[:, None, None, :])
             self_mask = _and(causal, target_mask,
