@@ -10,7 +10,8 @@ from flanrec import __version__
 _JOBS = {
     "prepare": "python -m flanrec.prepare --dataset ml-100k --out DIR   (data, splits, tasks)",
     "train": "python -m flanrec.train --gin_file=gin/runs/finetune.gin --gin.MODEL_DIR=...",
-    "convert": "python -m flanrec.convert --from hf|t5x|flanrec --src DIR --out DIR [--to flanrec|hf|t5x]",
+    "convert": "python -m flanrec.convert --from hf|t5x|flanrec --src DIR --out DIR "
+    "[--to flanrec|hf|t5x]",
 }
 
 

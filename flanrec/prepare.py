@@ -108,6 +108,8 @@ class PrepareOptions:
     allow_download: bool = True
     unseen_eval: bool = True
     overwrite: bool = True
+    semantic_embeddings: str = "tfidf"  # a .npy file (rows: catalogue order) or "tfidf"
+    semantic_embedding_items: str | None = None  # .json/.txt naming each .npy row's item
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,6 +162,31 @@ def write_split(split, meta, out_dir: str) -> dict[str, str]:  # noqa: ANN001
     return {"split.json": _sha256(text), "sequences.tsv": _sha256(seqs)}
 
 
+def tfidf_embed(texts: Sequence[str], dim: int = 64) -> Any:
+    """Offline content embeddings for semantic IDs: TF-IDF of the item text, reduced by SVD.
+
+    No pretrained encoder is needed (or available offline); titles, years and genres are
+    enough for ml-100k's residual k-means to put similar movies under shared prefixes. For
+    better IDs pass real encoder embeddings (`--semantic_embeddings items.npy`).
+    """
+    import re
+
+    import numpy as np
+
+    docs = [re.findall(r"[a-z0-9']+", t.lower()) for t in texts]
+    vocab = {w: j for j, w in enumerate(sorted({w for d in docs for w in d}))}
+    tf_ = np.zeros((len(docs), max(len(vocab), 1)))
+    for i, d in enumerate(docs):
+        for w in d:
+            tf_[i, vocab[w]] += 1.0
+    df = (tf_ > 0).sum(0)
+    x = tf_ * np.log((1 + len(docs)) / (1 + df))[None, :]
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    u, sv, _ = np.linalg.svd(x - x.mean(0, keepdims=True), full_matrices=False)
+    k = min(dim, u.shape[1])
+    return u[:, :k] * sv[:k]
+
+
 def fit_indexes(split, meta, opts: PrepareOptions, index_root: str,  # noqa: ANN001, ANN201
                 sp_size: int = 32000):
     """Fit every requested indexing on train sequences only; one shared token-slot map.
@@ -175,13 +202,22 @@ def fit_indexes(split, meta, opts: PrepareOptions, index_root: str,  # noqa: ANN
 
     indexes = {}
     for method in opts.indexing:
-        indexes[method] = fit_index(method, split, split.all_items, meta, seed=opts.seed)
+        kwargs: dict[str, Any] = {}
+        if method == "semantic":
+            if opts.semantic_embeddings == "tfidf":
+                kwargs["embed_fn"] = tfidf_embed
+            else:
+                kwargs["embeddings"] = opts.semantic_embeddings
+                kwargs["embedding_items"] = opts.semantic_embedding_items
+        indexes[method] = fit_index(method, split, split.all_items, meta, seed=opts.seed,
+                                    **kwargs)
     union = list(dict.fromkeys(t for ix in indexes.values() for t in ix.new_tokens))
     slots = token_slot_map(union, vocab_size=sp_size + 128, sp_size=sp_size) if union else {}
     os.makedirs(index_root, exist_ok=True)
     for method, ix in indexes.items():
         ix.save(os.path.join(index_root, method),
-                slot_map={t: slots[t] for t in ix.new_tokens} if ix.new_tokens else None)
+                slot_map={t: slots[t] for t in ix.new_tokens} if ix.new_tokens else None,
+                vocab_size=sp_size + 128, sp_size=sp_size)
     if slots:
         write_json_atomic(os.path.join(index_root, "token_slots.json"),
                           slot_map_json(slots, vocab_size=sp_size + 128, sp_size=sp_size))
@@ -581,6 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_unseen_eval", action="store_true",
                    help="skip the test_unseen split (held-out templates)")
     p.add_argument("--no_overwrite", action="store_true", help="fail if --out exists")
+    p.add_argument("--semantic_embeddings", default="tfidf",
+                   help="semantic indexing: item embeddings .npy (rows in catalogue order, or "
+                   "see --semantic_embedding_items), or 'tfidf' of title/year/genres")
+    p.add_argument("--semantic_embedding_items", default=None,
+                   help=".json list / .txt lines naming each embeddings row's item id")
     p.add_argument("--list_tasks", action="store_true",
                    help="print registered task and mixture names (after `import tasks`; "
                    "with --out, that dir is registered too) and exit")
@@ -604,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         num_candidates=args.num_candidates, kcore=args.kcore, min_rating=args.min_rating,
         task_prefix=args.task_prefix, allow_download=not args.offline,
         unseen_eval=not args.no_unseen_eval, overwrite=not args.no_overwrite,
+        semantic_embeddings=args.semantic_embeddings,
+        semantic_embedding_items=args.semantic_embedding_items,
     )
     prepare(opts)
     return 0

@@ -70,8 +70,8 @@ def test_encoder_and_logits_match(pair):
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_score_matches_transformers_loss(pair):
-    theirs, ours = pair
+def test_score_matches_transformers_loss(sym_pair):
+    theirs, ours = sym_pair
     rng = np.random.default_rng(1)
     enc = padded_batch(rng, 3, 10)
     tgt = padded_batch(rng, 3, 7)

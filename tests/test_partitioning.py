@@ -154,6 +154,7 @@ def equivalence(tmp_path_factory):
     return report, params
 
 
+@pytest.mark.slow
 def test_same_losses_and_params_on_every_mesh(equivalence):
     report, params = equivalence
     ref = report["one_device"]["losses"]
@@ -166,6 +167,7 @@ def test_same_losses_and_params_on_every_mesh(equivalence):
                                        err_msg=f"{name}: {key}")
 
 
+@pytest.mark.slow
 def test_two_d_mesh_really_shards_the_large_params(equivalence):
     report, _ = equivalence
     two_d = report["data4_model2"]

@@ -132,3 +132,17 @@ def test_failure_late_in_the_job_leaves_the_old_output(toy_prepared, tmp_path):
         prepare(opts, log=lambda m: None)
     assert json.loads((out / "prepare.json").read_text()) == {"sentinel": True}
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no out.tmp, no out.old-*
+
+
+def test_tfidf_embeddings_put_similar_items_together():
+    import numpy as np
+
+    from flanrec.prepare import tfidf_embed
+
+    x = tfidf_embed(["Toy Story; year: 1995; categories: Animation, Comedy",
+                     "Toy Story 2; year: 1999; categories: Animation, Comedy",
+                     "Heat; year: 1995; categories: Crime, Thriller",
+                     "Casino; year: 1995; categories: Crime, Drama"], dim=3)
+    assert x.shape == (4, 3) and np.isfinite(x).all()
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    assert d[0, 1] < d[0, 2] and d[2, 3] < d[2, 1]

@@ -69,6 +69,7 @@ def straight(setup):
     return tfx.params_of(model_dir)
 
 
+@pytest.mark.slow
 def test_sigterm_then_sigkill_then_resume_is_bitwise_exact(setup, straight):
     """One run interrupted twice: SIGTERM (checkpoint at the next step, exit 0), then SIGKILL
     of the resumed run right after its next checkpoint commits; the last restart finishes
@@ -111,6 +112,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_write_one_checkpoint(setup):
     # Unshuffled, unpacked and without dropout, the 2 hosts' shards (examples 0,2,4,… and
     # 1,3,5,…) form exactly the global batches of the 1-process run, in another row order;
