@@ -255,3 +255,21 @@ def test_register_prepared_refuses_unprepared_dir(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="flanrec.prepare"):
         tasks.register_prepared(str(tmp_path), prefix="nothing")
+
+
+def test_flan_bridge_reads_tfrecord_exports(registered, tmp_path, clean_registry):
+    """Flan exports as TFRecords of tf.Examples (inputs, targets, metadata) work the same."""
+    from flanrec.data import writer
+    from tasks import flan
+
+    writer.write_task(str(tmp_path), {"train": FLAN_ROWS, "validation": FLAN_ROWS[:3]},
+                      num_shards=2)
+    task = flan.register_flan_bridge(str(tmp_path), name="flan_tfrecord_bridge")
+    assert task.num_input_examples("train") == 12 and len(task.source.list_shards("train")) == 2
+    exs = list(task.get_dataset(LENGTHS, split="validation", shuffle=False)
+               .as_numpy_iterator())
+    assert len(exs) == 3
+    assert {e["_template_type"] for e in exs} == {b"zs_opt"}
+    assert {int(e["_template_idx"]) for e in exs} == {0, 1, 2}
+    b = _batch("flan_tfrecord_bridge")
+    assert b["encoder_input_tokens"].shape == (4, 256)

@@ -108,24 +108,24 @@ def _main(args: list[str]) -> int:
 
 def test_memorises_sixteen_examples(task, tmp_path):
     model_dir = tmp_path / "run"
-    args = tfx.train_args(task, model_dir, steps=120, batch=16, extra=(
+    args = tfx.train_args(task, model_dir, steps=60, batch=16, extra=(
         "--gin.DROPOUT_RATE=0.0", "--gin.LEARNING_RATE=0.02", "--gin.LOG_PERIOD=10",
-        "--gin.EVAL_PERIOD=120", "--gin.CHECKPOINT_PERIOD=1000"))
+        "--gin.EVAL_PERIOD=60", "--gin.CHECKPOINT_PERIOD=1000"))
     assert _main(args) == 0
     loss = tfx.read_scalars(model_dir / "train", "loss")
     acc = tfx.read_scalars(model_dir / "train", "accuracy")
-    assert loss[120] < 0.25 * loss[10]
-    assert acc[120] > 0.95, acc
+    assert loss[60] < 0.25 * loss[10]
+    assert acc[60] > 0.95, acc
     for tag in ("learning_rate", "grad_norm", "examples_per_sec", "target_tokens_per_sec",
                 "mfu", "eta_sec"):
         assert tfx.read_scalars(model_dir / "train", tag), tag
-    assert tfx.read_scalars(model_dir / "validation", "loss")[120] > 0
+    assert tfx.read_scalars(model_dir / "validation", "loss")[60] > 0
     # Effective config: written atomically, re-parsable, and naming the run's values.
     config = (model_dir / "config.gin").read_text()
     assert f"MIXTURE_OR_TASK_NAME = '{task['task']}'" in config
-    assert "TRAIN_STEPS = 120" in config
+    assert "TRAIN_STEPS = 60" in config
     assert not [p for p in model_dir.iterdir() if p.name.startswith(".")]
-    assert (model_dir / "checkpoint_120" / "commit_success.txt").exists()
+    assert (model_dir / "checkpoint_60" / "commit_success.txt").exists()
 
 
 def test_step0_loss_from_hf_checkpoint_equals_transformers(task, tmp_path):
