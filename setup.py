@@ -23,6 +23,7 @@ setup(
         "gin-config>=0.5.0",
         "sentencepiece>=0.2.0",
         "clu>=0.0.12",
+        "tensorboard>=2.15",  # clu.metric_writers writes event files through it
         "tensorstore>=0.1.60",
         "msgpack>=1.0",
         "numpy>=1.26",

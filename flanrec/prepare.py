@@ -108,8 +108,14 @@ class PrepareOptions:
     allow_download: bool = True
     unseen_eval: bool = True
     overwrite: bool = True
-    semantic_embeddings: str = "tfidf"  # a .npy file (rows: catalogue order) or "tfidf"
+    # Semantic IDs embed items with, in this order of preference: a T5 encoder checkpoint
+    # (HF dir / T5X / flanrec), a user-supplied .npy, else TF-IDF of the item text.
+    semantic_encoder: str | None = None
+    semantic_encoder_vocab: str | None = None  # default: the HF dir's spiece.model, $FLANREC_VOCAB
+    semantic_embeddings: str | None = None  # a .npy file (rows: catalogue order) ("tfidf": None)
     semantic_embedding_items: str | None = None  # .json/.txt naming each .npy row's item
+    semantic_batch_size: int = 64
+    semantic_max_length: int = 128
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +173,8 @@ def tfidf_embed(texts: Sequence[str], dim: int = 64) -> Any:
 
     No pretrained encoder is needed (or available offline); titles, years and genres are
     enough for ml-100k's residual k-means to put similar movies under shared prefixes. For
-    better IDs pass real encoder embeddings (`--semantic_embeddings items.npy`).
+    better IDs use a T5 encoder (`--semantic_encoder CKPT`) or your own embeddings
+    (`--semantic_embeddings items.npy`).
     """
     import re
 
@@ -204,13 +211,12 @@ def fit_indexes(split, meta, opts: PrepareOptions, index_root: str,  # noqa: ANN
     for method in opts.indexing:
         kwargs: dict[str, Any] = {}
         if method == "semantic":
-            if opts.semantic_embeddings == "tfidf":
-                kwargs["embed_fn"] = tfidf_embed
-            else:
-                kwargs["embeddings"] = opts.semantic_embeddings
-                kwargs["embedding_items"] = opts.semantic_embedding_items
+            kwargs, source = semantic_embedding_source(opts)
         indexes[method] = fit_index(method, split, split.all_items, meta, seed=opts.seed,
                                     **kwargs)
+        if method == "semantic":
+            source["dim"] = indexes[method].options["embedding_dim"]
+            indexes[method].options["embedding_source"] = source
     union = list(dict.fromkeys(t for ix in indexes.values() for t in ix.new_tokens))
     slots = token_slot_map(union, vocab_size=sp_size + 128, sp_size=sp_size) if union else {}
     os.makedirs(index_root, exist_ok=True)
@@ -222,6 +228,70 @@ def fit_indexes(split, meta, opts: PrepareOptions, index_root: str,  # noqa: ANN
         write_json_atomic(os.path.join(index_root, "token_slots.json"),
                           slot_map_json(slots, vocab_size=sp_size + 128, sp_size=sp_size))
     return indexes, slots
+
+
+def encoder_vocab_path(opts: PrepareOptions) -> str:
+    """The SentencePiece model that tokenizes item text for `--semantic_encoder`.
+
+    It has to be the checkpoint's own: `--semantic_encoder_vocab` (a .model file, a dir with
+    spiece.model, or a prepared dir whose `vocab/spm.model` the checkpoint was trained with),
+    else the HF checkpoint dir's spiece.model, else $FLANREC_VOCAB / gin / the HF cache.
+    """
+    from flanrec.data import vocab as vocab_lib
+
+    given = opts.semantic_encoder_vocab
+    if given:
+        trained = os.path.join(given, "vocab", "spm.model")
+        return trained if os.path.isfile(trained) else vocab_lib.resolve_spm_path(given)
+    enc = opts.semantic_encoder or ""
+    if os.path.isdir(enc):
+        for name in ("spiece.model", "sentencepiece.model", "spm.model"):
+            if os.path.isfile(os.path.join(enc, name)):
+                return os.path.join(enc, name)
+    try:
+        return vocab_lib.resolve_spm_path()
+    except vocab_lib.VocabularyNotFoundError as e:
+        raise SystemExit(
+            f"--semantic_encoder {enc}: no vocabulary to tokenize item text with (the "
+            "checkpoint dir has no spiece.model). Pass --semantic_encoder_vocab (the model's "
+            "spiece.model, or the prepared dir whose vocab/spm.model it was trained with), or "
+            f"set {vocab_lib.VOCAB_ENV}.\n{e}") from None
+
+
+def semantic_embedding_source(opts: PrepareOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(fit_index kwargs, the record for prepare.json) of the semantic IDs' embeddings.
+
+    Encoder > user .npy > TF-IDF: TF-IDF is only the offline fallback when neither is given.
+    """
+    npy = opts.semantic_embeddings if opts.semantic_embeddings != "tfidf" else None
+    if opts.semantic_encoder and npy:
+        raise SystemExit("semantic IDs: give --semantic_encoder or --semantic_embeddings, "
+                         "not both")
+    if opts.semantic_embedding_items and not npy:
+        raise SystemExit("--semantic_embedding_items names the rows of a "
+                         "--semantic_embeddings .npy file; no .npy was given")
+    if opts.semantic_encoder:
+        import seqio
+
+        from flanrec.data.indexing.encoder_embeddings import t5_encoder_embed_fn
+
+        if not os.path.exists(opts.semantic_encoder):
+            raise SystemExit(f"--semantic_encoder {opts.semantic_encoder}: no such checkpoint")
+        spm = encoder_vocab_path(opts)
+        fn = t5_encoder_embed_fn(opts.semantic_encoder,
+                                 seqio.SentencePieceVocabulary(spm, extra_ids=0),
+                                 batch_size=opts.semantic_batch_size,
+                                 max_length=opts.semantic_max_length)
+        return {"embed_fn": fn}, {
+            "source": "t5_encoder", "checkpoint": opts.semantic_encoder, "vocabulary": spm,
+            "pooling": "mean over non-padding encoder outputs",
+            "max_length": opts.semantic_max_length}
+    if npy:
+        if not os.path.isfile(npy):
+            raise SystemExit(f"--semantic_embeddings {npy}: no such file")
+        return {"embeddings": npy, "embedding_items": opts.semantic_embedding_items}, {
+            "source": "npy", "path": npy, "items": opts.semantic_embedding_items}
+    return {"embed_fn": tfidf_embed}, {"source": "tfidf"}
 
 
 def _family_splits(family: str, opts: PrepareOptions) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -466,6 +536,11 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
     unknown = [f for f in opts.families if f not in FAMILIES]
     if unknown:
         raise SystemExit(f"unknown families {unknown}; choose from {FAMILIES}")
+    semantic_opts = [f"--{k}" for k in ("semantic_encoder", "semantic_encoder_vocab",
+                                         "semantic_embeddings", "semantic_embedding_items")
+                     if getattr(opts, k) not in (None, "tfidf")]
+    if semantic_opts and "semantic" not in opts.indexing:
+        raise SystemExit(f"{', '.join(semantic_opts)} only apply to --indexing semantic")
     if opts.num_shards < 2:
         raise SystemExit("--num_shards must be >= 2 (multi-host readers shard by file)")
     out = os.path.abspath(os.path.expanduser(opts.out))
@@ -525,6 +600,8 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
                                               if opts.dataset == "ml-100k" else None),
             "files": file_hashes,
             "new_tokens": len(slots),
+            "semantic_embeddings": (indexes["semantic"].options.get("embedding_source")
+                                    if "semantic" in indexes else None),
             "vocab": {
                 "trained": "vocab/spm.model" if vocab_path else None,
                 "trie_vocab": (str(vocabulary).replace(tmp, out)
@@ -617,11 +694,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_unseen_eval", action="store_true",
                    help="skip the test_unseen split (held-out templates)")
     p.add_argument("--no_overwrite", action="store_true", help="fail if --out exists")
-    p.add_argument("--semantic_embeddings", default="tfidf",
-                   help="semantic indexing: item embeddings .npy (rows in catalogue order, or "
-                   "see --semantic_embedding_items), or 'tfidf' of title/year/genres")
-    p.add_argument("--semantic_embedding_items", default=None,
+    p.add_argument("--semantic_encoder", default=None, metavar="CHECKPOINT",
+                   help="semantic indexing: embed item text (title, year, genres, ...) with "
+                   "this T5 checkpoint's encoder (HF dir, T5X or flanrec checkpoint), "
+                   "mean-pooled")
+    p.add_argument("--semantic_encoder_vocab", default=None, metavar="SPM",
+                   help="its SentencePiece model (default: the checkpoint dir's spiece.model, "
+                   "then $FLANREC_VOCAB); a prepared dir means its vocab/spm.model")
+    p.add_argument("--semantic_embeddings", default=None, metavar="FILE.npy",
+                   help="semantic indexing: user-supplied item embeddings .npy (rows in "
+                   "catalogue order, or see --semantic_embedding_items). Without this or "
+                   "--semantic_encoder: TF-IDF of title/year/genres")
+    p.add_argument("--semantic_embedding_items", default=None, metavar="FILE.json",
                    help=".json list / .txt lines naming each embeddings row's item id")
+    p.add_argument("--semantic_batch_size", type=int, default=64)
+    p.add_argument("--semantic_max_length", type=int, default=128,
+                   help="item text tokens fed to the encoder (EOS included)")
     p.add_argument("--list_tasks", action="store_true",
                    help="print registered task and mixture names (after `import tasks`; "
                    "with --out, that dir is registered too) and exit")
@@ -645,8 +733,12 @@ def main(argv: list[str] | None = None) -> int:
         num_candidates=args.num_candidates, kcore=args.kcore, min_rating=args.min_rating,
         task_prefix=args.task_prefix, allow_download=not args.offline,
         unseen_eval=not args.no_unseen_eval, overwrite=not args.no_overwrite,
+        semantic_encoder=args.semantic_encoder,
+        semantic_encoder_vocab=args.semantic_encoder_vocab,
         semantic_embeddings=args.semantic_embeddings,
         semantic_embedding_items=args.semantic_embedding_items,
+        semantic_batch_size=args.semantic_batch_size,
+        semantic_max_length=args.semantic_max_length,
     )
     prepare(opts)
     return 0

@@ -284,6 +284,10 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                          f"({num_microbatches}) × data-parallel size ({dp}) and by the "
                          f"number of processes ({jax.process_count()})")
     per_host = batch // jax.process_count()
+    if eval_dataset is not None and eval_period and (
+            eval_dataset.batch_size % dp or eval_dataset.batch_size % jax.process_count()):
+        raise ValueError(f"EVAL_BATCH_SIZE {eval_dataset.batch_size} must be divisible by the "
+                         f"data-parallel size ({dp}) and the number of processes")
     model = Transformer(model_config, remat_policy=remat_policy)
     log.info("mesh %s over %d devices (%d processes); %s: %.1fM parameters; global batch %d "
              "(%d per host, %d microbatches)", dict(mesh.shape), mesh.size,

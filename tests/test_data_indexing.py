@@ -208,6 +208,31 @@ def test_fit_index_input_errors():
         ItemIndex("x", {"a": "1", "b": "1"})
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_saved_files_follow_the_umask_not_mkstemps_0600(tmp_path, umask):
+    """Indexes live in shared data dirs: other users (a TPU VM's service account, a
+    colleague's notebook) must be able to read them, as with any file open() creates."""
+    from flanrec.data.indexing.core import write_json_atomic
+
+    old = os.umask(umask)
+    try:
+        index = ItemIndex("collaborative", {"a": "<c1><c2>", "b": "<c1><c3>"},
+                          new_tokens=["<c1>", "<c2>", "<c3>"])
+        index.save(tmp_path / "ix")
+        write_json_atomic(tmp_path / "plain.json", {"x": 1})
+        with open(tmp_path / "reference.json", "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    assert os.stat(tmp_path / "reference.json").st_mode & 0o777 == want
+    for path in (tmp_path / "ix" / "item_index.json", tmp_path / "ix" / "token_slots.json",
+                 tmp_path / "plain.json"):
+        assert os.stat(path).st_mode & 0o777 == want, path
+    assert json.loads((tmp_path / "plain.json").read_text()) == {"x": 1}
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
 def test_save_load_roundtrip_with_slot_map(tmp_path):
     split, meta = make_split()
     index = fit_index("collaborative", split, split.all_items, meta, seed=0, n_clusters=4,

@@ -201,3 +201,31 @@ def test_unwritable_model_dir_and_vocab_mismatch_fail_before_compiling(task, tmp
     with pytest.raises(ValueError, match="is not registered"):
         _main(tfx.train_args(task, tmp_path / "run2", steps=1,
                              extra=("--gin.MIXTURE_OR_TASK_NAME=no_such_task",)))
+
+
+_REQUIRED = ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 't'", "TRAIN_STEPS = 1",
+             "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}",
+             "INITIAL_CHECKPOINT_PATH = None"]
+
+
+@pytest.mark.parametrize("model", ["tiny", "flan_t5_small", "flan_t5_base", "flan_t5_large",
+                                   "flan_t5_xl", "flan_t5_xxl"])
+def test_model_gins_bind_exactly_the_presets(model):
+    from flanrec.model.config import PRESETS
+
+    for part in ("data_parallel", "model_parallel", "fsdp"):
+        train.configure_gin([f"gin/models/{model}.gin", "gin/runs/finetune.gin",
+                             f"gin/partitioning/{part}.gin"],
+                            [*_REQUIRED, "DROPOUT_RATE = 0.0", "ACTIVATION_DTYPE = 'float32'"])
+        cfg = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+        assert cfg == PRESETS[model.replace("_", "-")].replace(dropout_rate=0.0), part
+    gin.clear_config()
+
+
+def test_required_macros_and_the_quickstart_gin():
+    with pytest.raises(ValueError, match="MODEL_DIR.*gin.REQUIRED"):
+        train.configure_gin(["gin/models/tiny.gin", "gin/runs/finetune.gin"], _REQUIRED[1:])
+    train.configure_gin(["gin/experiments/ml100k_tiny_cpu.gin"], ["MODEL_DIR = '/tmp/x'"])
+    assert gin.query_parameter("%MIXTURE_OR_TASK_MODULE") == "tasks.movielens"
+    gin.clear_config()
+

@@ -78,7 +78,10 @@ def shard(examples: Iterable[Example], shard_index: int = 0, num_shards: int = 1
 def item_list(index: ItemIndex, items: Iterable[str]) -> str:
     """Items as their ID strings, comma separated ("; " for titles, which contain commas)."""
     sep = "; " if index.method == "title" else ", "
-    return sep.join(index.id_of(i) for i in items)
+    try:  # the hot path of prepare (~16M lookups on ml-100k): plain dict lookups
+        return sep.join(map(index.item_to_id.__getitem__, items))
+    except KeyError:
+        return sep.join(index.id_of(i) for i in items)  # raises naming the item and index
 
 
 def format_rating(r: float) -> str:

@@ -151,11 +151,31 @@ class ItemIndex:
             raise DataError(path, "a valid item index", hint=str(e)) from None
 
 
+def _current_umask() -> int:
+    """The process umask; from /proc on Linux (os.umask can only read it by changing it,
+    which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON to a temp file in the same directory, then os.replace: never half a file."""
+    """Write JSON to a temp file in the same directory, then os.replace: never half a file.
+
+    mkstemp creates the temp file 0600; the result gets the mode a plain open() would give
+    (0666 minus the umask, usually 0644), so indexes in shared data dirs stay readable.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, ensure_ascii=False, indent=1)
             f.write("\n")

@@ -134,6 +134,7 @@ def semantic_index(catalogue: Sequence[str], meta: ItemMeta | None, seed: int,
         "semantic", item_to_id, new_tokens=new_tokens,
         collisions_resolved=int((collision > 0).sum()), seed=seed,
         options={"levels": levels, "codebook_size": codebook_size, "normalize": normalize,
+                 "embedding_dim": int(x.shape[1]),
                  "max_collision_group": int(collision.max()) + 1 if len(catalogue) else 0,
                  "embeddings": (os.fspath(embeddings)
                                 if isinstance(embeddings, (str, os.PathLike)) else None)},
