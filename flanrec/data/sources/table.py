@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import gin
+
 from flanrec.data import types
 from flanrec.data.errors import DataError
 from flanrec.data.sources import _common
