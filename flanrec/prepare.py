@@ -242,7 +242,14 @@ def encoder_vocab_path(opts: PrepareOptions) -> str:
     given = opts.semantic_encoder_vocab
     if given:
         trained = os.path.join(given, "vocab", "spm.model")
-        return trained if os.path.isfile(trained) else vocab_lib.resolve_spm_path(given)
+        if os.path.isfile(trained):
+            return trained
+        try:
+            return vocab_lib.resolve_spm_path(given)
+        except vocab_lib.VocabularyNotFoundError:
+            raise SystemExit(f"--semantic_encoder_vocab {given}: not a SentencePiece .model "
+                             "file, a dir with spiece.model, or a prepared dir with "
+                             "vocab/spm.model") from None
     enc = opts.semantic_encoder or ""
     if os.path.isdir(enc):
         for name in ("spiece.model", "sentencepiece.model", "spm.model"):

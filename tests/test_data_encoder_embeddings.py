@@ -186,10 +186,20 @@ def test_prepare_csv_with_semantic_encoder(tiny_encoder, tmp_path):
     try:
         with pytest.raises(SystemExit, match="--semantic_encoder_vocab"):
             main(common + ["--semantic_encoder", str(bare)])
+        with pytest.raises(SystemExit, match="--semantic_encoder_vocab .*nope"):
+            main(common + ["--semantic_encoder", str(bare),
+                           "--semantic_encoder_vocab", str(tmp_path / "nope")])
         # ... which --semantic_encoder_vocab fixes (here: a file; a prepared dir works too).
         assert main(common + ["--semantic_encoder", str(bare),
                               "--semantic_encoder_vocab", spm_path]) == 0
+        assert json.loads((out / "prepare.json").read_text())["semantic_embeddings"][
+            "vocabulary"] == spm_path
+        prepared = tmp_path / "earlier-prepared"  # a dir `prepare --train_vocab` wrote
+        (prepared / "vocab").mkdir(parents=True)
+        (prepared / "vocab" / "spm.model").write_bytes(Path(spm_path).read_bytes())
+        assert main(common + ["--semantic_encoder", str(bare),
+                              "--semantic_encoder_vocab", str(prepared)]) == 0
     finally:
         mp.undo()
-    assert json.loads((out / "prepare.json").read_text())["semantic_embeddings"][
-        "vocabulary"] == spm_path
+    doc = json.loads((out / "prepare.json").read_text())
+    assert doc["semantic_embeddings"]["vocabulary"] == str(prepared / "vocab" / "spm.model")

@@ -246,14 +246,13 @@ def test_item_trie_names_clashing_id_strings():
 def test_trie_constraint_in_the_models_beam_search():
     """End to end with H1's jitted beam search on a tiny random T5: every finished beam is an
     item the row may see, and per-user exclusion holds before any cut to K."""
-    import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
     from flanrec.data.trie_jax import TrieConstraint
     from flanrec.model import decoding
     from flanrec.model.config import get_preset
-    from flanrec.model.network import Transformer
+    from tests.hf_fixtures import random_params
 
     cfg = get_preset("tiny")
     rng = np.random.default_rng(0)
@@ -263,10 +262,10 @@ def test_trie_constraint_in_the_models_beam_search():
     allowed_items = rng.random((2, len(items))) < 0.5
     beams = 4
     constraint = TrieConstraint.create(t, allowed_items=allowed_items, beams=beams)
-    model = Transformer(cfg)
     enc = jnp.asarray(rng.integers(2, cfg.vocab_size, (2, 6)), jnp.int32)
-    params = model.init(jax.random.key(0), enc, jnp.ones((2, t.max_length), jnp.int32))
-    params = nn.unbox(params)["params"]
+    # Random params from the shared table (numpy): Transformer.init compiles every
+    # initializer, which took most of this test's time on a busy CPU.
+    params = jax.tree.map(jnp.asarray, random_params(cfg, seed=0))
     seqs, scores = decoding.beam_search(cfg, params, enc, max_length=t.max_length,
                                         num_beams=beams, constraint=constraint)
     seqs, scores = np.asarray(seqs), np.asarray(scores)

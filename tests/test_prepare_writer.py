@@ -27,32 +27,39 @@ def test_bytes_match_seqio_dict_to_tfexample():
     assert ours == theirs
 
 
-@pytest.mark.parametrize("example", [
-    EXAMPLE,
-    {"inputs": "", "targets": "Ünïcödé ✓ " * 40, "n": 0, "big": 2**63 - 1, "neg": -2**63,
-     "x": -0.0, "ids": [], "names": [], "mixed": ["", "a" * 200, "é"], "zs": [0, 300, -5]},
-    {"a": 1.0e-3, "b": [1, 2, 3] * 50, "c": ["x"] * 130},
-])
-def test_bytes_are_protobufs_per_feature_encoding_in_key_order(example):
-    """Each feature is encoded exactly as protobuf encodes it, features in sorted key order,
-    so every prepare run writes identical files (protobuf's own map order follows a
-    per-process hash seed; upb's deterministic mode uses yet another order)."""
-    from tensorflow.core.example import example_pb2, feature_pb2
+ODD = {"inputs": "", "targets": "Ünïcödé ✓ " * 40, "n": 0, "big": 2**63 - 1, "neg": -2**63,
+       "x": -0.0, "names": [], "mixed": ["", "a" * 200, "é"], "zs": [0, 300, -5]}
 
-    schema = writer.infer_schema(example)
-    ours = writer.to_tfexample_bytes(example, schema)
-    theirs = seqio.dict_to_tfexample({k: v for k, v in example.items() if v != []})
-    for key, value in example.items():  # seqio stores [] as a float list; ours by schema
-        if value == []:
-            assert schema[key] == "string_list"
-            theirs.features.feature[key].bytes_list.value.extend([])
-    assert example_pb2.Example.FromString(ours) == theirs
-    entries = [feature_pb2.Features(feature={k: theirs.features.feature[k]}).SerializeToString()
-               for k in sorted(example)]
-    payload = b"".join(entries)
-    want = b"\x0a" + writer._varint(len(payload)) + payload
-    assert ours == want
-    assert writer.to_tfexample_bytes(dict(reversed(list(example.items()))), schema) == ours
+
+def test_bytes_are_deterministic_across_processes(tmp_path):
+    """Same example, same bytes in another process. protobuf's map order follows a
+    per-process hash seed (upb), so without deterministic serialization every prepare run
+    wrote different TFRecord bytes for identical examples."""
+    import subprocess
+    import sys
+
+    examples = [EXAMPLE, ODD, dict(reversed(list(EXAMPLE.items())))]
+    schemas = [writer.infer_schema(ex) for ex in examples]
+    ours = [writer.to_tfexample_bytes(ex, sc).hex()
+            for ex, sc in zip(examples, schemas, strict=True)]
+    assert ours[2] == ours[0]  # insertion order does not matter either
+    (tmp_path / "ex.json").write_text(json.dumps([examples, schemas]))
+    code = ("import json, sys; from flanrec.data import writer; "
+            "exs, schemas = json.load(open(sys.argv[1])); "
+            "print(json.dumps([writer.to_tfexample_bytes(e, s).hex() "
+            "for e, s in zip(exs, schemas)]))")
+    # A fresh process: another address-space layout, hence another upb hash seed.
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ex.json")],
+                         capture_output=True, text=True, check=True, timeout=300)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ours
+    for example, hexed in zip(examples[:2], ours[:2], strict=True):
+        theirs = seqio.dict_to_tfexample({k: int(v) if isinstance(v, bool) else v
+                                          for k, v in example.items() if v != []})
+        for key, value in example.items():  # seqio stores [] as a float list; ours by schema
+            if value == []:
+                theirs.features.feature[key].bytes_list.value.extend([])
+        assert tf.train.Example.FromString(bytes.fromhex(hexed)) == theirs
+        assert bytes.fromhex(hexed) == theirs.SerializeToString(deterministic=True)
 
 
 def test_schema_violations_name_the_example_and_feature(tmp_path):

