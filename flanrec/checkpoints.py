@@ -44,13 +44,21 @@ _STEP_METADATA_FILE = "_CHECKPOINT_METADATA"  # Orbax step metadata (commit time
 PathLike = str | os.PathLike
 
 
+def _as_path(path: PathLike) -> epath.Path:
+    """An epath for `path`, made absolute when local: Orbax's OCDBT writer refuses relative
+    directories, and users type `--gin.MODEL_DIR=runs/x`. Remote URLs (gs://…) pass as they are.
+    """
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 # ----------------------------------------------------------------------------------------------
 # Completeness and path resolution (read-only: safe for any number of readers)
 
 
 def step_dir(model_dir: PathLike, step: int) -> epath.Path:
     """`MODEL_DIR/checkpoint_{step}`."""
-    return epath.Path(model_dir) / f"{STEP_PREFIX}_{int(step)}"
+    return _as_path(model_dir) / f"{STEP_PREFIX}_{int(step)}"
 
 
 def is_complete(ckpt_dir: PathLike) -> bool:
@@ -59,7 +67,7 @@ def is_complete(ckpt_dir: PathLike) -> bool:
     A directory without it is a save that was interrupted, still in flight (GCS writes in
     place), or a partial copy; it must never be resumed from.
     """
-    p = epath.Path(ckpt_dir)
+    p = _as_path(ckpt_dir)
     if not p.is_dir():
         return False
     if (p / _COMMIT_FILE).exists():
@@ -74,7 +82,7 @@ def is_complete(ckpt_dir: PathLike) -> bool:
 
 
 def _step_dirs(model_dir: PathLike) -> list[tuple[int, epath.Path]]:
-    p = epath.Path(model_dir)
+    p = _as_path(model_dir)
     if not p.is_dir():
         return []
     return sorted((int(m.group(1)), c) for c in p.iterdir()
@@ -95,7 +103,7 @@ def latest_complete_step(model_dir: PathLike) -> int | None:
 def resolve_checkpoint(path: PathLike) -> epath.Path:
     """A MODEL_DIR (→ its latest complete step), a checkpoint_N dir or a params-only dir →
     the directory holding the `params` and `meta` items. Clear errors otherwise."""
-    p = epath.Path(path)
+    p = _as_path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such flanrec checkpoint")
     if not p.is_dir():
@@ -210,7 +218,7 @@ class TrainCheckpointer:
 
     def __init__(self, model_dir: PathLike, *, max_to_keep: int | None = 3,
                  async_save: bool = True, save_interval_steps: int = 1) -> None:
-        self.model_dir = epath.Path(model_dir)
+        self.model_dir = _as_path(model_dir)
         if jax.process_index() == 0:
             self.model_dir.mkdir(parents=True, exist_ok=True)
             for _, d in _step_dirs(self.model_dir):
@@ -346,7 +354,7 @@ def save_params_checkpoint(cfg: T5Config, params: Mapping[str, Any], out_dir: Pa
     """
     flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten(params).items()}
     check_params(flat, cfg, "params to save")
-    out = epath.Path(out_dir)
+    out = _as_path(out_dir)
     if out.exists():
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()

@@ -10,12 +10,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
-import pytest
-
-jax = pytest.importorskip("jax")
+import jax
 import jax.numpy as jnp  # noqa: E402
+import numpy as np
 import optax  # noqa: E402
+import pytest
 
 from flanrec import __version__  # noqa: E402
 from flanrec.checkpoints import (  # noqa: E402
@@ -366,3 +365,20 @@ def test_multiprocess_save_restore(tmp_path):
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["checkpoint_2"]
     cfg, got = load_params(tmp_path / "model")
     assert cfg == CFG
+
+
+def test_relative_model_dir_saves_async_and_loads(tmp_path, state, monkeypatch):
+    """`--gin.MODEL_DIR=runs/x` is how users type it; Orbax's writer refuses relative paths,
+    so a relative MODEL_DIR must be resolved before Orbax sees it (async save included)."""
+    params, opt_state = state
+    monkeypatch.chdir(tmp_path)
+    with TrainCheckpointer("runs/rel", async_save=True) as ckpt:
+        assert ckpt.save(3, params, opt_state, meta(3))
+        ckpt.wait()
+        assert ckpt.latest_step() == 3
+    assert is_complete(tmp_path / "runs/rel/checkpoint_3")
+    _, loaded = load_params("runs/rel")
+    assert_tree_equal(loaded, params)
+    out = save_params_checkpoint(CFG, random_params(1), "params_only")
+    assert Path(out).is_absolute()
+    assert_tree_equal(load_params("params_only")[1], random_params(1))

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
+import flanrec.convert.hf as hf
 from flanrec.convert import __main__ as cli
 from flanrec.convert.common import count_params, flatten
 from flanrec.model.config import get_preset
-
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-hf = pytest.importorskip("flanrec.convert.hf")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,9 +55,6 @@ def no_leftovers(parent: Path) -> None:
 
 
 def test_hf_to_flanrec_to_hf_round_trip(tmp_path, hf_dir, capsys):
-    import torch
-    import transformers
-
     cfg_hf, params_hf = hf.import_hf(hf_dir)
     assert cli.main(["--from", "hf", "--src", str(hf_dir), "--out", str(tmp_path / "flan")]) == 0
     line = capsys.readouterr().out.strip()

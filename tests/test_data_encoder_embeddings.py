@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import transformers  # noqa: F401
 
 from tests.hf_fixtures import hf_encoder, make_hf_t5  # noqa: E402
 

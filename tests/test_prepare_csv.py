@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-seqio = pytest.importorskip("seqio")
+import seqio
 
 from flanrec.data import vocab as vocab_lib  # noqa: E402
 

@@ -17,8 +17,6 @@ import pytest
 from tests.data_fixtures import ml100k_dir  # noqa: F401  (fixture)
 from tests.prepare_fixtures import prepared_ml100k  # noqa: F401  (fixture)
 
-tf = pytest.importorskip("tensorflow")
-
 ML100K_SEQUENCES_SHA = "148274ebc6f53f91a884ee9c1e87db45ffc42d4e1bbc53ad9a21242ba6c524e7"
 
 

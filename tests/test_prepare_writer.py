@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-tf = pytest.importorskip("tensorflow")
-seqio = pytest.importorskip("seqio")
+import seqio
+import tensorflow as tf
 
 from flanrec.data import writer  # noqa: E402
 

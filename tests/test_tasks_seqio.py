@@ -14,11 +14,10 @@ import math
 from pathlib import Path
 
 import pytest
+import seqio
 
 from tests.data_fixtures import ml100k_dir  # noqa: F401  (fixture)
 from tests.prepare_fixtures import prepared_ml100k  # noqa: F401  (fixture)
-
-seqio = pytest.importorskip("seqio")
 
 TASKS = ["ml100k_binary", "ml100k_direct_seqidx", "ml100k_grounding_seqidx", "ml100k_profile",
          "ml100k_rating", "ml100k_seq_seqidx"]

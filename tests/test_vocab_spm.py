@@ -12,9 +12,8 @@ import pickle
 
 import gin
 import pytest
-
-seqio = pytest.importorskip("seqio")
-tf = pytest.importorskip("tensorflow")
+import seqio
+import tensorflow as tf
 
 from flanrec.data import vocab as V  # noqa: E402
 from flanrec.data.indexing.slots import token_slot_map  # noqa: E402
