@@ -151,14 +151,22 @@ def _read_movies_dat(path: Path, encoding: str) -> types.ItemMeta:
     return meta
 
 
+def _read_dat_ratings_and_movies(d: Path, label: str, movies_encoding: str,
+                                 ) -> tuple[types.Interactions, types.ItemMeta]:
+    """`ratings.dat` (ASCII digits, so read as UTF-8) and optional `movies.dat`, shared by the
+    `::`-separated 1M and 10M releases."""
+    ratings = _common.find_file(d, ("ratings.dat",), f"{label} ratings")
+    inter = _read_ratings(ratings, "::", "utf-8", None)
+    meta = (_read_movies_dat(d / "movies.dat", movies_encoding) if (d / "movies.dat").exists()
+            else types.ItemMeta(title={}))
+    return inter, meta
+
+
 def read_ml1m(path_or_dir: str | os.PathLike[str], *, encoding: str = "latin-1",
               name: str = "ml-1m") -> types.Dataset:
     """Read MovieLens 1M (``ratings.dat`` + optional ``movies.dat``, ``users.dat``)."""
     d = _dir(path_or_dir, "ratings.dat")
-    ratings = _common.find_file(d, ("ratings.dat",), "MovieLens 1M ratings")
-    inter = _read_ratings(ratings, "::", "utf-8", None)
-    meta = (_read_movies_dat(d / "movies.dat", encoding) if (d / "movies.dat").exists()
-            else types.ItemMeta(title={}))
+    inter, meta = _read_dat_ratings_and_movies(d, "MovieLens 1M", encoding)
     users = None
     upath = d / "users.dat"
     if upath.exists():
@@ -183,10 +191,7 @@ def read_ml10m(path_or_dir: str | os.PathLike[str], *, encoding: str = "utf-8",
                name: str = "ml-10m") -> types.Dataset:
     """Read MovieLens 10M (``ratings.dat`` + optional ``movies.dat``; no user file)."""
     d = _dir(path_or_dir, "ratings.dat")
-    ratings = _common.find_file(d, ("ratings.dat",), "MovieLens 10M ratings")
-    inter = _read_ratings(ratings, "::", "utf-8", None)
-    meta = (_read_movies_dat(d / "movies.dat", encoding) if (d / "movies.dat").exists()
-            else types.ItemMeta(title={}))
+    inter, meta = _read_dat_ratings_and_movies(d, "MovieLens 10M", encoding)
     return _common.finish_dataset(name, inter, meta, None)
 
 
