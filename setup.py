@@ -29,6 +29,7 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "pyarrow>=14",
+        "matplotlib>=3.8",  # eval plots HR@K / NDCG@K (Agg backend, no display)
     ],
     extras_require={
         "test": [
