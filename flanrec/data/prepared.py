@@ -1,0 +1,70 @@
+"""Read back what ``flanrec.prepare`` wrote: the split, the item index and the trie.
+
+The inference job, the evaluation job and the baselines all rank against the same split and
+mask the same seen items; reading the prepared directory (not re-deriving the split from raw
+files) guarantees that, and checks the fingerprint ``prepare`` recorded so a hand-edited or
+half-copied directory fails loudly instead of producing quietly different metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from flanrec.data.types import Split, UserSequence
+
+SPLIT_FILE = os.path.join("split", "split.json")
+PREPARE_FILE = "prepare.json"
+
+
+class PreparedDataError(ValueError):
+    """A prepared directory is missing a file or does not match what prepare recorded."""
+
+
+def read_prepare_json(data_dir: str) -> dict[str, Any]:
+    """``DATA_DIR/prepare.json`` (options, fingerprints, task list) as a dict."""
+    path = os.path.join(data_dir, PREPARE_FILE)
+    if not os.path.exists(path):
+        raise PreparedDataError(
+            f"{path}: not found; is {data_dir!r} a directory written by "
+            "`python -m flanrec.prepare --out ...`?")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_split(data_dir: str) -> Split:
+    """The leave-one-out split ``prepare`` used, users in the order it wrote them.
+
+    The file's sha256 is compared with the one in ``prepare.json`` when recorded.
+    """
+    path = os.path.join(data_dir, SPLIT_FILE)
+    if not os.path.exists(path):
+        raise PreparedDataError(f"{path}: not found (prepared data dir expected)")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    expected = _recorded_sha(data_dir, "split.json")
+    if expected and hashlib.sha256(text.encode("utf-8")).hexdigest() != expected:
+        raise PreparedDataError(
+            f"{path}: sha256 differs from the one recorded in {PREPARE_FILE}; the split was "
+            "changed after prepare wrote it: run prepare again")
+    doc = json.loads(text)
+    try:
+        users = [UserSequence(**u) for u in doc["users"]]
+        return Split(users=users, all_items=list(doc["all_items"]),
+                     max_history=int(doc.get("max_history", 50)))
+    except (KeyError, TypeError) as e:
+        raise PreparedDataError(f"{path}: malformed split ({e})") from e
+
+
+def _recorded_sha(data_dir: str, name: str) -> str | None:
+    try:
+        info = read_prepare_json(data_dir)
+    except PreparedDataError:
+        return None
+    for key in ("files",):
+        value = info.get(key)
+        if isinstance(value, dict) and name in value:
+            return str(value[name])
+    return None
