@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from flanrec.data.types import Split, UserSequence
+from flanrec.data.types import ItemMeta, Split, UserSequence
 
 SPLIT_FILE = os.path.join("split", "split.json")
 PREPARE_FILE = "prepare.json"
@@ -68,3 +68,29 @@ def _recorded_sha(data_dir: str, name: str) -> str | None:
         if isinstance(value, dict) and name in value:
             return str(value[name])
     return None
+
+
+def load_meta(data_dir: str) -> ItemMeta:
+    """Item titles, years and categories from ``split/items.tsv`` (templates need them)."""
+    path = os.path.join(data_dir, "split", "items.tsv")
+    if not os.path.exists(path):
+        raise PreparedDataError(f"{path}: not found (prepared data dir expected)")
+    meta = ItemMeta(title={})
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header[:4] != ["item", "title", "year", "categories"]:
+            raise PreparedDataError(f"{path}:1: expected header item/title/year/categories, "
+                                    f"got {header}")
+        for n, line in enumerate(f, start=2):
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) != 4:
+                raise PreparedDataError(f"{path}:{n}: expected 4 tab-separated fields, got "
+                                        f"{len(cols)}")
+            item, title, year, cats = cols
+            if title:
+                meta.title[item] = title
+            if year:
+                meta.year[item] = year
+            if cats:
+                meta.categories[item] = [c.strip() for c in cats.split("|") if c.strip()]
+    return meta

@@ -1,0 +1,1 @@
+"""Ensembles over templates, checkpoints and runs (fusion rules in `fusion`)."""

@@ -1,0 +1,125 @@
+"""Fuse the predictions files of several inference runs (checkpoints, templates, seeds).
+
+Each member is a directory (or glob) of ``{task}-predict.jsonl-*`` shards in the inference
+output contract (see ``flanrec.infer``). Examples are matched by ``(task, split, index)``;
+members must cover the same examples with the same targets, because fusing a user's list from
+one run with another user's from another would produce plausible but meaningless metrics.
+The fused file has the same contract, so ``flanrec.eval`` reads it like any run.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from flanrec.ensemble import fusion
+
+Key = tuple[str, str, int]
+
+
+def _files(spec: str) -> list[str]:
+    if os.path.isdir(spec):
+        files = sorted(glob.glob(os.path.join(spec, "*-predict.jsonl-*")))
+    else:
+        files = sorted(glob.glob(spec))
+    files = [f for f in files if not os.path.basename(f).startswith(".")
+             and not f.endswith(".tmp")]
+    if not files:
+        raise FileNotFoundError(f"{spec}: no '*-predict.jsonl-*' prediction shards found")
+    return files
+
+
+def read_predictions(spec: str) -> dict[Key, dict[str, Any]]:
+    """(task, split, index) -> record, from every predict shard under ``spec``."""
+    out: dict[Key, dict[str, Any]] = {}
+    for path in _files(spec):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    key = (str(rec["task"]), str(rec["split"]), int(rec["index"]))
+                    items = rec["items"]
+                    if not isinstance(items, list):
+                        raise TypeError("'items' is not a list")
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"{path}:{n}: not a predict record ({e})") from e
+                if key in out:
+                    raise ValueError(f"{path}:{n}: example {key} appears twice")
+                out[key] = rec
+    return out
+
+
+def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
+              weights: Sequence[float] | None = None, top_k: int | None = None,
+              task_suffix: str = "-ens") -> list[dict[str, Any]]:
+    """One fused record per example; ``mean``/``weighted`` use the members' ``scores``."""
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least 2 members")
+    keys = set(members[0])
+    for m, member in enumerate(members[1:], start=1):
+        if set(member) != keys:
+            diff = sorted(keys ^ set(member))[:3]
+            raise ValueError(f"member {m} covers different examples than member 0 "
+                             f"(e.g. {diff}); fuse runs over the same task and split")
+    fused = []
+    for key in sorted(keys):
+        recs = [member[key] for member in members]
+        targets = {r.get("target_item") for r in recs}
+        if len(targets) != 1:
+            raise ValueError(f"example {key}: members disagree on the target {sorted(targets)}")
+        lists = [list(r["items"]) for r in recs]
+        k = top_k or max(len(x) for x in lists)
+        if method in ("mean", "weighted"):
+            tables = [dict(zip(r["items"], map(float, r["scores"]), strict=True)) for r in recs]
+            ranked = fusion.fuse(method, tables=tables, weights=weights, top_k=k)
+        else:
+            ranked = fusion.fuse(method, lists=lists, weights=weights, top_k=k)
+        base = dict(recs[0])
+        base.update(
+            task=f"{key[0]}{task_suffix}", items=[i for i, _ in ranked],
+            ids=[i for i, _ in ranked], scores=[s for _, s in ranked],
+            invalid=sum(int(r.get("invalid", 0)) for r in recs),
+            duplicates=sum(int(r.get("duplicates", 0)) for r in recs),
+            ensemble={"method": method, "members": len(recs),
+                      "weights": list(weights) if weights is not None else None})
+        fused.append(base)
+    return fused
+
+
+def write_jsonl_atomic(records: Sequence[dict[str, Any]], path: str) -> None:
+    """Write all records, then rename: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                               prefix=".tmp-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def fuse_prediction_dirs(specs: Sequence[str], out_dir: str, method: str = "rrf",
+                         weights: Sequence[float] | None = None, top_k: int | None = None
+                         ) -> list[str]:
+    """Fuse runs and write ``{task}-ens-predict.jsonl-00000-of-00001`` per task."""
+    members = [read_predictions(s) for s in specs]
+    records = fuse_runs(members, method, weights, top_k)
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_task.setdefault(r["task"], []).append(r)
+    paths = []
+    for task, recs in sorted(by_task.items()):
+        path = os.path.join(out_dir, f"{task}-predict.jsonl-00000-of-00001")
+        write_jsonl_atomic(recs, path)
+        paths.append(path)
+    return paths
