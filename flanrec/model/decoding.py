@@ -17,6 +17,11 @@ Disallowed tokens get log-probability -inf *after* the softmax (like HF's
 `prefix_allowed_tokens_fn`): scores stay true model log-likelihoods, not renormalised ones.
 `TransitionTableConstraint` is a small dense reference implementation.
 
+Scoring given targets (candidate items, closed answers such as "no"/"yes") is teacher
+forcing, not search: `score_candidates` runs the encoder once per input and all of its
+candidates through the decoder in one batch (`encode` + `score_with_encoded` let callers
+score a large candidate set block by block against one encoder pass).
+
 Conventions: decoding starts from `config.decoder_start_token_id`; a sequence ends at
 `config.eos_token_id`; after that it emits padding (0). Returned sequences exclude the start
 token and have exactly `max_length` columns.
@@ -242,3 +247,42 @@ def beam_search(config: T5Config, params: Any, encoder_tokens: Array, max_length
     seqs = jnp.concatenate([final["fin_seqs"], final["live_seqs"]], axis=1)
     best_scores, pick = lax.top_k(scores, k)
     return jnp.take_along_axis(seqs, pick[:, :, None], axis=1), best_scores
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def encode(config: T5Config, params: Any, encoder_tokens: Array) -> Array:
+    """Encoder outputs [batch, length, d_model], computed once and reused by
+    `score_with_encoded` for every block of candidates."""
+    return Transformer(config).apply({"params": params}, encoder_tokens,
+                                     method=Transformer.encode)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def score_with_encoded(config: T5Config, params: Any, encoded: Array, encoder_tokens: Array,
+                       candidate_tokens: Array) -> Array:
+    """Summed log-likelihood float32 [batch, c] of each candidate target.
+
+    `candidate_tokens` int32 [batch, c, length]: each row a target sequence with its EOS,
+    0-padded (padding is not scored; an all-padding row scores 0). The encoder output of
+    input b is shared by its c candidates (repeated, not recomputed), so ranking c items
+    costs one encoder pass and one teacher-forced decoder pass over b*c short rows.
+    """
+    batch, c, length = candidate_tokens.shape
+    model = Transformer(config)
+    targets = candidate_tokens.reshape(batch * c, length)
+    start = jnp.full((batch * c, 1), config.decoder_start_token_id, targets.dtype)
+    dec_in = jnp.concatenate([start, targets[:, :-1]], axis=1)
+    logits = model.apply({"params": params}, jnp.repeat(encoded, c, axis=0),
+                         jnp.repeat(encoder_tokens, c, axis=0), dec_in, targets,
+                         method=Transformer.decode)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(targets > 0, token_logp, 0.0), axis=-1).reshape(batch, c)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def score_candidates(config: T5Config, params: Any, encoder_tokens: Array,
+                     candidate_tokens: Array) -> Array:
+    """`score_with_encoded` with the encoder in the same program: float32 [batch, c]."""
+    encoded = encode(config, params, encoder_tokens)
+    return score_with_encoded(config, params, encoded, encoder_tokens, candidate_tokens)

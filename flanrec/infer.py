@@ -1,0 +1,147 @@
+r"""Offline inference over a SeqIO task split: `python -m flanrec.infer`.
+
+    python -m flanrec.infer --gin_file=gin/runs/infer.gin \
+      --gin.CHECKPOINT_PATH=runs/ml100k_tiny --gin.MIXTURE_OR_TASK_NAME=ml100k_seq_seqidx \
+      --gin.INFER_OUTPUT_DIR=runs/ml100k_tiny/infer --gin.MODE=predict --gin.NUM_BEAMS=20
+
+Macros (gin/runs/infer.gin): CHECKPOINT_PATH, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE,
+INFER_OUTPUT_DIR, DATA_DIR, TASK_FEATURE_LENGTHS, SPLIT, BATCH_SIZE, MODE
+(predict | score | rating), NUM_BEAMS, MASK_SEEN, CONSTRAINED, LENGTH_PENALTY, CHUNK_SIZE.
+
+Output, one JSON object per example, in
+`INFER_OUTPUT_DIR/{task}-{mode}.jsonl-{host:05d}-of-{hosts:05d}`: task, split, mode, index
+(position in the split), user, inputs, targets, target_item, template_idx, template_type,
+and per mode
+  predict: items, ids, scores (best first, distinct, at most NUM_BEAMS), invalid, duplicates
+  score:   candidates, scores (summed log-likelihood); binary tasks also p_yes, label
+  rating:  expected_rating, rating_probs {"1": p, ...}, target_rating
+Rerunning the same command resumes: finished chunks are kept, the rest computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gin
+
+from flanrec.inference.job import InferenceOptions, run_inference
+from flanrec.inference.taskinfo import InferenceConfigError
+from flanrec.inference.writer import ResumeMismatchError
+
+log = logging.getLogger("flanrec.infer")
+
+DATA_DIR_ENV = "FLANREC_DATA_DIR"
+
+
+def _data_dirs(data_dir: str | None) -> list[str]:
+    """Where prepared tasks live: DATA_DIR, $FLANREC_DATA_DIR, and whatever `tasks`
+    registered; DATA_DIR is registered here when `tasks` did not already (so
+    `--gin.DATA_DIR=...` works without the environment variable)."""
+    dirs: list[str] = []
+    if data_dir:
+        path = os.path.expanduser(data_dir)
+        if not os.path.exists(os.path.join(path, "prepare.json")):
+            raise InferenceConfigError(f"DATA_DIR {data_dir}: no prepare.json (not a "
+                                       "`python -m flanrec.prepare` output)")
+        dirs.append(path)
+    dirs += [os.path.expanduser(p) for p in os.environ.get(DATA_DIR_ENV, "").split(os.pathsep)
+             if p]
+    registered: dict[str, str] = {}
+    if "tasks._prepared" in sys.modules:
+        registered = dict(sys.modules["tasks._prepared"].REGISTERED)
+    dirs += [d for d in registered.values()]
+    if data_dir and os.path.abspath(dirs[0]) not in {os.path.abspath(d)
+                                                     for d in registered.values()}:
+        from tasks import register_prepared
+
+        register_prepared(dirs[0])
+    return list(dict.fromkeys(dirs))
+
+
+@gin.configurable
+def infer(*, checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+          output_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          data_dir: str | None = None, split: str = "test", batch_size: int = 32,
+          mode: str = "predict", num_beams: int = 20, mask_seen: bool = True,
+          constrained: bool = True, length_penalty: float = 0.0, chunk_size: int = 256,
+          candidate_block: int = 256, dtype: str | None = None) -> list[dict[str, Any]]:
+    """Run the inference job from gin; returns one summary per task (path, examples, ...)."""
+    opts = InferenceOptions(
+        output_dir=str(output_dir), task_feature_lengths=dict(task_feature_lengths),
+        split=str(split), batch_size=int(batch_size), mode=str(mode),
+        num_beams=int(num_beams), mask_seen=bool(mask_seen), constrained=bool(constrained),
+        length_penalty=float(length_penalty), chunk_size=int(chunk_size),
+        candidate_block=int(candidate_block))
+    from flanrec.inference.job import validate_options
+
+    validate_options(opts)  # a MODE typo fails before any data or checkpoint is read
+    return run_inference(str(checkpoint_path), str(mixture_or_task_name), opts,
+                         _data_dirs(data_dir), dtype)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    from flanrec.train import _as_binding
+
+    parser = argparse.ArgumentParser(prog="python -m flanrec.infer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file (repeatable; later files override earlier ones)")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="raw gin binding, e.g. 'infer.chunk_size = 64' (repeatable)")
+    parser.add_argument("--gin_search_paths", action="append", default=[],
+                        help="directories searched for gin files (cwd and the repo root are "
+                             "added)")
+    parser.add_argument("--coordinator_address", default=None,
+                        help="host:port of process 0, for multi-process runs outside TPU pods")
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    parser.add_argument("--distributed", action="store_true",
+                        help="jax.distributed.initialize() with auto-detection (TPU pods)")
+    args, rest = parser.parse_known_args(argv)
+    bindings = list(args.gin_bindings)
+    for arg in rest:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin."):].split("=", 1)
+            bindings.append(_as_binding(name, value))
+        else:
+            parser.error(f"unrecognised argument {arg!r} (gin macros are --gin.NAME=VALUE)")
+    if not args.gin_file:
+        args.gin_file = ["gin/runs/infer.gin"]
+    return args, bindings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from flanrec.train import _init_distributed, configure_gin
+
+    args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    for noisy in ("absl", "jax", "orbax", "tensorflow", "seqio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        configure_gin(args.gin_file, bindings, args.gin_search_paths)
+        _init_distributed(args)
+        summaries = infer()
+    except (InferenceConfigError, ResumeMismatchError, FileNotFoundError) as e:
+        print(f"flanrec.infer: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as e:
+        if "gin" in type(e).__module__ or "binding" in str(e) or "macro" in str(e):
+            print(f"flanrec.infer: configuration error: {e}", file=sys.stderr)
+            return 2
+        raise
+    for s in summaries:
+        rate = s.get("users_per_sec")
+        log.info("%s: %s (%s examples, %d computed now%s)", s["task"], s["path"],
+                 s["examples"] if s["examples"] is not None else "all",
+                 s["computed"], f", {rate:.1f} users/s" if rate and rate == rate else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

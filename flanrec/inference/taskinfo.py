@@ -1,0 +1,91 @@
+"""What inference needs to know about a SeqIO task beyond its examples.
+
+A flanrec task is a directory of a prepared dataset (``DATA_DIR/tasks/<dir>/info.json``):
+its family and target kind decide which modes make sense (ranking item IDs, scoring
+"no"/"yes", rating), its item indexing decides which trie and ID strings to use, and the
+split decides which items a user has already seen. This module finds all of that from a
+task name, failing with the name of what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+MODES = ("predict", "score", "rating")
+BINARY_ANSWERS = ("no", "yes")  # flanrec.data.examples.binary_examples writes these
+RATING_ANSWERS = ("1", "2", "3", "4", "5")  # examples.format_rating of ML ratings
+
+
+class InferenceConfigError(ValueError):
+    """A setting of the inference job is wrong (mode, task, split, checkpoint, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """One prepared task: name, directory, family, target kind, item indexing."""
+
+    name: str
+    data_dir: str
+    task_dir: str
+    family: str
+    target_kind: str
+    index_method: str | None
+    features: tuple[str, ...]
+
+    @property
+    def has_candidates(self) -> bool:
+        return "candidates" in self.features
+
+
+def stage_of(split: str) -> str | None:
+    """Which items count as seen for `split`: "validation" (train items), "test" (train +
+    validation items, also for "test_unseen") or None (train: nothing is masked)."""
+    if split.startswith("validation"):
+        return "validation"
+    if split.startswith("test"):
+        return "test"
+    return None
+
+
+def _prefix(data_dir: str) -> str | None:
+    try:
+        with open(os.path.join(data_dir, "prepare.json"), encoding="utf-8") as f:
+            prefix = json.load(f).get("task_prefix")
+    except (OSError, ValueError):
+        return None
+    return prefix if isinstance(prefix, str) else None
+
+
+def find_task_info(task_name: str, data_dirs: list[str]) -> TaskInfo | None:
+    """The prepared task directory of `task_name` among `data_dirs`, else None."""
+    for data_dir in data_dirs:
+        prefix = _prefix(data_dir)
+        if not prefix or not task_name.startswith(prefix + "_"):
+            continue
+        task_dir = os.path.join(data_dir, "tasks", task_name[len(prefix) + 1:])
+        path = os.path.join(task_dir, "info.json")
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            info: dict[str, Any] = json.load(f)
+        return TaskInfo(task_name, data_dir, task_dir, str(info.get("family", "")),
+                        str(info.get("target_kind", "text")), info.get("index_method"),
+                        tuple(sorted(info.get("features", {}))))
+    return None
+
+
+def check_mode(info: TaskInfo, mode: str) -> str | None:
+    """None if `mode` applies to the task, else the reason it does not."""
+    if mode == "predict" and info.target_kind != "item":
+        return f"predict decodes item IDs, but {info.name}'s targets are {info.target_kind}"
+    if mode == "rating" and info.target_kind != "rating":
+        return f"rating mode needs a rating task, {info.name}'s targets are {info.target_kind}"
+    if mode == "score" and info.target_kind not in ("item", "binary", "rating"):
+        return (f"score mode ranks items or closed answers, {info.name}'s targets are "
+                f"{info.target_kind}")
+    if info.target_kind == "item" and not info.index_method:
+        return f"{info.task_dir}/info.json names no index_method"
+    return None

@@ -1,0 +1,307 @@
+"""`python -m flanrec.infer` end to end on a tiny prepared dataset and a random checkpoint:
+the JSONL contract, the modes against each other, kill-and-resume, and bad input.
+
+The dataset is a real `flanrec.prepare` output (MovieLens CSV layout, 24 users, 30 items,
+ratings, all task families) and the checkpoint a real Orbax params checkpoint of a tiny
+random model, so the job runs exactly as a user's would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hf_fixtures import random_params
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+LENGTHS = {"inputs": 96, "targets": 8}
+USERS, ITEMS = 24, 30
+CONTRACT = {"task", "split", "mode", "index", "user", "inputs", "targets", "target_item",
+            "template_idx", "template_type"}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """(prepared data dir, checkpoint dir) shared by the tests of this module."""
+    from flanrec.checkpoints import save_params_checkpoint
+    from flanrec.model.config import T5Config
+    from flanrec.prepare import PrepareOptions, prepare
+
+    root = tmp_path_factory.mktemp("infer")
+    (root / "raw").mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["userId,movieId,rating,timestamp"]
+    for u in range(1, USERS + 1):
+        for t, item in enumerate(rng.choice(np.arange(1, ITEMS + 1), size=8, replace=False)):
+            rows.append(f"{u},{item},{int(rng.integers(1, 6))},{1000 + 10 * t}")
+    (root / "raw" / "ratings.csv").write_text("\n".join(rows) + "\n")
+    data = root / "data"
+    prepare(PrepareOptions(dataset="ml-latest-small", out=str(data), raw_dir=str(root / "raw"),
+                           train_vocab=True, vocab_size=400, num_candidates=5,
+                           allow_download=False, task_prefix="toyinf"), log=lambda m: None)
+    cfg = T5Config(vocab_size=512, d_model=32, d_ff=64, num_heads=4, d_kv=8,
+                   num_encoder_layers=1, num_decoder_layers=1, name="tiny-infer-test")
+    ckpt = save_params_checkpoint(cfg, random_params(cfg, 0), root / "ckpt")
+    return data, Path(str(ckpt))
+
+
+@pytest.fixture(scope="module")
+def registered(toy):
+    import tasks
+
+    tasks.register_prepared(str(toy[0]))
+    return toy
+
+
+def _env(data: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+               FLANREC_DATA_DIR=str(data), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+               XLA_FLAGS=FAST_COMPILE, PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _args(ckpt: Path, out: Path, task: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "flanrec.infer", "--gin_file=gin/runs/infer.gin",
+            f"--gin.CHECKPOINT_PATH={ckpt}", f"--gin.MIXTURE_OR_TASK_NAME={task}",
+            f"--gin.INFER_OUTPUT_DIR={out}", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", *extra]
+
+
+def _records(out: Path, task: str, mode: str) -> list[dict]:
+    from flanrec.inference.writer import read_jsonl
+
+    files = sorted(out.glob(f"{task}-{mode}.jsonl-*-of-*"))
+    assert [f.name for f in files] == [f"{task}-{mode}.jsonl-00000-of-00001"]
+    return read_jsonl(files)
+
+
+def _seen(data: Path, stage: str) -> dict[str, set[str]]:
+    from flanrec.data import prepared, splits
+
+    return {s.user: set(splits.seen_items(s, stage)) for s in prepared.load_split(str(data)).users}
+
+
+def _opts(out: Path, mode: str, **kw):
+    from flanrec.inference import InferenceOptions
+
+    return InferenceOptions(output_dir=str(out), task_feature_lengths=LENGTHS, mode=mode,
+                            progress_every=1000.0, **kw)
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_predict_two_hosts_writes_the_contract(toy, tmp_path):
+    """Two real processes (jax.distributed on localhost) each write their own shard; together
+    they hold every test user exactly once, in the JSONL contract."""
+    from flanrec.data.indexing import ItemIndex
+    from flanrec.inference.writer import read_jsonl
+
+    data, ckpt = toy
+    out = tmp_path / "out"
+    task = "toyinf_seq_seqidx"
+    port = _free_port()
+    procs = [subprocess.Popen(
+        _args(ckpt, out, task, "--gin.NUM_BEAMS=5", "--gin.BATCH_SIZE=8", "--gin.CHUNK_SIZE=5",
+              f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+              f"--process_id={i}"),
+        cwd=REPO, env=_env(data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-3000:]
+        assert "users/s" in err and "ETA" in err
+    files = sorted(out.glob(f"{task}-predict.jsonl-*"))
+    assert [f.name for f in files] == [f"{task}-predict.jsonl-0000{i}-of-00002" for i in (0, 1)]
+    shards = [read_jsonl([f]) for f in files]
+    # Host h holds indices h, h+2, ...: 12 each (chunks of 5, 5, 2; batches of 8, padded).
+    assert [[r["index"] for r in s] for s in shards] == [list(range(h, USERS, 2))
+                                                        for h in (0, 1)]
+    recs = shards[0] + shards[1]
+    assert sorted(r["user"] for r in recs) == sorted(str(u) for u in range(1, USERS + 1))
+    seen = _seen(data, "test")
+    index = ItemIndex.load(data / "index" / "sequential")
+    for r in recs:
+        assert CONTRACT | {"items", "ids", "scores", "invalid", "duplicates"} == set(r)
+        assert (r["task"], r["split"], r["mode"]) == (task, "test", "predict")
+        assert len(r["items"]) == 5 == len(set(r["items"])) == len(r["scores"])
+        assert not set(r["items"]) & seen[r["user"]], "a seen item was recommended"
+        assert r["ids"] == [index.id_of(i) for i in r["items"]]
+        assert r["scores"] == sorted(r["scores"], reverse=True)
+        assert r["invalid"] == 0 and r["duplicates"] == 0
+        assert r["target_item"] and r["inputs"] and index.id_of(r["target_item"]) == r["targets"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "chunk dir left behind"
+
+
+def test_modes_agree_with_each_other(registered, tmp_path):
+    """predict's scores are the score mode's log-likelihoods of the same items; the top
+    predicted item is the best unseen item when beams cover the catalogue; rating and
+    binary probabilities are proper distributions."""
+    from flanrec.inference import run_inference
+
+    data, ckpt = registered
+    out = tmp_path / "out"
+    kw = dict(batch_size=8, chunk_size=16)
+    run_inference(str(ckpt), "toyinf_seq_seqidx", _opts(out, "predict", num_beams=ITEMS, **kw),
+                  [str(data)])
+    run_inference(str(ckpt), "toyinf_seq_seqidx", _opts(out, "score", **kw), [str(data)])
+    pred = {r["index"]: r for r in _records(out, "toyinf_seq_seqidx", "predict")}
+    score = {r["index"]: r for r in _records(out, "toyinf_seq_seqidx", "score")}
+    assert set(pred) == set(score) == set(range(USERS))
+    seen = _seen(data, "test")
+    for i, p in pred.items():
+        s = dict(zip(score[i]["candidates"], score[i]["scores"], strict=True))
+        assert len(s) == ITEMS
+        unseen = sorted((v, k) for k, v in s.items() if k not in seen[p["user"]])
+        # Beams (30) >= catalogue: the exact ranking of every unseen item.
+        assert p["items"] == [k for _, k in reversed(unseen)]
+        np.testing.assert_allclose(p["scores"], [s[k] for k in p["items"]], atol=1e-4)
+
+    run_inference(str(ckpt), "toyinf_rating", _opts(out, "rating", **kw), [str(data)])
+    run_inference(str(ckpt), "toyinf_binary", _opts(out, "score", **kw), [str(data)])
+    for r in _records(out, "toyinf_rating", "rating"):
+        assert CONTRACT | {"expected_rating", "rating_probs", "target_rating"} == set(r)
+        probs = r["rating_probs"]
+        assert list(probs) == ["1", "2", "3", "4", "5"] and abs(sum(probs.values()) - 1) < 1e-9
+        assert abs(r["expected_rating"] - sum(int(k) * v for k, v in probs.items())) < 1e-9
+        assert r["target_rating"] == float(r["targets"])
+    for r in _records(out, "toyinf_binary", "score"):
+        assert r["candidates"] == ["no", "yes"] and 0 < r["p_yes"] < 1
+        a, b = r["scores"]
+        assert abs(r["p_yes"] - 1 / (1 + np.exp(a - b))) < 1e-9
+        assert r["label"] == int(r["targets"] == "yes")
+
+
+# ------------------------------------------------------------------------------ resume
+
+
+def test_killed_run_resumes_without_duplicates_or_gaps(registered, tmp_path):
+    from flanrec.inference import run_inference
+    from flanrec.inference.job import SLEEP_ENV
+
+    data, ckpt = registered
+    out = tmp_path / "out"
+    task = "toyinf_direct_seqidx"
+    chunk_dir = out / f".{task}-score.jsonl-00000-of-00001.chunks"
+    proc = subprocess.Popen(_args(ckpt, out, task, "--gin.MODE=score", "--gin.BATCH_SIZE=4",
+                                  "--gin.CHUNK_SIZE=4"),
+                            cwd=REPO, env=_env(data, **{SLEEP_ENV: "3"}),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while len(list(chunk_dir.glob("chunk-*.jsonl"))) < 2:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.time() < deadline, "no chunks written in time"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = {p.name: p.read_text() for p in chunk_dir.glob("chunk-*.jsonl")}
+    assert 2 <= len(done) < USERS // 4, "killed too late to test resuming"
+    assert not list(out.glob(f"{task}-score.jsonl-*")), "no final shard before the end"
+
+    [summary] = run_inference(str(ckpt), task, _opts(out, "score", batch_size=4, chunk_size=4),
+                              [str(data)])
+    assert summary["examples"] == USERS and summary["computed"] == USERS - 4 * len(done)
+    recs = _records(out, task, "score")
+    assert sorted(r["index"] for r in recs) == list(range(USERS))  # none dropped, none twice
+    final = (out / f"{task}-score.jsonl-00000-of-00001").read_text()
+    for text in done.values():
+        assert text in final  # finished chunks were kept, not recomputed
+    assert not chunk_dir.exists()
+    for r in recs:
+        assert len(r["candidates"]) == 5 and r["target_item"] in r["candidates"]
+
+    # A rerun finds the shard complete and computes nothing.
+    [again] = run_inference(str(ckpt), task, _opts(out, "score", batch_size=4, chunk_size=4),
+                            [str(data)])
+    assert again["computed"] == 0
+    # Resuming chunks with other settings is refused, naming the setting.
+    from flanrec.inference.writer import ChunkWriter, ResumeMismatchError
+
+    w = ChunkWriter(str(tmp_path / "o2"), task, "score", 0, 1, {"num_beams": 20})
+    w.open()
+    w2 = ChunkWriter(str(tmp_path / "o2"), task, "score", 0, 1, {"num_beams": 10})
+    with pytest.raises(ResumeMismatchError, match="num_beams: 20 -> 10"):
+        w2.open()
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--gin.MODE=predcit",), "MODE 'predcit' is not one of"),
+    (("--gin.MIXTURE_OR_TASK_NAME=toyinf_no_such_task",), "'toyinf_no_such_task' is not "
+                                                          "registered"),
+    (("--gin.CHECKPOINT_PATH=/nonexistent/ckpt",), "CHECKPOINT_PATH /nonexistent/ckpt"),
+    (("--gin.MODE=rating",), "rating mode needs a rating task"),
+    (("--gin.SPLIT=tset",), "has no split 'tset'"),
+    (("--gin.NUM_BEAM=3",), "NUM_BEAM is set on the command line but no gin file uses it"),
+], ids=["mode", "task", "checkpoint", "mode-task", "split", "macro"])
+def test_bad_input_fails_clearly(registered, tmp_path, capsys, extra, message):
+    from flanrec import infer
+
+    data, ckpt = registered
+    argv = _args(ckpt, tmp_path / "out", "toyinf_seq_seqidx", f"--gin.DATA_DIR={data}")[3:]
+    rc = infer.main([*argv, *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_writer_is_atomic_and_progress_reports_rate(tmp_path):
+    import io
+
+    from flanrec.inference.progress import Progress
+    from flanrec.inference.writer import ChunkWriter
+
+    w = ChunkWriter(str(tmp_path), "t", "predict", 0, 1, {"a": 1})
+    w.open()
+    (Path(w.chunk_dir) / "chunk-000001.jsonl.tmp-123").write_text("half")
+    w.open()  # a stale temp file of a killed run is removed
+    assert sorted(os.listdir(w.chunk_dir)) == ["manifest.json"]
+    w.write(0, [{"index": 0}, {"index": 1}])
+    w.write(1, [{"index": 2}])
+    assert w.has(0) and w.has(1) and not w.complete()
+    path = w.finalize(2)
+    assert [json.loads(x)["index"] for x in Path(path).read_text().splitlines()] == [0, 1, 2]
+    assert w.complete() and not os.path.exists(w.chunk_dir)
+
+    now = [0.0]
+    buf = io.StringIO()
+    p = Progress("infer t", 100, every=5.0, stream=buf, clock=lambda: now[0])
+    p.skip(20)
+    p.update(10)  # first computed batch (compilation): not timed
+    now[0] = 10.0
+    p.update(20)  # 20 examples in 10 s
+    assert "50/100 users (50%), 20 resumed | 2.0 users/s | ETA 25s" in buf.getvalue()
+
+
+def test_host_shards_partition_the_split_by_index(registered):
+    """Each host keeps every n-th example of the same deterministic order, so indices are
+    global: the hosts' shards are disjoint, cover the split, and agree with one host's."""
+    from flanrec.inference.job import task_examples
+
+    one = {i: ex["inputs_pretokenized"] for i, ex in
+           task_examples("toyinf_rating", "validation", LENGTHS, 0, 1)}
+    assert sorted(one) == list(range(USERS))
+    parts = [{i: ex["inputs_pretokenized"] for i, ex in
+              task_examples("toyinf_rating", "validation", LENGTHS, h, 3)} for h in range(3)]
+    assert [sorted(p) for p in parts] == [list(range(h, USERS, 3)) for h in range(3)]
+    assert {k: v for p in parts for k, v in p.items()} == one
