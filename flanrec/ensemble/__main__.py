@@ -1,0 +1,96 @@
+r"""Ensembles from the command line.
+
+    # one checkpoint, several phrasings of the instruction, fused
+    python -m flanrec.ensemble templates --checkpoint runs/ml100k_seqrec \
+        --data_dir data/ml-100k-h20 --templates 0,1,2 --method mean --out runs/ens
+
+    # several runs' (or checkpoints') prediction files, fused
+    python -m flanrec.ensemble fuse --predictions runs/a/infer runs/b/infer --method rrf \
+        --out runs/ens_ab
+
+Both write the inference output contract, so ``python -m flanrec.eval --predictions OUT``
+reports members and ensemble side by side. Checkpoint averaging ("model soup") is a
+conversion instead: ``python -m flanrec.convert --average CKPT ... --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from flanrec.ensemble import fusion
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}"
+                                         ) from e
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}"
+                                         ) from e
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m flanrec.ensemble", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("templates", help="fuse one checkpoint's rankings over templates")
+    t.add_argument("--checkpoint", required=True, help="flanrec MODEL_DIR/checkpoint, HF, T5X")
+    t.add_argument("--data_dir", required=True, help="the prepared dir the model was trained on")
+    t.add_argument("--templates", type=_ints, required=True,
+                   help="seq-family template indices, e.g. 0,1,2 (see flanrec.data.templates)")
+    t.add_argument("--method", default="mean", choices=fusion.METHODS)
+    t.add_argument("--split", default="test", choices=("validation", "test"))
+    t.add_argument("--num_beams", type=int, default=20)
+    t.add_argument("--input_length", type=int, default=512)
+    t.add_argument("--target_length", type=int, default=16)
+    t.add_argument("--batch_size", type=int, default=32)
+    t.add_argument("--temperature", type=float, default=None,
+                   help="weighted: softmax temperature over validation NDCG@10 (default: "
+                        "weights proportional to it)")
+    t.add_argument("--out", required=True)
+    f = sub.add_parser("fuse", help="fuse several runs' prediction files")
+    f.add_argument("--predictions", nargs="+", required=True, help="dirs or globs, >= 2")
+    f.add_argument("--method", default="rrf", choices=fusion.METHODS)
+    f.add_argument("--weights", type=_floats, default=None)
+    f.add_argument("--top_k", type=int, default=None)
+    f.add_argument("--out", required=True)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.command == "templates":
+            from flanrec.ensemble.templates import TemplateEnsembleOptions, run_template_ensemble
+
+            opts = TemplateEnsembleOptions(
+                templates=args.templates, method=args.method, split=args.split,
+                num_beams=args.num_beams, input_length=args.input_length,
+                target_length=args.target_length, batch_size=args.batch_size,
+                temperature=args.temperature)
+            summary = run_template_ensemble(args.checkpoint, args.data_dir, args.out, opts)
+        else:
+            from flanrec.ensemble.files import fuse_prediction_dirs
+
+            paths = fuse_prediction_dirs(args.predictions, args.out, args.method, args.weights,
+                                         args.top_k)
+            summary = {"method": args.method, "paths": paths}
+    except (ValueError, FileNotFoundError, KeyError, IndexError) as e:
+        print(f"flanrec.ensemble: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
