@@ -1,0 +1,61 @@
+"""What every baseline shares: the evaluation queries and writing the JSONL predict format."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+from flanrec.data import splits, types
+
+STAGES = ("validation", "test")
+
+
+def queries(split: types.Split, stage: str) -> list[splits.EvalExample]:
+    """The protocol's validation or test queries (history window, target, seen items)."""
+    if stage not in STAGES:
+        raise ValueError(f"split must be one of {STAGES}, got {stage!r}")
+    return splits.eval_examples(split, stage)
+
+
+def prediction_rows(task: str, stage: str, examples: Sequence[splits.EvalExample],
+                    ranked: Sequence[Sequence[str]], scores: Sequence[Sequence[float]],
+                    ) -> list[dict]:
+    """JSONL `predict` records (the contract flanrec.infer writes) for baseline outputs.
+
+    ``inputs`` holds the history window as space-separated raw ids (there is no prompt);
+    ``ids`` equal ``items`` (a baseline has no ID strings); nothing invalid or duplicated.
+    """
+    rows = []
+    for index, (ex, items, sc) in enumerate(zip(examples, ranked, scores, strict=True)):
+        rows.append({
+            "task": task, "split": stage, "mode": "predict", "index": index,
+            "user": ex.user, "inputs": " ".join(ex.history), "targets": ex.target,
+            "target_item": ex.target, "template_idx": -1, "template_type": "",
+            "items": list(items), "ids": list(items), "scores": [float(s) for s in sc],
+            "invalid": 0, "duplicates": 0,
+        })
+    return rows
+
+
+def shard_name(task: str, mode: str = "predict", shard: int = 0, num_shards: int = 1) -> str:
+    return f"{task}-{mode}.jsonl-{shard:05d}-of-{num_shards:05d}"
+
+
+def write_predictions(out_dir: str, task: str, rows: Sequence[dict]) -> str:
+    """Write one shard atomically (temp name, then rename); returns its path.
+
+    Older shards of the same task with another shard count are removed first, so the
+    evaluator never mixes two runs.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, shard_name(task))
+    for name in os.listdir(out_dir):
+        if name.startswith(f"{task}-predict.jsonl-") and name != os.path.basename(path):
+            os.remove(os.path.join(out_dir, name))
+    tmp = os.path.join(out_dir, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,497 @@
+r"""Score inference outputs (and baselines) with one metric code: `python -m flanrec.eval`.
+
+    python -m flanrec.eval --predictions runs/x/infer --baselines runs/baselines \
+        --data_dir data/ml-100k --out runs/x/eval
+    python -m flanrec.eval --gin_file=gin/runs/eval.gin \
+        --gin.INFER_OUTPUT_DIR=runs/x/infer --gin.EVAL_OUTPUT_DIR=runs/x/eval
+
+Reads the JSONL shards `flanrec.infer` writes (`{task}-{mode}.jsonl-{i:05d}-of-{n:05d}`; the
+baselines write the same format under task names `popularity` / `sasrec`), computes per
+task and mode the metrics that fit it, and writes into the output dir (each file to a temp
+name, then renamed, so a reader never sees half a file):
+
+* `metrics.json` — one flat object of floats: `hr@10`, `ndcg@10`, ... for the model when it
+  has one task, else `{task}/hr@10` per task (plus flat keys for `--primary_task`);
+  baselines always namespaced: `popularity/hr@10`, `sasrec/ndcg@10`;
+* `metrics.md` — a Markdown table, one row per system (printed to stdout as well);
+* `hr_ndcg_at_k.png` — HR@K and NDCG@K against K for every system.
+
+What is computed (`flanrec.metrics` has the definitions):
+
+* `predict` — the ranked `items` against `target_item`: HR/NDCG/MRR/Precision/Recall/F1@K,
+  coverage@K, invalid and duplicate generations (the producer's counts plus any found here);
+* `score` with `candidates` — the candidates ranked by `scores` (ties pessimistic), then
+  the same ranking metrics; with `p_yes` and `label` (binary family) — AUC, accuracy,
+  precision, recall, F1 at p_yes >= 0.5;
+* `rating` — RMSE and MAE of `expected_rating` against `target_rating`.
+
+With `--data_dir` (a `flanrec.prepare` output; default `$FLANREC_DATA_DIR`) the protocol's
+masking is applied: each user's seen items (train items for validation; train + validation
+items for test) are removed from the ranked list before cutting it to K, items outside the
+catalogue count as invalid, and coverage@K is reported. Without it, lists are used as they
+are (the infer job can mask at decode time) and coverage is not reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import glob
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gin
+
+from flanrec import metrics as M
+from flanrec import report
+from flanrec.data.prepared import PreparedDataError
+from flanrec.report import write_atomic
+
+FILE_RE = re.compile(
+    r"^(?P<task>.+)-(?P<mode>predict|score|rating)\.jsonl-(?P<shard>\d{5})-of-(?P<num>\d{5})$")
+MODES = ("predict", "score", "rating")
+COMMON_FIELDS = ("task", "split", "mode", "index", "user")
+MODE_FIELDS = {
+    "predict": ("items",),
+    "score": ("candidates", "scores"),
+    "rating": ("expected_rating", "target_rating"),
+}
+METRICS_FILE = "metrics.json"
+TABLE_FILE = "metrics.md"
+PLOT_FILE = "hr_ndcg_at_k.png"
+
+
+class EvalInputError(ValueError):
+    """A predictions file is missing, incomplete or malformed (the message names file:line)."""
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+@dataclasses.dataclass
+class Record:
+    """One parsed JSONL line and where it came from (for error messages)."""
+
+    data: dict[str, Any]
+    where: str
+
+
+def find_prediction_files(spec: str) -> dict[tuple[str, str], list[str]]:
+    """(task, mode) -> its shard files, in shard order, from a directory or a glob.
+
+    Temp files and anything not named like a shard are ignored; a (task, mode) whose shards
+    are not all present (an unfinished inference run) is an error, since scoring a part of
+    the users would give numbers that look complete but are not.
+    """
+    if os.path.isdir(spec):
+        paths = glob.glob(os.path.join(spec, "*.jsonl-*"))
+    else:
+        paths = glob.glob(spec)
+    groups: dict[tuple[str, str], dict[int, str]] = {}
+    totals: dict[tuple[str, str], set[int]] = {}
+    for path in sorted(paths):
+        m = FILE_RE.match(os.path.basename(path))
+        if not m or not os.path.isfile(path):
+            continue
+        key = (m["task"], m["mode"])
+        groups.setdefault(key, {})[int(m["shard"])] = path
+        totals.setdefault(key, set()).add(int(m["num"]))
+    if not groups:
+        raise EvalInputError(f"{spec}: no prediction files named "
+                             "'{task}-{predict|score|rating}.jsonl-NNNNN-of-NNNNN'")
+    out = {}
+    for key, shards in sorted(groups.items()):
+        nums = totals[key]
+        if len(nums) != 1:
+            raise EvalInputError(f"{spec}: {key[0]}-{key[1]} shards disagree on the shard "
+                                 f"count ({sorted(nums)})")
+        (num,) = nums
+        missing = sorted(set(range(num)) - set(shards))
+        if missing or max(shards) >= num:
+            raise EvalInputError(
+                f"{spec}: {key[0]}-{key[1]} has shards {sorted(shards)} of {num}; missing "
+                f"{missing} (is inference still running or was it interrupted?)")
+        out[key] = [shards[i] for i in range(num)]
+    return out
+
+
+def _check_type(obj: Mapping[str, Any], field: str, kinds: tuple[type, ...], what: str,
+                where: str) -> Any:
+    if field not in obj:
+        raise EvalInputError(f"{where}: field {field!r} missing (expected {what})")
+    value = obj[field]
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        raise EvalInputError(f"{where}: field {field!r} should be {what}, "
+                             f"got {type(value).__name__}: {str(value)[:60]!r}")
+    return value
+
+
+def _check_str_list(obj: Mapping[str, Any], field: str, where: str) -> list[str]:
+    value = _check_type(obj, field, (list,), "a list of strings", where)
+    if not all(isinstance(v, str) for v in value):
+        raise EvalInputError(f"{where}: field {field!r} should hold only strings")
+    return value
+
+
+def _check_num_list(obj: Mapping[str, Any], field: str, where: str) -> list[float]:
+    value = _check_type(obj, field, (list,), "a list of numbers", where)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise EvalInputError(f"{where}: field {field!r} should hold only numbers")
+    return value
+
+
+def validate_record(obj: Any, mode: str, task: str, where: str) -> None:
+    """Raise EvalInputError naming ``where`` (file:line) if ``obj`` breaks the contract."""
+    if not isinstance(obj, dict):
+        raise EvalInputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for field in COMMON_FIELDS + MODE_FIELDS[mode]:
+        if field not in obj:
+            raise EvalInputError(f"{where}: field {field!r} missing (mode {mode!r} needs "
+                                 f"{', '.join(COMMON_FIELDS + MODE_FIELDS[mode])})")
+    if obj["task"] != task or obj["mode"] != mode:
+        raise EvalInputError(f"{where}: task/mode {obj['task']!r}/{obj['mode']!r} do not "
+                             f"match the file name ({task!r}/{mode!r})")
+    _check_type(obj, "index", (int,), "an integer", where)
+    _check_type(obj, "split", (str,), "a string", where)
+    _check_type(obj, "user", (str,), "a string", where)
+    if mode == "predict":
+        _check_str_list(obj, "items", where)
+        for field in ("invalid", "duplicates"):
+            if field in obj:
+                _check_type(obj, field, (int,), "an integer", where)
+        _check_target(obj, where)
+    elif mode == "score":
+        cands = _check_str_list(obj, "candidates", where)
+        scores = _check_num_list(obj, "scores", where)
+        if len(cands) != len(scores):
+            raise EvalInputError(f"{where}: {len(cands)} candidates but {len(scores)} scores")
+        if "label" in obj or "p_yes" in obj:
+            label = _check_type(obj, "label", (int,), "0 or 1", where)
+            if label not in (0, 1):
+                raise EvalInputError(f"{where}: field 'label' should be 0 or 1, got {label}")
+            p = _check_type(obj, "p_yes", (int, float), "a probability", where)
+            if not 0.0 <= p <= 1.0:
+                raise EvalInputError(f"{where}: field 'p_yes' should be in [0, 1], got {p}")
+        else:
+            _check_target(obj, where)
+    else:
+        _check_type(obj, "expected_rating", (int, float), "a number", where)
+        _check_type(obj, "target_rating", (int, float, str), "a number", where)
+        try:
+            float(obj["target_rating"])
+        except ValueError:
+            raise EvalInputError(f"{where}: field 'target_rating' is not a number: "
+                                 f"{obj['target_rating']!r}") from None
+
+
+def _check_target(obj: Mapping[str, Any], where: str) -> None:
+    target = obj.get("target_item")
+    ok = (isinstance(target, str) and target != "") or (
+        isinstance(target, list) and target and all(isinstance(t, str) and t for t in target))
+    if not ok:
+        raise EvalInputError(f"{where}: field 'target_item' should be a non-empty item id "
+                             f"(or list of ids) to rank, got {target!r}")
+
+
+def read_records(paths: Sequence[str], task: str, mode: str) -> list[Record]:
+    """Every line of a (task, mode)'s shards, validated; blank lines are skipped.
+
+    The same example index twice (e.g. a chunk written twice by a resumed run) is an error
+    naming both places.
+    """
+    records: list[Record] = []
+    seen: dict[tuple[str, int], str] = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise EvalInputError(f"{where}: not valid JSON ({e.msg} at column "
+                                         f"{e.colno})") from None
+                validate_record(obj, mode, task, where)
+                key = (obj["split"], obj["index"])
+                if key in seen:
+                    raise EvalInputError(f"{where}: example {key[1]} of split {key[0]!r} "
+                                         f"already appeared at {seen[key]}")
+                seen[key] = where
+                records.append(Record(obj, where))
+    if not records:
+        raise EvalInputError(f"{task}-{mode}: the files {list(paths)} hold no records")
+    splits = sorted({r.data["split"] for r in records})
+    if len(splits) != 1:
+        raise EvalInputError(f"{task}-{mode}: records from several splits {splits}; "
+                             "evaluate one split at a time")
+    return records
+
+
+# ------------------------------------------------------------------------------ context
+
+
+@dataclasses.dataclass
+class Catalogue:
+    """What the prepared dir adds: the full-ranking catalogue and each user's seen items."""
+
+    items: frozenset[str]
+    seen: dict[str, dict[str, frozenset[str]]]  # stage -> user -> items to mask
+    data_dir: str
+
+    @classmethod
+    def load(cls, data_dir: str) -> Catalogue:
+        from flanrec.data import prepared, splits
+
+        split = prepared.load_split(data_dir)
+        seen = {stage: {u.user: frozenset(splits.seen_items(u, stage)) for u in split.users
+                        if u.valid_item is not None and u.test_item is not None}
+                for stage in ("validation", "test")}
+        return cls(frozenset(split.all_items), seen, data_dir)
+
+    def exclude_for(self, record: Record) -> frozenset[str]:
+        stage = record.data["split"]
+        if stage not in self.seen:
+            return frozenset()
+        user = record.data["user"]
+        if user not in self.seen[stage]:
+            raise EvalInputError(f"{record.where}: user {user!r} is not an evaluated user of "
+                                 f"{self.data_dir} (wrong --data_dir?)")
+        return self.seen[stage][user]
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+@dataclasses.dataclass
+class Section:
+    """The metrics of one (task, mode) of one system."""
+
+    task: str
+    mode: str
+    kind: str  # "ranking" | "binary" | "rating"
+    split: str
+    metrics: dict[str, float]
+    baseline: bool = False
+
+
+def _targets(record: Record) -> list[str]:
+    t = record.data["target_item"]
+    return [t] if isinstance(t, str) else list(t)
+
+
+def evaluate_records(records: Sequence[Record], mode: str, ks: Sequence[int] = M.DEFAULT_KS,
+                     catalogue: Catalogue | None = None, ties: str = "pessimistic",
+                     ) -> tuple[str, dict[str, float]]:
+    """(kind, metrics) of one (task, mode)'s records (see the module docstring)."""
+    excl = [catalogue.exclude_for(r) for r in records] if catalogue else None
+    items_set = catalogue.items if catalogue else None
+    if mode == "predict":
+        return "ranking", M.ranking_metrics(
+            [r.data["items"] for r in records], [_targets(r) for r in records], ks=ks,
+            exclude=excl, catalogue=items_set,
+            extra_invalid=sum(int(r.data.get("invalid", 0)) for r in records),
+            extra_duplicates=sum(int(r.data.get("duplicates", 0)) for r in records))
+    if mode == "score":
+        binary = ["label" in r.data for r in records]
+        if any(binary) and not all(binary):
+            first = records[binary.index(not binary[0])]
+            raise EvalInputError(f"{first.where}: binary (label/p_yes) and ranking records "
+                                 "mixed in one task")
+        if all(binary):
+            labels = [int(r.data["label"]) for r in records]
+            p_yes = [float(r.data["p_yes"]) for r in records]
+            return "binary", M.binary_metrics(labels, [int(p >= 0.5) for p in p_yes], p_yes)
+        lists = [M.ranking_from_scores(r.data["candidates"], r.data["scores"],
+                                       set(_targets(r)), ties=ties) for r in records]
+        out = M.ranking_metrics(lists, [_targets(r) for r in records], ks=ks, exclude=excl,
+                                catalogue=items_set)
+        out["target_not_in_candidates"] = float(sum(
+            not set(_targets(r)) & set(r.data["candidates"]) for r in records))
+        return "ranking", out
+    if mode == "rating":
+        return "rating", M.rating_metrics([float(r.data["target_rating"]) for r in records],
+                                          [float(r.data["expected_rating"]) for r in records])
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def evaluate_dir(spec: str, ks: Sequence[int] = M.DEFAULT_KS,
+                 catalogue: Catalogue | None = None, baseline: bool = False,
+                 ties: str = "pessimistic") -> list[Section]:
+    """One Section per (task, mode) found under ``spec`` (a directory or a glob)."""
+    sections = []
+    for (task, mode), paths in find_prediction_files(spec).items():
+        records = read_records(paths, task, mode)
+        kind, values = evaluate_records(records, mode, ks, catalogue, ties)
+        sections.append(Section(task, mode, kind, records[0].data["split"], values, baseline))
+    return sections
+
+
+def section_names(sections: Sequence[Section]) -> list[str]:
+    """Key prefix / table row name per section: task, or task/mode if a task has several."""
+    modes: dict[str, int] = {}
+    for s in sections:
+        modes[s.task] = modes.get(s.task, 0) + 1
+    return [s.task if modes[s.task] == 1 else f"{s.task}/{s.mode}" for s in sections]
+
+
+def flat_metrics(model: Sequence[Section], baselines: Sequence[Section],
+                 primary: str | None = None) -> dict[str, float]:
+    """The metrics.json object (see the module docstring for the key scheme)."""
+    out: dict[str, float] = {}
+    names = section_names(model)
+    if len(model) == 1:
+        out.update(model[0].metrics)
+    else:
+        for name, s in zip(names, model, strict=True):
+            out.update(M.prefix_keys(s.metrics, name))
+        if primary is not None:
+            matches = [s for name, s in zip(names, model, strict=True) if name == primary]
+            if not matches:
+                raise ValueError(f"--primary_task {primary!r} is not among {names}")
+            out.update(matches[0].metrics)
+    for name, s in zip(section_names(baselines), baselines, strict=True):
+        out.update(M.prefix_keys(s.metrics, name))
+    return out
+
+
+def default_primary(model: Sequence[Section]) -> str | None:
+    """With several sections: the only `predict` one, else the only ranking one, else None."""
+    if len(model) < 2:
+        return None
+    names = section_names(model)
+    for wanted in (lambda s: s.mode == "predict", lambda s: s.kind == "ranking"):
+        picked = [n for n, s in zip(names, model, strict=True) if wanted(s)]
+        if len(picked) == 1:
+            return picked[0]
+    return None
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def _json_safe(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """NaN (e.g. AUC with one class) becomes null: strict JSON has no NaN."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in
+            metrics.items()}
+
+
+@gin.configurable
+def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
+             baselines: str | None = None, data_dir: str | None = None,
+             ks: Sequence[int] = M.DEFAULT_KS, primary_task: str | None = None,
+             ties: str = "pessimistic", plot: bool = True, echo: bool = True,
+             ) -> dict[str, float]:
+    """Evaluate ``predictions`` (+ ``baselines``) and write metrics.json/.md/.png to out_dir.
+
+    Returns the metrics.json object. Baselines must be on the model's split: comparing a
+    test-split model with validation-split baselines would be meaningless, so it is refused.
+    """
+    catalogue = Catalogue.load(data_dir) if data_dir else None
+    model = evaluate_dir(predictions, ks, catalogue, ties=ties)
+    base = evaluate_dir(baselines, ks, catalogue, baseline=True, ties=ties) if baselines else []
+    model_splits = {s.split for s in model}
+    for s in base:
+        if model_splits and s.split not in model_splits:
+            raise EvalInputError(f"{baselines}: baseline {s.task!r} is on split {s.split!r} "
+                                 f"but the predictions are on {sorted(model_splits)}")
+    primary = primary_task if primary_task is not None else default_primary(model)
+    flat = flat_metrics(model, base, primary)
+    os.makedirs(out_dir, exist_ok=True)
+    write_atomic(os.path.join(out_dir, METRICS_FILE),
+                 json.dumps(_json_safe(flat), indent=1, sort_keys=True) + "\n")
+    names = section_names(model) + section_names(base)
+    systems = list(zip(names, [*model, *base], strict=True))
+    table = report.markdown(systems, ks)
+    write_atomic(os.path.join(out_dir, TABLE_FILE), table)
+    if plot:
+        report.plot_at_k(systems, ks, os.path.join(out_dir, PLOT_FILE))
+    if echo:
+        print(table, end="")
+    return flat
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _as_binding(name: str, value: str) -> str:
+    """`--gin.X=V` -> `X = V`, quoting V unless it is a literal or a gin reference (as in
+    flanrec.train; not imported from there to keep this job free of JAX)."""
+    v = value.strip()
+    if v[:1] in "@%([{'\"" or v in ("None", "True", "False"):
+        return f"{name} = {v}"
+    try:
+        ast.literal_eval(v)
+        return f"{name} = {v}"
+    except (ValueError, SyntaxError):
+        return f"{name} = {v!r}"
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m flanrec.eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--predictions", help="directory or glob of {task}-{mode}.jsonl-* "
+                        "shards (INFER_OUTPUT_DIR)")
+    parser.add_argument("--baselines", default=None,
+                        help="directory of baseline shards (python -m flanrec.baselines)")
+    parser.add_argument("--out", help="output directory (EVAL_OUTPUT_DIR)")
+    parser.add_argument("--data_dir", default=None,
+                        help="prepared dir for masking and coverage (default $FLANREC_DATA_DIR)")
+    parser.add_argument("--ks", default=",".join(map(str, M.DEFAULT_KS)),
+                        help="comma-separated K values (default 1,5,10,20)")
+    parser.add_argument("--primary_task", default=None,
+                        help="task whose metrics also get flat keys when there are several")
+    parser.add_argument("--ties", default="pessimistic", choices=M.TIE_POLICIES,
+                        help="tie policy when ranking scored candidates")
+    parser.add_argument("--no_plot", action="store_true")
+    parser.add_argument("--gin_file", action="append", default=[])
+    parser.add_argument("--gin_bindings", action="append", default=[])
+    args, rest = parser.parse_known_args(argv)
+    bindings = list(args.gin_bindings)
+    for arg in rest:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin."):].split("=", 1)
+            bindings.append(_as_binding(name, value))
+        else:
+            parser.error(f"unrecognised argument {arg!r}")
+    if not args.gin_file and not bindings and (args.predictions is None or args.out is None):
+        parser.error("--predictions and --out are required (or --gin_file=gin/runs/eval.gin)")
+    return args, bindings
+
+
+def _parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(k) for k in text.split(",") if k.strip())
+    except ValueError:
+        raise SystemExit(f"--ks: expected comma-separated integers, got {text!r}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.gin_file or bindings:
+            repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            gin.clear_config()
+            for p in (os.getcwd(), repo_root):
+                gin.add_config_file_search_path(p)
+            gin.parse_config_files_and_bindings(args.gin_file, bindings)
+            evaluate()
+        else:
+            evaluate(predictions=args.predictions, out_dir=args.out, baselines=args.baselines,
+                     data_dir=args.data_dir or os.environ.get("FLANREC_DATA_DIR") or None,
+                     ks=_parse_ks(args.ks), primary_task=args.primary_task, ties=args.ties,
+                     plot=not args.no_plot)
+    except (EvalInputError, FileNotFoundError, PreparedDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
