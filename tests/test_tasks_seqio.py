@@ -140,11 +140,15 @@ def test_metric_fns():
     assert st.rating_postprocessor("4") == 4.0 and st.rating_postprocessor("3.5 stars") == 3.5
     assert math.isnan(st.rating_postprocessor("great"))
     assert [st.binary_postprocessor(x) for x in ("yes", "No.", "maybe")] == [1, 0, -1]
-    assert st.hr_at_1(["1", "2", "3", "4"], ["1", "9", "3", ""]) == {"hr@1": 0.5}
-    err = st.rating_errors([4.0, 2.0], [5.0, math.nan])
+    _, (hr,) = st.postprocess_and_metrics("item", "unused-index-path")
+    got = hr(["1", "2", "3", "4"], ["1", "9", "3", ""])
+    assert got["hr@1"] == 0.5 and got["invalid"] == 1
+    _, (rating,) = st.postprocess_and_metrics("rating", None)
+    err = rating([4.0, 2.0], [5.0, math.nan])
     assert err["mae"] == pytest.approx(2.5) and err["parse_rate"] == 0.5
     assert err["rmse"] == pytest.approx(math.sqrt((1 + 16) / 2))
-    assert st.binary_accuracy([1, 0, 1], [1, 1, -1]) == {"accuracy": pytest.approx(1 / 3)}
+    _, (binary,) = st.postprocess_and_metrics("binary", None)
+    assert binary([1, 0, 1], [1, 1, -1])["accuracy"] == pytest.approx(1 / 3)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -28,6 +28,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from flanrec import metrics as metrics_lib
 from flanrec.data import writer
 
 log = logging.getLogger("flanrec.tasks")
@@ -201,29 +202,10 @@ def exact_match(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str,
     return {"exact_match": hits / len(targets)}
 
 
-def hr_at_1(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
-    """HR@1 of greedy decoding: the first generated item is the target (unmasked)."""
-    return {"hr@1": exact_match(targets, predictions)["exact_match"]}
-
-
-def rating_errors(targets: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
-    """RMSE/MAE; unparsable predictions (NaN) count as the worst rating error (4.0)."""
-    if not targets:
-        return {"rmse": math.nan, "mae": math.nan, "parse_rate": 0.0}
-    errs = [abs(t - p) if not math.isnan(p) else 4.0 for t, p in zip(targets, predictions,
-                                                                     strict=True)]
-    return {
-        "rmse": math.sqrt(sum(e * e for e in errs) / len(errs)),
-        "mae": sum(errs) / len(errs),
-        "parse_rate": sum(1 for p in predictions if not math.isnan(p)) / len(predictions),
-    }
-
-
-def binary_accuracy(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
-    if not targets:
-        return {"accuracy": 0.0}
-    return {"accuracy": sum(int(t == p) for t, p in zip(targets, predictions, strict=True))
-            / len(targets)}
+# The metric fns live in flanrec.metrics, shared with `flanrec.eval` so a SeqIO evaluation
+# and the offline job count hits, invalid answers and rating errors the same way.
+HR_AT_1 = metrics_lib.make_ranking_metric_fn(ks=(1,))
+"""Greedy decoding yields one item, so only K=1 is meaningful (no HR@10 posing as top-10)."""
 
 
 def postprocess_and_metrics(target_kind: str, index_path: str | None
@@ -232,11 +214,11 @@ def postprocess_and_metrics(target_kind: str, index_path: str | None
     if target_kind == "item":
         if index_path is None:
             raise ValueError("item tasks need the item index (index_path)")
-        return ItemPostprocessor(index_path), [hr_at_1]
+        return ItemPostprocessor(index_path), [HR_AT_1]
     if target_kind == "rating":
-        return rating_postprocessor, [rating_errors]
+        return rating_postprocessor, [metrics_lib.seqio_rating_metrics]
     if target_kind == "binary":
-        return binary_postprocessor, [binary_accuracy]
+        return binary_postprocessor, [metrics_lib.seqio_binary_metrics]
     if target_kind == "text":
         return text_postprocessor, [exact_match]
     raise ValueError(f"target_kind must be one of {TARGET_KINDS}, got {target_kind!r}")
