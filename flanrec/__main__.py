@@ -12,6 +12,12 @@ _JOBS = {
     "train": "python -m flanrec.train --gin_file=gin/runs/finetune.gin --gin.MODEL_DIR=...",
     "convert": "python -m flanrec.convert --from hf|t5x|flanrec --src DIR --out DIR "
     "[--to flanrec|hf|t5x]",
+    "infer": "python -m flanrec.infer --gin_file=gin/runs/infer.gin --gin.CHECKPOINT_PATH=... "
+    "--gin.MIXTURE_OR_TASK_NAME=... --gin.INFER_OUTPUT_DIR=...",
+    "baselines": "python -m flanrec.baselines --data_dir DIR --model all --out DIR",
+    "eval": "python -m flanrec.eval --predictions DIR --baselines DIR --data_dir DIR --out DIR",
+    "ensemble": "python -m flanrec.ensemble templates|fuse ...",
+    "quickstart": "python -m flanrec.quickstart   (prepare, train, infer, baselines, eval)",
 }
 
 
@@ -19,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="flanrec",
         description="Instruction-tune Flan-T5 as a recommender with JAX/Flax, SeqIO and Orbax.",
-        epilog="jobs:\n" + "\n".join(f"  {k:8s} {v}" for k, v in _JOBS.items()),
+        epilog="jobs:\n" + "\n".join(f"  {k:10s} {v}" for k, v in _JOBS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
