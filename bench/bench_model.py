@@ -2,8 +2,8 @@
 
 Not a test: prints a table of forward and forward+backward times and their ratio.
 
-    python benchmarks/bench_model.py --preset tiny
-    python benchmarks/bench_model.py --preset flan-t5-small --batch 8 --enc_len 128 --dec_len 16
+    python bench/bench_model.py --preset tiny
+    python bench/bench_model.py --preset flan-t5-small --batch 8 --enc_len 128 --dec_len 16
 
 Both sides get identical random weights (exported through `flanrec.convert.hf`), inputs and
 loss (mean token cross-entropy over non-padding targets); the first (compiling) call is

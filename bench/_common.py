@@ -1,0 +1,192 @@
+"""Shared plumbing of the bench/ scripts: machine description, A/B timing, peak memory,
+the printed table and the results file.
+
+Why a shared module: every script must report the same way (ratios from *alternating* runs,
+because the development machines are shared and noisy; one results file a reader can diff
+across commits), and a smoke test (tests/test_bench_scripts.py) runs each script with
+`--smoke` so none of this can rot unnoticed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results.jsonl"
+
+
+# ----------------------------------------------------------------------------- machine
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (CPU model, cores, load), for the results file."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+           "host": platform.node()}
+    try:
+        out["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    return out
+
+
+# ---------------------------------------------------------------------------- memory
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) so a later `peak_rss_bytes` covers only what
+    runs from now on (Linux >= 4.0: writing 5 to /proc/self/clear_refs). Returns success.
+
+    Freed heap is first handed back to the OS (glibc `malloc_trim`): otherwise memory the
+    compiler or the weight import used once and freed stays resident and would be charged
+    to the training step.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process since start or the last `reset_peak_rss`."""
+    kb = _status_kb("VmHWM")
+    if kb is None:  # not Linux: lifetime peak from getrusage (kB on Linux, bytes on macOS)
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kb if sys.platform == "darwin" else kb * 1024
+    return kb * 1024
+
+
+def rss_bytes() -> int:
+    kb = _status_kb("VmRSS")
+    return (kb or 0) * 1024
+
+
+# ---------------------------------------------------------------------------- timing
+def time_calls(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall seconds of `repeats` calls of `fn` (which must block until its work is done)."""
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def alternate(runners: dict[str, Callable[[int], list[float]]], rounds: int,
+              repeats: int) -> dict[str, list[float]]:
+    """Run each side `repeats` times per round, alternating sides (A B A B ..., starting side
+    flipped every round), so background load on a shared machine hits both sides alike."""
+    names = list(runners)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for n in order:
+            times[n].extend(runners[n](repeats))
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def spread(xs: Sequence[float]) -> str:
+    """'min–max' of a list of seconds, in ms, to show how noisy a median is."""
+    return f"{min(xs) * 1e3:.0f}-{max(xs) * 1e3:.0f}"
+
+
+# ---------------------------------------------------------------------------- output
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Print (and return) a GitHub-markdown table, so output pastes into docs unchanged."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            if v != v:
+                return "n/a"
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def append_result(record: dict[str, Any], path: Path | None = None) -> Path:
+    """Append one JSON line to the results file, atomically (temp file + os.replace), so an
+    interrupted run never leaves a half-written line behind."""
+    path = Path(path or os.environ.get("FLANREC_BENCH_RESULTS") or RESULTS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"time_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "machine": machine(), **record}
+    old = path.read_text() if path.exists() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(old + json.dumps(record, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def last_result(bench: str, path: Path | None = None, **match: Any) -> dict[str, Any] | None:
+    """The newest record of `bench` whose top-level fields equal `match` (or None)."""
+    path = Path(path or os.environ.get("FLANREC_BENCH_RESULTS") or RESULTS)
+    if not path.exists():
+        return None
+    found = None
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec.get("bench") == bench and all(rec.get(k) == v for k, v in match.items()):
+            found = rec
+    return found
+
+
+def quiet_logs() -> None:
+    """Silence TF/absl chatter so the printed table is the output."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import logging
+
+    for name in ("absl", "jax", "tensorflow", "seqio", "orbax"):
+        logging.getLogger(name).setLevel(logging.ERROR)

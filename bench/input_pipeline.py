@@ -1,0 +1,118 @@
+"""Input-pipeline throughput: the seqio stream `flanrec.train` feeds, against step consumption.
+
+    FLANREC_DATA_DIR=data/ml-100k python bench/input_pipeline.py            # ml100k_rec_mix
+    python bench/input_pipeline.py --module my_tasks --task my_task --smoke  # any seqio task
+
+Builds the training stream exactly as the trainer does (`flanrec.train.train_batches`: seqio
+`get_dataset` with the `EncDecFeatureConverter`, shuffle, repeat, batch, prefetch), by default
+at the shape train_throughput.py measures (batch 16, 128 input / 8 target tokens; the CPU
+experiment gin uses 256 / 16: pass --inputs/--targets), packed and unpacked, and times how
+fast batches come out after a warm-up (startup, i.e. building the mixture and filling the
+shuffle buffer, is reported separately).
+Examples/s counts source examples (packed rows hold several: one per segment id). The
+consumption side is the newest non-smoke `train_throughput` record of each preset in the
+results file (examples/s of the train step); goal: the pipeline is >= 10x faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _common  # noqa: E402
+
+
+def _examples_in(batch: dict[str, Any], packed: bool) -> int:
+    import numpy as np
+
+    if packed:
+        return int(np.sum(np.max(batch["encoder_segment_ids"], axis=1)))
+    return int(np.sum(np.any(batch["decoder_target_tokens"] > 0, axis=1)))
+
+
+def measure(task: str, lengths: dict[str, int], batch: int, pack: bool, batches: int,
+            warmup: int) -> dict[str, float]:
+    """Batches/s and source examples/s of the trainer's own stream after `warmup` batches."""
+    from flanrec import train
+
+    cfg = train.DatasetConfig(mixture_or_task_name=task, task_feature_lengths=lengths,
+                              split="train", batch_size=batch, shuffle=True, seed=0, pack=pack)
+    t0 = time.perf_counter()
+    it = train.train_batches(cfg, batch, 0)
+    for _ in range(warmup):
+        next(it)
+    first = time.perf_counter() - t0
+    examples, start = 0, time.perf_counter()
+    cpu0 = time.process_time()
+    for _ in range(batches):
+        examples += _examples_in(next(it), pack)
+    dt = time.perf_counter() - start
+    return {"batches_per_s": batches / dt, "examples_per_s": examples / dt,
+            "rows_per_s": batches * batch / dt, "examples_per_row": examples / (batches * batch),
+            "cpu_s_per_batch": (time.process_time() - cpu0) / batches, "startup_s": first}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--module", default="tasks.movielens", help="module registering the task")
+    ap.add_argument("--task", default="ml100k_rec_mix")
+    ap.add_argument("--inputs", type=int, default=128)
+    ap.add_argument("--targets", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batches", type=int, default=100, help="timed batches per setting")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--smoke", action="store_true", help="few batches: seconds")
+    ap.add_argument("--no_record", action="store_true")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.batches, args.warmup, args.batch = 3, 1, 4
+    _common.quiet_logs()
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    importlib.import_module(args.module)
+    lengths = {"inputs": args.inputs, "targets": args.targets}
+    results = {}
+    for pack in (False, True):
+        results["packed" if pack else "unpacked"] = measure(
+            args.task, lengths, args.batch, pack, args.batches, args.warmup)
+
+    consumers = {}
+    for preset in ("tiny", "flan-t5-small"):
+        rec = _common.last_result("train_throughput", preset=preset, smoke=False)
+        if rec:
+            consumers[preset] = (rec["sides"]["flanrec"]["examples_per_s"],
+                                 f"{rec['batch']}x{rec['enc_len']}/{rec['dec_len']}")
+    rows = []
+    for name, r in results.items():
+        row = [name, r["startup_s"], r["batches_per_s"], r["examples_per_s"],
+               r["examples_per_row"], r["cpu_s_per_batch"] * 1e3]
+        for preset in ("tiny", "flan-t5-small"):
+            c = consumers.get(preset)
+            row.append(f"{r['examples_per_s'] / c[0]:.1f}x" if c else "n/a")
+        rows.append(row)
+    header = ["stream", "startup s", "batches/s", "examples/s", "examples/row", "CPU ms/batch",
+              "vs tiny step", "vs flan-t5-small step"]
+    _common.print_table(f"seqio input pipeline, {args.task}, batch {args.batch}, "
+                        f"{args.inputs}/{args.targets} tokens, {os.cpu_count()} cores", header,
+                        rows)
+    for preset, (eps, shape) in consumers.items():
+        print(f"train step consumption ({preset}, {shape}, from {_common.RESULTS.name}): "
+              f"{eps:.3g} examples/s")
+    record = {"bench": "input_pipeline", "task": args.task, "lengths": lengths,
+              "batch": args.batch, "smoke": args.smoke, "streams": results,
+              "consumers_examples_per_s": {k: v[0] for k, v in consumers.items()}}
+    if not args.no_record:
+        print(f"appended to {_common.append_result(record)}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
