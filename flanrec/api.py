@@ -7,6 +7,10 @@
 
 Inputs are integer token arrays padded with 0; outputs are numpy. Each method is jitted once
 per input shape, so batching with fixed shapes avoids recompiles.
+
+A checkpoint of a TUNING='prompt'|'lora' run loads the same way: its frozen backbone (the
+path stored in the checkpoint, or `backbone=`) plus the adapters; LoRA is merged into the
+kernels unless `merge_lora=False`, a soft prompt stays part of the model's config.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from flanrec.convert import common
 from flanrec.model import decoding
 from flanrec.model.config import T5Config
 from flanrec.model.network import Transformer
+from flanrec.peft import params as peft_params
+from flanrec.peft.specs import adapter_specs
 
 
 def shift_right(targets: np.ndarray | jax.Array, start_token: int = 0) -> jax.Array:
@@ -51,7 +57,10 @@ class FlanT5Model:
     """A loaded model: `.config`, `.params` (nested dict of arrays) and numpy-in/out methods."""
 
     def __init__(self, config: T5Config, params: Any) -> None:
-        common.check_params(common.flatten(params), config, "FlanT5Model params")
+        if adapter_specs(config):
+            peft_params.check_params(common.flatten(params), config, "FlanT5Model params")
+        else:
+            common.check_params(common.flatten(params), config, "FlanT5Model params")
         self.config = config
         self.params = jax.tree.map(jnp.asarray, params)
 
@@ -104,11 +113,14 @@ def _is_t5x_checkpoint(path: Path) -> bool:
     return any(_t5x_step_dir(child) for child in path.glob("checkpoint_*") if child.is_dir())
 
 
-def load_params_any(path: str | os.PathLike[str]) -> tuple[T5Config, Any]:
+def load_params_any(path: str | os.PathLike[str], *, merge_lora: bool = True,
+                    backbone: str | os.PathLike[str] | None = None) -> tuple[T5Config, Any]:
     """(T5Config, params) from an HF directory, a T5X checkpoint or a flanrec checkpoint.
 
     HF: a directory with config.json. T5X: a directory with a `checkpoint` file or `state/`,
-    or holding such `checkpoint_N` dirs. Anything else goes to `flanrec.checkpoints.load_params`.
+    or holding such `checkpoint_N` dirs. Anything else goes to `flanrec.checkpoints.load_params`,
+    except adapter checkpoints (prompt/LoRA runs): backbone + adapters via
+    `flanrec.peft.checkpoint.load` (config then a `PeftT5Config` if a prompt remains).
     """
     p = Path(path)
     if not p.exists():
@@ -122,13 +134,19 @@ def load_params_any(path: str | os.PathLike[str]) -> tuple[T5Config, Any]:
 
         return t5x.import_t5x(str(p))
     from flanrec import checkpoints
+    from flanrec.peft import checkpoint as peft_checkpoint
 
+    if peft_checkpoint.is_adapter_checkpoint(p):
+        return peft_checkpoint.load(p, merge_lora=merge_lora, backbone=backbone)
     return checkpoints.load_params(str(p))
 
 
-def load(path: str | os.PathLike[str], dtype: str | None = None) -> FlanT5Model:
-    """Load a model for scoring/generation; `dtype` ('float32'/'bfloat16') sets activations."""
-    config, params = load_params_any(path)
+def load(path: str | os.PathLike[str], dtype: str | None = None, *, merge_lora: bool = True,
+         backbone: str | os.PathLike[str] | None = None) -> FlanT5Model:
+    """Load a model for scoring/generation; `dtype` ('float32'/'bfloat16') sets activations.
+
+    `merge_lora`/`backbone`: for checkpoints of LoRA / prompt runs (see the module doc)."""
+    config, params = load_params_any(path, merge_lora=merge_lora, backbone=backbone)
     if dtype is not None:
         config = config.replace(dtype=dtype)
     return FlanT5Model(config, params)

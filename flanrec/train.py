@@ -22,6 +22,13 @@ files holding shuffle buffers (hundreds of MB for long-sequence tasks), nothing 
 Orbax to coordinate — at the cost of re-reading the skipped examples at restart (seconds for
 recommendation-sized data). Dropout keys are `fold_in(rng, step)`, so a resumed run is
 bitwise the uninterrupted one.
+
+Parameter-efficient tuning: `TUNING = 'prompt' | 'lora'` (gin/runs/prompt_tuning.gin,
+gin/runs/lora.gin) freezes the INITIAL_CHECKPOINT_PATH backbone and trains only a soft prompt
+or LoRA adapters (`flanrec.peft`). Checkpoints then hold just the adapters and their optimizer
+state (a few hundred KB for a prompt) plus, in `meta`, the backbone's path, the adapter config
+and the tuning mode; resuming reloads the backbone from that pointer and refuses a different
+one. `flanrec.api.load` turns such a checkpoint back into a usable model.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import argparse
 import ast
 import dataclasses
 import datetime
+import json
 import logging
 import math
 import os
@@ -48,12 +56,16 @@ from etils import epath
 from flanrec import flops, losses, optimizers, partitioning, trainer
 from flanrec.convert import common
 from flanrec.model.config import T5Config
+from flanrec.peft import config as peft_config
+from flanrec.peft import params as peft_params
 
 log = logging.getLogger("flanrec.train")
 
 # T5Config is a plain frozen dataclass; registering (not decorating) it keeps instances of the
 # real class while gin checks every field name (`T5Config.d_modle = …` fails at parse time).
 gin.register(T5Config, module="flanrec.model.config")
+gin.register(peft_config.PromptConfig, module="flanrec.peft")
+gin.register(peft_config.LoraConfig, module="flanrec.peft")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -256,9 +268,16 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
           mesh_shape: Sequence[int] = (-1, 1),
           mesh_axes: Sequence[str] = ("data", "model"),
           rules: partitioning.Rules | None = None, remat_policy: str = "none",
-          async_checkpointing: bool = True,
+          async_checkpointing: bool = True, tuning: str = "full",
+          prompt: peft_config.PromptConfig | None = None,
+          lora: peft_config.LoraConfig | None = None,
           devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
-    """Run (or resume) one training job; returns the last logged train/validation metrics."""
+    """Run (or resume) one training job; returns the last logged train/validation metrics.
+
+    `tuning`: 'full' trains every parameter; 'prompt' trains only the soft prompt `prompt`
+    (default `PromptConfig()`), 'lora' only the adapters `lora` (default `LoraConfig()`),
+    both on the frozen backbone of `initial_checkpoint_path`.
+    """
     import tensorflow as tf
 
     from flanrec.checkpoints import TrainCheckpointer
@@ -288,6 +307,10 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             eval_dataset.batch_size % dp or eval_dataset.batch_size % jax.process_count()):
         raise ValueError(f"EVAL_BATCH_SIZE {eval_dataset.batch_size} must be divisible by the "
                          f"data-parallel size ({dp}) and the number of processes")
+    base_config = model_config
+    model_config = _with_tuning(model_config, tuning, prompt, lora, train_dataset,
+                                initial_checkpoint_path)
+    efficient = tuning != "full"
     model = Transformer(model_config, remat_policy=remat_policy)
     log.info("mesh %s over %d devices (%d processes); %s: %.1fM parameters; global batch %d "
              "(%d per host, %d microbatches)", dict(mesh.shape), mesh.size,
@@ -300,8 +323,14 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         check_task(eval_dataset, model_config.vocab_size)
 
     # 4. Train state: resume > initial checkpoint > from scratch.
-    abstract = trainer.abstract_state(model, tx)
+    abstract = trainer.abstract_state(model, tx, tuning)
     shardings = trainer.state_shardings(abstract, model_config, mesh, rules)
+    frozen, frozen_sh = None, None
+    if efficient:
+        frozen_sh = trainer.frozen_shardings(trainer.abstract_frozen(model, tuning),
+                                             model_config, mesh, rules)
+        log.info("TUNING=%s: %s trainable parameters, backbone frozen", tuning,
+                 f"{peft_params.count(abstract.params):,}")
     ckpt = TrainCheckpointer(out, max_to_keep=keep_checkpoints, async_save=async_checkpointing)
     rng = jax.random.PRNGKey(random_seed)
     init_rng, dropout_rng = jax.random.split(rng)
@@ -327,6 +356,16 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                         "stream will not match the interrupted run exactly", position)
         log.info("resumed from %s at step %d (skipping %d input batches)",
                  out / f"checkpoint_{resume_step}", resume_step, skip)
+        if efficient:
+            _check_resumed_adapters(meta, model_config, tuning, initial_checkpoint_path,
+                                    out / f"checkpoint_{resume_step}")
+            frozen = partitioning.shard_params(
+                _load_backbone(initial_checkpoint_path, base_config), frozen_sh)
+    elif efficient:
+        state, frozen = trainer.init_adapted_state(
+            model, tx, init_rng, shardings, frozen_sh, mesh, rules,
+            _load_backbone(initial_checkpoint_path, base_config), tuning)
+        skip = 0
     else:
         init_params = None
         if initial_checkpoint_path:
@@ -349,10 +388,15 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         evals = eval_batches(eval_dataset, eval_dataset.batch_size // jax.process_count())
     bsh = partitioning.batch_sharding(mesh, rules)
     train_step = trainer.make_train_step(model, tx, schedule, loss_cfg, shardings, bsh, mesh,
-                                         rules, num_microbatches)
-    eval_step = trainer.make_eval_step(model, loss_cfg, shardings.params, bsh, mesh, rules)
+                                         rules, num_microbatches, frozen_sh)
+    eval_step = trainer.make_eval_step(model, loss_cfg,
+                                       peft_params.combine(frozen_sh, shardings.params),
+                                       bsh, mesh, rules)
     lengths = train_dataset.task_feature_lengths
-    step_flops = flops.train_flops_per_step(model_config, batch, lengths["inputs"],
+    prompt_cfg = peft_config.prompt_of(model_config)
+    extra_inputs = prompt_cfg.length if prompt_cfg and prompt_cfg.fusion == "concat" else 0
+    step_flops = flops.train_flops_per_step(base_config, batch,
+                                            lengths["inputs"] + extra_inputs,
                                             lengths["targets"])
     peak, peak_source = flops.peak_flops_total()
     log.info("%.3g model FLOPs per step; peak %.3g FLOP/s (%s)", step_flops, peak, peak_source)
@@ -366,16 +410,20 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     preemption = _Preemption()
 
     def save(step: int) -> None:
-        meta = {"model_config": model_config.to_dict(), "rng": dropout_rng,
+        meta = {"model_config": base_config.to_dict(), "rng": dropout_rng,
                 "data_position": {"train_batches": step, "per_host_batch": per_host,
                                   "process_count": jax.process_count()}}
+        if efficient:  # adapters only: the backbone is named, not copied
+            meta.update(tuning=tuning, peft=peft_config.adapters_to_dict(model_config),
+                        backbone=_abs_path(initial_checkpoint_path))
         ckpt.save(step, state.params, state.opt_state, meta=meta, force=True)
         log.info("checkpoint %d started (%s)", step, "async" if async_checkpointing else "sync")
 
     def validate(step: int) -> dict[str, float]:
         sums: dict[str, float] = {}
         for b in evals or []:
-            result = eval_step(state.params, partitioning.host_to_global(b, bsh))
+            result = eval_step(peft_params.combine(frozen, state.params),
+                               partitioning.host_to_global(b, bsh))
             for k, v in jax.device_get(result).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         w = max(sums.get("weight", 0.0), 1.0)
@@ -402,7 +450,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             trainer.check_token_ids(host_batch, model_config.vocab_size,
                                     f"training batch {step + 1}")
             state, metrics = train_step(state, partitioning.host_to_global(host_batch, bsh),
-                                        dropout_rng)
+                                        dropout_rng, frozen)
             step += 1
             if pending is not None:
                 meter.add_tokens(window.add(*pending))
@@ -449,6 +497,56 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             w.close()
     return {"step": step, "train": last_train, "validation": last_eval,
             "preempted": step < train_steps}
+
+
+# ------------------------------------------------------------ parameter-efficient tuning
+def _abs_path(path: str | None) -> str | None:
+    if path is None or "://" in str(path):
+        return path
+    return os.path.abspath(os.fspath(path))
+
+
+def _with_tuning(cfg: T5Config, tuning: str, prompt: peft_config.PromptConfig | None,
+                 lora: peft_config.LoraConfig | None, train_dataset: DatasetConfig,
+                 initial_checkpoint_path: str | None) -> T5Config:
+    """The model config of this TUNING, refusing settings that cannot work, by name."""
+    if tuning not in peft_config.TUNINGS:
+        raise ValueError(f"TUNING must be one of {peft_config.TUNINGS}, got {tuning!r}")
+    if tuning == "full":
+        return cfg
+    if not initial_checkpoint_path:
+        raise ValueError(f"TUNING={tuning!r} freezes the backbone: set INITIAL_CHECKPOINT_PATH "
+                         "to the pretrained model (a frozen random backbone learns nothing)")
+    if tuning == "prompt":
+        prompt = prompt or peft_config.PromptConfig()
+        if prompt.fusion == "concat" and train_dataset.pack:
+            raise ValueError("PROMPT_FUSION='concat' needs unpacked inputs (PACK = False): "
+                             "one prompt per row cannot serve several packed examples")
+        return peft_config.with_adapters(cfg, prompt=prompt)
+    return peft_config.with_adapters(cfg, lora=lora or peft_config.LoraConfig())
+
+
+def _load_backbone(path: str, base: T5Config) -> dict[str, Any]:
+    from flanrec.api import load_params_any
+
+    src_cfg, params = load_params_any(path)
+    common.check_params(common.flatten(params), base, f"INITIAL_CHECKPOINT_PATH {path}")
+    log.info("frozen backbone from %s (%s)", path, src_cfg.name)
+    return params
+
+
+def _check_resumed_adapters(meta: Mapping[str, Any], cfg: T5Config, tuning: str,
+                            initial_checkpoint_path: str, where: Any) -> None:
+    """A resumed adapter run must continue on the same backbone with the same adapters."""
+    want = {"tuning": tuning, "peft": peft_config.adapters_to_dict(cfg),
+            "backbone": _abs_path(initial_checkpoint_path)}
+    got = {k: meta.get(k) for k in want}
+    norm = json.loads(json.dumps(want))  # tuples → lists, as stored
+    bad = [k for k in want if got[k] != norm[k]]
+    if bad:
+        raise ValueError(f"{where}: cannot resume: the checkpoint was trained with "
+                         + ", ".join(f"{k}={got[k]!r}" for k in bad) + " but this run has "
+                         + ", ".join(f"{k}={norm[k]!r}" for k in bad))
 
 
 # ---------------------------------------------------------------------------- entry point

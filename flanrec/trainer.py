@@ -4,6 +4,12 @@
 donated (pjit semantics, see `flanrec.partitioning`). Inside, the global batch may be split
 into microbatches whose *summed* losses and gradients are normalised once by the number of
 real target tokens, so accumulation is exact: one call = one optimizer update.
+
+Parameter-efficient tuning (TUNING = 'prompt' | 'lora', `flanrec.peft`): the train state's
+`params` hold only the trainable adapters, and the frozen backbone travels as a separate,
+non-donated argument of the step. Gradients are taken with respect to the adapters alone, so
+no backbone-sized gradient, optimizer statistic or checkpoint array exists, and the backbone
+cannot change (it is never an output of the step).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flanrec import losses, partitioning
 from flanrec.model.config import T5Config
+from flanrec.peft import params as peft_params
+from flanrec.peft.specs import adapter_specs
 
 Batch = Mapping[str, jax.Array]
 _norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
@@ -45,20 +53,37 @@ def _init_params(model: nn.Module, rng: jax.Array) -> Any:
     return nn.unbox(model.init(rng, dummy, dummy, dummy)["params"])
 
 
-def abstract_state(model: nn.Module, tx: optax.GradientTransformation) -> TrainState:
-    """Shapes and dtypes of the train state, without allocating it."""
+def abstract_state(model: nn.Module, tx: optax.GradientTransformation,
+                   tuning: str = "full") -> TrainState:
+    """Shapes and dtypes of the train state (trainable params only), without allocating it."""
     def build(rng: jax.Array) -> TrainState:
-        params = _init_params(model, rng)
+        params, _ = peft_params.split(_init_params(model, rng), tuning)
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
     return jax.eval_shape(build, jax.random.PRNGKey(0))
 
 
+def abstract_frozen(model: nn.Module, tuning: str) -> Any:
+    """Shapes of the frozen backbone under `tuning` ({} for full fine-tuning)."""
+    return jax.eval_shape(lambda r: peft_params.split(_init_params(model, r), tuning)[1],
+                          jax.random.PRNGKey(0))
+
+
 def state_shardings(abstract: TrainState, cfg: T5Config, mesh: Mesh,
                     rules: partitioning.Rules) -> TrainState:
     """`NamedSharding` for every leaf of the train state (optimizer state follows params)."""
-    logical = partitioning.state_logical_specs(abstract, cfg)
+    if adapter_specs(cfg):
+        logical = peft_params.state_logical_specs(abstract, cfg)
+    else:
+        logical = partitioning.state_logical_specs(abstract, cfg)
     return partitioning.logical_to_shardings(logical, mesh, rules)
+
+
+def frozen_shardings(abstract: Any, cfg: T5Config, mesh: Mesh, rules: partitioning.Rules
+                     ) -> Any:
+    """`NamedSharding`s of the frozen backbone: the same layout full fine-tuning uses."""
+    return partitioning.logical_to_shardings(
+        peft_params.state_logical_specs(abstract, cfg), mesh, rules)
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
@@ -84,6 +109,33 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
 
         return jax.jit(attach, in_shardings=(shardings.params,), out_shardings=shardings,
                        donate_argnums=(0,))(sharded)
+
+
+def init_adapted_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       shardings: TrainState, frozen_sh: Any, mesh: Mesh,
+                       rules: partitioning.Rules, backbone: Mapping[str, Any], tuning: str,
+                       ) -> tuple[TrainState, Any]:
+    """(fresh adapter train state, frozen backbone) for TUNING='prompt'|'lora'.
+
+    The backbone (host numpy arrays of the initial checkpoint) goes straight into its shards;
+    adapters are initialised on device (only their initialisers survive jit's dead-code
+    elimination), prompts with `init='vocab'` from the backbone's own embedding rows.
+    """
+    frozen = partitioning.shard_params(backbone, frozen_sh)
+    cfg = model.config
+    prompt = getattr(cfg, "prompt", None)
+
+    def build(rng: jax.Array, frozen: Any) -> TrainState:
+        params, _ = peft_params.split(_init_params(model, rng), tuning)
+        if prompt is not None and prompt.init == "vocab" and "prompt" in params:
+            params = {**params, "prompt": peft_params.init_prompt_from_vocab(
+                cfg, frozen, jax.random.fold_in(rng, 1))["prompt"]}
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    with partitioning.mesh_context(mesh, rules):
+        state = jax.jit(build, in_shardings=(None, frozen_sh),
+                        out_shardings=shardings)(rng, frozen)
+    return state, frozen
 
 
 def _forward_sums(model: nn.Module, params: Any, batch: Batch, loss_cfg: losses.LossConfig,
@@ -114,18 +166,23 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: Callable[[jax.Array], jax.Array], loss_cfg: losses.LossConfig,
                     shardings: TrainState, batch_sharding: NamedSharding, mesh: Mesh,
                     rules: partitioning.Rules, num_microbatches: int = 1,
-                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
-    """`step(state, batch, rng) -> (state, metrics)`; the input state is donated.
+                    frozen_shardings: Any = None,
+                    ) -> Callable[..., tuple[TrainState, dict]]:
+    """`step(state, batch, rng, frozen=None) -> (state, metrics)`; the state is donated.
+
+    `frozen` (with `frozen_shardings`): the backbone under parameter-efficient tuning; the
+    model sees `combine(frozen, state.params)`, gradients exist only for `state.params`.
 
     Dropout keys are `fold_in(rng, step)` (and the microbatch index), so a resumed run draws
     exactly the masks an uninterrupted one would. Metrics are global over the batch: `loss`
     and `accuracy` per real target token, `grad_norm` of the normalised gradient (before any
     clipping), the `learning_rate` used for this update, and the token count.
     """
-    grad_fn = jax.grad(lambda p, b, r: (lambda s: (s["loss"], s))(
-        _forward_sums(model, p, b, loss_cfg, r)), has_aux=True)
-
-    def step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict]:
+    def step(state: TrainState, batch: Batch, rng: jax.Array, frozen: Any
+             ) -> tuple[TrainState, dict]:
+        grad_fn = jax.grad(lambda p, b, r: (lambda s: (s["loss"], s))(
+            _forward_sums(model, peft_params.combine(frozen, p), b, loss_cfg, r)),
+            has_aux=True)
         rng = jax.random.fold_in(rng, state.step)
         if num_microbatches == 1:
             grads, sums = grad_fn(state.params, batch, rng)
@@ -162,12 +219,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         return TrainState(state.step + 1, params, opt_state), metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(step, in_shardings=(shardings, batch_sharding, replicated),
+    frozen_sh = {} if frozen_shardings is None else frozen_shardings
+    jitted = jax.jit(step, in_shardings=(shardings, batch_sharding, replicated, frozen_sh),
                      out_shardings=(shardings, replicated), donate_argnums=(0,))
 
-    def run(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict]:
+    def run(state: TrainState, batch: Batch, rng: jax.Array, frozen: Any = None
+            ) -> tuple[TrainState, dict]:
         with partitioning.mesh_context(mesh, rules):
-            return jitted(state, batch, rng)
+            return jitted(state, batch, rng, {} if frozen is None else frozen)
 
     return run
 

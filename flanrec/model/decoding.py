@@ -178,13 +178,17 @@ def beam_search(config: T5Config, params: Any, encoder_tokens: Array, max_length
     n = batch * k
     eos, pad = config.eos_token_id, config.pad_token_id
     encoded = model.apply({"params": params}, encoder_tokens, method=Transformer.encode)
+    # Project the encoder outputs into cross-attention keys/values once per example, then copy
+    # the cache to the k beams: projecting the repeated outputs would cost k times the FLOPs.
+    cache = init_cache(config, params, encoded, encoder_tokens, max_length)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, cache)
     encoded = jnp.repeat(encoded, k, axis=0)
     enc_tokens = jnp.repeat(encoder_tokens, k, axis=0)
     first_beam_only = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF)
     carry = dict(
         i=jnp.array(0, jnp.int32),
         last=jnp.full((n,), config.decoder_start_token_id, jnp.int32),
-        cache=init_cache(config, params, encoded, enc_tokens, max_length),
+        cache=cache,
         live_seqs=jnp.full((batch, k, max_length), pad, jnp.int32),
         live_logp=jnp.broadcast_to(first_beam_only, (batch, k)).astype(jnp.float32),
         fin_seqs=jnp.full((batch, k, max_length), pad, jnp.int32),

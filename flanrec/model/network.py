@@ -17,6 +17,11 @@ position bias (bidirectional buckets in the encoder, causal in the decoder, one 
 shared by all its layers); no 1/sqrt(d_kv) in attention (T5 folds it into the query init);
 untied, unscaled output logits. Parameters are float32; activations use `config.dtype`;
 attention softmax, norms and logits are float32.
+
+Adapters (`flanrec.peft`): when the config is a `PeftT5Config` carrying a soft prompt and/or
+LoRA, the model declares them under their own top-level keys (`prompt`, `lora`; table in
+`flanrec.peft.specs`) and threads them down as plain arrays. With a plain `T5Config` none of
+that code runs: parameter tree and numerics are exactly Flan-T5's.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from flax import linen as nn
 from jax import lax
 
 from flanrec.model.config import T5Config
+from flanrec.peft.specs import LORA_KEY, PROMPT_KEY, adapter_specs
 
 Array = jax.Array
 Initializer = Callable[..., Array]
+Lora = dict[str, Any] | None  # subtree of the `lora` params mirroring the module path, or None
 
 # Large negative logit for masked attention entries. Finite (not -inf) so that a row whose keys
 # are all masked (e.g. a padding query in a packed batch) yields a uniform softmax, not NaN.
@@ -45,6 +52,46 @@ _constrain = nn.with_logical_constraint
 
 def _boxed(init: Initializer, axes: tuple[str, ...]) -> Initializer:
     return nn.with_logical_partitioning(init, axes)
+
+
+def _sub(tree: Lora, key: str) -> Lora:
+    """The LoRA subtree of a child module (None when nothing below is adapted)."""
+    return None if tree is None else tree.get(key)
+
+
+def _lora_scale(config: T5Config) -> float:
+    lora = getattr(config, "lora", None)
+    return 0.0 if lora is None else lora.scale
+
+
+def _init_adapters(rng: Array, specs: dict[str, tuple[tuple[int, ...], tuple[str, ...]]],
+                   prompt_init: str) -> dict[str, Any]:
+    """Fresh adapter leaves (boxed with their logical axes) for one top-level key.
+
+    LoRA A: fan-in normal; LoRA B: zeros (a fresh adapter is the base model). Prompts:
+    U(-0.5, 0.5) as in Lester et al., or zeros; 'vocab' initialisation needs the backbone's
+    embedding and is done by the trainer after loading it (`flanrec.peft.init_prompt_from_vocab`).
+    """
+    leaves = {}
+    for i, (name, (shape, axes)) in enumerate(sorted(specs.items())):
+        key = jax.random.fold_in(rng, i)
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf == "lora_a":
+            init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+        elif leaf == "lora_b" or prompt_init == "zeros":
+            init = nn.initializers.zeros
+        else:
+            init = nn.initializers.uniform(1.0)
+            init = functools.partial(lambda base, k, s, d: base(k, s, d) - 0.5, init)
+        leaves[name] = _boxed(init, axes)(key, shape, jnp.float32)
+    tree: dict[str, Any] = {}
+    for name, value in leaves.items():
+        node = tree
+        *parents, last = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return tree
 
 
 def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
@@ -91,20 +138,33 @@ class RMSNorm(nn.Module):
 
 
 class Dense(nn.Module):
-    """Bias-free projection with a 2-D float32 kernel, computed in the activation dtype."""
+    """Bias-free projection with a 2-D float32 kernel, computed in the activation dtype.
+
+    With `lora` ({'lora_a': [in, r], 'lora_b': [r, out]}) it computes
+    x W + lora_scale · (x A) B without ever forming W + A B, so the frozen kernel is only
+    read and its gradient is never materialised.
+    """
 
     features: int
     axes: tuple[str, str]
     dtype: Any
     kernel_init: Initializer
     out_dtype: Any = None  # e.g. float32 logits from bf16 activations
+    lora_scale: float = 0.0
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, lora: Lora = None) -> Array:
         kernel = self.param("kernel", _boxed(self.kernel_init, self.axes),
                             (x.shape[-1], self.features), jnp.float32)
-        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
-                       preferred_element_type=self.out_dtype or self.dtype)
+        out_dtype = self.out_dtype or self.dtype
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
+                    preferred_element_type=out_dtype)
+        if lora is not None:
+            xa = jnp.dot(x.astype(self.dtype), lora["lora_a"].astype(self.dtype),
+                         preferred_element_type=jnp.float32) * self.lora_scale
+            y = y + jnp.dot(xa.astype(self.dtype), lora["lora_b"].astype(self.dtype),
+                            preferred_element_type=out_dtype)
+        return y
 
 
 class Embed(nn.Module):
@@ -161,8 +221,9 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None,
-                 bias: Array | None) -> Array:
+                 bias: Array | None, lora: Lora = None) -> Array:
         cfg = self.config
+        scale = _lora_scale(cfg)
         dtype = jnp.dtype(cfg.dtype)
         h, dk = cfg.num_heads, cfg.d_kv
         base_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
@@ -171,7 +232,8 @@ class MultiHeadAttention(nn.Module):
             return base_init(*args) / np.sqrt(dk).astype(np.float32)
 
         def proj(name: str, init: Initializer, x: Array) -> Array:
-            y = Dense(cfg.inner_dim, ("embed", "joined_kv"), dtype, init, name=name)(x)
+            y = Dense(cfg.inner_dim, ("embed", "joined_kv"), dtype, init, lora_scale=scale,
+                      name=name)(x, _sub(lora, name))
             y = y.reshape(*x.shape[:-1], h, dk)
             return _constrain(y, ("batch", "length", "heads", "kv"))
 
@@ -233,7 +295,8 @@ class MultiHeadAttention(nn.Module):
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         out = _constrain(out, ("batch", "length", "heads", "kv"))
         out = out.reshape(*out.shape[:2], cfg.inner_dim)
-        out = Dense(cfg.d_model, ("joined_kv", "embed"), dtype, base_init, name="out")(out)
+        out = Dense(cfg.d_model, ("joined_kv", "embed"), dtype, base_init, lora_scale=scale,
+                    name="out")(out, _sub(lora, "out"))
         return _constrain(out, ("batch", "length", "embed"))
 
 
@@ -244,16 +307,18 @@ class MlpBlock(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, lora: Lora = None) -> Array:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-        gate = Dense(cfg.d_ff, ("embed", "mlp"), dtype, init, name="wi_0")(x)
-        lin = Dense(cfg.d_ff, ("embed", "mlp"), dtype, init, name="wi_1")(x)
+        dense = functools.partial(Dense, dtype=dtype, kernel_init=init,
+                                  lora_scale=_lora_scale(cfg))
+        gate = dense(cfg.d_ff, ("embed", "mlp"), name="wi_0")(x, _sub(lora, "wi_0"))
+        lin = dense(cfg.d_ff, ("embed", "mlp"), name="wi_1")(x, _sub(lora, "wi_1"))
         y = jax.nn.gelu(gate, approximate=True) * lin
         y = _constrain(y, ("batch", "length", "mlp"))
         y = nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
-        y = Dense(cfg.d_model, ("mlp", "embed"), dtype, init, name="wo")(y)
+        y = dense(cfg.d_model, ("mlp", "embed"), name="wo")(y, _sub(lora, "wo"))
         return _constrain(y, ("batch", "length", "embed"))
 
 
@@ -262,15 +327,16 @@ class EncoderLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None, bias: Array) -> Array:
+    def __call__(self, x: Array, mask: Array | None, bias: Array, lora: Lora = None) -> Array:
         cfg, det = self.config, self.deterministic
         norm = functools.partial(RMSNorm, cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype))
         drop = nn.Dropout(cfg.dropout_rate)
         y = norm(name="pre_attention_layer_norm")(x)
-        y = MultiHeadAttention(cfg, det, name="attention")(y, y, mask, bias)
+        y = MultiHeadAttention(cfg, det, name="attention")(y, y, mask, bias,
+                                                           _sub(lora, "attention"))
         x = x + drop(y, deterministic=det)
         y = norm(name="pre_mlp_layer_norm")(x)
-        y = MlpBlock(cfg, det, name="mlp")(y)
+        y = MlpBlock(cfg, det, name="mlp")(y, _sub(lora, "mlp"))
         x = x + drop(y, deterministic=det)
         return _constrain(x, ("batch", "length", "embed"))
 
@@ -282,20 +348,21 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, encoded: Array, self_mask: Array | None, self_bias: Array,
-                 cross_mask: Array | None) -> Array:
+                 cross_mask: Array | None, lora: Lora = None) -> Array:
         cfg, det = self.config, self.deterministic
         norm = functools.partial(RMSNorm, cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype))
         drop = nn.Dropout(cfg.dropout_rate)
         y = norm(name="pre_self_attention_layer_norm")(x)
         y = MultiHeadAttention(cfg, det, self.decode, name="self_attention")(
-            y, y, self_mask, self_bias)
+            y, y, self_mask, self_bias, _sub(lora, "self_attention"))
         x = x + drop(y, deterministic=det)
         y = norm(name="pre_cross_attention_layer_norm")(x)
         y = MultiHeadAttention(cfg, det, self.decode, cross=True,
-                               name="encoder_decoder_attention")(y, encoded, cross_mask, None)
+                               name="encoder_decoder_attention")(
+            y, encoded, cross_mask, None, _sub(lora, "encoder_decoder_attention"))
         x = x + drop(y, deterministic=det)
         y = norm(name="pre_mlp_layer_norm")(x)
-        y = MlpBlock(cfg, det, name="mlp")(y)
+        y = MlpBlock(cfg, det, name="mlp")(y, _sub(lora, "mlp"))
         x = x + drop(y, deterministic=det)
         return _constrain(x, ("batch", "length", "embed"))
 
@@ -318,7 +385,8 @@ class Encoder(nn.Module):
     remat_policy: str = "none"
 
     @nn.compact
-    def __call__(self, embedded: Array, mask: Array | None, deterministic: bool) -> Array:
+    def __call__(self, embedded: Array, mask: Array | None, deterministic: bool,
+                 lora: Lora = None) -> Array:
         cfg = self.config
         length = embedded.shape[1]
         bias = RelativePositionBias(cfg.relative_attention_num_buckets,
@@ -328,7 +396,8 @@ class Encoder(nn.Module):
         x = _constrain(x, ("batch", "length", "embed"))
         layer_cls = _remat(EncoderLayer, self.remat_policy)
         for i in range(cfg.num_encoder_layers):
-            x = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, mask, bias)
+            x = layer_cls(cfg, deterministic, name=f"layers_{i}")(
+                x, mask, bias, _sub(lora, f"layers_{i}"))
         x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="encoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         return _constrain(x, ("batch", "length", "embed"))
@@ -341,7 +410,7 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, embedded: Array, encoded: Array, self_mask: Array | None,
                  cross_mask: Array | None, deterministic: bool, decode: bool,
-                 max_decode_length: int | None) -> Array:
+                 max_decode_length: int | None, lora: Lora = None) -> Array:
         cfg = self.config
         length = embedded.shape[1]
         # While decoding, queries sit anywhere in [0, max_decode_length); the attention picks
@@ -355,7 +424,7 @@ class Decoder(nn.Module):
         layer_cls = DecoderLayer if decode else _remat(DecoderLayer, self.remat_policy)
         for i in range(cfg.num_decoder_layers):
             x = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(
-                x, encoded, self_mask, bias, cross_mask)
+                x, encoded, self_mask, bias, cross_mask, _sub(lora, f"layers_{i}"))
         x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="decoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         logits = Dense(cfg.vocab_size, ("embed", "vocab"), jnp.dtype(cfg.dtype),
@@ -388,6 +457,20 @@ class Transformer(nn.Module):
     Packed examples are separated by `encoder_segment_ids` / `decoder_segment_ids`.
     Positions are accepted for T5X call compatibility but unused: relative attention only
     depends on position differences, which are identical within a packed segment.
+
+    Soft prompt (`config.prompt`, see `flanrec.peft.config.PromptConfig`):
+    - `concat`: the P prompt vectors become encoder positions 0..P-1 and the input moves to
+      P..P+L-1, as in Lester et al. (2021): one bidirectional encoder over prompt + input,
+      prompt keys always visible, and the decoder cross-attends to the prompt's encodings
+      too (`decode` extends the encoder mask by P, so `Transformer.encode`/`decode` keep
+      working for the decoding loops). Relative position bias is T5's own over the longer
+      sequence: input-to-input distances are unchanged (the bias depends only on
+      differences), prompt-to-input distances grow with the input position and saturate in
+      the log buckets like any far token. Packed inputs are refused (one prompt per row
+      cannot belong to several segments).
+    - `add`: one learned vector added to the embedding of every non-padding input token.
+    `prompt_ids` ([batch] int, index into `config.prompt.families`) picks each row's prompt;
+    with a single family it may be omitted.
     """
 
     config: T5Config
@@ -398,15 +481,65 @@ class Transformer(nn.Module):
         self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, jnp.dtype(cfg.dtype))
         self.encoder = Encoder(cfg, self.remat_policy)
         self.decoder = Decoder(cfg, self.remat_policy)
+        prompt = getattr(cfg, "prompt", None)
+        specs = adapter_specs(cfg)
+        for key in (PROMPT_KEY, LORA_KEY):
+            mine = {n[len(key) + 1:]: v for n, v in specs.items() if n.startswith(key + "/")}
+            if mine:
+                value = self.param(key, _init_adapters, mine,
+                                   "zeros" if prompt is None else prompt.init)
+            else:
+                value = None
+            setattr(self, f"{key}_params", value)
+
+    def _prompt_rows(self, batch: int, prompt_ids: Array | None) -> Array:
+        prompt = self.config.prompt
+        tables = jnp.stack([self.prompt_params[f] for f in prompt.families])  # [F, P, d]
+        if prompt_ids is None:
+            if len(prompt.families) > 1 and not self.is_initializing():
+                raise ValueError(f"the model has one soft prompt per family "
+                                 f"{prompt.families}: pass prompt_ids ([batch] indices)")
+            rows = jnp.broadcast_to(tables[0][None], (batch, *tables.shape[1:]))
+        else:
+            rows = jnp.take(tables, jnp.asarray(prompt_ids, jnp.int32), axis=0)
+        return rows.astype(jnp.dtype(self.config.dtype))
+
+    def _concat_length(self, segment_ids: Array | None) -> int:
+        """Number of prompt positions prepended to the encoder sequence (0 without concat)."""
+        prompt = getattr(self.config, "prompt", None)
+        if prompt is None or prompt.fusion != "concat":
+            return 0
+        if segment_ids is not None:
+            raise ValueError("soft prompt fusion 'concat' does not support packed inputs "
+                             "(encoder_segment_ids given): train with PACK = False, or use "
+                             "fusion 'add'")
+        return prompt.length
+
+    def _encoder_key_mask(self, tokens: Array, segment_ids: Array | None) -> Array:
+        """[batch, P + L] bool: which encoder positions are real (prompt ones always are)."""
+        valid = tokens > 0
+        n = self._concat_length(segment_ids)
+        if n:
+            valid = jnp.concatenate([jnp.ones((tokens.shape[0], n), jnp.bool_), valid], axis=1)
+        return valid
 
     def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None,
-               encoder_positions: Array | None = None, enable_dropout: bool = False) -> Array:
-        """Encoder outputs [batch, input_len, d_model] in the activation dtype."""
+               encoder_positions: Array | None = None, enable_dropout: bool = False,
+               prompt_ids: Array | None = None) -> Array:
+        """Encoder outputs [batch, input_len (+ P with a concat prompt), d_model]."""
         del encoder_positions  # see class docstring
         tokens = encoder_input_tokens
-        mask = _and((tokens > 0)[:, None, None, :],
+        embedded = self.token_embedder(tokens)
+        prompt = getattr(self.config, "prompt", None)
+        if prompt is not None:
+            rows = self._prompt_rows(tokens.shape[0], prompt_ids)
+            if self._concat_length(encoder_segment_ids):
+                embedded = jnp.concatenate([rows, embedded], axis=1)
+            elif prompt.fusion == "add":
+                embedded = embedded + jnp.where((tokens > 0)[..., None], rows, 0)
+        mask = _and(self._encoder_key_mask(tokens, encoder_segment_ids)[:, None, None, :],
                     _segment_mask(encoder_segment_ids, encoder_segment_ids))
-        return self.encoder(self.token_embedder(tokens), mask, not enable_dropout)
+        return self.encoder(embedded, mask, not enable_dropout, _sub(self.lora_params, "encoder"))
 
     def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array | None = None,
@@ -421,6 +554,7 @@ class Transformer(nn.Module):
         max_length)`, then call with one token per step, `decode=True`,
         `max_decode_length=max_length` and `mutable=['cache']`. A `decode=True` call on a
         fresh (empty) cache creates it and runs ordinary causal attention over its input.
+        `encoder_input_tokens` are the raw input tokens (without prompt positions).
         """
         del decoder_positions
         length = decoder_input_tokens.shape[1]
@@ -432,10 +566,16 @@ class Transformer(nn.Module):
                            else (decoder_target_tokens > 0)[:, None, None, :])
             self_mask = _and(causal, target_mask,
                              _segment_mask(decoder_segment_ids, decoder_segment_ids))
-        cross_mask = _and((encoder_input_tokens > 0)[:, None, None, :],
+        key_mask = self._encoder_key_mask(encoder_input_tokens, encoder_segment_ids)
+        if key_mask.shape[1] != encoded.shape[1]:
+            raise ValueError(f"encoded has {encoded.shape[1]} positions but the encoder mask "
+                             f"{key_mask.shape[1]}: pass the raw encoder_input_tokens given "
+                             "to encode()")
+        cross_mask = _and(key_mask[:, None, None, :],
                           _segment_mask(decoder_segment_ids, encoder_segment_ids))
         return self.decoder(self.token_embedder(decoder_input_tokens), encoded, self_mask,
-                            cross_mask, not enable_dropout, decode, max_decode_length)
+                            cross_mask, not enable_dropout, decode, max_decode_length,
+                            _sub(self.lora_params, "decoder"))
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                  decoder_target_tokens: Array | None = None,
@@ -443,9 +583,10 @@ class Transformer(nn.Module):
                  decoder_segment_ids: Array | None = None,
                  encoder_positions: Array | None = None,
                  decoder_positions: Array | None = None, enable_dropout: bool = False,
-                 decode: bool = False, max_decode_length: int | None = None) -> Array:
+                 decode: bool = False, max_decode_length: int | None = None,
+                 prompt_ids: Array | None = None) -> Array:
         encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                              enable_dropout)
+                              enable_dropout, prompt_ids)
         return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
                            decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
                            decoder_positions, enable_dropout, decode, max_decode_length)
