@@ -335,6 +335,13 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     rng = jax.random.PRNGKey(random_seed)
     init_rng, dropout_rng = jax.random.split(rng)
     resume_step = ckpt.latest_step()
+    if jax.process_count() > 1:
+        # Every host must resume from the same step even if one saw a later, still-committing
+        # checkpoint directory: process 0's view wins.
+        from jax.experimental import multihost_utils
+        agreed = int(multihost_utils.broadcast_one_to_all(
+            np.int32(-1 if resume_step is None else resume_step)))
+        resume_step = None if agreed < 0 else agreed
     if resume_step is not None:
         def with_sharding(a: Any, s: Any) -> jax.ShapeDtypeStruct:
             return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
@@ -614,7 +621,9 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
     gin.finalize()
 
 
-_DRIVER_MACROS = {"MIXTURE_OR_TASK_MODULE"}  # read by `configure_gin` itself
+# Read by `configure_gin` itself, or by the task modules it imports (vocab.gin_macro).
+_DRIVER_MACROS = {"MIXTURE_OR_TASK_MODULE", "FLANREC_DATA_DIR", "FLANREC_AMAZON_DATA_DIR",
+                  "FLANREC_VOCAB", "FLANREC_FLAN_DATA"}
 
 
 def _check_macros_used(bindings: Sequence[str]) -> None:
