@@ -60,3 +60,14 @@ def test_malformed_line_names_file_and_line(tmp_path):
         files.read_predictions(a)
     with pytest.raises(FileNotFoundError, match="no '\\*-predict"):
         files.read_predictions(str(tmp_path / "empty"))
+
+
+def test_single_task_members_with_different_names_are_matched_by_index(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    ra, rb = _rec(0, ["1", "2"], [-1.0, -2.0]), _rec(0, ["2", "3"], [-1.0, -2.0])
+    ra["task"], rb["task"] = "seq-t0", "seq-t1"
+    _write(a, "seq-t0-predict.jsonl-00000-of-00001", [ra])
+    _write(b, "seq-t1-predict.jsonl-00000-of-00001", [rb])
+    (path,) = files.fuse_prediction_dirs([a, b], str(tmp_path / "o"), method="vote")
+    (rec,) = [json.loads(x) for x in open(path)]
+    assert rec["task"] == "seq-t0-ens" and rec["items"] == ["2", "1"]  # K = members' K

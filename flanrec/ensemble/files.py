@@ -113,6 +113,13 @@ def fuse_prediction_dirs(specs: Sequence[str], out_dir: str, method: str = "rrf"
                          ) -> list[str]:
     """Fuse runs and write ``{task}-ens-predict.jsonl-00000-of-00001`` per task."""
     members = [read_predictions(s) for s in specs]
+    tasks = [{k[0] for k in m} for m in members]
+    if all(len(t) == 1 for t in tasks) and len(set().union(*tasks)) > 1:
+        # One task per member under different names (e.g. template members `x-t0`, `x-t1`):
+        # match examples by (split, index) under the first member's name; targets are still
+        # checked to agree, so members of unrelated tasks cannot be fused by accident.
+        name = next(iter(tasks[0]))
+        members = [{(name, k[1], k[2]): v for k, v in m.items()} for m in members]
     records = fuse_runs(members, method, weights, top_k)
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in records:
