@@ -9,6 +9,6 @@ data call `tasks.register_prepared(data_dir, prefix=...)`.
 """
 
 from tasks import amazon, flan, mixtures, movielens  # noqa: F401  (registration side effects)
-from tasks._prepared import REGISTERED, register_prepared
+from tasks._prepared import REGISTERED, register_prepared, unregister_prepared
 
-__all__ = ["REGISTERED", "register_prepared"]
+__all__ = ["REGISTERED", "register_prepared", "unregister_prepared"]

@@ -47,6 +47,24 @@ def register_prepared(data_dir: str, prefix: str | None = None, vocabulary=None,
     return names
 
 
+def unregister_prepared(prefix: str) -> list[str]:
+    """Remove every task and mixture named `{prefix}_*` and forget the prefix; returns names.
+
+    The seqio registries are process-global: a notebook or test that registered a scratch dir
+    calls this so later mixtures (and the Flan bridge's vocabulary choice) do not see it.
+    """
+    import seqio
+
+    removed = []
+    for registry in (seqio.MixtureRegistry, seqio.TaskRegistry):
+        for name in list(registry.names()):
+            if name.startswith(prefix + "_"):
+                registry.remove(name)
+                removed.append(name)
+    REGISTERED.pop(prefix, None)
+    return removed
+
+
 def register_dirs(dirs: list[str]) -> dict[str, str]:
     """Register each prepared dir that exists; log (not raise) why one is skipped."""
     out: dict[str, str] = {}

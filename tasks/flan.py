@@ -77,13 +77,30 @@ def _tfrecord_metadata(first_file: str) -> dict[str, tf.dtypes.DType]:
 
 
 def _default_vocabulary() -> seqio.Vocabulary:
-    """The rec tasks' vocabulary when any is registered (they must match to be mixed)."""
+    """The rec tasks' vocabulary when any is registered (they must match to be mixed).
+
+    Several registered prepared dirs with different vocabularies make the choice ambiguous:
+    that is an error naming them, never a silent pick of whichever registered first.
+    """
     from tasks import _prepared
 
+    found: dict[str, seqio.Vocabulary] = {}
     for prefix in _prepared.REGISTERED:
         for name in seqio.TaskRegistry.names():
             if name.startswith(prefix + "_"):
-                return seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+                found[prefix] = seqio.get_mixture_or_task(name).output_features[
+                    "targets"].vocabulary
+                break
+    distinct = []
+    for vocab in found.values():
+        if all(vocab != v for v in distinct):
+            distinct.append(vocab)
+    if len(distinct) > 1:
+        raise ValueError(
+            f"prepared dirs {sorted(found)} are registered with different vocabularies; pass "
+            "vocabulary= to register_flan_bridge (the one of the tasks you will mix it with)")
+    if distinct:
+        return distinct[0]
     return vocab_lib.get_vocabulary()
 
 

@@ -62,11 +62,14 @@ def test_rendered_queries_match_what_prepare_wrote(toy):
 
     data, ckpt = toy
     tasks.register_prepared(str(data))
-    task = seqio.get_mixture_or_task("toyens_seq_seqidx")
-    written = {}
-    for ex in task.get_dataset(None, split="test", shuffle=False):
-        written[ex["user"].numpy().decode()] = (int(ex["_template_idx"].numpy()),
-                                                ex["inputs_pretokenized"].numpy().decode())
+    try:
+        task = seqio.get_mixture_or_task("toyens_seq_seqidx")
+        written = {}
+        for ex in task.get_dataset(None, split="test", shuffle=False):
+            written[ex["user"].numpy().decode()] = (int(ex["_template_idx"].numpy()),
+                                                    ex["inputs_pretokenized"].numpy().decode())
+    finally:
+        tasks.unregister_prepared("toyens")
     res = ens._Resources(str(ckpt), str(data), None)
     checked = 0
     from flanrec.data.templates import template_indices

@@ -58,7 +58,8 @@ def registered(toy):
     import tasks
 
     tasks.register_prepared(str(toy[0]))
-    return toy
+    yield toy
+    tasks.unregister_prepared("toyinf")
 
 
 def _env(data: Path, **extra: str) -> dict[str, str]:
