@@ -35,7 +35,6 @@ are (the infer job can mask at decode time) and coverage is not reported.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import glob
 import json
@@ -51,6 +50,7 @@ import gin
 from flanrec import metrics as M
 from flanrec import report
 from flanrec.data.prepared import PreparedDataError
+from flanrec.gin_cli import bindings_from_flags
 from flanrec.report import write_atomic
 
 FILE_RE = re.compile(
@@ -420,17 +420,6 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
 # ------------------------------------------------------------------------------ CLI
 
 
-def _as_binding(name: str, value: str) -> str:
-    """`--gin.X=V` -> `X = V`, quoting V unless it is a literal or a gin reference (as in
-    flanrec.train; not imported from there to keep this job free of JAX)."""
-    v = value.strip()
-    if v[:1] in "@%([{'\"" or v in ("None", "True", "False"):
-        return f"{name} = {v}"
-    try:
-        ast.literal_eval(v)
-        return f"{name} = {v}"
-    except (ValueError, SyntaxError):
-        return f"{name} = {v!r}"
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -453,13 +442,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--gin_file", action="append", default=[])
     parser.add_argument("--gin_bindings", action="append", default=[])
     args, rest = parser.parse_known_args(argv)
-    bindings = list(args.gin_bindings)
-    for arg in rest:
-        if arg.startswith("--gin.") and "=" in arg:
-            name, value = arg[len("--gin."):].split("=", 1)
-            bindings.append(_as_binding(name, value))
-        else:
-            parser.error(f"unrecognised argument {arg!r}")
+    bindings = bindings_from_flags(parser, rest, args.gin_bindings)
     if not args.gin_file and not bindings and (args.predictions is None or args.out is None):
         parser.error("--predictions and --out are required (or --gin_file=gin/runs/eval.gin)")
     return args, bindings

@@ -29,6 +29,7 @@ from typing import Any
 
 import gin
 
+from flanrec.gin_cli import bindings_from_flags
 from flanrec.inference.job import InferenceOptions, run_inference
 from flanrec.inference.taskinfo import InferenceConfigError
 from flanrec.inference.writer import ResumeMismatchError
@@ -85,8 +86,6 @@ def infer(*, checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    from flanrec.train import _as_binding
-
     parser = argparse.ArgumentParser(prog="python -m flanrec.infer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gin_file", action="append", default=[],
@@ -103,13 +102,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--distributed", action="store_true",
                         help="jax.distributed.initialize() with auto-detection (TPU pods)")
     args, rest = parser.parse_known_args(argv)
-    bindings = list(args.gin_bindings)
-    for arg in rest:
-        if arg.startswith("--gin.") and "=" in arg:
-            name, value = arg[len("--gin."):].split("=", 1)
-            bindings.append(_as_binding(name, value))
-        else:
-            parser.error(f"unrecognised argument {arg!r} (gin macros are --gin.NAME=VALUE)")
+    bindings = bindings_from_flags(parser, rest, args.gin_bindings)
     if not args.gin_file:
         args.gin_file = ["gin/runs/infer.gin"]
     return args, bindings

@@ -34,7 +34,6 @@ one. `flanrec.api.load` turns such a checkpoint back into a usable model.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import datetime
 import json
@@ -55,6 +54,7 @@ from etils import epath
 
 from flanrec import flops, losses, optimizers, partitioning, trainer
 from flanrec.convert import common
+from flanrec.gin_cli import bindings_from_flags
 from flanrec.model.config import T5Config
 from flanrec.peft import config as peft_config
 from flanrec.peft import params as peft_params
@@ -557,16 +557,6 @@ def _check_resumed_adapters(meta: Mapping[str, Any], cfg: T5Config, tuning: str,
 
 
 # ---------------------------------------------------------------------------- entry point
-def _as_binding(name: str, value: str) -> str:
-    """`--gin.X=V` → `X = V`, quoting V when it is not a literal or a gin reference."""
-    v = value.strip()
-    if v[:1] in "@%([{'\"" or v in ("None", "True", "False"):
-        return f"{name} = {v}"
-    try:
-        ast.literal_eval(v)
-        return f"{name} = {v}"
-    except (ValueError, SyntaxError):
-        return f"{name} = {v!r}"
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -587,13 +577,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="call jax.distributed.initialize() with auto-detection "
                              "(TPU pod slices: run the same command on every worker)")
     args, rest = parser.parse_known_args(argv)
-    bindings = list(args.gin_bindings)
-    for arg in rest:
-        if arg.startswith("--gin.") and "=" in arg:
-            name, value = arg[len("--gin."):].split("=", 1)
-            bindings.append(_as_binding(name, value))
-        else:
-            parser.error(f"unrecognised argument {arg!r} (gin macros are --gin.NAME=VALUE)")
+    bindings = bindings_from_flags(parser, rest, args.gin_bindings)
     return args, bindings
 
 
