@@ -22,6 +22,8 @@ Layout of OUT (the contract `tasks/` and the trainer read):
     index/{method}/item_index.json    raw item -> ID string (flanrec.data.indexing format)
     index/{method}/trie.npz           prefix trie of item IDs as token ids (+ EOS), when a
                                       vocabulary was available; `items` gives item order
+    index/{method}/trie_noeos.npz     the same without EOS, for the seqrec family (whose
+                                      targets run on into the next item)
     vocab/spm.model                   with --train_vocab
     tasks/{task}/{split}.tfrecord-0000i-of-0000n, tasks/{task}/info.json
 """
@@ -53,10 +55,11 @@ DATASET_ALIASES = {
 }
 # Families whose task name carries the indexing suffix (one task per indexing); the others
 # are rendered once, with the first indexing's IDs.
-INDEXED_FAMILIES = ("seq", "direct", "grounding")
-FAMILIES = ("seq", "direct", "rating", "binary", "grounding", "profile")
+INDEXED_FAMILIES = ("seq", "seqrec", "direct", "grounding")
+FAMILIES = ("seq", "seqrec", "direct", "rating", "binary", "grounding", "profile")
 TARGET_KIND = {
     "seq": "item",
+    "seqrec": "item",
     "direct": "item",
     "rating": "rating",
     "binary": "binary",
@@ -64,6 +67,9 @@ TARGET_KIND = {
     "profile": "text",
 }
 EVAL_SPLITS = ("validation", "test")
+# Families whose targets are a sequence of item IDs without EOS (the decoder continues from
+# one item to the next); inference ranks the last item after feeding the others as a prefix.
+SEQUENCE_FAMILIES = ("seqrec",)
 
 
 def default_cache_dir() -> str:
@@ -101,6 +107,12 @@ class PrepareOptions:
     vocab_size: int = 4000
     max_history: int = 50
     families: tuple[str, ...] = FAMILIES
+    # seqrec: decoder targets per training example, items the encoder reads, window tilings
+    seqrec_window: int = 40
+    seqrec_encoder_items: int = 10
+    seqrec_tilings: int = 2
+    # --train_vocab keeps every item ID string whole (one piece each)
+    item_pieces: bool = True
     num_candidates: int = 20
     kcore: int | None = None
     min_rating: float | None = None
@@ -340,8 +352,11 @@ def _examples(family: str, split, dataset, index, opts: PrepareOptions,  # noqa:
             return None
         return ex_lib.profile_examples(split, index, dataset.users, dataset.items, **common)
     kwargs: dict[str, Any] = {}
-    if family in ("seq", "direct"):
+    if family in ("seq", "seqrec", "direct"):
         kwargs["max_history"] = opts.max_history
+    if family == "seqrec":
+        kwargs.update(window=opts.seqrec_window, encoder_items=opts.seqrec_encoder_items,
+                      tilings=opts.seqrec_tilings)
     if family == "direct":
         kwargs["num_candidates"] = min(opts.num_candidates, len(split.all_items))
     if family == "grounding" and not dataset.items.title:
@@ -353,6 +368,7 @@ def _examples(family: str, split, dataset, index, opts: PrepareOptions,  # noqa:
 def write_tasks(split, dataset, indexes, opts: PrepareOptions, tasks_root: str,  # noqa: ANN001
                 prefix: str, sample: _TextSample) -> dict[str, dict[str, Any]]:
     """Render and write every (family, indexing) task; returns task dir -> info."""
+    from flanrec.data import splits as splits_lib
     from flanrec.data import writer
 
     methods = list(indexes)
@@ -381,6 +397,13 @@ def write_tasks(split, dataset, indexes, opts: PrepareOptions, tasks_root: str, 
                     "index_file": f"index/{method}/item_index.json",
                     "target_kind": TARGET_KIND[family],
                     "primary_indexing": n == 0,
+                    "targets_eos": family not in SEQUENCE_FAMILIES,
+                    # Item predictions that carry loss in the train split (what a mixture
+                    # rates a seqrec task by: one example holds up to a window of them).
+                    "train_targets": (opts.seqrec_tilings * splits_lib.count_train_windows(
+                        split) if family in SEQUENCE_FAMILIES else None),
+                    "target_layout": ("item_sequence" if family in SEQUENCE_FAMILIES
+                                      else "single"),
                 },
             )
             if not info["splits"]:  # e.g. rating tasks of a log without ratings
@@ -458,29 +481,67 @@ def load_trie(path: str):  # noqa: ANN201 - (flanrec.data.trie.TrieArrays, list[
     return TrieArrays(dense_next=None, **data, **scalars), items
 
 
-def build_tries(indexes, vocabulary, catalogue: Sequence[str], index_root: str  # noqa: ANN001
-                ) -> dict[str, dict[str, int]]:
-    """index/{method}/trie.npz for every indexing; returns per-method sizes."""
+def trie_file(end_with_eos: bool = True) -> str:
+    """File name of an indexing's trie: with EOS (most families) or without (seqrec)."""
+    return "trie.npz" if end_with_eos else "trie_noeos.npz"
+
+
+def build_tries(indexes, vocabulary, catalogue: Sequence[str], index_root: str,  # noqa: ANN001
+                without_eos: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """index/{method}/trie.npz for every indexing (+ trie_noeos.npz for the methods in
+    `without_eos`); returns per-method sizes. A method whose IDs cannot form a trie without
+    EOS (unequal token counts) gets the reason under "noeos_error" instead."""
     from flanrec.data.trie import build_trie
 
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for method, ix in indexes.items():
         seqs = [vocabulary.encode(ix.id_of(item)) for item in catalogue]
         trie = build_trie(seqs, eos_id=vocabulary.eos_id, vocab_size=vocabulary.vocab_size,
                           pad_id=0, dense_limit=0)
-        save_trie(os.path.join(index_root, method, "trie.npz"), trie, catalogue,
+        save_trie(os.path.join(index_root, method, trie_file()), trie, catalogue,
                   vocabulary_fingerprint(vocabulary))
         out[method] = {"nodes": trie.num_nodes, "max_length": trie.max_length}
+        if method in without_eos:
+            try:
+                bare = build_trie(seqs, eos_id=vocabulary.eos_id,
+                                  vocab_size=vocabulary.vocab_size, pad_id=0, dense_limit=0,
+                                  end_with_eos=False)
+            except ValueError as e:
+                out[method]["noeos_error"] = str(e)
+                continue
+            save_trie(os.path.join(index_root, method, trie_file(False)), bare, catalogue,
+                      vocabulary_fingerprint(vocabulary))
+            out[method]["noeos_max_length"] = bare.max_length
     return out
 
 
-def item_trie(data_dir: str, vocabulary=None, method: str | None = None):  # noqa: ANN001, ANN201
+def item_pieces(indexes, catalogue: Sequence[str]) -> list[str]:  # noqa: ANN001
+    """Word-initial ID strings ("▁1234") a trained vocabulary keeps as one piece each.
+
+    One token per item makes the decoder's softmax a full-catalogue classifier (what works
+    best for ranking) and lets the seqrec family's targets run from item to item without a
+    separator. Only plain IDs qualify: indexings with new tokens (collaborative, semantic)
+    place those tokens already, and titles contain spaces.
+    """
+    out: list[str] = []
+    for ix in indexes.values():
+        if ix.new_tokens:
+            continue
+        ids = [ix.id_of(item) for item in catalogue]
+        if all(i and not any(c.isspace() for c in i) for i in ids):
+            out += ["▁" + i for i in ids]
+    return list(dict.fromkeys(out))
+
+
+def item_trie(data_dir: str, vocabulary=None, method: str | None = None,  # noqa: ANN001, ANN201
+              end_with_eos: bool = True):
     """(TrieArrays, items) of a prepared dir's item IDs under `vocabulary`.
 
-    Loads `index/{method}/trie.npz` when it was built with this very vocabulary, else builds
-    it in memory (about a second for ml-100k): a trie in another vocabulary's token ids would
-    constrain decoding to the wrong tokens. `vocabulary` defaults to
-    `vocabulary_for_prepared(data_dir)`, `method` to the dir's first indexing.
+    Loads `index/{method}/trie.npz` (`trie_noeos.npz` with `end_with_eos=False`) when it was
+    built with this very vocabulary, else builds it in memory (about a second for ml-100k): a
+    trie in another vocabulary's token ids would constrain decoding to the wrong tokens.
+    `vocabulary` defaults to `vocabulary_for_prepared(data_dir)`, `method` to the dir's first
+    indexing.
     """
     import numpy as np
 
@@ -492,7 +553,7 @@ def item_trie(data_dir: str, vocabulary=None, method: str | None = None):  # noq
         doc = json.load(f)
     method = method or doc["index_methods"][0]
     vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)
-    path = os.path.join(data_dir, "index", method, "trie.npz")
+    path = os.path.join(data_dir, "index", method, trie_file(end_with_eos))
     if os.path.exists(path):
         with np.load(path) as z:
             stored = str(z["vocab_id"]) if "vocab_id" in z.files else ""
@@ -503,7 +564,7 @@ def item_trie(data_dir: str, vocabulary=None, method: str | None = None):  # noq
         catalogue = json.load(f)["all_items"]
     seqs = [vocabulary.encode(index.id_of(item)) for item in catalogue]
     trie = build_trie(seqs, eos_id=vocabulary.eos_id, vocab_size=vocabulary.vocab_size,
-                      pad_id=0, dense_limit=0)
+                      pad_id=0, dense_limit=0, end_with_eos=end_with_eos)
     return trie, list(catalogue)
 
 
@@ -576,14 +637,24 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
         if opts.train_vocab:
             from flanrec.data import vocab as vocab_lib
 
+            pieces = item_pieces(indexes, split.all_items) if opts.item_pieces else []
+            size = opts.vocab_size
+            if len(pieces) > size // 2:  # leave room for the words of the templates
+                size = len(pieces) + size // 2
+                log(f"  vocabulary: {len(pieces)} item pieces, so {size} pieces in all "
+                    f"(--vocab_size {opts.vocab_size} is too small to hold them and the text)")
             vocab_path = vocab_lib.train_sentencepiece(
                 sample.texts, os.path.join(tmp, "vocab", "spm.model"),
-                vocab_size=opts.vocab_size, user_defined_symbols=list(slots))
+                vocab_size=size, user_defined_symbols=list(slots) + pieces)
             lap("vocab")
         vocabulary, why_no_vocab = resolve_prepare_vocab(vocab_path, slots)
         tries = {}
         if vocabulary is not None:
-            tries = build_tries(indexes, vocabulary, split.all_items, index_root)
+            sequence_methods = [m for m in indexes if any(f in opts.families
+                                                          for f in SEQUENCE_FAMILIES)]
+            tries = build_tries(indexes, vocabulary, split.all_items, index_root,
+                                without_eos=sequence_methods)
+            _drop_sequence_tasks(tries, infos, os.path.join(tmp, "tasks"), opts, log)
             lap("trie")
         doc = {
             "format": "flanrec.prepared",
@@ -631,6 +702,32 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
         raise
     log(summary_table(doc, out))
     return doc
+
+
+def _drop_sequence_tasks(tries: dict[str, dict[str, Any]], infos: dict[str, Any],
+                         tasks_root: str, opts: PrepareOptions, log: Any) -> None:
+    """Remove seqrec tasks whose item IDs are not one fixed number of tokens.
+
+    Their targets run from one item into the next without EOS, so an item must end where its
+    tokens end. Asked for by name (--families), that is an error; as part of the default
+    family list, the task is dropped with a warning naming the fix.
+    """
+    for method, info in tries.items():
+        why = info.get("noeos_error")
+        if not why:
+            continue
+        for family in SEQUENCE_FAMILIES:
+            dirname = f"{family}_{INDEX_SUFFIX[method]}"
+            if dirname not in infos:
+                continue
+            msg = (f"{family} with --indexing {method}: {why} under this vocabulary; prepare "
+                   "with --train_vocab (every item ID becomes one piece) or an indexing of "
+                   "fixed-length codes")
+            if opts.families != FAMILIES:
+                raise SystemExit(msg)
+            log(f"  warning: task {dirname} skipped: {msg}")
+            shutil.rmtree(os.path.join(tasks_root, dirname))
+            del infos[dirname]
 
 
 def summary_table(doc: dict[str, Any], out: str) -> str:
@@ -692,6 +789,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab_size", type=int, default=4000)
     p.add_argument("--max_history", type=int, default=50)
     p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--seqrec_window", type=int, default=40,
+                   help="seqrec: item targets per training example (decoder positions)")
+    p.add_argument("--seqrec_encoder_items", type=int, default=10,
+                   help="seqrec: items before the window that the encoder reads")
+    p.add_argument("--seqrec_tilings", type=int, default=2,
+                   help="seqrec: shifted cuts of each sequence into windows (each training "
+                   "item is a target this many times, in different contexts)")
+    p.add_argument("--no_item_pieces", action="store_true",
+                   help="with --train_vocab: do not force every item ID to be one piece")
     p.add_argument("--num_candidates", type=int, default=20)
     p.add_argument("--kcore", type=int, default=None, help="k-core filter (e.g. 5 for Amazon)")
     p.add_argument("--min_rating", type=float, default=None,
@@ -737,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed, num_shards=args.num_shards, train_vocab=args.train_vocab,
         vocab_size=args.vocab_size, max_history=args.max_history,
         families=tuple(f.strip() for f in args.families.split(",") if f.strip()),
+        seqrec_window=args.seqrec_window, seqrec_encoder_items=args.seqrec_encoder_items,
+        seqrec_tilings=args.seqrec_tilings, item_pieces=not args.no_item_pieces,
         num_candidates=args.num_candidates, kcore=args.kcore, min_rating=args.min_rating,
         task_prefix=args.task_prefix, allow_download=not args.offline,
         unseen_eval=not args.no_unseen_eval, overwrite=not args.no_overwrite,

@@ -49,8 +49,11 @@ def test_layout_and_dropped_families(toy_prepared):
     out, base, doc = toy_prepared
     tasks = sorted(p.name for p in (out / "tasks").iterdir())
     # No ratings in the log: no rating/binary tasks; no user features: no profile task.
+    # seqrec needs IDs of one fixed token count: the collaborative codes are, the sequential
+    # numbers under this base vocabulary are not (that task is dropped with a warning).
     assert tasks == ["direct_cfidx", "direct_seqidx", "grounding_cfidx", "grounding_seqidx",
-                     "seq_cfidx", "seq_seqidx"]
+                     "seq_cfidx", "seq_seqidx", "seqrec_cfidx"]
+    assert "noeos_error" in doc["tries"]["sequential"]
     assert doc["index_suffixes"] == ["cfidx", "seqidx"]
     assert doc["counts"]["train_windows"] == 40 * 9
     slots = json.loads((out / "index" / "token_slots.json").read_text())

@@ -54,7 +54,7 @@ def test_prepare_json_counts_and_fingerprints(prepared_ml100k):
 def test_every_split_is_sharded_and_counted_exactly(prepared_ml100k):
     tasks = sorted(p.name for p in (prepared_ml100k / "tasks").iterdir())
     assert tasks == ["binary", "direct_seqidx", "grounding_seqidx", "profile", "rating",
-                     "seq_seqidx"]
+                     "seq_seqidx", "seqrec_seqidx"]
     for task in tasks:
         info = _info(prepared_ml100k, task)
         assert {"inputs", "targets", "_task_name", "_template_idx",
@@ -64,7 +64,7 @@ def test_every_split_is_sharded_and_counted_exactly(prepared_ml100k):
             assert len(files) >= 2, (task, split)
             assert all(f.stat().st_size > 0 for f in files), (task, split)
     # Count every record of the seq task and of a small one: info.json must not lie.
-    for task in ("seq_seqidx", "grounding_seqidx"):
+    for task in ("seq_seqidx", "grounding_seqidx", "seqrec_seqidx"):
         info = _info(prepared_ml100k, task)
         for split, s in info["splits"].items():
             paths = [prepared_ml100k / "tasks" / task / f for f in s["files"]]
@@ -72,6 +72,9 @@ def test_every_split_is_sharded_and_counted_exactly(prepared_ml100k):
     assert _info(prepared_ml100k, "seq_seqidx")["splits"]["train"]["num_input_examples"] \
         == 97_171
     assert _info(prepared_ml100k, "direct_seqidx")["features"]["candidates"] == "string_list"
+    # seqrec: windows of <= 40 targets, two tilings, every train item but the first a target.
+    assert _info(prepared_ml100k, "seqrec_seqidx")["splits"]["train"]["num_input_examples"] \
+        == 6_242
 
 
 def test_split_files_reproduce_the_protocol(prepared_ml100k):

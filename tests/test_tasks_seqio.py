@@ -20,7 +20,7 @@ from tests.data_fixtures import ml100k_dir  # noqa: F401  (fixture)
 from tests.prepare_fixtures import prepared_ml100k  # noqa: F401  (fixture)
 
 TASKS = ["ml100k_binary", "ml100k_direct_seqidx", "ml100k_grounding_seqidx", "ml100k_profile",
-         "ml100k_rating", "ml100k_seq_seqidx"]
+         "ml100k_rating", "ml100k_seq_seqidx", "ml100k_seqrec_seqidx"]
 LENGTHS = {"inputs": 256, "targets": 32}
 
 
@@ -116,6 +116,7 @@ def test_mixture_rates_follow_example_counts_with_family_caps(registered):
     rates = {t.name: mix.get_rate(t) for t in mix.tasks}
     assert rates == {
         "ml100k_seq_seqidx": 97_171.0,  # the evaluated task: uncapped
+        "ml100k_seqrec_seqidx": 194_342.0,  # its target items (2 tilings): uncapped
         "ml100k_direct_seqidx": 30_000.0,
         "ml100k_rating": 30_000.0,
         "ml100k_binary": 30_000.0,

@@ -208,6 +208,99 @@ def seq_examples(split: Split, index: ItemIndex, meta: ItemMeta | None = None,
                       target_item=target)
 
 
+SEQREC_WINDOW = 40
+SEQREC_ENCODER_ITEMS = 10
+SEQREC_TILINGS = 2
+
+
+def seqrec_windows(n_items: int, window: int, tilings: int) -> list[tuple[int, int, int]]:
+    """(tiling, start, end) target ranges ``[start, end)`` covering positions 1..n_items-1.
+
+    Each tiling cuts the positions into consecutive windows of ``window`` targets, counted
+    from the most recent item backwards (as SASRec does), tiling ``t`` shifted by
+    ``t * window // tilings``; so every training item but the first is a target exactly once
+    per tiling, and different tilings give it different contexts. Position 0 is never a
+    target: nothing precedes it.
+    """
+    if window < 1 or tilings < 1:
+        raise ValueError(f"window and tilings must be >= 1, got {window}, {tilings}")
+    out = []
+    for t in range(tilings):
+        ends = [n_items]
+        shift = (t * window) // tilings
+        if shift and n_items - shift > 1:
+            ends.append(n_items - shift)
+        while ends[-1] - window > 1:
+            ends.append(ends[-1] - window)
+        bounds = [1] + sorted(set(ends))
+        out += [(t, a, e) for a, e in zip(bounds, bounds[1:], strict=False) if e > a]
+    return out
+
+
+def seqrec_eval_split(history: Sequence[str], window: int, encoder_items: int
+                      ) -> tuple[list[str], list[str]]:
+    """(encoder items, decoder prefix) of an evaluation query's history.
+
+    The prefix is the most recent ``window - 1`` items (at most: training never puts more
+    items before a target inside one window), always leaving at least one item to the
+    encoder, which holds up to ``encoder_items`` items before the prefix: the same two
+    contexts a training target sees.
+    """
+    n_prefix = max(0, min(window - 1, len(history) - 1))
+    cut = len(history) - n_prefix
+    return list(history[max(0, cut - encoder_items):cut]), list(history[cut:])
+
+
+def seqrec_examples(split: Split, index: ItemIndex, meta: ItemMeta | None = None,
+                    split_name: str = "train", seed: int = 0,
+                    template_types: Sequence[str] = ("seen",), template_idx: int | None = None,
+                    window: int = SEQREC_WINDOW, encoder_items: int = SEQREC_ENCODER_ITEMS,
+                    tilings: int = SEQREC_TILINGS, max_history: int | None = None,
+                    shard_index: int = 0, num_shards: int = 1, task_prefix: str = ""
+                    ) -> Iterator[Example]:
+    """Next-item prediction trained the way SASRec-class models are: many targets per pass.
+
+    The encoder reads the instruction and up to ``encoder_items`` items; the targets are the
+    ``window`` items that follow, space separated, one per decoder position, with no EOS.
+    Teacher forcing then trains every position at once: position j predicts the next item
+    from the encoder's items plus the j items before it in the decoder (causal attention),
+    so one example carries up to ``window`` item predictions instead of one.
+
+    validation/test: the protocol's query per user. The query's history (at most
+    ``max_history`` items) is split as a training target would see it
+    (:func:`seqrec_eval_split`): older items in the encoder, the most recent ones as the
+    decoder prefix; ``targets`` is the prefix followed by the target item, so inference
+    feeds all but the last item to the decoder and ranks the item that comes next.
+    """
+    _check_split_name(split_name)
+    family = "seqrec"
+    pool = _pool(family, template_types, template_idx)
+    ids = index.item_to_id
+
+    def render(key: str, user: str, enc: Sequence[str], dec: Sequence[str],
+               target_item: str) -> Example:
+        idx = choose_template(seed, family, split_name, key, pool)
+        fields = {"user": user, "history": item_list(index, enc),
+                  "target": " ".join(ids[i] if i in ids else index.id_of(i) for i in dec)}
+        return _render(family, task_prefix + family, idx, fields, user=user,
+                       target_item=target_item)
+
+    def specs() -> Iterator[tuple[str, str, list[str], list[str], str]]:
+        if split_name == "train":
+            for s in split.users:
+                items = s.train_items
+                for t, a, e in seqrec_windows(len(items), window, tilings):
+                    yield (f"{s.user}:{t}:{a}", s.user, items[max(0, a - encoder_items):a],
+                           items[a:e], "")
+        else:
+            for key, user, history, target in _queries(split, split_name, max_history):
+                enc, prefix = seqrec_eval_split(history, window, encoder_items)
+                yield key, user, enc, prefix + [target], target
+
+    for spec in shard(specs(), shard_index, num_shards):
+        yield render(*spec)
+
+
 def _interacted(seq: UserSequence) -> set[str]:
     """Items never offered as negatives: everything the user interacted with, held-out
     items included, so a user's validation/test item never appears in their training
@@ -437,6 +530,7 @@ def profile_examples(split: Split, index: ItemIndex, users: UserFeatures,
 
 FAMILY_FUNCTIONS: dict[str, Callable[..., Iterator[Example]]] = {
     "seq": seq_examples,
+    "seqrec": seqrec_examples,
     "direct": direct_examples,
     "rating": rating_examples,
     "binary": binary_examples,

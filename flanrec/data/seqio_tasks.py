@@ -110,13 +110,32 @@ def add_metadata(dataset: tf.data.Dataset, task_name: str,
     return dataset.map(fill, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def standard_preprocessors(task_name: str) -> list[Callable[..., tf.data.Dataset]]:
-    """metadata -> tokenize (keeps `*_pretokenized` copies) -> EOS after trimming."""
-    return [
+def standard_preprocessors(task_name: str, targets_eos: bool = True
+                           ) -> list[Callable[..., tf.data.Dataset]]:
+    """metadata -> tokenize (keeps `*_pretokenized` copies) -> EOS after trimming.
+
+    `targets_eos=False` (the seqrec family) leaves EOS out of the targets only: they are a
+    run of item IDs that the decoder continues from one item to the next, and an EOS after
+    an arbitrary window end would teach it nothing. Inputs still end with EOS.
+    """
+    steps: list[Callable[..., tf.data.Dataset]] = [
         functools.partial(add_metadata, task_name=task_name),
         seqio.preprocessors.tokenize,
-        seqio.preprocessors.append_eos_after_trim,
     ]
+    if targets_eos:
+        steps.append(seqio.preprocessors.append_eos_after_trim)
+    else:
+        steps.append(_append_eos_to_inputs_only)
+    return steps
+
+
+def _append_eos_to_inputs_only(dataset: tf.data.Dataset,
+                               output_features: Mapping[str, seqio.Feature],
+                               sequence_length: Mapping[str, int] | None = None
+                               ) -> tf.data.Dataset:
+    """seqio's append_eos_after_trim for `inputs` alone (targets keep their last item)."""
+    inputs_only = {k: f for k, f in output_features.items() if k != "targets"}
+    return seqio.preprocessors.append_eos_after_trim(dataset, inputs_only, sequence_length)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,8 +161,9 @@ class ItemPostprocessor:
     and comparable, so it can sit in seqio tasks that gin deep-copies.
     """
 
-    def __init__(self, index_path: str):
+    def __init__(self, index_path: str, last_of_sequence: bool = False):
         self.index_path = index_path
+        self.last_of_sequence = last_of_sequence
         self._id_to_item: dict[str, str] | None = None
 
     def _map(self) -> dict[str, str]:
@@ -155,10 +175,14 @@ class ItemPostprocessor:
 
     def __call__(self, output: Any, example: Mapping[str, Any] | None = None,
                  is_target: bool = False) -> str:
-        return self._map().get(normalize_item_text(output), "")
+        text = normalize_item_text(output)
+        if self.last_of_sequence:  # a seqrec target: prefix items, then the one to predict
+            text = text.rsplit(" ", 1)[-1]
+        return self._map().get(text, "")
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"index_path": self.index_path, "_id_to_item": None}
+        return {"index_path": self.index_path, "last_of_sequence": self.last_of_sequence,
+                "_id_to_item": None}
 
 
 def rating_postprocessor(output: Any, example: Mapping[str, Any] | None = None,
@@ -208,13 +232,15 @@ HR_AT_1 = metrics_lib.make_ranking_metric_fn(ks=(1,))
 """Greedy decoding yields one item, so only K=1 is meaningful (no HR@10 posing as top-10)."""
 
 
-def postprocess_and_metrics(target_kind: str, index_path: str | None
+def postprocess_and_metrics(target_kind: str, index_path: str | None,
+                            target_layout: str = "single"
                             ) -> tuple[Callable[..., Any], list[Callable[..., Any]]]:
-    """The postprocess_fn and metric_fns of a task whose targets are `target_kind`."""
+    """The postprocess_fn and metric_fns of a task whose targets are `target_kind`
+    (`target_layout` "item_sequence": several item IDs, the last one is the answer)."""
     if target_kind == "item":
         if index_path is None:
             raise ValueError("item tasks need the item index (index_path)")
-        return ItemPostprocessor(index_path), [HR_AT_1]
+        return (ItemPostprocessor(index_path, target_layout == "item_sequence"), [HR_AT_1])
     if target_kind == "rating":
         return rating_postprocessor, [metrics_lib.seqio_rating_metrics]
     if target_kind == "binary":
@@ -276,11 +302,12 @@ def register_prepared(
         postprocess, metrics = postprocess_and_metrics(
             info.get("target_kind", "text"),
             os.path.join(data_dir, index) if index else None,
+            info.get("target_layout", "single"),
         )
         kwargs = dict(
             source=tfrecord_source(task_dir, info),
             output_features=feats,
-            preprocessors=standard_preprocessors(name),
+            preprocessors=standard_preprocessors(name, info.get("targets_eos", True)),
             postprocess_fn=postprocess,
             metric_fns=metrics,
         )
@@ -297,10 +324,13 @@ def prepared_family_tasks(data_dir: str, prefix: str = "ml100k") -> dict[str, di
     out = {}
     for dirname in prepared_task_dirs(data_dir):
         info = writer.read_info(os.path.join(data_dir, "tasks", dirname))
+        num_train = info["splits"].get("train", {}).get("num_input_examples", 0)
         out[f"{prefix}_{dirname}"] = {
             "family": info.get("family", dirname),
             "indexing": info.get("indexing"),
-            "num_train": info["splits"].get("train", {}).get("num_input_examples", 0),
+            "num_train": num_train,
+            # A seqrec example carries a window of targets: mixtures weigh it by those.
+            "train_targets": info.get("train_targets") or num_train,
         }
     return out
 
@@ -465,6 +495,12 @@ def rate_by_examples(maximum: int | None = None, temperature: float = 1.0
                              temperature=temperature)
 
 
+def _rate(count: int, maximum: int | None, temperature: float) -> float:
+    """FLAN's example-count rate for a count known without reading the task."""
+    rate = float(count if maximum is None else min(count, maximum))
+    return rate ** (1.0 / temperature)
+
+
 def vocabularies_match(a: seqio.DatasetProviderBase, b: seqio.DatasetProviderBase) -> bool:
     """True if two tasks/mixtures tokenize `inputs` and `targets` the same way."""
     fa, fb = a.output_features, b.output_features
@@ -487,6 +523,7 @@ def log_registered(names: Sequence[str]) -> None:
 # support rather than swamp it.
 DEFAULT_FAMILY_CAPS: dict[str, int | None] = {
     "seq": None,
+    "seqrec": None,
     "direct": 30_000,
     "rating": 30_000,
     "binary": 30_000,
@@ -508,8 +545,9 @@ def register_rec_mixture(
     `{prefix}_rec_mix` holds the index-free tasks and those of the dir's first indexing
     (tasks of different item indexings name items differently, so they do not belong in one
     mixture by default); `{prefix}_rec_mix_{idx}` holds the tasks of another indexing.
-    Rate of a task = its train examples, capped by its family's cap
-    (`family_caps`, default DEFAULT_FAMILY_CAPS; `default_cap` for other families).
+    Rate of a task = its train examples (for seqrec: its train target items, since each
+    example trains a window of them), capped by its family's cap (`family_caps`, default
+    DEFAULT_FAMILY_CAPS; `default_cap` for other families).
     Returns the mixture names. The tasks must be registered already (`register_prepared`).
     """
     caps = dict(DEFAULT_FAMILY_CAPS)
@@ -521,7 +559,7 @@ def register_rec_mixture(
     names = []
     for n, suffix in enumerate(indexings or [None]):
         members = [
-            (name, rate_by_examples(caps.get(t["family"], default_cap), temperature))
+            (name, _rate(t["train_targets"], caps.get(t["family"], default_cap), temperature))
             for name, t in sorted(tasks.items())
             # Index-free tasks are rendered with the first indexing's IDs: only there.
             if t["num_train"] > 0 and t["indexing"] in ((None, suffix) if n == 0 else (suffix,))

@@ -19,6 +19,7 @@ TEMPLATE_TYPES = ("seen", "unseen")
 
 FIELDS: dict[str, frozenset[str]] = {
     "seq": frozenset({"user", "history", "target", "last_item", "last_title"}),
+    "seqrec": frozenset({"user", "history", "target"}),
     "direct": frozenset({"user", "history", "candidates", "target", "num_candidates"}),
     "rating": frozenset({"user", "item", "title", "history", "rating"}),
     "binary": frozenset({"user", "item", "title", "history", "answer"}),
@@ -51,6 +52,29 @@ PATTERNS: dict[str, list[tuple[str, str]]] = {
          "{target}"),
         ("Movies seen so far by user {user}, in chronological order: {history}. Name the "
          "movie that follows in this sequence.", "{target}"),
+    ],
+    # The decoder continues the history item by item ({target}: the next items, space
+    # separated, no EOS), so the instruction asks for the movies that follow, in order.
+    "seqrec": [
+        ("User {user} started with these movies: {history}. List the movies they watched "
+         "next, in order.", "{target}"),
+        ("Here are the first movies user {user} watched: {history}. Continue their viewing "
+         "history, one movie ID at a time.", "{target}"),
+        ("Continue the viewing sequence of user {user}, who began with {history}.",
+         "{target}"),
+        ("{history}\n\nThese are the earliest films in user {user}'s history. Which films "
+         "follow, in the order watched?", "{target}"),
+        ("User {user} watched {history}. Predict the movies they watch afterwards, oldest "
+         "first.", "{target}"),
+        ("Viewing log of user {user} so far: {history}\nNext movies:", "{target}"),
+        ("After {history}, what did user {user} watch next? List the movies in order.",
+         "{target}"),
+        ("I am user {user}. I started with {history}. What did I watch after that, in "
+         "order? Answer with movie IDs.", "{target}"),
+        # unseen
+        ("Given the opening of user {user}'s watch history ({history}), write out the rest "
+         "of it.", "{target}"),
+        ("Which movies, in sequence, did user {user} stream after {history}?", "{target}"),
     ],
     "direct": [
         ("User {user} has watched {history}. Which of the following movies should we "

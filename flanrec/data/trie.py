@@ -62,13 +62,20 @@ class TrieArrays:
 
 
 def build_trie(sequences: Sequence[Sequence[int]], eos_id: int = 1, vocab_size: int = 32128,
-               pad_id: int = 0, dense_limit: int = 1 << 24) -> TrieArrays:
+               pad_id: int = 0, dense_limit: int = 1 << 24, end_with_eos: bool = True
+               ) -> TrieArrays:
     """Build the trie of ``seq + [eos_id]`` for every item token sequence.
 
     ``sequences[i]`` is item i's token ids as the vocabulary encodes its ID string, without
     EOS (a single trailing EOS is tolerated and not doubled). Raises ValueError for an empty
     sequence, a token outside [0, vocab_size), EOS or padding inside a sequence, or two items
     with the same token sequence (two IDs the tokenizer cannot tell apart).
+
+    ``end_with_eos=False`` builds the trie of the bare token sequences, for targets that
+    continue with the next item instead of EOS (the seqrec family): an item then ends where
+    its tokens end, so every item must have the same number of tokens (then no item is a
+    prefix of another, and all beams finish together); otherwise ValueError names two items
+    of different lengths.
     """
     children: list[dict[int, int]] = [{}]
     leaf_of: dict[int, int] = {}  # raw node -> item
@@ -85,8 +92,12 @@ def build_trie(sequences: Sequence[Sequence[int]], eos_id: int = 1, vocab_size: 
             if t in (eos_id, pad_id):
                 raise ValueError(f"item {i}: token sequence {toks} contains EOS ({eos_id}) or "
                                  f"padding ({pad_id}) before its end")
+        if not end_with_eos and max_length and len(toks) != max_length:
+            raise ValueError(f"items 0 and {i} have {max_length} and {len(toks)} tokens: "
+                             "a trie without EOS needs every item ID to be the same number "
+                             "of tokens")
         node = 0
-        for t in toks + [eos_id]:
+        for t in toks + ([eos_id] if end_with_eos else []):
             nxt = children[node].get(t)
             if nxt is None:
                 nxt = len(children)
@@ -97,7 +108,7 @@ def build_trie(sequences: Sequence[Sequence[int]], eos_id: int = 1, vocab_size: 
             raise ValueError(f"items {leaf_of[node]} and {i} have the same token sequence "
                              f"{toks}: their ID strings tokenize identically")
         leaf_of[node] = i
-        max_length = max(max_length, len(toks) + 1)
+        max_length = max(max_length, len(toks) + int(end_with_eos))
 
     n_nodes = len(children)
     # Renumber in DFS pre-order (children by ascending token), iteratively.
