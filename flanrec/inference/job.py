@@ -143,7 +143,8 @@ class TaskRunner:
         from flanrec.prepare import item_trie
 
         method = self.info.index_method
-        self._trie, items = item_trie(self.info.data_dir, self.vocab, method)
+        self._trie, items = item_trie(self.info.data_dir, self.vocab, method,
+                                      end_with_eos=not self.info.is_item_sequence)
         index = ItemIndex.load(os.path.join(self.info.data_dir, "index", str(method)))
         ids = [index.id_of(i) for i in items]
         self.decoder = modes.ItemDecoder(items, ids, self.vocab.encode, self.vocab.decode)
@@ -185,6 +186,34 @@ class TaskRunner:
         return self._score(rows)
 
     # ---------------------------------------------------------------- modes
+    def _free_length(self) -> int:
+        """Tokens an unconstrained search may generate: one item for item sequences (their
+        targets hold a whole prefix), the target length otherwise."""
+        if self.info.is_item_sequence and self._trie is not None:
+            return self._trie.max_length
+        return self.tgt_len
+
+    def decoder_prefix(self, rows: Sequence[dict[str, Any]], batch: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """(prefix int32 [batch, P], lengths [batch]) of item-sequence examples.
+
+        Their targets are the history's most recent items followed by the target item (no
+        EOS); the decoder reads all but the target's tokens. P is fixed per task (the target
+        length minus one item) so every batch compiles once; prefixes are right-aligned.
+        """
+        assert self._trie is not None
+        item_len = self._trie.max_length
+        width = max(self.tgt_len - item_len, 0)
+        prefix = np.zeros((len(rows), width), np.int32)
+        lengths = np.zeros(len(rows), np.int32)
+        for r, ex in enumerate(rows):
+            toks = np.asarray(ex["targets"])
+            head = toks[: max(len(toks) - item_len, 0)][-width:] if width else toks[:0]
+            if len(head):
+                prefix[r, width - len(head):] = head
+            lengths[r] = len(head)
+        return modes.pad_rows(prefix, batch), modes.pad_rows(lengths[:, None], batch)[:, 0]
+
     def _predict(self, rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
         assert self.predictor is not None and self.decoder is not None
         b, k, n = self.opts.batch_size, self.opts.num_beams, len(rows)
@@ -194,11 +223,15 @@ class TaskRunner:
         if self.opts.constrained and self.seen:
             allowed = modes.allowed_from_seen(len(self.decoder.items),
                                               seen + [[]] * (b - n))
+        prefix = lengths = None
+        if self.info.is_item_sequence:
+            prefix, lengths = self.decoder_prefix([ex for _, ex in rows], b)
         seqs, scores = self.predictor(self.params, enc, k, allowed,
-                                      None if self.opts.constrained else self.tgt_len,
-                                      self.opts.length_penalty)
+                                      None if self.opts.constrained else self._free_length(),
+                                      self.opts.length_penalty, prefix, lengths)
         excluded = None if self.opts.constrained or not self.seen else [set(s) for s in seen]
-        found = modes.items_from_beams(seqs[:n], scores[:n], self.decoder, self.eos, k, excluded)
+        eos = -1 if self.info.is_item_sequence else self.eos
+        found = modes.items_from_beams(seqs[:n], scores[:n], self.decoder, eos, k, excluded)
         out = []
         for (index, ex), f in zip(rows, found, strict=True):
             rec = self.base_record(index, ex)

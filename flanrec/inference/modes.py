@@ -91,11 +91,14 @@ class TriePredictor:
 
     def __call__(self, params: Any, encoder_tokens: np.ndarray, k: int,
                  allowed_items: np.ndarray | None = None, max_length: int | None = None,
-                 length_penalty: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                 length_penalty: float = 0.0, decoder_prefix: np.ndarray | None = None,
+                 prefix_lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(sequences int32 [batch, k, max_length], scores float32 [batch, k]), best first.
 
         With a trie, ``max_length`` defaults to the longest item (EOS included), so every
         beam can finish. ``allowed_items`` (bool [batch, num_items]) needs the trie.
+        ``decoder_prefix``/``prefix_lengths``: see ``decoding.beam_search`` (right-aligned
+        prefixes the decoder reads before the search).
         """
         constraint = None
         if self.trie is not None:
@@ -105,10 +108,15 @@ class TriePredictor:
             raise ValueError("allowed_items needs a trie (constrained decoding)")
         if not max_length:
             raise ValueError("max_length is required without a trie")
+        prefix = lengths = None
+        if decoder_prefix is not None:
+            prefix = jnp.asarray(decoder_prefix, jnp.int32)
+            lengths = jnp.asarray(prefix_lengths if prefix_lengths is not None
+                                  else (np.asarray(decoder_prefix) > 0).sum(1), jnp.int32)
         seqs, scores = decoding.beam_search(self.config, params, jnp.asarray(encoder_tokens,
                                                                              jnp.int32),
                                             int(max_length), int(k), float(length_penalty),
-                                            constraint)
+                                            constraint, prefix, lengths)
         return np.asarray(seqs), np.asarray(scores)
 
 
@@ -128,7 +136,7 @@ def predict_topk(config: T5Config, params: Any, encoder_tokens: np.ndarray,
 def items_from_beams(seqs: np.ndarray, scores: np.ndarray, decoder: ItemDecoder, eos_id: int,
                      k: int, excluded: Sequence[set[int]] | None = None) -> list[dict[str, Any]]:
     """Per row: the distinct items of its beams, best first, with the counts of what was
-    dropped.
+    dropped. ``eos_id < 0``: beams of a trie without EOS, whose tokens are the item's.
 
     Returns dicts with ``items`` (item numbers), ``scores``, ``invalid`` (finished or
     unfinished beams that are not a catalogue item), ``duplicates`` (beams naming an item
@@ -146,8 +154,11 @@ def items_from_beams(seqs: np.ndarray, scores: np.ndarray, decoder: ItemDecoder,
             if not np.isfinite(score):
                 continue
             row = seqs[r, b]
-            ends = np.flatnonzero(row == eos_id)
-            j = decoder.item_number(row[: ends[0]]) if len(ends) else -1
+            if eos_id < 0:  # a trie without EOS (seqrec): the beam is the item's tokens
+                j = decoder.item_number(row[row > 0])
+            else:
+                ends = np.flatnonzero(row == eos_id)
+                j = decoder.item_number(row[: ends[0]]) if len(ends) else -1
             if j < 0:
                 invalid += 1
             elif j in items:

@@ -34,10 +34,17 @@ class TaskInfo:
     target_kind: str
     index_method: str | None
     features: tuple[str, ...]
+    # "single": targets are one answer + EOS; "item_sequence" (seqrec): item IDs without
+    # EOS, the last one being the item to predict after feeding the others to the decoder.
+    target_layout: str = "single"
 
     @property
     def has_candidates(self) -> bool:
         return "candidates" in self.features
+
+    @property
+    def is_item_sequence(self) -> bool:
+        return self.target_layout == "item_sequence"
 
 
 def stage_of(split: str) -> str | None:
@@ -73,7 +80,8 @@ def find_task_info(task_name: str, data_dirs: list[str]) -> TaskInfo | None:
             info: dict[str, Any] = json.load(f)
         return TaskInfo(task_name, data_dir, task_dir, str(info.get("family", "")),
                         str(info.get("target_kind", "text")), info.get("index_method"),
-                        tuple(sorted(info.get("features", {}))))
+                        tuple(sorted(info.get("features", {}))),
+                        str(info.get("target_layout", "single")))
     return None
 
 
@@ -86,6 +94,9 @@ def check_mode(info: TaskInfo, mode: str) -> str | None:
     if mode == "score" and info.target_kind not in ("item", "binary", "rating"):
         return (f"score mode ranks items or closed answers, {info.name}'s targets are "
                 f"{info.target_kind}")
+    if mode != "predict" and info.is_item_sequence:
+        return (f"{info.name} is a seqrec task (targets: a run of item IDs the decoder reads "
+                "causally); rank it with MODE='predict'")
     if info.target_kind == "item" and not info.index_method:
         return f"{info.task_dir}/info.json names no index_method"
     return None

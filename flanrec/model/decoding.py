@@ -79,12 +79,45 @@ def init_cache(config: T5Config, params: Any, encoded: Array, encoder_tokens: Ar
 
 
 def _step(model: Transformer, params: Any, cache: Any, encoded: Array, enc_tokens: Array,
-          tokens: Array, max_length: int) -> tuple[Array, Any]:
+          tokens: Array, max_length: int, key_mask: Array | None = None
+          ) -> tuple[Array, Any]:
     """One decoder step: float32 log-probs [n, vocab] for the next token, updated cache."""
     logits, mutated = model.apply(
         {"params": params, "cache": cache}, encoded, enc_tokens, tokens[:, None],
-        decode=True, max_decode_length=max_length, mutable=["cache"], method=Transformer.decode)
+        decode=True, max_decode_length=max_length, mutable=["cache"], method=Transformer.decode,
+        decoder_key_mask=key_mask)
     return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), mutated["cache"]
+
+
+def _prefill(model: Transformer, params: Any, cache: Any, encoded: Array, enc_tokens: Array,
+             prefix: Array, prefix_lengths: Array, total_length: int
+             ) -> tuple[Any, Array, Array]:
+    """Feed decoder prefixes through the cache; returns (cache, next input token, key mask).
+
+    ``prefix`` int32 [batch, P] holds each row's prefix right-aligned (left-padded; row r's
+    real tokens are its last ``prefix_lengths[r]``). The decoder stream of row r is
+    ``[pad] * (P - len_r) + [start] + prefix_r``: the first P positions go through the cache
+    here, the last one is returned as the token the first search step feeds. Padding
+    positions are masked as keys for the whole decode, so each row attends exactly to its
+    own start token and prefix, at the relative distances it was trained with.
+    """
+    batch, p = prefix.shape
+    start = model.config.decoder_start_token_id
+    pos = jnp.arange(p + 1)[None, :]
+    first = (p - prefix_lengths)[:, None]  # position of the start token
+    stream = jnp.where(pos == first, start,
+                       jnp.concatenate([jnp.zeros((batch, 1), prefix.dtype), prefix], 1))
+    key_mask = jnp.concatenate(
+        [pos >= first, jnp.ones((batch, total_length - p - 1), jnp.bool_)], axis=1)
+
+    def body(j: Array, cache: Any) -> Any:
+        token = lax.dynamic_index_in_dim(stream, j, axis=1, keepdims=False)
+        _, cache = _step(model, params, cache, encoded, enc_tokens, token, total_length,
+                         key_mask)
+        return cache
+
+    cache = lax.fori_loop(0, p, body, cache)
+    return cache, stream[:, p].astype(jnp.int32), key_mask
 
 
 def _mask(logp: Array, constraint: Any, state: Any) -> Array:
@@ -161,7 +194,8 @@ def _gather_beams(tree: Any, flat_idx: Array) -> Any:
                    static_argnames=("config", "max_length", "num_beams", "length_penalty"))
 def beam_search(config: T5Config, params: Any, encoder_tokens: Array, max_length: int,
                 num_beams: int, length_penalty: float = 0.0,
-                constraint: Any = None) -> tuple[Array, Array]:
+                constraint: Any = None, decoder_prefix: Array | None = None,
+                prefix_lengths: Array | None = None) -> tuple[Array, Array]:
     """Beam search: (sequences int32 [batch, k, max_length], scores float32 [batch, k]).
 
     Sorted best first. A finished hypothesis scores `sum_logprob / length ** length_penalty`
@@ -171,23 +205,40 @@ def beam_search(config: T5Config, params: Any, encoder_tokens: Array, max_length
     beams. The loop stops when no live beam can still beat the k-th finished one (exact for
     length_penalty >= 0) or at `max_length`, where unfinished beams compete with finished ones
     on the same scoring. Rows that no allowed continuation could extend score -inf.
+
+    ``decoder_prefix`` (int32 [batch, P], right-aligned, left-padded with 0) with
+    ``prefix_lengths`` (int32 [batch]): tokens the decoder reads after its start token and
+    before the search begins (teacher-forced, not scored, not part of the output), e.g. the
+    most recent items of a history that a seqrec model reads causally. Rows may have prefixes
+    of different lengths, 0 included; their padding is masked.
     """
     model = Transformer(config)
     k = num_beams
     batch = encoder_tokens.shape[0]
     n = batch * k
     eos, pad = config.eos_token_id, config.pad_token_id
+    p = 0 if decoder_prefix is None else decoder_prefix.shape[1]
+    total = p + max_length  # decoder positions: prefix (start token included), then search
     encoded = model.apply({"params": params}, encoder_tokens, method=Transformer.encode)
     # Project the encoder outputs into cross-attention keys/values once per example, then copy
     # the cache to the k beams: projecting the repeated outputs would cost k times the FLOPs.
-    cache = init_cache(config, params, encoded, encoder_tokens, max_length)
+    cache = init_cache(config, params, encoded, encoder_tokens, total)
+    first_token = jnp.full((batch,), config.decoder_start_token_id, jnp.int32)
+    key_mask = None
+    if p:
+        if prefix_lengths is None:
+            prefix_lengths = jnp.sum(decoder_prefix > 0, axis=1)
+        cache, first_token, key_mask = _prefill(
+            model, params, cache, encoded, encoder_tokens, decoder_prefix.astype(jnp.int32),
+            prefix_lengths.astype(jnp.int32), total)
+        key_mask = jnp.repeat(key_mask, k, axis=0)
     cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, cache)
     encoded = jnp.repeat(encoded, k, axis=0)
     enc_tokens = jnp.repeat(encoder_tokens, k, axis=0)
     first_beam_only = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF)
     carry = dict(
         i=jnp.array(0, jnp.int32),
-        last=jnp.full((n,), config.decoder_start_token_id, jnp.int32),
+        last=jnp.repeat(first_token, k),
         cache=cache,
         live_seqs=jnp.full((batch, k, max_length), pad, jnp.int32),
         live_logp=jnp.broadcast_to(first_beam_only, (batch, k)).astype(jnp.float32),
@@ -212,7 +263,7 @@ def beam_search(config: T5Config, params: Any, encoder_tokens: Array, max_length
     def body(c: dict[str, Any]) -> dict[str, Any]:
         i = c["i"]
         logp, cache = _step(model, params, c["cache"], encoded, enc_tokens, c["last"],
-                            max_length)
+                            total, key_mask)
         logp = _mask(logp, constraint, c["cstate"])
         vocab = logp.shape[-1]
         cand = (c["live_logp"].reshape(n, 1) + logp).reshape(batch, k * vocab)

@@ -546,7 +546,8 @@ class Transformer(nn.Module):
                encoder_segment_ids: Array | None = None,
                decoder_segment_ids: Array | None = None,
                decoder_positions: Array | None = None, enable_dropout: bool = False,
-               decode: bool = False, max_decode_length: int | None = None) -> Array:
+               decode: bool = False, max_decode_length: int | None = None,
+               decoder_key_mask: Array | None = None) -> Array:
         """Decoder logits (float32) [batch, decoder_len, vocab].
 
         Incremental decoding: build the cache once with
@@ -555,12 +556,17 @@ class Transformer(nn.Module):
         `max_decode_length=max_length` and `mutable=['cache']`. A `decode=True` call on a
         fresh (empty) cache creates it and runs ordinary causal attention over its input.
         `encoder_input_tokens` are the raw input tokens (without prompt positions).
+        `decoder_key_mask` (bool [batch, max_decode_length], decode only): cache positions a
+        step may attend to, e.g. False on the left padding of decoder prefixes of unequal
+        lengths (`decoding.beam_search(decoder_prefix=...)`).
         """
         del decoder_positions
         length = decoder_input_tokens.shape[1]
         causal = jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
         if decode:
-            self_mask = causal  # a single step is [1, 1]; the cache masks future positions
+            # A single step is [1, 1]; the cache masks future positions.
+            self_mask = (causal if decoder_key_mask is None
+                         else decoder_key_mask[:, None, None, :])
         else:
             target_mask = (None if decoder_target_tokens is None
                            else (decoder_target_tokens > 0)[:, None, None, :])
