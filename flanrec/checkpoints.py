@@ -100,9 +100,31 @@ def latest_complete_step(model_dir: PathLike) -> int | None:
     return steps[-1] if steps else None
 
 
-def resolve_checkpoint(path: PathLike) -> epath.Path:
-    """A MODEL_DIR (→ its latest complete step), a checkpoint_N dir or a params-only dir →
-    the directory holding the `params` and `meta` items. Clear errors otherwise."""
+BEST_FILE = "best_checkpoint.json"
+"""MODEL_DIR/best_checkpoint.json: the step training's rank validation chose (see train.py)."""
+
+
+def best_step(model_dir: PathLike) -> int | None:
+    """The step `best_checkpoint.json` names, if that checkpoint is complete, else None."""
+    f = _as_path(model_dir) / BEST_FILE
+    if not f.exists():
+        return None
+    try:
+        step = int(json.loads(f.read_text())["step"])
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        log.warning("%s: unreadable (%s); using the latest checkpoint", f, e)
+        return None
+    if not is_complete(step_dir(model_dir, step)):
+        log.warning("%s names step %d, which is not a complete checkpoint; using the latest",
+                    f, step)
+        return None
+    return step
+
+
+def resolve_checkpoint(path: PathLike, prefer_best: bool = True) -> epath.Path:
+    """A MODEL_DIR (→ the step its `best_checkpoint.json` names, else its latest complete
+    step), a checkpoint_N dir or a params-only dir → the directory holding the `params` and
+    `meta` items. Clear errors otherwise. `prefer_best=False`: always the latest."""
     p = _as_path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such flanrec checkpoint")
@@ -118,6 +140,10 @@ def resolve_checkpoint(path: PathLike) -> epath.Path:
         return p
     steps = _step_dirs(p)
     if steps:
+        best = best_step(p) if prefer_best else None
+        if best is not None:
+            log.info("%s: using checkpoint %d, the best by validation (%s)", p, best, BEST_FILE)
+            return step_dir(p, best)
         done = [(s, d) for s, d in steps if is_complete(d)]
         if not done:
             raise ValueError(f"{p}: MODEL_DIR has no complete checkpoint (found only incomplete "
@@ -217,7 +243,8 @@ class TrainCheckpointer:
     """
 
     def __init__(self, model_dir: PathLike, *, max_to_keep: int | None = 3,
-                 async_save: bool = True, save_interval_steps: int = 1) -> None:
+                 async_save: bool = True, save_interval_steps: int = 1,
+                 best_metric: str | None = None) -> None:
         self.model_dir = _as_path(model_dir)
         if jax.process_index() == 0:
             self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -227,24 +254,39 @@ class TrainCheckpointer:
                     log.warning("moving incomplete checkpoint %s aside to %s", d, aside)
                     d.rename(aside)
         _sync(f"flanrec_ckpt_init:{self.model_dir}")
+        # With `best_metric`, the step with the highest value of that metric (passed to
+        # `save(metrics=...)`) is kept besides the `max_to_keep` latest ones: it is the
+        # checkpoint inference picks, so rotation must never delete it.
+        policy = None
+        if best_metric is not None:
+            from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+            latest = pp.PreserveAll() if max_to_keep is None else pp.LatestN(n=max_to_keep)
+            policy = pp.AnyPreservationPolicy([latest, pp.BestN(
+                get_metric_fn=lambda m: float(m[best_metric]), reverse=False, n=1,
+                keep_checkpoints_without_metrics=False)])
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+            max_to_keep=None if policy is not None else max_to_keep,
+            save_interval_steps=save_interval_steps,
             enable_async_checkpointing=async_save, step_prefix=STEP_PREFIX,
-            cleanup_tmp_directories=True, create=True)
+            cleanup_tmp_directories=True, create=True, preservation_policy=policy)
         self._manager = ocp.CheckpointManager(self.model_dir, options=options)
 
     def save(self, step: int, params: Any, opt_state: Any = None,
-             meta: Mapping[str, Any] | None = None, force: bool = False) -> bool:
+             meta: Mapping[str, Any] | None = None, force: bool = False,
+             metrics: Mapping[str, float] | None = None) -> bool:
         """Save (asynchronously if enabled) unless `save_interval_steps` says skip or the step
         is already saved; returns whether a save was started. `meta` gets `step` and `version`
-        filled in; a jax PRNG key under `rng` is stored as its list of ints."""
+        filled in; a jax PRNG key under `rng` is stored as its list of ints. `metrics` (e.g.
+        validation NDCG@10) rank the step for the `best_metric` preservation rule."""
         items: dict[str, Any] = {PARAMS: ocp.args.StandardSave(params)}
         if opt_state is not None:
             items[OPT_STATE] = ocp.args.StandardSave(opt_state)
         items[META] = ocp.args.JsonSave(_json_meta(meta, step))
         try:
-            return bool(self._manager.save(int(step), args=ocp.args.Composite(**items),
-                                           force=force))
+            return bool(self._manager.save(
+                int(step), args=ocp.args.Composite(**items), force=force,
+                metrics=dict(metrics) if metrics is not None else None))
         except ocp.checkpoint_manager.StepAlreadyExistsError:
             # As T5X: a step is written once (e.g. the final save right after a periodic one).
             log.info("checkpoint for step %d already exists; not saving it again", step)

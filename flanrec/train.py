@@ -55,6 +55,7 @@ from etils import epath
 from flanrec import flops, losses, optimizers, partitioning, trainer
 from flanrec.convert import common
 from flanrec.gin_cli import bindings_from_flags
+from flanrec.inference.rank_eval import RankEvalConfig
 from flanrec.model.config import T5Config
 from flanrec.peft import config as peft_config
 from flanrec.peft import params as peft_params
@@ -66,6 +67,7 @@ log = logging.getLogger("flanrec.train")
 gin.register(T5Config, module="flanrec.model.config")
 gin.register(peft_config.PromptConfig, module="flanrec.peft")
 gin.register(peft_config.LoraConfig, module="flanrec.peft")
+gin.register(RankEvalConfig, module="flanrec.inference")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -271,12 +273,20 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
           async_checkpointing: bool = True, tuning: str = "full",
           prompt: peft_config.PromptConfig | None = None,
           lora: peft_config.LoraConfig | None = None,
+          rank_eval: RankEvalConfig | None = None, early_stopping_patience: int = 0,
           devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
     """Run (or resume) one training job; returns the last logged train/validation metrics.
 
     `tuning`: 'full' trains every parameter; 'prompt' trains only the soft prompt `prompt`
     (default `PromptConfig()`), 'lora' only the adapters `lora` (default `LoraConfig()`),
     both on the frozen backbone of `initial_checkpoint_path`.
+
+    `rank_eval` (gin: RANK_EVAL_TASK): every `eval_period` steps, rank the catalogue for the
+    task's validation users as `flanrec.infer` would and log HR/NDCG/MRR@K; every evaluation
+    saves a checkpoint, the one with the best validation NDCG@10 is never rotated away and is
+    recorded in MODEL_DIR/best_checkpoint.json (what `flanrec.infer` uses for
+    CHECKPOINT_PATH=MODEL_DIR). `early_stopping_patience` > 0 stops after that many
+    evaluations without a better NDCG@10.
     """
     import tensorflow as tf
 
@@ -331,7 +341,9 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                                              model_config, mesh, rules)
         log.info("TUNING=%s: %s trainable parameters, backbone frozen", tuning,
                  f"{peft_params.count(abstract.params):,}")
-    ckpt = TrainCheckpointer(out, max_to_keep=keep_checkpoints, async_save=async_checkpointing)
+    ranking = rank_eval is not None and bool(rank_eval.task) and eval_period > 0
+    ckpt = TrainCheckpointer(out, max_to_keep=keep_checkpoints, async_save=async_checkpointing,
+                             best_metric=BEST_METRIC if ranking else None)
     rng = jax.random.PRNGKey(random_seed)
     init_rng, dropout_rng = jax.random.split(rng)
     resume_step = ckpt.latest_step()
@@ -393,6 +405,14 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     evals = None
     if eval_dataset is not None and eval_period:
         evals = eval_batches(eval_dataset, eval_dataset.batch_size // jax.process_count())
+    ranker = None
+    if ranking:
+        from flanrec.inference.rank_eval import RankValidator
+
+        assert rank_eval is not None
+        ranker = RankValidator(rank_eval, model_config.replace(dropout_rate=0.0),
+                               train_dataset.task_feature_lengths)
+    best = _read_best(out, start_step) if ranking else {}
     bsh = partitioning.batch_sharding(mesh, rules)
     train_step = trainer.make_train_step(model, tx, schedule, loss_cfg, shardings, bsh, mesh,
                                          rules, num_microbatches, frozen_sh)
@@ -416,15 +436,36 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                for name in ("train", "validation")}
     preemption = _Preemption()
 
-    def save(step: int) -> None:
+    def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
         meta = {"model_config": base_config.to_dict(), "rng": dropout_rng,
                 "data_position": {"train_batches": step, "per_host_batch": per_host,
                                   "process_count": jax.process_count()}}
         if efficient:  # adapters only: the backbone is named, not copied
             meta.update(tuning=tuning, peft=peft_config.adapters_to_dict(model_config),
                         backbone=_abs_path(initial_checkpoint_path))
-        ckpt.save(step, state.params, state.opt_state, meta=meta, force=True)
+        ckpt.save(step, state.params, state.opt_state, meta=meta, force=True,
+                  metrics={BEST_METRIC: metrics[BEST_METRIC]} if metrics else None)
         log.info("checkpoint %d started (%s)", step, "async" if async_checkpointing else "sync")
+
+    def rank_validate(step: int) -> dict[str, float]:
+        assert ranker is not None
+        m = ranker.evaluate(peft_params.combine(frozen, state.params))
+        writers["validation"].write_scalars(step, {k: v for k, v in m.items()
+                                                   if "@" in k})
+        improved = rank_better(m[BEST_METRIC], best.get("value"))
+        entry = {"step": step, **m}
+        best.setdefault("history", []).append(entry)
+        if improved:
+            best.update(step=step, value=m[BEST_METRIC], metric=f"validation/{BEST_METRIC}",
+                        task=ranker.info.name, split=ranker.cfg.split)
+        if jax.process_index() == 0:
+            _write_atomic(out / BEST_FILE, json.dumps(best, indent=1) + "\n")
+        log.info("rank validation @ step %d | %s | %d users, %.1fs%s", step,
+                 format_metrics(m, [f"{k}@{n}" for n in ranker.cfg.ks for k in
+                                    ("hr", "ndcg")]), m["num_users"], m["seconds"],
+                 " | best so far" if improved else
+                 f" | best {best['value']:.4f} at step {best['step']}")
+        return m
 
     def validate(step: int) -> dict[str, float]:
         sums: dict[str, float] = {}
@@ -446,6 +487,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     window, last_train, last_eval = _Window(), {}, {}
     pending: tuple[int, Any] | None = None
     step = start_step
+    stopped_early = False
     log.info("training from step %d to %d (setup %.1fs)", step, train_steps,
              time.time() - t_start)
     try:
@@ -469,7 +511,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             stop = preemption.reached(step)
             is_last = step == train_steps
             save_now = is_last or stop or (checkpoint_period and step % checkpoint_period == 0)
-            eval_now = evals is not None and (is_last or step % eval_period == 0)
+            eval_now = (evals is not None or ranker is not None) and (
+                is_last or step % eval_period == 0)
             if step % log_period == 0 or save_now or eval_now:
                 if pending is not None:
                     meter.add_tokens(window.add(*pending))
@@ -486,15 +529,28 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                              last_train.get("target_tokens_per_sec", float("nan")),
                              100 * last_train.get("mfu", float("nan")),
                              _format_eta(last_train.get("eta_sec", float("nan"))))
+            ranked: dict[str, float] = {}
             if eval_now:
-                last_eval = validate(step)
+                last_eval = validate(step) if evals is not None else {}
+                if ranker is not None:
+                    ranked = rank_validate(step)
+                    last_eval.update({f"rank/{k}": v for k, v in ranked.items()})
+                    save_now = True  # every ranked step is a candidate for the best
             if save_now:
-                save(step)
+                save(step, ranked or None)
             if eval_now or save_now:
                 meter.start(step)  # throughput counts training only
             if stop and not is_last:
                 log.warning("preempted: checkpoint %d saved, exiting", step)
                 break
+            if ranked and early_stopping_patience > 0 and not is_last:
+                since = sum(1 for h in best["history"] if h["step"] > best["step"])
+                if since >= early_stopping_patience:
+                    log.info("early stopping at step %d: %d evaluations without a better "
+                             "validation %s than %.4f (step %d)", step, since, BEST_METRIC,
+                             best["value"], best["step"])
+                    stopped_early = True
+                    break
     finally:
         preemption.close()
         ckpt.wait()
@@ -503,10 +559,48 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             w.flush()
             w.close()
     return {"step": step, "train": last_train, "validation": last_eval,
-            "preempted": step < train_steps}
+            "preempted": step < train_steps and not stopped_early,
+            "stopped_early": stopped_early, "best": {k: v for k, v in best.items()
+                                                     if k != "history"}}
 
 
 # ------------------------------------------------------------ parameter-efficient tuning
+BEST_METRIC = "ndcg@10"
+BEST_FILE = "best_checkpoint.json"  # flanrec.checkpoints.BEST_FILE
+
+
+def _read_best(out: epath.Path, start_step: int) -> dict[str, Any]:
+    """The best-checkpoint record of a resumed run (empty for a new one).
+
+    Evaluations after `start_step` (the checkpoint resumed from) belong to a part of the run
+    that is about to be redone: they are dropped, and the best is recomputed without them.
+    """
+    f = out / BEST_FILE
+    if not f.exists():
+        return {}
+    try:
+        doc = json.loads(f.read_text())
+    except ValueError as e:
+        raise ValueError(f"{f}: not valid JSON ({e}); move it aside to start the record "
+                         "afresh") from None
+    history = [h for h in doc.get("history", []) if h["step"] <= start_step]
+    out_doc = {k: v for k, v in doc.items() if k not in ("history", "step", "value")}
+    out_doc["history"] = history
+    if history:
+        top = max(history, key=lambda h: (h[BEST_METRIC], -h["step"]))
+        out_doc.update(step=top["step"], value=top[BEST_METRIC])
+    return out_doc
+
+
+def rank_better(value: float, best: float | None) -> bool:
+    """Strictly higher is better (a tie keeps the earlier checkpoint)."""
+    return best is None or value > best
+
+
+def format_metrics(metrics: Mapping[str, float], keys: Sequence[str]) -> str:
+    return " | ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
+
+
 def _abs_path(path: str | None) -> str | None:
     if path is None or "://" in str(path):
         return path
