@@ -48,7 +48,7 @@ from typing import Any
 import gin
 
 from flanrec import metrics as M
-from flanrec import report
+from flanrec import paired, report
 from flanrec.data.prepared import PreparedDataError
 from flanrec.gin_cli import bindings_from_flags
 from flanrec.report import write_atomic
@@ -279,6 +279,23 @@ class Section:
     split: str
     metrics: dict[str, float]
     baseline: bool = False
+    # user -> per-user ranking metrics (ranking sections only), for paired comparisons
+    per_user: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+
+PAIRED_METRICS = ("ndcg@10", "hr@10")
+
+
+def per_user_ranking(records: Sequence[Record], ks: Sequence[int],
+                     catalogue: Catalogue | None) -> dict[str, dict[str, float]]:
+    """user -> HR/NDCG/MRR@K of a `predict` section, cleaned exactly as ranking_metrics
+    cleans lists (seen items masked, unknown items and repeats dropped)."""
+    out = {}
+    for r in records:
+        excl = catalogue.exclude_for(r) if catalogue else ()
+        cleaned = M.clean_list(r.data["items"], excl, catalogue.items if catalogue else None)
+        out[r.data["user"]] = M.user_ranking_metrics(cleaned.items, _targets(r), ks)
+    return out
 
 
 def _targets(record: Record) -> list[str]:
@@ -329,8 +346,73 @@ def evaluate_dir(spec: str, ks: Sequence[int] = M.DEFAULT_KS,
     for (task, mode), paths in find_prediction_files(spec).items():
         records = read_records(paths, task, mode)
         kind, values = evaluate_records(records, mode, ks, catalogue, ties)
-        sections.append(Section(task, mode, kind, records[0].data["split"], values, baseline))
+        users = per_user_ranking(records, ks, catalogue) if mode == "predict" else {}
+        sections.append(Section(task, mode, kind, records[0].data["split"], values, baseline,
+                                users))
     return sections
+
+
+def mean_of_runs(runs: Sequence[Sequence[Section]]) -> list[Section]:
+    """One section per (task, mode): the mean of each metric over runs (e.g. seeds), with
+    `num_runs` and `{metric}_std`; per-user values are averaged too. Every run must hold
+    the same (task, mode)s."""
+    if len(runs) == 1:
+        return list(runs[0])
+    keys = [(s.task, s.mode) for s in runs[0]]
+    out = []
+    for key in keys:
+        group = []
+        for j, run in enumerate(runs):
+            match = [s for s in run if (s.task, s.mode) == key]
+            if not match:
+                raise EvalInputError(f"run {j + 1} of --predictions has no {key[0]}-{key[1]} "
+                                     "predictions (every run must hold the same tasks)")
+            group.append(match[0])
+        names = set.intersection(*(set(s.metrics) for s in group))
+        metrics = {}
+        for name in sorted(names):
+            values = [s.metrics[name] for s in group]
+            metrics[name] = float(sum(values) / len(values))
+            if len(values) > 1 and "@" in name:
+                mean = metrics[name]
+                metrics[f"{name}_std"] = math.sqrt(sum((v - mean) ** 2 for v in values)
+                                                   / (len(values) - 1))
+        metrics["num_runs"] = float(len(group))
+        users: dict[str, dict[str, float]] = {}
+        if all(s.per_user for s in group):
+            try:
+                per_metric = {m: paired.mean_over_runs([{u: v[m] for u, v in s.per_user.items()}
+                                                        for s in group])
+                              for m in PAIRED_METRICS}
+            except ValueError as e:
+                raise EvalInputError(f"{key[0]}-{key[1]}: {e}") from None
+            users = {u: {m: per_metric[m][u] for m in PAIRED_METRICS}
+                     for u in per_metric[PAIRED_METRICS[0]]}
+        first = group[0]
+        out.append(Section(first.task, first.mode, first.kind, first.split, metrics,
+                           first.baseline, users))
+    return out
+
+
+def paired_comparisons(model: Sequence[Section], baselines: Sequence[Section],
+                       seed: int = 0) -> list[dict[str, Any]]:
+    """Paired bootstrap of each model ranking section against each baseline one (same
+    users): one row per (model, baseline, metric)."""
+    rows = []
+    names = section_names(model)
+    base_names = section_names(baselines)
+    for name, s in zip(names, model, strict=True):
+        if not s.per_user:
+            continue
+        for bname, b in zip(base_names, baselines, strict=True):
+            if not b.per_user or b.split != s.split:
+                continue
+            for metric in PAIRED_METRICS:
+                res = paired.paired_bootstrap({u: v[metric] for u, v in s.per_user.items()},
+                                              {u: v[metric] for u, v in b.per_user.items()},
+                                              seed=seed)
+                rows.append({"model": name, "baseline": bname, "metric": metric, **res})
+    return rows
 
 
 def section_names(sections: Sequence[Section]) -> list[str]:
@@ -387,14 +469,20 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
              baselines: str | None = None, data_dir: str | None = None,
              ks: Sequence[int] = M.DEFAULT_KS, primary_task: str | None = None,
              ties: str = "pessimistic", plot: bool = True, echo: bool = True,
-             ) -> dict[str, float]:
+             paired_test: bool = True) -> dict[str, float]:
     """Evaluate ``predictions`` (+ ``baselines``) and write metrics.json/.md/.png to out_dir.
 
     Returns the metrics.json object. Baselines must be on the model's split: comparing a
     test-split model with validation-split baselines would be meaningless, so it is refused.
+    ``predictions`` may name several runs of one system, comma separated (e.g. seeds): the
+    model row is then their mean (`num_runs`, `{metric}_std`). ``paired_test``: a paired
+    bootstrap of the model against each baseline on the same users (`flanrec.paired`),
+    keys `paired/{model}_vs_{baseline}/{metric}_{diff,lo,hi,p}` and a table.
     """
     catalogue = Catalogue.load(data_dir) if data_dir else None
-    model = evaluate_dir(predictions, ks, catalogue, ties=ties)
+    runs = [p for p in predictions.split(",") if p] if isinstance(predictions, str) else \
+        list(predictions)
+    model = mean_of_runs([evaluate_dir(p, ks, catalogue, ties=ties) for p in runs])
     base = evaluate_dir(baselines, ks, catalogue, baseline=True, ties=ties) if baselines else []
     model_splits = {s.split for s in model}
     for s in base:
@@ -403,12 +491,19 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
                                  f"but the predictions are on {sorted(model_splits)}")
     primary = primary_task if primary_task is not None else default_primary(model)
     flat = flat_metrics(model, base, primary)
+    comparisons = paired_comparisons(model, base) if paired_test else []
+    for row in comparisons:
+        key = f"paired/{row['model']}_vs_{row['baseline']}/{row['metric']}"
+        flat.update({f"{key}_diff": row["diff"], f"{key}_lo": row["lo"],
+                     f"{key}_hi": row["hi"], f"{key}_p": row["p_value"]})
     os.makedirs(out_dir, exist_ok=True)
     write_atomic(os.path.join(out_dir, METRICS_FILE),
                  json.dumps(_json_safe(flat), indent=1, sort_keys=True) + "\n")
     names = section_names(model) + section_names(base)
     systems = list(zip(names, [*model, *base], strict=True))
     table = report.markdown(systems, ks)
+    if comparisons:
+        table += "\n" + report.paired_markdown(comparisons)
     write_atomic(os.path.join(out_dir, TABLE_FILE), table)
     if plot:
         report.plot_at_k(systems, ks, os.path.join(out_dir, PLOT_FILE))
@@ -426,7 +521,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m flanrec.eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predictions", help="directory or glob of {task}-{mode}.jsonl-* "
-                        "shards (INFER_OUTPUT_DIR)")
+                        "shards (INFER_OUTPUT_DIR); several runs of one system (seeds), "
+                        "comma separated, are averaged")
     parser.add_argument("--baselines", default=None,
                         help="directory of baseline shards (python -m flanrec.baselines)")
     parser.add_argument("--out", help="output directory (EVAL_OUTPUT_DIR)")
@@ -439,6 +535,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--ties", default="pessimistic", choices=M.TIE_POLICIES,
                         help="tie policy when ranking scored candidates")
     parser.add_argument("--no_plot", action="store_true")
+    parser.add_argument("--no_paired", action="store_true",
+                        help="skip the paired bootstrap against each baseline")
     parser.add_argument("--gin_file", action="append", default=[])
     parser.add_argument("--gin_bindings", action="append", default=[])
     args, rest = parser.parse_known_args(argv)
@@ -469,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             evaluate(predictions=args.predictions, out_dir=args.out, baselines=args.baselines,
                      data_dir=args.data_dir or os.environ.get("FLANREC_DATA_DIR") or None,
                      ks=_parse_ks(args.ks), primary_task=args.primary_task, ties=args.ties,
-                     plot=not args.no_plot)
+                     plot=not args.no_plot, paired_test=not args.no_paired)
     except (EvalInputError, FileNotFoundError, PreparedDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from typing import Any
 # (header, metrics key, format): the protocol's headline numbers first, then the
 # multi-target and diagnostic columns. "{k}" marks the K-dependent keys.
 RANKING_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("HR@1", "hr@1", ".4f"),
     ("HR@5", "hr@5", ".4f"),
     ("NDCG@5", "ndcg@5", ".4f"),
     ("HR@10", "hr@10", ".4f"),
@@ -121,3 +122,15 @@ def plot_at_k(systems: Sequence[tuple[str, Any]], ks: Sequence[int], path: str) 
     plt.close(fig)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_atomic(path, buf.getvalue())
+
+
+def paired_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The paired-bootstrap rows of `flanrec.eval` as a Markdown table."""
+    lines = ["| model | baseline | metric | model | baseline | difference | 95% interval | "
+             "relative | p | users |", "|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['baseline']} | {r['metric']} | {r['a']:.4f} | "
+                     f"{r['b']:.4f} | {r['diff']:+.4f} | [{r['lo']:+.4f}, {r['hi']:+.4f}] | "
+                     f"{100 * r['relative']:+.1f}% | {r['p_value']:.3f} | "
+                     f"{r['num_users']:.0f} |")
+    return "\n".join(lines) + "\n"

@@ -6,7 +6,14 @@ r"""`python -m flanrec.baselines`: popularity and SASRec top-K lists in the infe
 
 Writes `{model}-predict.jsonl-00000-of-00001` (task `popularity` / `sasrec`) per model for
 the chosen split, plus `sasrec-train.json` (epochs, best validation NDCG@10, seconds) and
-prints each model's metrics on that split.
+prints each model's metrics on that split. `--model families` (part of `all`) adds the
+baselines of the other task families the prepared dir has (`flanrec.baselines.families`):
+`bias-rating` (user + item biases), `popularity_binary-score` / `bias_binary-score` and
+`popularity_direct-score`, with `families.json` recording the bias model's chosen shrinkage.
+
+SASRec trains for at most `--max_epochs` with early stopping on validation NDCG@10: the same
+seed gives the same numbers on any machine, however busy (`--max_train_seconds` exists for
+interactive use only and makes the result depend on the machine's speed).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from flanrec import metrics as metrics_lib
 from flanrec.baselines import common
 from flanrec.data import prepared
 
-MODELS = ("popularity", "sasrec")
+MODELS = ("popularity", "sasrec", "families")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -99,11 +106,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "epochs_run": result.epochs_run, "train_seconds": result.seconds,
                 "total_seconds": time.time() - t0, "history": result.history,
                 f"{args.split}_metrics": m}
-        tmp = os.path.join(args.out, f".sasrec-train.json.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1)
-        os.replace(tmp, os.path.join(args.out, "sasrec-train.json"))
+        _write_json(os.path.join(args.out, "sasrec-train.json"), info)
+    if "families" in models:
+        from flanrec.baselines import families
+
+        rows, info = families.all_rows(split, args.data_dir, args.split)
+        for task, (mode, records) in rows.items():
+            path = common.write_predictions(args.out, task, records, mode)
+            print(f"{task}: wrote {path}", flush=True)
+        _write_json(os.path.join(args.out, "families.json"), info)
     return 0
+
+
+def _write_json(path: str, obj: object) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

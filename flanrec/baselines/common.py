@@ -42,16 +42,17 @@ def shard_name(task: str, mode: str = "predict", shard: int = 0, num_shards: int
     return f"{task}-{mode}.jsonl-{shard:05d}-of-{num_shards:05d}"
 
 
-def write_predictions(out_dir: str, task: str, rows: Sequence[dict]) -> str:
+def write_predictions(out_dir: str, task: str, rows: Sequence[dict], mode: str = "predict"
+                      ) -> str:
     """Write one shard atomically (temp name, then rename); returns its path.
 
     Older shards of the same task with another shard count are removed first, so the
     evaluator never mixes two runs.
     """
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, shard_name(task))
+    path = os.path.join(out_dir, shard_name(task, mode))
     for name in os.listdir(out_dir):
-        if name.startswith(f"{task}-predict.jsonl-") and name != os.path.basename(path):
+        if name.startswith(f"{task}-{mode}.jsonl-") and name != os.path.basename(path):
             os.remove(os.path.join(out_dir, name))
     tmp = os.path.join(out_dir, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -1,0 +1,105 @@
+"""Baselines for the non-ranking families, in the same JSONL contract as `flanrec.infer`.
+
+Each family the quickstart trains gets the simplest baseline a user would try first, scored
+on exactly the examples the model answers:
+
+* rating (``MODE=rating``): the user + item bias model (`flanrec.baselines.bias`);
+* binary (``MODE=score``, p_yes): popularity (the item's training count) and the bias
+  model's predicted rating, each as a score for "rated 4 or more" (AUC is rank-based);
+* direct (``MODE=score`` over the shown candidates): the candidates ranked by popularity.
+
+Examples are read from the prepared task files (`prepared.read_task_split`), so candidate
+lists are the ones the model saw; labels and ratings come from the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flanrec.baselines import bias, popularity
+from flanrec.data import prepared, types
+from flanrec.data.examples import LIKE_THRESHOLD
+
+
+def _task_dirs(data_dir: str) -> dict[str, str]:
+    """family -> task dir of the prepared data (the first indexing's, for indexed ones)."""
+    doc = prepared.read_prepare_json(data_dir)
+    tasks = doc.get("counts", {}).get("tasks", {})
+    suffix = (doc.get("index_suffixes") or ["seqidx"])[0]
+    out = {}
+    for family in ("rating", "binary"):
+        if family in tasks:
+            out[family] = family
+    if f"direct_{suffix}" in tasks:
+        out["direct"] = f"direct_{suffix}"
+    return out
+
+
+def _record(task: str, stage: str, mode: str, index: int, user: str, item: str
+            ) -> dict[str, Any]:
+    return {"task": task, "split": stage, "mode": mode, "index": index, "user": user,
+            "inputs": "", "targets": "", "target_item": item, "template_idx": -1,
+            "template_type": ""}
+
+
+def rating_rows(model: bias.BiasModel, split: types.Split, stage: str) -> list[dict]:
+    rows = []
+    for index, (user, item, r) in enumerate(bias.held_out(split, stage)):
+        rec = _record("bias", stage, "rating", index, user, item)
+        rec.update(expected_rating=model.predict(user, item), target_rating=r, targets=str(r))
+        rows.append(rec)
+    return rows
+
+
+def binary_rows(name: str, score: Any, split: types.Split, stage: str, low: float,
+                high: float) -> list[dict]:
+    """`score(user, item)` mapped linearly from [low, high] onto p_yes in [0, 1]."""
+    rows = []
+    for index, (user, item, r) in enumerate(bias.held_out(split, stage)):
+        s = float(score(user, item))
+        p = min(max((s - low) / (high - low), 0.0), 1.0) if high > low else 0.5
+        rec = _record(name, stage, "score", index, user, item)
+        label = int(r >= LIKE_THRESHOLD)
+        rec.update(candidates=["no", "yes"], scores=[1.0 - p, p], p_yes=p, label=label,
+                   targets="yes" if label else "no")
+        rows.append(rec)
+    return rows
+
+
+def direct_rows(split: types.Split, data_dir: str, task_dir: str, stage: str) -> list[dict]:
+    """The prepared direct task's candidates, ranked by training popularity."""
+    counts = popularity.train_counts(split)
+    rows = []
+    for index, ex in enumerate(prepared.read_task_split(data_dir, task_dir, stage)):
+        cands: Sequence[str] = ex["candidates"]
+        rec = _record("popularity_direct", stage, "score", index, ex["user"],
+                      ex["target_item"])
+        rec.update(candidates=list(cands), scores=[float(counts.get(c, 0)) for c in cands])
+        rows.append(rec)
+    return rows
+
+
+def all_rows(split: types.Split, data_dir: str, stage: str
+             ) -> tuple[dict[str, tuple[str, list[dict]]], dict[str, Any]]:
+    """{baseline task: (mode, rows)} for every family the prepared dir has, plus info."""
+    dirs = _task_dirs(data_dir)
+    out: dict[str, tuple[str, list[dict]]] = {}
+    info: dict[str, Any] = {}
+    if "rating" in dirs or "binary" in dirs:
+        model, grid = bias.fit_on_validation(split)
+        info["bias"] = {"reg_user": model.reg_user, "reg_item": model.reg_item,
+                        "grid": grid, "chosen_on": "validation RMSE"}
+        if "rating" in dirs:
+            out["bias"] = ("rating", rating_rows(model, split, stage))
+        if "binary" in dirs:
+            counts = popularity.train_counts(split)
+            out["popularity_binary"] = ("score", binary_rows(
+                "popularity_binary", lambda u, i: counts.get(i, 0), split, stage, 0.0,
+                float(max(counts.values()) or 1)))
+            out["bias_binary"] = ("score", binary_rows(
+                "bias_binary", model.predict, split, stage, 1.0, 5.0))
+    if "direct" in dirs:
+        out["popularity_direct"] = ("score", direct_rows(split, data_dir, dirs["direct"],
+                                                         stage))
+    return out, info
