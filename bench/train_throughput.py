@@ -2,7 +2,15 @@
 
     python bench/train_throughput.py --preset flan-t5-small           # the goal shape
     python bench/train_throughput.py --preset tiny --repeats 20
+    FLANREC_DATA_DIR=data/ml-100k python bench/train_throughput.py \
+        --experiment gin/experiments/ml100k_seqrec.gin                # an experiment, exactly
     python bench/train_throughput.py --smoke                          # seconds; for the test
+
+`--experiment FILE` runs the model shapes, batch size, feature lengths and dropout of a gin
+experiment. When its task is registered (FLANREC_DATA_DIR), both sides train on the same
+real batches of that task, so "target items/s" (item predictions that carry loss: target
+tokens that are not padding and not EOS) is what the experiment trains; otherwise on random
+tokens with every target position an item.
 
 Each framework runs in its own worker subprocess (so peak RSS is separable), on identical
 random weights (flanrec's export to an HF directory), the identical batch (16 x 128 input
@@ -46,15 +54,33 @@ def _reply(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _batch_arrays(vocab: int, batch: int, enc_len: int, dec_len: int) -> dict[str, Any]:
+def _batch_arrays(vocab: int, batch: int, enc_len: int, dec_len: int,
+                  batch_file: str | None = None) -> list[dict[str, Any]]:
+    """The timed batches: real ones saved by the parent (--experiment), else one random."""
     import numpy as np
 
+    if batch_file:
+        with np.load(batch_file) as z:
+            n = int(z["num_batches"])
+            return [{k: z[f"{k}_{i}"] for k in FEATURES} for i in range(n)]
     rng = np.random.default_rng(0)
     enc = rng.integers(2, vocab, (batch, enc_len)).astype(np.int32)
     tgt = rng.integers(2, vocab, (batch, dec_len)).astype(np.int32)
     dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
-    return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
-            "decoder_target_tokens": tgt}
+    return [{"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+             "decoder_target_tokens": tgt}]
+
+
+FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+
+
+def _model_config(args: argparse.Namespace, **overrides: Any) -> Any:
+    from flanrec.model import get_preset
+    from flanrec.model.config import T5Config
+
+    if args.config_json:
+        return T5Config.from_dict({**json.loads(args.config_json), **overrides})
+    return get_preset(args.preset, **overrides)
 
 
 def _random_params(cfg: Any, seed: int = 0) -> dict:
@@ -97,15 +123,15 @@ def worker_flanrec(args: argparse.Namespace) -> None:
 
     from flanrec import flops, losses, optimizers, partitioning, trainer
     from flanrec.convert import hf
-    from flanrec.model import Transformer, get_preset
+    from flanrec.model import Transformer
 
     jnp.zeros(()).block_until_ready()  # runtime up before the baseline
     base_rss = _common.rss_bytes()
     accel = jax.devices()[0].platform != "cpu"
-    cfg = get_preset(args.preset, dropout_rate=0.0,
-                     dtype="bfloat16" if accel and not args.fp32 else "float32")
+    cfg = _model_config(args, dropout_rate=args.dropout,
+                        dtype="bfloat16" if accel and not args.fp32 else "float32")
     params = _random_params(cfg)
-    hf.export_hf(cfg.replace(dtype="float32"), params, args.export_dir)
+    hf.export_hf(cfg.replace(dtype="float32", dropout_rate=0.0), params, args.export_dir)
 
     mesh = partitioning.make_mesh((-1, 1), ("data", "model"))
     rules = partitioning.logical_axis_rules()
@@ -117,17 +143,25 @@ def worker_flanrec(args: argparse.Namespace) -> None:
     state = trainer.init_state(model, tx, jax.random.PRNGKey(0), shardings, mesh, rules, params)
     del params
     bsh = partitioning.batch_sharding(mesh, rules)
-    step = trainer.make_train_step(model, tx, schedule, losses.LossConfig(z_loss=0.0),
-                                   shardings, bsh, mesh, rules)
-    host = _batch_arrays(cfg.vocab_size, args.batch, args.enc_len, args.dec_len)
+    loss_cfg = losses.LossConfig(z_loss=0.0)
+    step = trainer.make_train_step(model, tx, schedule, loss_cfg, shardings, bsh, mesh, rules)
+    hosts = _batch_arrays(cfg.vocab_size, args.batch, args.enc_len, args.dec_len,
+                          args.batch_file)
     rng = jax.random.PRNGKey(1)
-    box = {"state": state}
+    box = {"state": state, "i": 0}
+    # The parity check: a deterministic (no dropout) loss of the first batch, before any
+    # update, on both sides.
+    eval_step = trainer.make_eval_step(model, loss_cfg, shardings.params, bsh, mesh, rules)
+    sums = eval_step(state.params, partitioning.host_to_global(hosts[0], bsh))
+    first_loss = float(sums["loss"]) / max(float(sums["weight"]), 1.0)
 
     def one() -> float:
+        host = hosts[box["i"] % len(hosts)]
+        box["i"] += 1
         box["state"], metrics = step(box["state"], partitioning.host_to_global(host, bsh), rng)
         return float(metrics["loss"])  # blocks until the step is done
 
-    first_loss = one()
+    one()
     one()  # a second warm-up: allocations reach steady state
     _common.reset_peak_rss()
     steady_rss = _common.rss_bytes()
@@ -157,28 +191,39 @@ def worker_torch(args: argparse.Namespace) -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = transformers.T5ForConditionalGeneration.from_pretrained(args.export_dir).to(device)
-    model.train()  # dropout is 0; train mode as in fine-tuning
+    model = transformers.T5ForConditionalGeneration.from_pretrained(
+        args.export_dir, dropout_rate=args.dropout).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    from flanrec.model import get_preset
-
-    cfg = get_preset(args.preset)
-    host = _batch_arrays(cfg.vocab_size, args.batch, args.enc_len, args.dec_len)
-    enc, dec_in, tgt = (torch.from_numpy(host[k]).long().to(device) for k in
-                        ("encoder_input_tokens", "decoder_input_tokens",
-                         "decoder_target_tokens"))
+    cfg = _model_config(args)
+    hosts = _batch_arrays(cfg.vocab_size, args.batch, args.enc_len, args.dec_len,
+                          args.batch_file)
+    batches = []
+    for host in hosts:
+        enc, dec_in, tgt = (torch.from_numpy(host[k]).long().to(device) for k in FEATURES)
+        # flanrec masks padding (0) targets; transformers ignores label -100.
+        batches.append((enc, dec_in, torch.where(tgt == 0, -100, tgt)))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    box = {"i": 0}
+    model.eval()
+    with torch.no_grad():
+        enc, dec_in, tgt = batches[0]
+        first_loss = float(model(input_ids=enc, attention_mask=(enc > 0).long(),
+                                 decoder_input_ids=dec_in, labels=tgt).loss)
+    model.train()  # dropout as in the experiment (0 for the presets)
 
     def one() -> float:
+        enc, dec_in, tgt = batches[box["i"] % len(batches)]
+        box["i"] += 1
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            loss = model(input_ids=enc, decoder_input_ids=dec_in, labels=tgt).loss
+            loss = model(input_ids=enc, attention_mask=(enc > 0).long(),
+                         decoder_input_ids=dec_in, labels=tgt).loss
         loss.backward()
         opt.step()
         sync()
         return float(loss)
 
-    first_loss = one()
+    one()
     one()
     _common.reset_peak_rss()
     steady_rss = _common.rss_bytes()
@@ -211,7 +256,10 @@ class Worker:
                "--preset", args.preset, "--batch", str(args.batch),
                "--enc_len", str(args.enc_len), "--dec_len", str(args.dec_len),
                "--export_dir", export_dir, "--peak_seconds", str(args.peak_seconds),
-               "--torch_threads", str(args.torch_threads)] + (["--fp32"] if args.fp32 else [])
+               "--torch_threads", str(args.torch_threads), "--dropout", str(args.dropout)]
+        cmd += ["--fp32"] if args.fp32 else []
+        cmd += ["--config_json", args.config_json] if args.config_json else []
+        cmd += ["--batch_file", args.batch_file] if args.batch_file else []
         self.kind = kind
         self.log = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
@@ -263,6 +311,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--fp32", action="store_true", help="fp32 even on an accelerator")
     ap.add_argument("--single_thread", action="store_true",
                     help="one thread per framework (XLA eigen pool off, torch threads 1)")
+    ap.add_argument("--experiment", default=None, metavar="GIN_FILE",
+                    help="take model, batch, feature lengths and dropout from this gin "
+                    "experiment (real batches of its task when it is registered)")
+    ap.add_argument("--real_batches", type=int, default=8,
+                    help="with --experiment: distinct real batches cycled through")
+    ap.add_argument("--dropout", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--config_json", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--batch_file", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, 1 round: seconds")
     ap.add_argument("--no_record", action="store_true", help="do not append to the results")
     ap.add_argument("--worker", choices=["flanrec", "torch"], help=argparse.SUPPRESS)
@@ -279,10 +335,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from bench.memory import train_step_bytes
     from flanrec import flops
-    from flanrec.model import get_preset
 
-    cfg = get_preset(args.preset, dropout_rate=0.0)
     with tempfile.TemporaryDirectory(prefix="flanrec-bench-") as tmp:
+        data_source = "random tokens"
+        if args.experiment:
+            data_source = _from_experiment(args, tmp)
+        cfg = _model_config(args, dropout_rate=0.0)
+        items_per_step = _items_per_step(args)
         export = os.path.join(tmp, "hf")
         ours = Worker("flanrec", args, export)
         theirs = None
@@ -307,6 +366,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 theirs.close()
 
     step_flops = flops.train_flops_per_step(cfg, args.batch, args.enc_len, args.dec_len)
+    if items_per_step is None:
+        items_per_step = float(args.batch * args.dec_len)
     peak = max(peaks["flanrec"])
     estimate = train_step_bytes(cfg, args.batch, args.enc_len, args.dec_len)
     rows, sides = [], {}
@@ -317,6 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sides[name] = {
             "step_s": t, "step_s_all": times[key], "examples_per_s": args.batch / t,
             "target_tokens_per_s": args.batch * args.dec_len / t,
+            "target_items_per_s": items_per_step / t,
             "mfu": step_flops / t / peak, "first_loss": info["first_loss"],
             "peak_rss": mem[key]["peak_rss"], "base_rss": info["base_rss"],
             "steady_rss": info["steady_rss"],
@@ -325,17 +387,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         s = sides[name]
         rows.append([name, s["step_s"] * 1e3, _common.spread(times[key]), s["examples_per_s"],
-                     s["target_tokens_per_s"], f"{100 * s['mfu']:.1f}%",
+                     s["target_items_per_s"], f"{100 * s['mfu']:.1f}%",
                      f"{s['peak_rss'] / 2**20:.0f}", f"{grown / 2**20:.0f}",
                      f"{s['mem_vs_estimate']:.2f}", f"{s['first_loss']:.5f}"])
     ratio = sides["transformers"]["step_s"] / sides["flanrec"]["step_s"]
-    header = ["framework", "step ms (median)", "min-max ms", "examples/s", "target tok/s",
+    header = ["framework", "step ms (median)", "min-max ms", "examples/s", "target items/s",
               "MFU", "peak RSS MiB", "RSS growth MiB", "growth/estimate", "first loss"]
     title = (f"train step, {cfg.name}, batch {args.batch} x {args.enc_len} in / "
-             f"{args.dec_len} out, {info_ours['dtype']}, {args.rounds} rounds x "
-             f"{args.repeats} steps alternating")
+             f"{args.dec_len} out, {info_ours['dtype']}, dropout {args.dropout}, "
+             f"{data_source}, {args.rounds} rounds x {args.repeats} steps alternating, "
+             f"load {os.getloadavg()[0]:.2f}")
     _common.print_table(title, header, rows)
-    print(f"\nflanrec / transformers target tokens/s: {ratio:.2f}x   "
+    print(f"\ntarget items per step {items_per_step:.0f}: flanrec "
+          f"{sides['flanrec']['target_items_per_s']:.0f} items/s, transformers "
+          f"{sides['transformers']['target_items_per_s']:.0f} items/s", flush=True)
+    print(f"flanrec / transformers target tokens/s: {ratio:.2f}x   "
           f"MFU flanrec {100 * sides['flanrec']['mfu']:.1f}% of {peak / 1e9:.1f} GFLOP/s "
           f"({info_ours['peak_source']}; torch's own 2048 matmul: "
           f"{sides['transformers']['own_matmul_peak'] / 1e9:.1f} GFLOP/s)   "
@@ -344,6 +410,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"AdamW {estimate['optimizer'] / 2**20:.0f}, activations "
           f"{estimate['activations'] / 2**20:.0f})", flush=True)
     record = {"bench": "train_throughput", "preset": cfg.name, "batch": args.batch,
+              "experiment": args.experiment, "data": data_source, "dropout": args.dropout,
+              "target_items_per_step": items_per_step,
               "single_thread": args.single_thread,
               "enc_len": args.enc_len, "dec_len": args.dec_len, "dtype": info_ours["dtype"],
               "rounds": args.rounds, "repeats": args.repeats, "smoke": args.smoke,
@@ -355,6 +423,67 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_record:
         print(f"appended to {_common.append_result(record)}")
     return record
+
+
+def _from_experiment(args: argparse.Namespace, tmp: str) -> str:
+    """Set shapes from a gin experiment; save real batches of its task when registered.
+
+    Returns what the batches are ("real batches of TASK" or "random tokens").
+    """
+    import gin
+    import numpy as np
+
+    from flanrec import train as train_lib
+    from flanrec.model.config import T5Config
+
+    gin.clear_config()
+    for p in (os.getcwd(), str(_common.REPO)):
+        gin.add_config_file_search_path(p)
+    gin.parse_config_files_and_bindings([args.experiment], [], skip_unknown=True,
+                                        finalize_config=False)
+    cfg = gin.get_configurable(T5Config)()
+    lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+    task = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+    args.batch = int(gin.query_parameter("%BATCH_SIZE"))
+    args.enc_len, args.dec_len = int(lengths["inputs"]), int(lengths["targets"])
+    args.dropout = float(cfg.dropout_rate)
+    args.config_json = json.dumps(cfg.replace(dropout_rate=0.0).to_dict())
+    module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
+    pack = bool(gin.query_parameter("%PACK"))
+    gin.clear_config()
+    try:
+        import importlib
+
+        import seqio
+
+        importlib.import_module(module or "tasks")
+        seqio.get_mixture_or_task(task)
+    except (ImportError, ValueError):
+        return "random tokens (task not registered: set FLANREC_DATA_DIR)"
+    stream = train_lib.train_batches(train_lib.DatasetConfig(
+        mixture_or_task_name=task, task_feature_lengths=dict(lengths), batch_size=args.batch,
+        shuffle=True, seed=0, pack=pack), args.batch, 0)
+    arrays: dict[str, Any] = {"num_batches": np.int32(args.real_batches)}
+    for i in range(args.real_batches):
+        b = next(stream)
+        for k in FEATURES:
+            arrays[f"{k}_{i}"] = b[k].astype(np.int32)
+    args.batch_file = os.path.join(tmp, "batches.npz")
+    np.savez(args.batch_file, **arrays)
+    return f"real batches of {task}"
+
+
+def _items_per_step(args: argparse.Namespace) -> float | None:
+    """Mean item predictions per step of the saved real batches: target tokens that are not
+    padding (0) and not EOS (1); None for random batches (every position is an item)."""
+    import numpy as np
+
+    if not args.batch_file:
+        return None
+    with np.load(args.batch_file) as z:
+        n = int(z["num_batches"])
+        tgt = [z[f"decoder_target_tokens_{i}"] for i in range(n)]
+    return float(np.mean([np.sum(t > 1) for t in tgt]))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-DEFAULT_EXPERIMENT = "gin/experiments/ml100k_tiny_cpu.gin"
+DEFAULT_EXPERIMENT = "gin/experiments/ml100k_quickstart.gin"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -57,12 +57,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_dir", default="runs/quickstart", help="training run directory")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="gin experiment file")
     p.add_argument("--task", default=None,
-                   help="task to rank on (default: {prefix}_seq_seqidx of the prepared data)")
+                   help="task to rank on (default: the experiment's RANK_EVAL_TASK, else "
+                   "{prefix}_seqrec_{indexing} of the prepared data when it has one, else "
+                   "{prefix}_seq_{indexing})")
     p.add_argument("--split", default="test", choices=("validation", "test"))
     p.add_argument("--num_beams", type=int, default=20)
     p.add_argument("--baselines", default="all", choices=("popularity", "sasrec", "all", "none"))
-    p.add_argument("--sasrec_seconds", type=float, default=300.0,
-                   help="wall-clock budget for SASRec training")
+    p.add_argument("--sasrec_epochs", type=int, default=50,
+                   help="SASRec's budget in epochs (early stopping on validation NDCG@10 "
+                   "may end it sooner): the same numbers on any machine, however busy")
     p.add_argument("--prepare_args", default="--train_vocab",
                    help="extra flags for flanrec.prepare")
     p.add_argument("--gin", action="append", default=[], metavar="MACRO=VALUE",
@@ -88,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _stage("prepare", [py, "-m", "flanrec.prepare", "--dataset", args.dataset,
                                "--out", data_dir, *shlex.split(args.prepare_args)], env, timings)
-        task = args.task or _default_task(data_dir)
+        task = args.task or _default_task(data_dir, experiment, args.gin)
         bindings = [f"--gin.{b}" for b in args.gin]
         _stage("train", [py, "-m", "flanrec.train", f"--gin_file={experiment}",
                          f"--gin.MODEL_DIR={model_dir}", *bindings], env, timings)
@@ -110,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _stage("baselines", [py, "-m", "flanrec.baselines", "--data_dir", data_dir,
                                  "--model", args.baselines, "--out", baseline_dir,
                                  "--split", args.split, "--k", str(args.num_beams),
-                                 "--max_train_seconds", str(args.sasrec_seconds)], env, timings)
+                                 "--max_epochs", str(args.sasrec_epochs)], env, timings)
         eval_cmd = [py, "-m", "flanrec.eval", "--predictions", infer_dir,
                     "--out", os.path.join(model_dir, f"eval_{args.split}"),
                     "--data_dir", data_dir]
@@ -128,13 +131,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _default_task(data_dir: str) -> str:
+def _default_task(data_dir: str, experiment: str, bindings: Sequence[str]) -> str:
+    """The task the experiment validates on (RANK_EVAL_TASK), else the prepared dir's seqrec
+    task, else its seq task."""
     from flanrec.data.prepared import read_prepare_json
 
+    given = _gin_value(experiment, "RANK_EVAL_TASK")
+    for b in bindings:
+        if b.startswith("RANK_EVAL_TASK="):
+            given = b.split("=", 1)[1]
+    if given and ast.literal_eval(given):
+        return str(ast.literal_eval(given))
     info = read_prepare_json(data_dir)
     prefix = info.get("task_prefix") or "ml100k"
     suffix = (info.get("index_suffixes") or ["seqidx"])[0]
-    return f"{prefix}_seq_{suffix}"
+    tasks = info.get("counts", {}).get("tasks", {})
+    family = "seqrec" if f"seqrec_{suffix}" in tasks else "seq"
+    return f"{prefix}_{family}_{suffix}"
 
 
 if __name__ == "__main__":
