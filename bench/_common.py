@@ -190,3 +190,31 @@ def quiet_logs() -> None:
 
     for name in ("absl", "jax", "tensorflow", "seqio", "orbax"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def experiment_settings(gin_file: str) -> dict[str, Any]:
+    """What a gin experiment trains: model config, task, module, lengths, batch, packing.
+
+    Parsed with gin itself (includes resolved, bindings the bench does not know skipped),
+    so a bench run is exactly the experiment's shapes.
+    """
+    import gin
+
+    from flanrec import train as train_lib  # noqa: F401  (registers the configurables)
+    from flanrec.model.config import T5Config
+
+    gin.clear_config()
+    for p in (os.getcwd(), str(REPO)):
+        gin.add_config_file_search_path(p)
+    gin.parse_config_files_and_bindings([gin_file], [], skip_unknown=True,
+                                        finalize_config=False)
+    try:
+        cfg = gin.get_configurable(T5Config)()
+        out = {"model": cfg, "task": gin.query_parameter("%MIXTURE_OR_TASK_NAME"),
+               "module": gin.query_parameter("%MIXTURE_OR_TASK_MODULE") or "tasks",
+               "lengths": dict(gin.query_parameter("%TASK_FEATURE_LENGTHS")),
+               "batch": int(gin.query_parameter("%BATCH_SIZE")),
+               "pack": bool(gin.query_parameter("%PACK"))}
+    finally:
+        gin.clear_config()
+    return out

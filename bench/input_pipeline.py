@@ -1,6 +1,8 @@
 """Input-pipeline throughput: the seqio stream `flanrec.train` feeds, against step consumption.
 
     FLANREC_DATA_DIR=data/ml-100k python bench/input_pipeline.py            # ml100k_rec_mix
+    FLANREC_DATA_DIR=data/ml-100k python bench/input_pipeline.py \
+        --experiment gin/experiments/ml100k_seqrec.gin                       # its task/shapes
     python bench/input_pipeline.py --module my_tasks --task my_task --smoke  # any seqio task
 
 Builds the training stream exactly as the trainer does (`flanrec.train.train_batches`: seqio
@@ -68,9 +70,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=100, help="timed batches per setting")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--experiment", default=None, metavar="GIN_FILE",
+                    help="take task, module, lengths and batch from a gin experiment and "
+                    "compare with the train_throughput record of that experiment")
     ap.add_argument("--smoke", action="store_true", help="few batches: seconds")
     ap.add_argument("--no_record", action="store_true")
     args = ap.parse_args(argv)
+    if args.experiment:
+        exp = _common.experiment_settings(args.experiment)
+        args.module, args.task, args.batch = exp["module"], exp["task"], exp["batch"]
+        args.inputs, args.targets = exp["lengths"]["inputs"], exp["lengths"]["targets"]
     if args.smoke:
         args.batches, args.warmup, args.batch = 3, 1, 4
     _common.quiet_logs()
@@ -85,21 +94,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.task, lengths, args.batch, pack, args.batches, args.warmup)
 
     consumers = {}
-    for preset in ("tiny", "flan-t5-small"):
+    presets: tuple[str, ...] = ("tiny", "flan-t5-small")
+    for preset in presets:
         rec = _common.last_result("train_throughput", preset=preset, smoke=False)
         if rec:
             consumers[preset] = (rec["sides"]["flanrec"]["examples_per_s"],
                                  f"{rec['batch']}x{rec['enc_len']}/{rec['dec_len']}")
+    if args.experiment:
+        rec = _common.last_result("train_throughput", experiment=args.experiment, smoke=False)
+        name = os.path.basename(args.experiment)
+        presets = (name,)
+        consumers = {name: (rec["sides"]["flanrec"]["examples_per_s"],
+                            f"{rec['batch']}x{rec['enc_len']}/{rec['dec_len']}")} if rec else {}
     rows = []
     for name, r in results.items():
         row = [name, r["startup_s"], r["batches_per_s"], r["examples_per_s"],
                r["examples_per_row"], r["cpu_s_per_batch"] * 1e3]
-        for preset in ("tiny", "flan-t5-small"):
+        for preset in presets:
             c = consumers.get(preset)
             row.append(f"{r['examples_per_s'] / c[0]:.1f}x" if c else "n/a")
         rows.append(row)
     header = ["stream", "startup s", "batches/s", "examples/s", "examples/row", "CPU ms/batch",
-              "vs tiny step", "vs flan-t5-small step"]
+              *(f"vs {p} step" for p in presets)]
     _common.print_table(f"seqio input pipeline, {args.task}, batch {args.batch}, "
                         f"{args.inputs}/{args.targets} tokens, {os.cpu_count()} cores", header,
                         rows)
@@ -107,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"train step consumption ({preset}, {shape}, from {_common.RESULTS.name}): "
               f"{eps:.3g} examples/s")
     record = {"bench": "input_pipeline", "task": args.task, "lengths": lengths,
+              "experiment": args.experiment,
               "batch": args.batch, "smoke": args.smoke, "streams": results,
               "consumers_examples_per_s": {k: v[0] for k, v in consumers.items()}}
     if not args.no_record:

@@ -263,6 +263,10 @@ class Worker:
         self.kind = kind
         self.log = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+        # One allocator for both sides (flanrec's jobs preload tcmalloc when installed, and
+        # it speeds up PyTorch as much): see flanrec.runtime.
+        preload = env.get("LD_PRELOAD", "")
+        env["LD_PRELOAD"] = " ".join(p for p in (args.tcmalloc_path, preload) if p)
         if args.single_thread:  # one core each: per-core efficiency, robust to a busy machine
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
                                 " intra_op_parallelism_threads=1").strip()
@@ -314,6 +318,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--experiment", default=None, metavar="GIN_FILE",
                     help="take model, batch, feature lengths and dropout from this gin "
                     "experiment (real batches of its task when it is registered)")
+    ap.add_argument("--allocator", choices=("auto", "tcmalloc", "system"), default="auto",
+                    help="malloc of both workers: tcmalloc (auto: when installed, as the "
+                    "flanrec jobs do) or glibc's")
     ap.add_argument("--real_batches", type=int, default=8,
                     help="with --experiment: distinct real batches cycled through")
     ap.add_argument("--dropout", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -324,6 +331,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--worker", choices=["flanrec", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--export_dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    from flanrec import runtime
+
+    args.tcmalloc_path = None if args.allocator == "system" else runtime.tcmalloc_path()
+    if args.allocator == "tcmalloc" and args.tcmalloc_path is None:
+        ap.error("--allocator tcmalloc: not installed (apt-get install libtcmalloc-minimal4)")
     if args.worker:
         (worker_flanrec if args.worker == "flanrec" else worker_torch)(args)
         return {}
@@ -395,7 +407,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "MFU", "peak RSS MiB", "RSS growth MiB", "growth/estimate", "first loss"]
     title = (f"train step, {cfg.name}, batch {args.batch} x {args.enc_len} in / "
              f"{args.dec_len} out, {info_ours['dtype']}, dropout {args.dropout}, "
-             f"{data_source}, {args.rounds} rounds x {args.repeats} steps alternating, "
+             f"{data_source}, {'tcmalloc' if args.tcmalloc_path else 'glibc malloc'}, "
+             f"{args.rounds} rounds x {args.repeats} steps alternating, "
              f"load {os.getloadavg()[0]:.2f}")
     _common.print_table(title, header, rows)
     print(f"\ntarget items per step {items_per_step:.0f}: flanrec "
@@ -411,6 +424,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{estimate['activations'] / 2**20:.0f})", flush=True)
     record = {"bench": "train_throughput", "preset": cfg.name, "batch": args.batch,
               "experiment": args.experiment, "data": data_source, "dropout": args.dropout,
+              "allocator": "tcmalloc" if args.tcmalloc_path else "system",
               "target_items_per_step": items_per_step,
               "single_thread": args.single_thread,
               "enc_len": args.enc_len, "dec_len": args.dec_len, "dtype": info_ours["dtype"],
@@ -430,39 +444,28 @@ def _from_experiment(args: argparse.Namespace, tmp: str) -> str:
 
     Returns what the batches are ("real batches of TASK" or "random tokens").
     """
-    import gin
+    import importlib
+
     import numpy as np
 
     from flanrec import train as train_lib
-    from flanrec.model.config import T5Config
 
-    gin.clear_config()
-    for p in (os.getcwd(), str(_common.REPO)):
-        gin.add_config_file_search_path(p)
-    gin.parse_config_files_and_bindings([args.experiment], [], skip_unknown=True,
-                                        finalize_config=False)
-    cfg = gin.get_configurable(T5Config)()
-    lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
-    task = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
-    args.batch = int(gin.query_parameter("%BATCH_SIZE"))
+    exp = _common.experiment_settings(args.experiment)
+    cfg, task, lengths = exp["model"], exp["task"], exp["lengths"]
+    args.batch = exp["batch"]
     args.enc_len, args.dec_len = int(lengths["inputs"]), int(lengths["targets"])
     args.dropout = float(cfg.dropout_rate)
     args.config_json = json.dumps(cfg.replace(dropout_rate=0.0).to_dict())
-    module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
-    pack = bool(gin.query_parameter("%PACK"))
-    gin.clear_config()
     try:
-        import importlib
-
         import seqio
 
-        importlib.import_module(module or "tasks")
+        importlib.import_module(exp["module"])
         seqio.get_mixture_or_task(task)
     except (ImportError, ValueError):
         return "random tokens (task not registered: set FLANREC_DATA_DIR)"
     stream = train_lib.train_batches(train_lib.DatasetConfig(
-        mixture_or_task_name=task, task_feature_lengths=dict(lengths), batch_size=args.batch,
-        shuffle=True, seed=0, pack=pack), args.batch, 0)
+        mixture_or_task_name=task, task_feature_lengths=lengths, batch_size=args.batch,
+        shuffle=True, seed=0, pack=exp["pack"]), args.batch, 0)
     arrays: dict[str, Any] = {"num_batches": np.int32(args.real_batches)}
     for i in range(args.real_batches):
         b = next(stream)

@@ -20,6 +20,11 @@ Rerunning the same command resumes: finished chunks are kept, the rest computed.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.runtime)
+    from flanrec import runtime
+
+    runtime.reexec_with_tcmalloc()
+
 import argparse
 import logging
 import os

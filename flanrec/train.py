@@ -33,6 +33,11 @@ one. `flanrec.api.load` turns such a checkpoint back into a usable model.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.runtime)
+    from flanrec import runtime
+
+    runtime.reexec_with_tcmalloc()
+
 import argparse
 import dataclasses
 import datetime

@@ -27,6 +27,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flanrec import losses, partitioning
+from flanrec.model import hash_prng
 from flanrec.model.config import T5Config
 from flanrec.peft import params as peft_params
 from flanrec.peft.specs import adapter_specs
@@ -148,6 +149,16 @@ def _forward_sums(model: nn.Module, params: Any, batch: Batch, loss_cfg: losses.
     return losses.cross_entropy_sums(logits, targets, losses.target_weights(targets), loss_cfg)
 
 
+def dropout_key(raw: jax.Array) -> jax.Array:
+    """The step's dropout key, of the hash PRNG (`flanrec.model.hash_prng`), from the raw
+    uint32 key words stored in checkpoints.
+
+    Wrapping (not re-deriving) keeps resume exact: the same stored words give the same
+    masks. Parameter initialisation keeps JAX's default PRNG.
+    """
+    return hash_prng.wrap(raw)
+
+
 def _split_microbatches(batch: Batch, n: int) -> Batch:
     """[B, …] → [n, B/n, …] taking rows n apart, so every microbatch stays spread over all
     data-parallel devices (a contiguous split would put each microbatch on 1/n of them)."""
@@ -183,7 +194,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         grad_fn = jax.grad(lambda p, b, r: (lambda s: (s["loss"], s))(
             _forward_sums(model, peft_params.combine(frozen, p), b, loss_cfg, r)),
             has_aux=True)
-        rng = jax.random.fold_in(rng, state.step)
+        rng = jax.random.fold_in(dropout_key(rng), state.step)
         if num_microbatches == 1:
             grads, sums = grad_fn(state.params, batch, rng)
         else:

@@ -18,6 +18,11 @@ interactive use only and makes the result depend on the machine's speed).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.runtime)
+    from flanrec import runtime
+
+    runtime.reexec_with_tcmalloc()
+
 import argparse
 import json
 import logging

@@ -94,3 +94,45 @@ def load_meta(data_dir: str) -> ItemMeta:
             if cats:
                 meta.categories[item] = [c.strip() for c in cats.split("|") if c.strip()]
     return meta
+
+
+def read_task_split(data_dir: str, task_dir: str, split_name: str,
+                    fields: tuple[str, ...] = ("user", "target_item", "candidates", "targets"),
+                    ) -> list[dict[str, Any]]:
+    """The records of one prepared task split as plain Python values, in file order.
+
+    For baselines that must answer exactly the examples a model answers (the direct family's
+    candidate lists, say) without re-rendering them. Examples are dealt round-robin over the
+    shards (`flanrec.data.writer`), so reading the shards interleaved restores split order.
+    Only the requested ``fields`` that the task has are decoded.
+    """
+    import tensorflow as tf
+
+    from flanrec.data import seqio_tasks, writer
+
+    root = os.path.join(data_dir, "tasks", task_dir)
+    info = writer.read_info(root)
+    if split_name not in info["splits"]:
+        raise PreparedDataError(f"{root}: no split {split_name!r} (has "
+                                f"{sorted(info['splits'])})")
+    schema = {k: v for k, v in info["features"].items() if k in fields}
+    spec = seqio_tasks.feature_description(schema)
+    shards = [list(tf.data.TFRecordDataset(os.path.join(root, f)).map(
+        lambda x: tf.io.parse_single_example(x, spec)).as_numpy_iterator())
+        for f in info["splits"][split_name]["files"]]
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, bytes):
+            return v.decode("utf-8")
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return plain(v) if isinstance(v, bytes) else v
+
+    out = []
+    for j in range(max(len(s) for s in shards)):
+        for s in shards:
+            if j < len(s):
+                out.append({k: plain(v) for k, v in s[j].items()})
+    return out

@@ -137,6 +137,50 @@ class RMSNorm(nn.Module):
         return (x32 * lax.rsqrt(var + self.epsilon) * scale).astype(self.dtype)
 
 
+@jax.custom_vjp
+def _matmul_cpu(x: Array, kernel: Array) -> Array:
+    return jnp.dot(x, kernel)
+
+
+def _matmul_cpu_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return jnp.dot(x, kernel), (x, kernel)
+
+
+def _matmul_cpu_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    """The kernel gradient x^T g as a plain matrix product of a materialised transpose of
+    the narrower of x and g (behind an optimization barrier, so XLA cannot fold it back).
+
+    XLA:CPU otherwise emits x^T g as a dot contracting the token dimension of both operands
+    and makes that legal by writing one operand transposed; it picks the output gradient,
+    which for the logits layer is a [tokens, vocab] transpose per step, the largest single
+    cost of a small model's train step (profiled with jax.profiler). Transposing the narrow
+    side (d_model wide for most kernels, the output gradient for `wo`) is cheap. Same
+    arithmetic, other summation order.
+    """
+    x, kernel = res
+    x2 = x.reshape(-1, x.shape[-1])
+    g2 = g.reshape(-1, g.shape[-1]).astype(x.dtype)
+    if x2.shape[1] <= g2.shape[1]:
+        xt = jax.lax.optimization_barrier(jnp.transpose(x2))
+        dkernel = jnp.dot(xt, g2, preferred_element_type=kernel.dtype)
+    else:  # (g^T x)^T: the small [out, in] result is transposed instead
+        gt = jax.lax.optimization_barrier(jnp.transpose(g2))
+        dkernel = jnp.transpose(jnp.dot(gt, x2, preferred_element_type=kernel.dtype))
+    dx = jnp.dot(g, kernel.T.astype(g.dtype)).astype(x.dtype)
+    return dx, dkernel.astype(kernel.dtype)
+
+
+_matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
+
+
+def _matmul(x: Array, kernel: Array, out_dtype: Any) -> Array:
+    """x @ kernel with float32 accumulation; on CPU with the transpose-sparing gradient."""
+    if jax.default_backend() == "cpu" and x.dtype == kernel.dtype == jnp.float32 and \
+            jnp.dtype(out_dtype) == jnp.float32:
+        return _matmul_cpu(x, kernel)
+    return jnp.dot(x, kernel, preferred_element_type=out_dtype)
+
+
 class Dense(nn.Module):
     """Bias-free projection with a 2-D float32 kernel, computed in the activation dtype.
 
@@ -157,8 +201,7 @@ class Dense(nn.Module):
         kernel = self.param("kernel", _boxed(self.kernel_init, self.axes),
                             (x.shape[-1], self.features), jnp.float32)
         out_dtype = self.out_dtype or self.dtype
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
-                    preferred_element_type=out_dtype)
+        y = _matmul(x.astype(self.dtype), kernel.astype(self.dtype), out_dtype)
         if lora is not None:
             xa = jnp.dot(x.astype(self.dtype), lora["lora_a"].astype(self.dtype),
                          preferred_element_type=jnp.float32) * self.lora_scale
