@@ -444,6 +444,16 @@ def resolve_prepare_vocab(vocab_path: str | None, slots: dict[str, int]):  # noq
         return None, str(e).splitlines()[0]
 
 
+def _vocab_source(trained: str | None, vocabulary) -> dict[str, str]:  # noqa: ANN001
+    """`source` (absolute path) and `source_md5` of an external SentencePiece file."""
+    path = getattr(vocabulary, "sentencepiece_model_file", "") if vocabulary else ""
+    if trained or not path or "://" in path or not os.path.isfile(path):
+        return {}
+    with open(path, "rb") as f:
+        return {"source": os.path.abspath(path),
+                "source_md5": hashlib.md5(f.read()).hexdigest()}
+
+
 def vocabulary_fingerprint(vocabulary) -> str:  # noqa: ANN001 - a seqio.Vocabulary
     """md5 of the (slot-extended) SentencePiece model: a trie is only valid for that model."""
     sp_model = getattr(vocabulary, "sp_model", None)
@@ -686,6 +696,9 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
                                if vocabulary is not None else None),
                 "trie_vocab_id": (vocabulary_fingerprint(vocabulary)
                                   if vocabulary is not None else None),
+                # The SentencePiece file tokenized with, so the dir registers with it later
+                # even without FLANREC_VOCAB (vocab.recorded_vocab_path checks its md5).
+                **_vocab_source(vocab_path, vocabulary),
                 "trie_skipped_because": why_no_vocab or None,
             },
             "tries": tries,

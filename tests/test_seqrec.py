@@ -215,3 +215,31 @@ def test_family_baselines_answer_the_prepared_examples(toy):
     assert [r["candidates"] for r in direct] == [e["candidates"] for e in shown]
     assert all(r["target_item"] in r["candidates"] for r in direct)
     assert info["bias"]["chosen_on"] == "validation RMSE"
+
+
+def test_dir_prepared_with_an_external_vocab_registers_without_the_variable(toy, tmp_path,
+                                                                           monkeypatch):
+    """prepare with FLANREC_VOCAB=... records the file and its md5; registering the dir
+    later needs no variable, and a changed file under that name is not used."""
+    import shutil
+
+    import tasks
+    from flanrec.data import vocab as vocab_lib
+    from flanrec.prepare import PrepareOptions, prepare
+
+    spm = tmp_path / "spm.model"
+    shutil.copy(toy / "vocab" / "spm.model", spm)
+    monkeypatch.setenv(vocab_lib.VOCAB_ENV, str(spm))
+    out = tmp_path / "ext"
+    prepare(PrepareOptions(dataset="ml-latest-small", out=str(out),
+                           raw_dir=str(toy.parent / "raw"), families=("seqrec",),
+                           seqrec_window=4, seqrec_encoder_items=2, allow_download=False,
+                           task_prefix="toyext"), log=lambda m: None)
+    monkeypatch.delenv(vocab_lib.VOCAB_ENV)
+    assert vocab_lib.recorded_vocab_path(str(out)) == str(spm)
+    try:
+        assert "toyext_seqrec_seqidx" in tasks.register_prepared(str(out))
+    finally:
+        tasks.unregister_prepared("toyext")
+    spm.write_bytes(spm.read_bytes() + b"\0")
+    assert vocab_lib.recorded_vocab_path(str(out)) is None

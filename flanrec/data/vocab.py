@@ -348,11 +348,33 @@ def vocabulary_for_prepared(data_dir: str, path: str | None = None) -> seqio.Voc
     if path:
         return get_vocabulary(path, item_tokens=data_dir)
     if _gin_bound_path() is None and not gin_macro(VOCAB_ENV) and not os.environ.get(VOCAB_ENV):
-        trained = trained_vocab_path(data_dir)
+        trained = trained_vocab_path(data_dir) or recorded_vocab_path(data_dir)
         if trained:
             return get_vocabulary(trained, item_tokens=data_dir, max_rows=None)
     # Leave `path` unset so a gin binding of get_vocabulary.path applies.
     return get_vocabulary(item_tokens=data_dir)
+
+
+def recorded_vocab_path(data_dir: str) -> str | None:
+    """The SentencePiece file prepare tokenized with (prepare.json `vocab.source`), if it is
+    still there with the same contents (`vocab.source_md5`); else None.
+
+    A dir prepared with `FLANREC_VOCAB=...` then registers without the variable set again,
+    and never with a changed file under the same name.
+    """
+    import hashlib
+    import json
+
+    try:
+        with open(os.path.join(data_dir, "prepare.json"), encoding="utf-8") as f:
+            rec = json.load(f).get("vocab") or {}
+    except (OSError, ValueError):
+        return None
+    path, md5 = rec.get("source"), rec.get("source_md5")
+    if not path or not md5 or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return path if hashlib.md5(f.read()).hexdigest() == md5 else None
 
 
 def _gin_bound_path() -> str | None:
