@@ -208,6 +208,15 @@ class TaskRunner:
         lengths = np.zeros(len(rows), np.int32)
         for r, ex in enumerate(rows):
             toks = np.asarray(ex["targets"])
+            target = _text(ex.get("target_item", ""))
+            if target in self.item_col:
+                want = self.vocab.encode(self.decoder.id_strings[self.item_col[target]])
+                if list(toks[-item_len:]) != list(want):
+                    raise InferenceConfigError(
+                        f"{self.info.name}: the targets of user {_text(ex.get('user', ''))} do "
+                        f"not end with the target item's tokens: TASK_FEATURE_LENGTHS"
+                        f"['targets'] ({self.tgt_len}) cut them; use at least the window "
+                        "the task was prepared with (prepare.json: options.seqrec_window)")
             head = toks[: max(len(toks) - item_len, 0)][-width:] if width else toks[:0]
             if len(head):
                 prefix[r, width - len(head):] = head
