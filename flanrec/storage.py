@@ -372,10 +372,9 @@ def read_marker(directory: str) -> dict[str, Any] | None:
 def marker_document(job: str, **fields: Any) -> dict[str, Any]:
     from flanrec import __version__
 
-    return {"format": MARKER_FORMAT, "version": 1, "job": job,
+    return {**fields, "format": MARKER_FORMAT, "version": 1, "job": job,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "host": socket.gethostname(), "pid": os.getpid(), "flanrec_version": __version__,
-            **fields}
+            "host": socket.gethostname(), "pid": os.getpid(), "flanrec_version": __version__}
 
 
 def write_marker(directory: str, job: str, **fields: Any) -> None:

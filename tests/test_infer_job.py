@@ -147,7 +147,7 @@ def test_cli_predict_two_hosts_writes_the_contract(toy, tmp_path):
         assert r["scores"] == sorted(r["scores"], reverse=True)
         assert r["invalid"] == 0 and r["duplicates"] == 0
         assert r["target_item"] and r["inputs"] and index.id_of(r["target_item"]) == r["targets"]
-    assert not [p for p in out.iterdir() if p.name.startswith(".")], "chunk dir left behind"
+    assert not [p for p in out.iterdir() if p.name.endswith(".chunks")], "chunk dir left behind"
 
 
 def test_modes_agree_with_each_other(registered, tmp_path):

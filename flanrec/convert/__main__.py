@@ -154,7 +154,7 @@ def _write(dst_kind: str, cfg: T5Config, params: dict[str, Any], out_path: str, 
            spiece: Path | None, overwrite: bool) -> None:
     """Build the output in scratch and publish it (`flanrec.storage.staged_dir`)."""
     with storage.staged_dir(out_path, "convert", replace=overwrite,
-                            replace_hint=OVERWRITE_HINT, record={"format": dst_kind}) as build:
+                            replace_hint=OVERWRITE_HINT, record={"to": dst_kind}) as build:
         write_target(dst_kind, cfg, params, Path(build), step=step, spiece=spiece)
 
 
