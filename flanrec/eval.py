@@ -570,7 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      ks=_parse_ks(args.ks), primary_task=args.primary_task, ties=args.ties,
                      plot=not args.no_plot, paired_test=not args.no_paired)
     except (EvalInputError, FileNotFoundError, PreparedDataError, UserError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        first = str(e).splitlines()[0] if str(e) else repr(e)  # gin appends "In call to ..."
+        print(f"error: {first}", file=sys.stderr)
         return 2
     return 0
 

@@ -135,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _init_distributed(args)
         summaries = infer()
     except (InferenceConfigError, ResumeMismatchError, FileNotFoundError, UserError) as e:
-        print(f"flanrec.infer: error: {e}", file=sys.stderr)
+        first = str(e).splitlines()[0] if str(e) else repr(e)  # gin appends "In call to ..."
+        print(f"flanrec.infer: error: {first}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as e:
         if "gin" in type(e).__module__ or "binding" in str(e) or "macro" in str(e):
