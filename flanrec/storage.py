@@ -248,6 +248,40 @@ def copy_file(src: str, dst: str) -> None:
     _remote("copy", f"{src} -> {dst}", lambda: _gfile().copy(src, dst, overwrite=True))
 
 
+class _RemoteFile:
+    """A tf.io.gfile.GFile whose TensorFlow errors (raised lazily, at the first read or
+    write) become StorageErrors naming the path."""
+
+    def __init__(self, path: str, mode: str) -> None:
+        self._path = path
+        self._file = _remote("open", path, lambda: _gfile().GFile(path, mode))
+
+    def read(self, n: int = -1) -> Any:
+        return _remote("read", self._path, lambda: self._file.read(n))
+
+    def readline(self) -> Any:
+        return _remote("read", self._path, self._file.readline)
+
+    def __iter__(self) -> Iterator[Any]:
+        while line := self.readline():
+            yield line
+
+    def write(self, data: Any) -> None:
+        _remote("write", self._path, lambda: self._file.write(data))
+
+    def flush(self) -> None:
+        _remote("write", self._path, self._file.flush)
+
+    def close(self) -> None:
+        _remote("write", self._path, self._file.close)
+
+    def __enter__(self) -> _RemoteFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def open(path: str | os.PathLike[str], mode: str = "r") -> IO[Any]:  # noqa: A001
     """A file object for `path`: text modes are UTF-8."""
     p = fspath(path)
@@ -255,7 +289,7 @@ def open(path: str | os.PathLike[str], mode: str = "r") -> IO[Any]:  # noqa: A00
         if "b" in mode:
             return builtins.open(p, mode)
         return builtins.open(p, mode, encoding="utf-8")
-    return _remote("open", p, lambda: _gfile().GFile(p, mode))
+    return _RemoteFile(p, mode)  # type: ignore[return-value]
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
