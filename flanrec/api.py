@@ -134,8 +134,8 @@ class CheckpointRef:
     """Which checkpoint a path named: exactly what `load_checkpoint` read.
 
     `path` is the path as given (normalized), `resolved` the directory the parameters came
-    from (a MODEL_DIR resolves to its latest complete `checkpoint_N`), `step` the N of that
-    directory (None for HF and params-only checkpoints).
+    from (a MODEL_DIR resolves to its best, else latest complete `checkpoint_N`), `step` the
+    N of that directory (None for HF and params-only checkpoints).
     """
 
     path: str

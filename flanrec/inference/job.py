@@ -62,7 +62,7 @@ class InferenceOptions:
 class CheckpointIdentity:
     """The checkpoint a run reads: where (as given, and the directory actually read), its
     step, and a sha256 over its parameters, so a resumed run can tell it is the same model
-    (a MODEL_DIR resolves to whatever step is latest *now*)."""
+    (a MODEL_DIR resolves to whatever step is best or latest *now*)."""
 
     path: str
     resolved: str
@@ -453,8 +453,8 @@ def run_inference(checkpoint_path: str, task_name: str, opts: InferenceOptions,
 
     Settings are checked (mode, task, split, checkpoint path, INFER_OUTPUT_DIR ownership)
     before the checkpoint is read or anything compiled. The checkpoint is resolved once
-    (a MODEL_DIR → its latest complete step) and identified by step and params sha256, which
-    every chunk manifest and shard record carries.
+    (a MODEL_DIR → the step its best_checkpoint.json names, else its latest complete one) and
+    identified by step and params sha256, which every chunk manifest and shard record carries.
     """
     import jax
 
