@@ -398,7 +398,7 @@ def read_marker(directory: str) -> dict[str, Any] | None:
         return None
     try:
         doc = read_json(path)
-    except ValueError:
+    except (json.JSONDecodeError, UnicodeDecodeError):  # an unreachable store still raises
         return {"format": "malformed"}
     return doc if isinstance(doc, dict) else {"format": "malformed"}
 
@@ -615,15 +615,26 @@ def staged_dir(out: str | os.PathLike[str], job: str, *, what: str = "--out",
         if is_url(target):
             _upload(build, target)
         else:
-            if os.path.lexists(target):
-                os.rename(target, os.path.join(scratch, "old"))  # removed with the scratch
-            os.rename(build, target)
+            old = os.path.join(scratch, "old")
+            moved = os.path.lexists(target)
+            if moved:
+                os.rename(target, old)  # the old output: removed with the scratch dir
+            try:
+                os.rename(build, target)
+            except BaseException:
+                if moved:
+                    os.rename(old, target)  # never lose the old output without a new one
+                raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _upload(build: str, target: str) -> None:
-    """Copy a finished local tree to an object store, marker last (see the module doc)."""
+    """Copy a finished local tree to an object store, marker last (see the module doc).
+
+    An old output of the same job is removed first (its marker before anything else), so
+    from then until the new marker lands readers see an incomplete directory, never a mix.
+    """
     if exists(target):  # an old output of this job (checked): incomplete from now on
         if exists(join(target, MARKER)):
             remove(join(target, MARKER))
