@@ -46,10 +46,11 @@ PathLike = str | os.PathLike
 
 def _as_path(path: PathLike) -> epath.Path:
     """An epath for `path`, made absolute when local: Orbax's OCDBT writer refuses relative
-    directories, and users type `--gin.MODEL_DIR=runs/x`. Remote URLs (gs://…) pass as they are.
-    """
-    text = os.fspath(path)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
+    directories, and users type `--gin.MODEL_DIR=runs/x`. gs:// URLs pass as they are; other
+    schemes are refused by name (`flanrec.storage.orbax_path`)."""
+    from flanrec import storage
+
+    return storage.orbax_path(path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -48,8 +47,9 @@ from typing import Any
 import gin
 
 from flanrec import metrics as M
-from flanrec import paired, report
+from flanrec import paired, report, storage
 from flanrec.data.prepared import PreparedDataError
+from flanrec.errors import UserError
 from flanrec.gin_cli import bindings_from_flags
 from flanrec.report import write_atomic
 
@@ -89,15 +89,15 @@ def find_prediction_files(spec: str) -> dict[tuple[str, str], list[str]]:
     are not all present (an unfinished inference run) is an error, since scoring a part of
     the users would give numbers that look complete but are not.
     """
-    if os.path.isdir(spec):
-        paths = glob.glob(os.path.join(spec, "*.jsonl-*"))
+    if storage.isdir(spec):
+        paths = storage.glob(storage.join(spec, "*.jsonl-*"))
     else:
-        paths = glob.glob(spec)
+        paths = storage.glob(spec)
     groups: dict[tuple[str, str], dict[int, str]] = {}
     totals: dict[tuple[str, str], set[int]] = {}
     for path in sorted(paths):
-        m = FILE_RE.match(os.path.basename(path))
-        if not m or not os.path.isfile(path):
+        m = FILE_RE.match(storage.basename(path))
+        if not m or not storage.isfile(path):
             continue
         key = (m["task"], m["mode"])
         groups.setdefault(key, {})[int(m["shard"])] = path
@@ -208,7 +208,7 @@ def read_records(paths: Sequence[str], task: str, mode: str) -> list[Record]:
     records: list[Record] = []
     seen: dict[tuple[str, int], str] = {}
     for path in paths:
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path) as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -479,6 +479,7 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
     bootstrap of the model against each baseline on the same users (`flanrec.paired`),
     keys `paired/{model}_vs_{baseline}/{metric}_{diff,lo,hi,p}` and a table.
     """
+    storage.check_claimable(out_dir, "eval", what="--out")  # before any work
     catalogue = Catalogue.load(data_dir) if data_dir else None
     runs = [p for p in predictions.split(",") if p] if isinstance(predictions, str) else \
         list(predictions)
@@ -496,17 +497,17 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
         key = f"paired/{row['model']}_vs_{row['baseline']}/{row['metric']}"
         flat.update({f"{key}_diff": row["diff"], f"{key}_lo": row["lo"],
                      f"{key}_hi": row["hi"], f"{key}_p": row["p_value"]})
-    os.makedirs(out_dir, exist_ok=True)
-    write_atomic(os.path.join(out_dir, METRICS_FILE),
+    out_dir = storage.claim_dir(out_dir, "eval", what="--out")
+    write_atomic(storage.join(out_dir, METRICS_FILE),
                  json.dumps(_json_safe(flat), indent=1, sort_keys=True) + "\n")
     names = section_names(model) + section_names(base)
     systems = list(zip(names, [*model, *base], strict=True))
     table = report.markdown(systems, ks)
     if comparisons:
         table += "\n" + report.paired_markdown(comparisons)
-    write_atomic(os.path.join(out_dir, TABLE_FILE), table)
+    write_atomic(storage.join(out_dir, TABLE_FILE), table)
     if plot:
-        report.plot_at_k(systems, ks, os.path.join(out_dir, PLOT_FILE))
+        report.plot_at_k(systems, ks, storage.join(out_dir, PLOT_FILE))
     if echo:
         print(table, end="")
     return flat
@@ -568,8 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      data_dir=args.data_dir or os.environ.get("FLANREC_DATA_DIR") or None,
                      ks=_parse_ks(args.ks), primary_task=args.primary_task, ties=args.ties,
                      plot=not args.no_plot, paired_test=not args.no_paired)
-    except (EvalInputError, FileNotFoundError, PreparedDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (EvalInputError, FileNotFoundError, PreparedDataError, UserError) as e:
+        first = str(e).splitlines()[0] if str(e) else repr(e)  # gin appends "In call to ..."
+        print(f"error: {first}", file=sys.stderr)
         return 2
     return 0
 

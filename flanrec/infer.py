@@ -15,7 +15,12 @@ and per mode
   predict: items, ids, scores (best first, distinct, at most NUM_BEAMS), invalid, duplicates
   score:   candidates, scores (summed log-likelihood); binary tasks also p_yes, label
   rating:  expected_rating, rating_probs {"1": p, ...}, target_rating
-Rerunning the same command resumes: finished chunks are kept, the rest computed.
+Rerunning the same command resumes: finished chunks are kept, the rest computed. A rerun
+whose CHECKPOINT_PATH now resolves to another checkpoint (a MODEL_DIR that gained a step) is
+refused, since one file would mix two models; OVERWRITE=True recomputes everything. Next to
+each shard, `{task}-{mode}-manifest-{host:05d}-of-{hosts:05d}.json` records the checkpoint
+(step, params sha256), the settings and the gin config that produced it. INFER_OUTPUT_DIR may
+be local or gs://; a directory holding files flanrec did not write is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from typing import Any
 
 import gin
 
+from flanrec import storage
+from flanrec.errors import UserError
 from flanrec.gin_cli import bindings_from_flags
 from flanrec.inference.job import InferenceOptions, run_inference
 from flanrec.inference.taskinfo import InferenceConfigError
@@ -50,19 +57,18 @@ def _data_dirs(data_dir: str | None) -> list[str]:
     `--gin.DATA_DIR=...` works without the environment variable)."""
     dirs: list[str] = []
     if data_dir:
-        path = os.path.expanduser(data_dir)
-        if not os.path.exists(os.path.join(path, "prepare.json")):
+        path = storage.normalize(data_dir)
+        if not storage.exists(storage.join(path, "prepare.json")):
             raise InferenceConfigError(f"DATA_DIR {data_dir}: no prepare.json (not a "
                                        "`python -m flanrec.prepare` output)")
         dirs.append(path)
-    dirs += [os.path.expanduser(p) for p in os.environ.get(DATA_DIR_ENV, "").split(os.pathsep)
-             if p]
+    dirs += [p if storage.is_url(p) else os.path.expanduser(p)
+             for p in storage.split_path_list(os.environ.get(DATA_DIR_ENV, ""))]
     registered: dict[str, str] = {}
     if "tasks._prepared" in sys.modules:
         registered = dict(sys.modules["tasks._prepared"].REGISTERED)
     dirs += [d for d in registered.values()]
-    if data_dir and os.path.abspath(dirs[0]) not in {os.path.abspath(d)
-                                                     for d in registered.values()}:
+    if data_dir and dirs[0] not in {storage.normalize(d) for d in registered.values()}:
         from tasks import register_prepared
 
         register_prepared(dirs[0])
@@ -75,19 +81,22 @@ def infer(*, checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
           data_dir: str | None = None, split: str = "test", batch_size: int = 32,
           mode: str = "predict", num_beams: int = 20, mask_seen: bool = True,
           constrained: bool = True, length_penalty: float = 0.0, chunk_size: int = 256,
-          candidate_block: int = 256, dtype: str | None = None) -> list[dict[str, Any]]:
-    """Run the inference job from gin; returns one summary per task (path, examples, ...)."""
+          candidate_block: int = 256, dtype: str | None = None, overwrite: bool = False
+          ) -> list[dict[str, Any]]:
+    """Run the inference job from gin; returns one summary per task (path, examples, ...).
+
+    `overwrite`: recompute every task from scratch instead of resuming (OVERWRITE=True)."""
     opts = InferenceOptions(
         output_dir=str(output_dir), task_feature_lengths=dict(task_feature_lengths),
         split=str(split), batch_size=int(batch_size), mode=str(mode),
         num_beams=int(num_beams), mask_seen=bool(mask_seen), constrained=bool(constrained),
         length_penalty=float(length_penalty), chunk_size=int(chunk_size),
-        candidate_block=int(candidate_block))
+        candidate_block=int(candidate_block), overwrite=bool(overwrite))
     from flanrec.inference.job import validate_options
 
     validate_options(opts)  # a MODE typo fails before any data or checkpoint is read
     return run_inference(str(checkpoint_path), str(mixture_or_task_name), opts,
-                         _data_dirs(data_dir), dtype)
+                         _data_dirs(data_dir), dtype, {"gin_config": gin.config_str()})
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -125,8 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_gin(args.gin_file, bindings, args.gin_search_paths)
         _init_distributed(args)
         summaries = infer()
-    except (InferenceConfigError, ResumeMismatchError, FileNotFoundError) as e:
-        print(f"flanrec.infer: error: {e}", file=sys.stderr)
+    except (InferenceConfigError, ResumeMismatchError, FileNotFoundError, UserError) as e:
+        first = str(e).splitlines()[0] if str(e) else repr(e)  # gin appends "In call to ..."
+        print(f"flanrec.infer: error: {first}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as e:
         if "gin" in type(e).__module__ or "binding" in str(e) or "macro" in str(e):

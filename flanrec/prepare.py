@@ -7,13 +7,17 @@ One offline job, run once per dataset, so that training only reads files:
 fetch (H3's `flanrec.data.fetch`) -> read -> leave-one-out split (ml100k-loo exactly) ->
 fit each item index on train sequences only -> render every task family for every split
 (`flanrec.data.examples`) -> sharded TFRecords + info.json per task -> optional SentencePiece
-training -> prefix tries of the valid item IDs. Everything is written to `OUT.tmp` and moved
-into place with os.replace at the end, so a crash never leaves a half-prepared directory
-that tasks would register.
+training -> prefix tries of the valid item IDs. Everything is built in a scratch directory this
+run creates and published by `flanrec.storage.staged_dir` (one rename locally; on gs:// the
+files are uploaded and the ownership marker written last), so a crash never leaves a
+half-prepared directory that tasks would register. An existing `--out` is replaced only when
+it is a flanrec.prepare output; anything else is refused before any work, and nothing outside
+the scratch directory is ever deleted.
 
 Layout of OUT (the contract `tasks/` and the trainer read):
 
     prepare.json                      dataset, options, counts, fingerprints, timings
+    .flanrec-output.json              ownership marker (job "prepare"), written last
     split/split.json                  per-user sequences (train items/ratings/timestamps,
                                       valid/test item and rating), catalogue, max_history
     split/sequences.tsv               user \\t i_1 ... i_n (the protocol's fingerprint text)
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -40,6 +45,9 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+from flanrec import storage
+from flanrec.errors import UserError
 
 INDEX_SUFFIX = {
     "sequential": "seqidx",
@@ -135,19 +143,24 @@ class PrepareOptions:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_dataset(opts: PrepareOptions):  # noqa: ANN201 - flanrec.data.types.Dataset
-    """fetch + read: `--dataset csv|parquet` read `--raw_dir` directly."""
+def load_dataset(opts: PrepareOptions, out: str | None = None):  # noqa: ANN201 - Dataset
+    """fetch + read: `--dataset csv|parquet` read `--raw_dir` directly. A `--raw_dir` URL
+    (gs://...) is read from a local copy. With `out`, an output that would replace the
+    fetched input folder is refused before the input is read."""
     from flanrec.data.fetch import fetch
     from flanrec.data.sources import read_dataset
 
     name = DATASET_ALIASES.get(opts.dataset, opts.dataset)
-    if name in ("csv", "parquet"):
-        if not opts.raw_dir:
-            raise SystemExit(f"--dataset {name} needs --raw_dir (the file or directory)")
-        return read_dataset(name, opts.raw_dir)
-    fetched = fetch(name, opts.cache_dir, raw_dir=opts.raw_dir,
-                    allow_download=opts.allow_download)
-    return read_dataset(fetched.kind, fetched.path)
+    if name in ("csv", "parquet") and not opts.raw_dir:
+        raise SystemExit(f"--dataset {name} needs --raw_dir (the file or directory)")
+    with storage.local_copy(opts.raw_dir or "") as raw_dir:
+        if name in ("csv", "parquet"):
+            return read_dataset(name, raw_dir)
+        fetched = fetch(name, opts.cache_dir, raw_dir=raw_dir or None,
+                        allow_download=opts.allow_download)
+        if out is not None and not opts.raw_dir:
+            storage.check_apart(out, {"the fetched dataset": str(fetched.path)})
+        return read_dataset(fetched.kind, fetched.path)
 
 
 def _sha256(text: str) -> str:
@@ -472,9 +485,9 @@ def save_trie(path: str, trie, items: Sequence[str], vocab_id: str = "") -> None
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     arrays["items"] = np.asarray(list(items), dtype=object).astype(str)
     arrays["vocab_id"] = np.asarray(vocab_id)
-    tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    storage.write_atomic(path, buf.getvalue())
 
 
 def load_trie(path: str):  # noqa: ANN201 - (flanrec.data.trie.TrieArrays, list[str])
@@ -483,7 +496,7 @@ def load_trie(path: str):  # noqa: ANN201 - (flanrec.data.trie.TrieArrays, list[
 
     from flanrec.data.trie import TrieArrays
 
-    with np.load(path) as z:
+    with np.load(io.BytesIO(storage.read_bytes(path))) as z:
         data = {k: z[k] for k in z.files}
     items = [str(x) for x in data.pop("items")]
     data.pop("vocab_id", None)
@@ -559,19 +572,17 @@ def item_trie(data_dir: str, vocabulary=None, method: str | None = None,  # noqa
     from flanrec.data.indexing import ItemIndex
     from flanrec.data.trie import build_trie
 
-    with open(os.path.join(data_dir, "prepare.json"), encoding="utf-8") as f:
-        doc = json.load(f)
+    doc = storage.read_json(storage.join(data_dir, "prepare.json"))
     method = method or doc["index_methods"][0]
     vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)
-    path = os.path.join(data_dir, "index", method, trie_file(end_with_eos))
-    if os.path.exists(path):
-        with np.load(path) as z:
+    path = storage.join(data_dir, "index", method, trie_file(end_with_eos))
+    if storage.exists(path):
+        with np.load(io.BytesIO(storage.read_bytes(path))) as z:
             stored = str(z["vocab_id"]) if "vocab_id" in z.files else ""
         if stored == vocabulary_fingerprint(vocabulary):
             return load_trie(path)
-    index = ItemIndex.load(os.path.join(data_dir, "index", method))
-    with open(os.path.join(data_dir, "split", "split.json"), encoding="utf-8") as f:
-        catalogue = json.load(f)["all_items"]
+    index = ItemIndex.load(storage.join(data_dir, "index", method))
+    catalogue = storage.read_json(storage.join(data_dir, "split", "split.json"))["all_items"]
     seqs = [vocabulary.encode(index.id_of(item)) for item in catalogue]
     trie = build_trie(seqs, eos_id=vocabulary.eos_id, vocab_size=vocabulary.vocab_size,
                       pad_id=0, dense_limit=0, end_with_eos=end_with_eos)
@@ -583,17 +594,19 @@ def item_trie(data_dir: str, vocabulary=None, method: str | None = None,  # noqa
 # ---------------------------------------------------------------------------------------------
 
 
-def _publish(tmp: str, out: str, overwrite: bool) -> None:
-    """Move the finished tmp dir into place (an existing OUT is replaced only if allowed)."""
-    if os.path.exists(out):
-        if not overwrite:
-            raise SystemExit(f"{out} exists; pass --overwrite to replace it")
-        old = f"{out}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+def _check_out(opts: PrepareOptions) -> str:
+    """--out, normalized, refused when it is (or holds) an input: before any work."""
+    out = storage.normalize(opts.out)
+    storage.check_apart(out, {"--raw_dir": opts.raw_dir,
+                              "--semantic_embeddings": (opts.semantic_embeddings
+                                                        if opts.semantic_embeddings != "tfidf"
+                                                        else None),
+                              "--semantic_encoder": opts.semantic_encoder})
+    return out
+
+
+_NO_OVERWRITE_HINT = (" and --no_overwrite was given (without it, a flanrec.prepare output "
+                      "is replaced once the new one is complete)")
 
 
 def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
@@ -621,14 +634,12 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
         raise SystemExit(f"{', '.join(semantic_opts)} only apply to --indexing semantic")
     if opts.num_shards < 2:
         raise SystemExit("--num_shards must be >= 2 (multi-host readers shard by file)")
-    out = os.path.abspath(os.path.expanduser(opts.out))
-    tmp = out + ".tmp"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
+    out = _check_out(opts)
     prefix = opts.task_prefix or task_prefix_for(opts.dataset)
-    try:
-        dataset = load_dataset(opts)
+    with storage.staged_dir(out, "prepare", replace=opts.overwrite,
+                            replace_hint=_NO_OVERWRITE_HINT,
+                            record={"dataset": opts.dataset}) as tmp:
+        dataset = load_dataset(opts, out)
         lap("read")
         split = splits_lib.leave_one_out(dataset, max_history=opts.max_history,
                                          kcore=opts.kcore, min_rating=opts.min_rating)
@@ -706,13 +717,7 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         doc["timings_s"]["total"] = round(time.time() - t0, 3)
-        with open(os.path.join(tmp, "prepare.json"), "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        _publish(tmp, out, opts.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        storage.write_json_atomic(os.path.join(tmp, "prepare.json"), doc, ensure_ascii=True)
     log(summary_table(doc, out))
     return doc
 
@@ -789,7 +794,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", help="ml-100k, ml-1m, ml-20m, amazon-2014-<Cat>, "
                    "amazon-beauty, csv, parquet, ...")
-    p.add_argument("--out", help="output directory (written atomically)")
+    p.add_argument("--out", help="output directory (written atomically; an existing one is "
+                   "replaced only if flanrec.prepare wrote it)")
     p.add_argument("--raw_dir", help="raw files (skips fetching); required for csv/parquet")
     p.add_argument("--cache_dir", default=default_cache_dir(),
                    help="fetch cache (default $FLANREC_CACHE or ~/.cache/flanrec)")
@@ -819,7 +825,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="never download anything")
     p.add_argument("--no_unseen_eval", action="store_true",
                    help="skip the test_unseen split (held-out templates)")
-    p.add_argument("--no_overwrite", action="store_true", help="fail if --out exists")
+    p.add_argument("--no_overwrite", action="store_true",
+                   help="fail (before any work) if --out exists and is not empty")
     p.add_argument("--semantic_encoder", default=None, metavar="CHECKPOINT",
                    help="semantic indexing: embed item text (title, year, genres, ...) with "
                    "this T5 checkpoint's encoder (HF dir, T5X or flanrec checkpoint), "
@@ -868,7 +875,11 @@ def main(argv: list[str] | None = None) -> int:
         semantic_batch_size=args.semantic_batch_size,
         semantic_max_length=args.semantic_max_length,
     )
-    prepare(opts)
+    try:
+        prepare(opts)
+    except UserError as e:
+        print(f"flanrec.prepare: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -21,6 +21,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from flanrec import storage
+
 DEFAULT_EXPERIMENT = "gin/experiments/ml100k_quickstart.gin"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,13 +82,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                   else os.path.join(REPO_ROOT, args.experiment))
     if not os.path.exists(experiment):
         raise SystemExit(f"--experiment {args.experiment!r}: file not found")
-    data_dir = os.path.abspath(args.data_dir)
-    model_dir = os.path.abspath(args.model_dir)
+    data_dir = storage.normalize(args.data_dir)
+    model_dir = storage.normalize(args.model_dir)
     env = dict(os.environ, FLANREC_DATA_DIR=data_dir)
     timings: list[tuple[str, float]] = []
+    prepared = storage.exists(storage.join(data_dir, "prepare.json"))
+    infer_dir = storage.join(model_dir, f"infer_{args.split}")
+    baseline_dir = storage.join(model_dir, f"baselines_{args.split}")
+    eval_dir = storage.join(model_dir, f"eval_{args.split}")
+    problem = _output_problem([
+        ("--data_dir", data_dir, None if prepared else "prepare"),
+        ("--model_dir", model_dir, "train"),
+        ("inference output", infer_dir, "infer"),
+        ("baselines output", baseline_dir, None if args.baselines == "none" else "baselines"),
+        ("evaluation output", eval_dir, "eval")])
+    if problem:  # before any stage runs: a later stage would refuse it after minutes of work
+        print(f"quickstart: error: {problem}", file=sys.stderr)
+        return 2
 
     try:
-        if os.path.exists(os.path.join(data_dir, "prepare.json")):
+        if prepared:
             print(f"=== prepare: {data_dir} exists, skipped", flush=True)
         else:
             _stage("prepare", [py, "-m", "flanrec.prepare", "--dataset", args.dataset,
@@ -99,7 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for b in args.gin:
             if b.startswith("TASK_FEATURE_LENGTHS="):
                 lengths = b.split("=", 1)[1]
-        infer_dir = os.path.join(model_dir, f"infer_{args.split}")
         infer = [py, "-m", "flanrec.infer", "--gin_file=gin/runs/infer.gin",
                  f"--gin.CHECKPOINT_PATH={model_dir}", f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
                  f"--gin.INFER_OUTPUT_DIR={infer_dir}", f"--gin.DATA_DIR={data_dir}",
@@ -108,15 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ast.literal_eval(lengths)  # fail here, not inside the infer job
             infer.append(f"--gin.TASK_FEATURE_LENGTHS={lengths}")
         _stage("infer (trie-constrained beam search)", infer, env, timings)
-        baseline_dir = os.path.join(model_dir, f"baselines_{args.split}")
         if args.baselines != "none":
             _stage("baselines", [py, "-m", "flanrec.baselines", "--data_dir", data_dir,
                                  "--model", args.baselines, "--out", baseline_dir,
                                  "--split", args.split, "--k", str(args.num_beams),
                                  "--max_epochs", str(args.sasrec_epochs)], env, timings)
         eval_cmd = [py, "-m", "flanrec.eval", "--predictions", infer_dir,
-                    "--out", os.path.join(model_dir, f"eval_{args.split}"),
-                    "--data_dir", data_dir]
+                    "--out", eval_dir, "--data_dir", data_dir]
         if args.baselines != "none":
             eval_cmd += ["--baselines", baseline_dir]
         _stage("eval", eval_cmd, env, timings)
@@ -127,8 +139,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, seconds in timings:
         print(f"  {name:<40s} {seconds:7.1f} s")
     print(f"  {'total':<40s} {sum(s for _, s in timings):7.1f} s")
-    print(f"\nmetrics: {os.path.join(model_dir, f'eval_{args.split}', 'metrics.json')}")
+    print(f"\nmetrics: {storage.join(eval_dir, 'metrics.json')}")
     return 0
+
+
+def _output_problem(outputs: Sequence[tuple[str, str, str | None]]) -> str | None:
+    """The first output directory its stage would refuse (the storage ownership rule), as
+    one line; None when every stage may write where it will."""
+    for what, path, job in outputs:
+        if job is None:
+            continue
+        why = storage.ownership_problem(path, job)
+        if why:
+            return (f"{what} {path} {why}; the {job} stage would refuse to write into it: "
+                    "choose a new or empty directory")
+    return None
 
 
 def _default_task(data_dir: str, experiment: str, bindings: Sequence[str]) -> str:

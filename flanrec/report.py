@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,21 +41,11 @@ OTHER_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 
 def write_atomic(path: str, data: str | bytes) -> None:
-    """Write to a temp name in the same directory, then rename over ``path``: a reader (or a
-    crash) never sees half a metrics file."""
-    tmp = os.path.join(os.path.dirname(path) or ".",
-                       f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        if isinstance(data, bytes):
-            with open(tmp, "wb") as f:
-                f.write(data)
-        else:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """`flanrec.storage.write_atomic`: a reader (or a crash) never sees half a metrics file,
+    on a local disk or gs://."""
+    from flanrec import storage
+
+    storage.write_atomic(path, data)
 
 
 def _cell(metrics: Mapping[str, float], key: str, fmt: str) -> str:
@@ -120,7 +109,6 @@ def plot_at_k(systems: Sequence[tuple[str, Any]], ks: Sequence[int], path: str) 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_atomic(path, buf.getvalue())
 
 

@@ -57,7 +57,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from flanrec import flops, losses, optimizers, partitioning, trainer
+from flanrec import flops, losses, optimizers, partitioning, storage, trainer
 from flanrec.convert import common
 from flanrec.gin_cli import bindings_from_flags
 from flanrec.inference.rank_eval import RankEvalConfig
@@ -172,12 +172,13 @@ def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.n
 
 # ------------------------------------------------------------------------- small helpers
 def _prepare_model_dir(model_dir: str) -> epath.Path:
-    """Create MODEL_DIR and prove it writable, before anything is compiled."""
-    path = epath.Path(model_dir)
+    """Create MODEL_DIR (refusing a directory of someone else's files, or a file system
+    Orbax cannot write) and prove it writable, before anything is compiled."""
+    path = storage.orbax_path(model_dir)
     if jax.process_index() == 0:
+        storage.claim_dir(str(path), "train", what="MODEL_DIR")
         probe = path / f".write_probe_{os.getpid()}"
         try:
-            path.mkdir(parents=True, exist_ok=True)
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
@@ -186,9 +187,7 @@ def _prepare_model_dir(model_dir: str) -> epath.Path:
 
 
 def _write_atomic(path: epath.Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    tmp.replace(path)
+    storage.write_atomic(os.fspath(path), text)
 
 
 def _format_eta(seconds: float) -> str:
@@ -607,9 +606,7 @@ def format_metrics(metrics: Mapping[str, float], keys: Sequence[str]) -> str:
 
 
 def _abs_path(path: str | None) -> str | None:
-    if path is None or "://" in str(path):
-        return path
-    return os.path.abspath(os.fspath(path))
+    return None if path is None else storage.normalize(path)
 
 
 def _with_tuning(cfg: T5Config, tuning: str, prompt: peft_config.PromptConfig | None,

@@ -11,6 +11,7 @@ import os
 
 import gin
 
+from flanrec import storage
 from flanrec.data.vocab import gin_macro
 from tasks import _prepared
 
@@ -20,7 +21,8 @@ DATA_DIR_ENV = "FLANREC_AMAZON_DATA_DIR"
 @gin.configurable
 def data_dir(path: str | None = None) -> list[str]:
     value = path or gin_macro(DATA_DIR_ENV) or os.environ.get(DATA_DIR_ENV) or ""
-    return [os.path.expanduser(p) for p in value.split(os.pathsep) if p]
+    return [p if storage.is_url(p) else os.path.expanduser(p)
+            for p in storage.split_path_list(value)]
 
 
 def register_from_config() -> dict[str, str]:

@@ -2,9 +2,9 @@
 
 Where the data lives is configuration, not code: the gin macro `FLANREC_DATA_DIR` (in the run's
 gin file; read when MIXTURE_OR_TASK_MODULE is imported), else `$FLANREC_DATA_DIR`, default
-`~/.cache/flanrec/prepared/ml-100k`. Several dirs
-may be listed, separated by `os.pathsep` (":"); each registers under the prefix its
-prepare.json names (ml-100k -> `ml100k`, ml-1m -> `ml1m`), e.g. `ml100k_seq_seqidx`.
+`~/.cache/flanrec/prepared/ml-100k`. Several dirs may be listed, separated by `os.pathsep`
+(":"; `gs://` URLs stay whole); each registers under the prefix its prepare.json names
+(ml-100k -> `ml100k`, ml-1m -> `ml1m`), e.g. `ml100k_seq_seqidx`.
 A missing dir registers nothing (so `import tasks` works before `prepare` has run).
 """
 
@@ -14,6 +14,7 @@ import os
 
 import gin
 
+from flanrec import storage
 from flanrec.data.vocab import gin_macro
 from tasks import _prepared
 
@@ -28,7 +29,8 @@ def data_dir(path: str | None = None) -> list[str]:
     the default."""
     value = (path or gin_macro(DATA_DIR_ENV) or os.environ.get(DATA_DIR_ENV)
              or DEFAULT_DATA_DIR)
-    return [os.path.expanduser(p) for p in value.split(os.pathsep) if p]
+    return [p if storage.is_url(p) else os.path.expanduser(p)
+            for p in storage.split_path_list(value)]
 
 
 def register_from_config() -> dict[str, str]:

@@ -73,7 +73,7 @@ def test_average_to_hf_and_refusals(ckpts, tmp_path, capsys):
     assert main(["--average", str(root / "a"), "--out", str(tmp_path / "one")]) == 2
     assert "at least two" in capsys.readouterr().err
     assert main(["--average", str(root / "a"), str(root / "b"), "--out", str(root / "a")]) == 2
-    assert "exists and is not empty" in capsys.readouterr().err
+    assert "must not be an --average source" in capsys.readouterr().err
     with pytest.raises(ValueError, match="parameter w has shape"):
         average_params([{"w": np.zeros(2)}, {"w": np.zeros(3)}], ["x", "y"])
     with pytest.raises(SystemExit):

@@ -111,15 +111,25 @@ def test_vocabulary_travels_with_the_weights(tmp_path, hf_dir):
 
 
 def test_refuses_existing_output_unless_overwrite(tmp_path, hf_dir, capsys):
+    """A user's directory is never replaced, not even with --overwrite (issue 13: data loss);
+    a flanrec.convert output is replaced only with --overwrite."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     args = ["--from", "hf", "--src", str(hf_dir), "--out", str(out)]
+    for extra in ([], ["--overwrite"]):
+        assert cli.main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "was not written by flanrec" in err and "keep.txt" in err, err
+        assert (out / "keep.txt").read_text() == "precious"
+    mine = tmp_path / "mine"
+    args = ["--from", "hf", "--src", str(hf_dir), "--out", str(mine)]
+    assert cli.main(args) == 0
+    capsys.readouterr()
     assert cli.main(args) == 2
     assert "exists and is not empty (pass --overwrite)" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "precious"
     assert cli.main([*args, "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "params").is_dir()
+    assert (mine / "params").is_dir() and (mine / ".flanrec-output.json").is_file()
     no_leftovers(tmp_path)
 
 

@@ -20,10 +20,14 @@ import numpy as np
 import pytest
 from hf_fixtures import random_params
 
+from flanrec.model.config import T5Config
+
 REPO = Path(__file__).resolve().parents[1]
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 LENGTHS = {"inputs": 96, "targets": 8}
 USERS, ITEMS = 24, 30
+TOY_CONFIG = T5Config(vocab_size=512, d_model=32, d_ff=64, num_heads=4, d_kv=8,
+                      num_encoder_layers=1, num_decoder_layers=1, name="tiny-infer-test")
 CONTRACT = {"task", "split", "mode", "index", "user", "inputs", "targets", "target_item",
             "template_idx", "template_type"}
 
@@ -32,7 +36,6 @@ CONTRACT = {"task", "split", "mode", "index", "user", "inputs", "targets", "targ
 def toy(tmp_path_factory):
     """(prepared data dir, checkpoint dir) shared by the tests of this module."""
     from flanrec.checkpoints import save_params_checkpoint
-    from flanrec.model.config import T5Config
     from flanrec.prepare import PrepareOptions, prepare
 
     root = tmp_path_factory.mktemp("infer")
@@ -47,9 +50,7 @@ def toy(tmp_path_factory):
     prepare(PrepareOptions(dataset="ml-latest-small", out=str(data), raw_dir=str(root / "raw"),
                            train_vocab=True, vocab_size=400, num_candidates=5,
                            allow_download=False, task_prefix="toyinf"), log=lambda m: None)
-    cfg = T5Config(vocab_size=512, d_model=32, d_ff=64, num_heads=4, d_kv=8,
-                   num_encoder_layers=1, num_decoder_layers=1, name="tiny-infer-test")
-    ckpt = save_params_checkpoint(cfg, random_params(cfg, 0), root / "ckpt")
+    ckpt = save_params_checkpoint(TOY_CONFIG, random_params(TOY_CONFIG, 0), root / "ckpt")
     return data, Path(str(ckpt))
 
 
@@ -147,7 +148,7 @@ def test_cli_predict_two_hosts_writes_the_contract(toy, tmp_path):
         assert r["scores"] == sorted(r["scores"], reverse=True)
         assert r["invalid"] == 0 and r["duplicates"] == 0
         assert r["target_item"] and r["inputs"] and index.id_of(r["target_item"]) == r["targets"]
-    assert not [p for p in out.iterdir() if p.name.startswith(".")], "chunk dir left behind"
+    assert not [p for p in out.iterdir() if p.name.endswith(".chunks")], "chunk dir left behind"
 
 
 def test_modes_agree_with_each_other(registered, tmp_path):
@@ -241,6 +242,89 @@ def test_killed_run_resumes_without_duplicates_or_gaps(registered, tmp_path):
     w2 = ChunkWriter(str(tmp_path / "o2"), task, "score", 0, 1, {"num_beams": 10})
     with pytest.raises(ResumeMismatchError, match="num_beams: 20 -> 10"):
         w2.open()
+
+
+def _save_step(model_dir: Path, step: int, seed: int) -> dict:
+    """A real training checkpoint (Orbax, committed) of the toy model at `step`."""
+    from flanrec.checkpoints import TrainCheckpointer
+
+    params = random_params(TOY_CONFIG, seed)
+    with TrainCheckpointer(model_dir, async_save=False) as c:
+        c.save(step, params, meta={"model_config": TOY_CONFIG.to_dict()})
+    return params
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_checkpoint_and_overwrite_recomputes(registered, tmp_path):
+    """Issue 13: a kill, a new checkpoint in MODEL_DIR and a rerun used to give a file with
+    some users from step 50 and the rest from step 60. Now the rerun is refused (naming both
+    steps); OVERWRITE=True recomputes every record from the new step; the output keeps a
+    record of the checkpoint, settings and gin config; a finished shard is guarded too."""
+    from flanrec.inference import run_inference
+    from flanrec.inference.job import SLEEP_ENV, params_sha256
+    from flanrec.inference.writer import ResumeMismatchError
+
+    data, _ = registered
+    task = "toyinf_direct_seqidx"
+    model_dir, out = tmp_path / "run", tmp_path / "out"
+    _save_step(model_dir, 50, seed=1)
+    flags = ("--gin.MODE=score", "--gin.BATCH_SIZE=4", "--gin.CHUNK_SIZE=4")
+    chunk_dir = out / f".{task}-score.jsonl-00000-of-00001.chunks"
+    proc = subprocess.Popen(_args(model_dir, out, task, *flags), cwd=REPO,
+                            env=_env(data, **{SLEEP_ENV: "3"}), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while len(list(chunk_dir.glob("chunk-*.jsonl"))) < 2:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.time() < deadline, "no chunks written in time"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert 2 <= len(list(chunk_dir.glob("chunk-*.jsonl"))) < USERS // 4
+    from flanrec.inference.writer import read_jsonl
+
+    step50 = {r["index"]: r for r in read_jsonl(sorted(chunk_dir.glob("chunk-*.jsonl")))}
+    new_params = _save_step(model_dir, 60, seed=2)  # training went on meanwhile
+
+    opts = _opts(out, "score", batch_size=4, chunk_size=4)
+    with pytest.raises(ResumeMismatchError) as e:
+        run_inference(str(model_dir), task, opts, [str(data)])
+    msg = str(e.value)
+    assert "\n" not in msg and "step 50" in msg and "step 60" in msg, msg
+    assert "--gin.OVERWRITE=True" in msg and str(model_dir / "checkpoint_50") in msg, msg
+
+    # OVERWRITE=True: everything from step 60, byte-identical to a clean run of step 60.
+    p = subprocess.run(_args(model_dir, out, task, *flags, "--gin.OVERWRITE=True"),
+                       cwd=REPO, env=_env(data), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    [clean] = run_inference(str(model_dir / "checkpoint_60"), task,
+                            _opts(tmp_path / "clean", "score", batch_size=4, chunk_size=4),
+                            [str(data)])
+    got, want = _records(out, task, "score"), _records(tmp_path / "clean", task, "score")
+    assert [r["index"] for r in got] == [r["index"] for r in want] == list(range(USERS))
+    for g, w in zip(got, want, strict=True):  # same records (XLA flags differ: allclose)
+        assert g["candidates"] == w["candidates"]
+        np.testing.assert_allclose(g["scores"], w["scores"], rtol=1e-5, atol=1e-5)
+        if g["index"] in step50:  # and none of the step-50 ones survived
+            assert np.abs(np.subtract(g["scores"], step50[g["index"]]["scores"])).max() > 1e-3
+    assert clean["computed"] == USERS and not chunk_dir.exists()
+    record = json.loads((out / f"{task}-score-manifest-00000-of-00001.json").read_text())
+    assert record["settings"]["checkpoint_step"] == 60
+    assert record["settings"]["params_sha256"] == params_sha256(new_params)
+    assert record["checkpoint"]["checkpoint_resolved"] == str(model_dir / "checkpoint_60")
+    assert record["records"] == USERS and record["settings"]["num_beams"] == 20
+    assert "infer.mode = %MODE" in record["gin_config"] and "OVERWRITE = True" in \
+        record["gin_config"]
+
+    # A finished shard is guarded as well: step 70 appears, the rerun is refused; pinning
+    # the step the hint names keeps the shard and computes nothing.
+    _save_step(model_dir, 70, seed=3)
+    with pytest.raises(ResumeMismatchError, match="was written from step 60.*step 70"):
+        run_inference(str(model_dir), task, opts, [str(data)])
+    [kept] = run_inference(str(model_dir / "checkpoint_60"), task, opts, [str(data)])
+    assert kept["computed"] == 0
 
 
 # ------------------------------------------------------------------------------ bad input

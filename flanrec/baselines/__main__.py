@@ -24,16 +24,16 @@ if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.
     runtime.reexec_with_tcmalloc()
 
 import argparse
-import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
 
 from flanrec import metrics as metrics_lib
+from flanrec import storage
 from flanrec.baselines import common
 from flanrec.data import prepared
+from flanrec.errors import UserError
 
 MODELS = ("popularity", "sasrec", "families")
 
@@ -76,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --k must be >= 1", file=sys.stderr)
         return 2
     try:
+        storage.check_claimable(args.out, "baselines", what="--out")  # before training
         split = prepared.load_split(args.data_dir)
-    except prepared.PreparedDataError as e:
+    except (prepared.PreparedDataError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     models = MODELS if args.model == "all" else (args.model,)
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "epochs_run": result.epochs_run, "train_seconds": result.seconds,
                 "total_seconds": time.time() - t0, "history": result.history,
                 f"{args.split}_metrics": m}
-        _write_json(os.path.join(args.out, "sasrec-train.json"), info)
+        _write_json(storage.join(args.out, "sasrec-train.json"), info)
     if "families" in models:
         from flanrec.baselines import families
 
@@ -119,15 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for task, (mode, records) in rows.items():
             path = common.write_predictions(args.out, task, records, mode)
             print(f"{task}: wrote {path}", flush=True)
-        _write_json(os.path.join(args.out, "families.json"), info)
+        _write_json(storage.join(args.out, "families.json"), info)
     return 0
 
 
 def _write_json(path: str, obj: object) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    storage.write_json_atomic(path, obj, ensure_ascii=True)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 
+from flanrec import storage
 from flanrec.data import splits, types
 
 STAGES = ("validation", "test")
@@ -49,14 +49,10 @@ def write_predictions(out_dir: str, task: str, rows: Sequence[dict], mode: str =
     Older shards of the same task with another shard count are removed first, so the
     evaluator never mixes two runs.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, shard_name(task, mode))
-    for name in os.listdir(out_dir):
-        if name.startswith(f"{task}-{mode}.jsonl-") and name != os.path.basename(path):
-            os.remove(os.path.join(out_dir, name))
-    tmp = os.path.join(out_dir, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    out_dir = storage.claim_dir(out_dir, "baselines", what="--out")
+    path = storage.join(out_dir, shard_name(task, mode))
+    for name in storage.listdir(out_dir):
+        if name.startswith(f"{task}-{mode}.jsonl-") and name != storage.basename(path):
+            storage.remove(storage.join(out_dir, name))
+    storage.write_atomic(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return path

@@ -11,20 +11,23 @@ the result is a plain Flan-T5 checkpoint every exporter writes unchanged. `--ave
 the elementwise mean of several checkpoints ("model soup", `flanrec.convert.average`).
 
 Every conversion goes through the one parameter table (`common.param_specs`), so the output
-is checked before it is written. Output is assembled under a temporary name next to `--out`
-and moved into place at the end: an interrupted run leaves nothing at `--out`.
+is checked before it is written. Output is assembled in a scratch directory and published by
+`flanrec.storage.staged_dir` (one rename locally; uploaded with its ownership marker last on
+gs://): an interrupted run leaves nothing at `--out`. A non-empty `--out` is replaced only with
+`--overwrite` and only when flanrec.convert wrote it; `--src`/`--out` may be URLs (gs://).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from flanrec import storage
 from flanrec.convert.common import count_params
 from flanrec.model.config import T5Config
 
@@ -98,73 +101,64 @@ def write_target(kind: str, cfg: T5Config, params: dict[str, Any], out: Path, *,
         raise ValueError(f"unknown target kind {kind!r}; expected one of {TARGETS}")
 
 
-def _install(built: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished output into place; an old `--out` is removed only after that."""
-    old = None
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        elif not overwrite:
-            raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite)")
-        else:
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-    os.replace(built, out)
-    if old is not None and old.is_dir():
-        shutil.rmtree(old)
-    elif old is not None:
-        old.unlink()
+OVERWRITE_HINT = " (pass --overwrite)"
 
 
 def convert(src_kind: str, src: str, out: str, dst_kind: str = "flanrec", *,
             overwrite: bool = False, step: int = 0, merge_lora: bool = False
-            ) -> tuple[T5Config, Path]:
+            ) -> tuple[T5Config, str]:
     """Convert `src` (of `src_kind`) to `out` (of `dst_kind`); returns (config, out path)."""
+    from flanrec.api import local_checkpoint
+
     out_path = _check_out(out, [src], overwrite)
-    cfg, params = read_source(src_kind, src, merge_lora)
-    spiece = find_vocabulary(src_kind, src)
-    _write(dst_kind, cfg, params, out_path, step=step, spiece=spiece, overwrite=overwrite)
+    with local_checkpoint(src) as local_src:  # a URL source is read from a local copy
+        cfg, params = read_source(src_kind, local_src, merge_lora)
+        spiece = find_vocabulary(src_kind, local_src)
+        _write(dst_kind, cfg, params, out_path, step=step, spiece=spiece, overwrite=overwrite)
     return cfg, out_path
 
 
 def average(srcs: list[str], out: str, dst_kind: str = "flanrec", *, overwrite: bool = False,
-            step: int = 0) -> tuple[T5Config, Path]:
+            step: int = 0) -> tuple[T5Config, str]:
     """Write the elementwise mean of the checkpoints `srcs` to `out` (of `dst_kind`)."""
+    from flanrec.api import local_checkpoint
     from flanrec.convert.average import load_for_average
 
     out_path = _check_out(out, srcs, overwrite)
-    cfg, params = load_for_average(srcs)
-    spiece = next((v for s in srcs for v in [find_vocabulary("flanrec", s)] if v), None)
-    _write(dst_kind, cfg, params, out_path, step=step, spiece=spiece, overwrite=overwrite)
+    with contextlib.ExitStack() as stack:
+        local = [stack.enter_context(local_checkpoint(s)) for s in srcs]
+        cfg, params = load_for_average(local)
+        spiece = next((v for s in local for v in [find_vocabulary("flanrec", s)] if v), None)
+        _write(dst_kind, cfg, params, out_path, step=step, spiece=spiece, overwrite=overwrite)
     return cfg, out_path
 
 
-def _check_out(out: str, srcs: list[str], overwrite: bool) -> Path:
-    out_path = Path(out).absolute()
-    if out_path.exists() and not overwrite and (not out_path.is_dir() or any(out_path.iterdir())):
-        raise FileExistsError(f"{out_path}: exists and is not empty (pass --overwrite)")
+def _check_out(out: str, srcs: list[str], overwrite: bool) -> str:
+    """Before anything is read: --out is neither an input nor holds one, and may be written
+    (new, empty, or a flanrec.convert output with --overwrite)."""
+    out_path = storage.normalize(out)
     for src in srcs:
-        src_path = Path(src).absolute()
-        if out_path == src_path or src_path in out_path.parents:
-            what = "--src" if len(srcs) == 1 else f"an --average source ({src})"
+        src_path = storage.normalize(src)
+        what = "--src" if len(srcs) == 1 else f"an --average source ({src})"
+        if storage.is_within(out_path, src_path):
             raise ValueError(f"--out {out_path} must not be {what} or inside it")
+        if storage.is_within(src_path, out_path):
+            raise ValueError(f"--out {out_path} must not contain {what}: replacing it would "
+                             "delete the input")
+    storage.check_replaceable(out_path, "convert", replace=overwrite,
+                              replace_hint=OVERWRITE_HINT)
     return out_path
 
 
-def _write(dst_kind: str, cfg: T5Config, params: dict[str, Any], out_path: Path, *, step: int,
+def _write(dst_kind: str, cfg: T5Config, params: dict[str, Any], out_path: str, *, step: int,
            spiece: Path | None, overwrite: bool) -> None:
-    """Build the output in a scratch dir next to `out_path`, then move it into place."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
-    try:
-        built = scratch / "out"
-        write_target(dst_kind, cfg, params, built, step=step, spiece=spiece)
-        _install(built, out_path, overwrite)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    """Build the output in scratch and publish it (`flanrec.storage.staged_dir`)."""
+    with storage.staged_dir(out_path, "convert", replace=overwrite,
+                            replace_hint=OVERWRITE_HINT, record={"to": dst_kind}) as build:
+        write_target(dst_kind, cfg, params, Path(build), step=step, spiece=spiece)
 
 
-def summary(cfg: T5Config, src_kind: str, dst_kind: str, out: Path) -> str:
+def summary(cfg: T5Config, src_kind: str, dst_kind: str, out: str | Path) -> str:
     from flanrec.convert.t5x import match_preset
 
     name = match_preset(cfg)

@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any
 
+from flanrec import storage
 from flanrec.data.types import ItemMeta, Split, UserSequence
 
 SPLIT_FILE = os.path.join("split", "split.json")
@@ -25,13 +26,13 @@ class PreparedDataError(ValueError):
 
 def read_prepare_json(data_dir: str) -> dict[str, Any]:
     """``DATA_DIR/prepare.json`` (options, fingerprints, task list) as a dict."""
-    path = os.path.join(data_dir, PREPARE_FILE)
-    if not os.path.exists(path):
+    path = storage.join(data_dir, PREPARE_FILE)
+    if not storage.exists(path):
         raise PreparedDataError(
             f"{path}: not found; is {data_dir!r} a directory written by "
             "`python -m flanrec.prepare --out ...`?")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    storage.require_complete(data_dir, "prepared data dir")
+    return json.loads(storage.read_text(path))
 
 
 def load_split(data_dir: str) -> Split:
@@ -39,11 +40,11 @@ def load_split(data_dir: str) -> Split:
 
     The file's sha256 is compared with the one in ``prepare.json`` when recorded.
     """
-    path = os.path.join(data_dir, SPLIT_FILE)
-    if not os.path.exists(path):
+    path = storage.join(data_dir, SPLIT_FILE)
+    if not storage.exists(path):
         raise PreparedDataError(f"{path}: not found (prepared data dir expected)")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    storage.require_complete(data_dir, "prepared data dir")
+    text = storage.read_text(path)
     expected = _recorded_sha(data_dir, "split.json")
     if expected and hashlib.sha256(text.encode("utf-8")).hexdigest() != expected:
         raise PreparedDataError(
@@ -72,11 +73,11 @@ def _recorded_sha(data_dir: str, name: str) -> str | None:
 
 def load_meta(data_dir: str) -> ItemMeta:
     """Item titles, years and categories from ``split/items.tsv`` (templates need them)."""
-    path = os.path.join(data_dir, "split", "items.tsv")
-    if not os.path.exists(path):
+    path = storage.join(data_dir, "split", "items.tsv")
+    if not storage.exists(path):
         raise PreparedDataError(f"{path}: not found (prepared data dir expected)")
     meta = ItemMeta(title={})
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path) as f:
         header = f.readline().rstrip("\n").split("\t")
         if header[:4] != ["item", "title", "year", "categories"]:
             raise PreparedDataError(f"{path}:1: expected header item/title/year/categories, "

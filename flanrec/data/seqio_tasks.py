@@ -291,6 +291,9 @@ def register_prepared(
             f"{data_dir}: no prepare.json, so not a flanrec.prepare output. Run "
             f"`python -m flanrec.prepare --dataset ml-100k --out {data_dir}` first."
         )
+    from flanrec import storage
+
+    storage.require_complete(data_dir, "prepared data dir")  # an unfinished gs:// upload
     vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)
     feats = output_features(vocabulary)
     names = []

@@ -94,12 +94,9 @@ def train_sentencepiece(
             "byte_fallback the vocabulary needs room for 256 byte pieces plus every "
             "character seen: raise vocab_size."
         ) from None
-    parent = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = out_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, out_path)
+    from flanrec import storage
+
+    storage.write_atomic(out_path, model.getvalue())
     return out_path
 
 
@@ -250,14 +247,16 @@ def resolve_spm_path(path: str | None = None) -> str:
     path = path or gin_macro(VOCAB_ENV) or os.environ.get(VOCAB_ENV) or None
     tried: list[str] = []
     if path:
-        if path.startswith("gs://"):
-            return path
-        if os.path.isdir(path):
+        from flanrec import storage
+
+        if storage.is_url(path) and path.endswith(".model"):
+            return path  # read by seqio through tf.io.gfile; no listing of the bucket
+        if storage.isdir(path):
             for name in ("spiece.model", "sentencepiece.model", "spm.model"):
-                if os.path.isfile(os.path.join(path, name)):
-                    return os.path.join(path, name)
+                if storage.isfile(storage.join(path, name)):
+                    return storage.join(path, name)
             tried.append(f"{path}/{{spiece,sentencepiece,spm}}.model")
-        elif os.path.isfile(path):
+        elif storage.is_url(path) or os.path.isfile(path):
             return path
         else:
             tried.append(path)

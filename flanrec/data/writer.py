@@ -183,11 +183,10 @@ def write_task(
         "splits": split_info,
         **dict(metadata or {}),
     }
-    tmp = os.path.join(task_dir, INFO_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, os.path.join(task_dir, INFO_FILE))
+    from flanrec import storage
+
+    storage.write_json_atomic(os.path.join(task_dir, INFO_FILE), info, sort_keys=True,
+                              ensure_ascii=True)
     return info
 
 

@@ -9,24 +9,29 @@ The fused file has the same contract, so ``flanrec.eval`` reads it like any run.
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from flanrec import storage
 from flanrec.ensemble import fusion
 
 Key = tuple[str, str, int]
+def check_output(out_dir: str) -> str:
+    """Before any work: refuse an --out holding files flanrec did not write."""
+    return storage.check_claimable(out_dir, "ensemble", what="--out")
+
+
+def claim_output(out_dir: str) -> str:
+    return storage.claim_dir(out_dir, "ensemble", what="--out")
 
 
 def _files(spec: str) -> list[str]:
-    if os.path.isdir(spec):
-        files = sorted(glob.glob(os.path.join(spec, "*-predict.jsonl-*")))
+    if storage.isdir(spec):
+        files = storage.glob(storage.join(spec, "*-predict.jsonl-*"))
     else:
-        files = sorted(glob.glob(spec))
-    files = [f for f in files if not os.path.basename(f).startswith(".")
+        files = storage.glob(spec)
+    files = [f for f in files if not storage.basename(f).startswith(".")
              and not f.endswith(".tmp")]
     if not files:
         raise FileNotFoundError(f"{spec}: no '*-predict.jsonl-*' prediction shards found")
@@ -37,7 +42,7 @@ def read_predictions(spec: str) -> dict[Key, dict[str, Any]]:
     """(task, split, index) -> record, from every predict shard under ``spec``."""
     out: dict[Key, dict[str, Any]] = {}
     for path in _files(spec):
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path) as f:
             for n, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -93,25 +98,16 @@ def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
 
 
 def write_jsonl_atomic(records: Sequence[dict[str, Any]], path: str) -> None:
-    """Write all records, then rename: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=".tmp-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write all records, then rename (`flanrec.storage.write_atomic`): a reader never sees
+    half a file."""
+    storage.write_atomic(path, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def fuse_prediction_dirs(specs: Sequence[str], out_dir: str, method: str = "rrf",
                          weights: Sequence[float] | None = None, top_k: int | None = None
                          ) -> list[str]:
     """Fuse runs and write ``{task}-ens-predict.jsonl-00000-of-00001`` per task."""
+    check_output(out_dir)
     members = [read_predictions(s) for s in specs]
     tasks = [{k[0] for k in m} for m in members]
     if all(len(t) == 1 for t in tasks) and len(set().union(*tasks)) > 1:
@@ -125,8 +121,9 @@ def fuse_prediction_dirs(specs: Sequence[str], out_dir: str, method: str = "rrf"
     for r in records:
         by_task.setdefault(r["task"], []).append(r)
     paths = []
+    out_dir = claim_output(out_dir)
     for task, recs in sorted(by_task.items()):
-        path = os.path.join(out_dir, f"{task}-predict.jsonl-00000-of-00001")
+        path = storage.join(out_dir, f"{task}-predict.jsonl-00000-of-00001")
         write_jsonl_atomic(recs, path)
         paths.append(path)
     return paths

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from flanrec import metrics as metrics_lib
+from flanrec import storage
 from flanrec.ensemble import fusion
-from flanrec.ensemble.files import write_jsonl_atomic
+from flanrec.ensemble.files import check_output, claim_output, write_jsonl_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +194,7 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
     if opts.method not in fusion.METHODS:
         raise ValueError(f"unknown fusion method {opts.method!r}; choose one of "
                          f"{fusion.METHODS}")
+    check_output(out_dir)  # before the checkpoint is read
     res = _Resources(checkpoint, data_dir, opts.index_method)
     task = f"{res.task_prefix}_seq_ens" if res.task_prefix else "seq_ens"
     weights = None
@@ -205,10 +207,11 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
                                                  strict=True))
         summary["weights"] = weights
     members = [predict_member(res, opts, opts.split, t) for t in opts.templates]
+    out_dir = claim_output(out_dir)
     for t, member in zip(opts.templates, members, strict=True):
         for r in member:
             r["task"] = f"{task}-t{t}"
-        write_jsonl_atomic(member, os.path.join(
+        write_jsonl_atomic(member, storage.join(
             out_dir, f"{task}-t{t}-predict.jsonl-00000-of-00001"))
     if opts.method in ("mean", "weighted"):
         tables = rescore_union(res, opts, opts.split, opts.templates, members)
@@ -227,7 +230,7 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
                    invalid=sum(m[u]["invalid"] for m in members),
                    duplicates=sum(m[u]["duplicates"] for m in members))
         fused.append(rec)
-    path = os.path.join(out_dir, f"{task}-{opts.method}-predict.jsonl-00000-of-00001")
+    path = storage.join(out_dir, f"{task}-{opts.method}-predict.jsonl-00000-of-00001")
     write_jsonl_atomic(fused, path)
     summary["path"] = path
     return summary

@@ -16,6 +16,7 @@ split is cheap next to decoding it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from flanrec import storage
 from flanrec.inference import modes, taskinfo
 from flanrec.inference.progress import Progress
 from flanrec.inference.taskinfo import InferenceConfigError, TaskInfo
@@ -53,6 +55,31 @@ class InferenceOptions:
     chunk_size: int = 256
     candidate_block: int = 256
     progress_every: float = 5.0
+    overwrite: bool = False  # recompute every task from scratch (OVERWRITE=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointIdentity:
+    """The checkpoint a run reads: where (as given, and the directory actually read), its
+    step, and a sha256 over its parameters, so a resumed run can tell it is the same model
+    (a MODEL_DIR resolves to whatever step is best or latest *now*)."""
+
+    path: str
+    resolved: str
+    step: int | None
+    params_sha256: str
+
+
+def params_sha256(params: Any) -> str:
+    """sha256 over every parameter's name, dtype, shape and bytes, in name order."""
+    from flanrec.convert.common import flatten
+
+    h = hashlib.sha256()
+    for name, value in sorted(flatten(params).items()):
+        arr = np.ascontiguousarray(np.asarray(value))
+        h.update(f"{name}\0{arr.dtype.str}\0{arr.shape}\0".encode())
+        h.update(arr.reshape(-1).view(np.uint8))
+    return h.hexdigest()
 
 
 def _text(x: Any) -> str:
@@ -314,11 +341,12 @@ class TaskRunner:
         return out
 
 
-def settings_of(info: TaskInfo, checkpoint: str, opts: InferenceOptions,
+def settings_of(info: TaskInfo, checkpoint: CheckpointIdentity, opts: InferenceOptions,
                 hosts: int) -> dict[str, Any]:
     """What must not change between an interrupted run and its resumption."""
     return {
-        "checkpoint": os.path.abspath(checkpoint), "task": info.name, "split": opts.split,
+        "checkpoint_step": checkpoint.step, "params_sha256": checkpoint.params_sha256,
+        "task": info.name, "split": opts.split,
         "mode": opts.mode, "num_beams": opts.num_beams, "mask_seen": opts.mask_seen,
         "constrained": opts.constrained, "length_penalty": opts.length_penalty,
         "task_feature_lengths": dict(opts.task_feature_lengths),
@@ -326,16 +354,25 @@ def settings_of(info: TaskInfo, checkpoint: str, opts: InferenceOptions,
     }
 
 
-def run_task(info: TaskInfo, config: T5Config, params: Any, checkpoint: str,
-             opts: InferenceOptions) -> dict[str, Any]:
-    """Infer one task split on this host; returns {path, examples, computed, seconds}."""
+def run_task(info: TaskInfo, config: T5Config, params: Any, checkpoint: CheckpointIdentity,
+             opts: InferenceOptions, provenance: Mapping[str, Any] | None = None
+             ) -> dict[str, Any]:
+    """Infer one task split on this host; returns {path, examples, computed, seconds}.
+
+    `provenance` (e.g. the gin config) goes into the shard's record."""
     import seqio
 
     host, hosts = _host()
     writer = ChunkWriter(opts.output_dir, info.name, opts.mode, host, hosts,
-                         settings_of(info, checkpoint, opts, hosts))
+                         settings_of(info, checkpoint, opts, hosts),
+                         {"checkpoint": checkpoint.path,
+                          "checkpoint_resolved": checkpoint.resolved})
+    if opts.overwrite:
+        writer.reset()
     if writer.complete():
-        log.info("%s: %s exists, skipping (delete it to recompute)", info.name, writer.final)
+        writer.check_complete()  # the same checkpoint and settings, or refused
+        log.info("%s: %s exists, skipping (OVERWRITE=True recomputes it)", info.name,
+                 writer.final)
         return {"path": writer.final, "examples": None, "computed": 0, "seconds": 0.0}
     runner = TaskRunner(info, config, params, opts)
     writer.open()
@@ -365,7 +402,7 @@ def run_task(info: TaskInfo, config: T5Config, params: Any, checkpoint: str,
         if sleep:
             time.sleep(sleep)
     progress.print()
-    path = writer.finalize(num_chunks)
+    path = writer.finalize(num_chunks, provenance)
     return {"path": path, "examples": count, "computed": computed,
             "seconds": time.time() - t0, "users_per_sec": progress.rate()}
 
@@ -419,30 +456,36 @@ def validate_options(opts: InferenceOptions) -> None:
 
 
 def run_inference(checkpoint_path: str, task_name: str, opts: InferenceOptions,
-                  data_dirs: Sequence[str] = (), dtype: str | None = None
-                  ) -> list[dict[str, Any]]:
+                  data_dirs: Sequence[str] = (), dtype: str | None = None,
+                  provenance: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Restore the checkpoint and infer every (sub-)task; returns one summary per task.
 
-    Settings are checked (mode, task, split, checkpoint path) before the checkpoint is read
-    or anything compiled.
+    Settings are checked (mode, task, split, checkpoint path, INFER_OUTPUT_DIR ownership)
+    before the checkpoint is read or anything compiled. The checkpoint is resolved once
+    (a MODEL_DIR → the step its best_checkpoint.json names, else its latest complete one) and
+    identified by step and params sha256, which every chunk manifest and shard record carries.
     """
     import jax
 
-    from flanrec.api import load_params_any
+    from flanrec.api import load_checkpoint
 
     validate_options(opts)
     infos = resolve_tasks(task_name, opts.split, opts.mode, list(data_dirs))
-    if not os.path.exists(checkpoint_path):
+    if not storage.exists(checkpoint_path):
         raise InferenceConfigError(f"CHECKPOINT_PATH {checkpoint_path}: no such file or "
                                    "directory")
-    os.makedirs(opts.output_dir, exist_ok=True)
-    config, params = load_params_any(checkpoint_path)
+    out = storage.claim_dir(opts.output_dir, "infer", what="INFER_OUTPUT_DIR")
+    opts = dataclasses.replace(opts, output_dir=out)
+    ref, config, params = load_checkpoint(checkpoint_path)
+    checkpoint = CheckpointIdentity(ref.path, ref.resolved, ref.step, params_sha256(params))
+    log.info("checkpoint %s (step %s, params sha256 %s)", checkpoint.resolved,
+             checkpoint.step, checkpoint.params_sha256[:12])
     if dtype:
         config = config.replace(dtype=dtype)
     params = jax.tree.map(jax.numpy.asarray, params)
     summaries = []
     for info in infos:
-        summary = run_task(info, config, params, checkpoint_path, opts)
+        summary = run_task(info, config, params, checkpoint, opts, provenance)
         summary["task"] = info.name
         summaries.append(summary)
     return summaries

@@ -65,8 +65,10 @@ def default_data_dirs() -> list[str]:
     import os
     import sys
 
-    dirs = [os.path.expanduser(p) for p in os.environ.get("FLANREC_DATA_DIR", "").split(
-        os.pathsep) if p]
+    from flanrec import storage
+
+    dirs = [p if storage.is_url(p) else os.path.expanduser(p)
+            for p in storage.split_path_list(os.environ.get("FLANREC_DATA_DIR", ""))]
     if "tasks._prepared" in sys.modules:
         dirs += list(sys.modules["tasks._prepared"].REGISTERED.values())
     return list(dict.fromkeys(dirs))

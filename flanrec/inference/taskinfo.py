@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
+
+from flanrec import storage
 
 MODES = ("predict", "score", "rating")
 BINARY_ANSWERS = ("no", "yes")  # flanrec.data.examples.binary_examples writes these
@@ -59,9 +60,9 @@ def stage_of(split: str) -> str | None:
 
 def _prefix(data_dir: str) -> str | None:
     try:
-        with open(os.path.join(data_dir, "prepare.json"), encoding="utf-8") as f:
-            prefix = json.load(f).get("task_prefix")
-    except (OSError, ValueError):
+        prefix = storage.read_json(storage.join(data_dir, "prepare.json")).get("task_prefix")
+    except (FileNotFoundError, PermissionError, IsADirectoryError, json.JSONDecodeError,
+            AttributeError):  # not a prepared dir; an unreachable file system still raises
         return None
     return prefix if isinstance(prefix, str) else None
 
@@ -72,12 +73,11 @@ def find_task_info(task_name: str, data_dirs: list[str]) -> TaskInfo | None:
         prefix = _prefix(data_dir)
         if not prefix or not task_name.startswith(prefix + "_"):
             continue
-        task_dir = os.path.join(data_dir, "tasks", task_name[len(prefix) + 1:])
-        path = os.path.join(task_dir, "info.json")
-        if not os.path.exists(path):
+        task_dir = storage.join(data_dir, "tasks", task_name[len(prefix) + 1:])
+        path = storage.join(task_dir, "info.json")
+        if not storage.exists(path):
             continue
-        with open(path, encoding="utf-8") as f:
-            info: dict[str, Any] = json.load(f)
+        info: dict[str, Any] = storage.read_json(path)
         return TaskInfo(task_name, data_dir, task_dir, str(info.get("family", "")),
                         str(info.get("target_kind", "text")), info.get("index_method"),
                         tuple(sorted(info.get("features", {}))),

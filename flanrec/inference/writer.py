@@ -10,103 +10,178 @@ every chunk is there, they are concatenated into
 directory is removed.
 
 A manifest with the run's settings guards the chunk directory: resuming with another
-checkpoint, mode, beam count, ... would mix two runs in one file, so it is refused.
+checkpoint (its resolved step and a hash of its parameters are part of the settings), mode,
+beam count, ... would mix two runs in one file, so it is refused; `reset` (OVERWRITE=True)
+removes this shard, its chunks and its record so that everything is recomputed. Before the
+shard is published, its record ``{task}-{mode}-manifest-{host:05d}-of-{hosts:05d}.json`` is
+written next to it: the settings, the checkpoint, the gin config and the shard's sha256, so
+the output keeps saying what produced it (and a rerun with another checkpoint is refused
+even once the shard is complete).
+
+Every file goes through ``flanrec.storage`` (temp name + rename), so INFER_OUTPUT_DIR may be
+on gs:// (or ram:// in tests) as well as on a local disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import shutil
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from flanrec import storage
+from flanrec.errors import UserError
+
 MANIFEST = "manifest.json"
-
-
-class ResumeMismatchError(ValueError):
-    """The chunk directory was written by a run with different settings."""
+CHECKPOINT_KEYS = ("checkpoint_step", "params_sha256")
+class ResumeMismatchError(UserError, ValueError):
+    """The chunk directory (or finished shard) was written by a run with other settings."""
 
 
 def shard_name(task: str, mode: str, host: int, hosts: int) -> str:
     return f"{task}-{mode}.jsonl-{host:05d}-of-{hosts:05d}"
 
 
-def _write_atomic(path: str, lines: Iterable[str]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def manifest_name(task: str, mode: str, host: int, hosts: int) -> str:
+    return f"{task}-{mode}-manifest-{host:05d}-of-{hosts:05d}.json"
+
+
+def _plain(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))  # tuples -> lists etc., as stored
+
+
+def _describe(settings: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+    step = settings.get("checkpoint_step")
+    where = record.get("checkpoint_resolved")
+    text = f"step {step}" if step is not None else "a checkpoint"
+    details = [str(where)] if where else []
+    details.append(f"params sha256 {str(settings.get('params_sha256'))[:12]}")
+    return f"{text} ({', '.join(details)})"
+
+
+def _mismatch(where: str, old: Mapping[str, Any], new: Mapping[str, Any],
+              old_record: Mapping[str, Any], new_record: Mapping[str, Any],
+              finished: bool) -> str:
+    """One line: what differs, and the two ways on (OVERWRITE, or the old checkpoint)."""
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    what = "was written" if finished else "holds chunks computed"
+    if keys and set(keys) <= set(CHECKPOINT_KEYS):
+        pin = old_record.get("checkpoint_resolved")
+        pin_hint = (f", or set CHECKPOINT_PATH={pin} to {'keep' if finished else 'finish'} "
+                    "that run") if pin else ""
+        return (f"{where} {what} from {_describe(old, old_record)}, but CHECKPOINT_PATH now "
+                f"resolves to {_describe(new, new_record)}: one output would mix two "
+                "models; rerun with --gin.OVERWRITE=True to recompute everything from the "
+                f"new checkpoint{pin_hint}")
+    diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+    return (f"{where} {what} by a run with other settings ({diff}); rerun with "
+            "--gin.OVERWRITE=True to recompute everything, or use another INFER_OUTPUT_DIR")
 
 
 class ChunkWriter:
-    """Chunk files of one (task, mode) on one host; see the module docstring."""
+    """Chunk files of one (task, mode) on one host; see the module docstring.
+
+    `settings` must match for a resume; `record` (e.g. the checkpoint paths) is stored
+    beside them but not compared.
+    """
 
     def __init__(self, out_dir: str, task: str, mode: str, host: int, hosts: int,
-                 settings: Mapping[str, Any]):
+                 settings: Mapping[str, Any], record: Mapping[str, Any] | None = None):
         self.out_dir = out_dir
-        self.final = os.path.join(out_dir, shard_name(task, mode, host, hosts))
-        self.chunk_dir = os.path.join(out_dir, "." + shard_name(task, mode, host, hosts)
+        self.final = storage.join(out_dir, shard_name(task, mode, host, hosts))
+        self.manifest = storage.join(out_dir, manifest_name(task, mode, host, hosts))
+        self.chunk_dir = storage.join(out_dir, "." + shard_name(task, mode, host, hosts)
                                       + ".chunks")
-        self.settings = json.loads(json.dumps(dict(settings)))  # plain JSON types
+        self.settings = _plain(dict(settings))
+        self.record = _plain(dict(record or {}))
 
     def complete(self) -> bool:
         """The final shard exists: this (task, mode) is done on this host."""
-        return os.path.exists(self.final)
+        return storage.exists(self.final)
+
+    def check_complete(self) -> None:
+        """Refuse a finished shard that another checkpoint or other settings produced (a
+        shard of an older flanrec, without a record, is taken as it is)."""
+        if not storage.exists(self.manifest):
+            return
+        doc = storage.read_json(self.manifest)
+        old = doc.get("settings", {}) if isinstance(doc, dict) else {}
+        if old != self.settings:
+            raise ResumeMismatchError(_mismatch(self.final, old, self.settings,
+                                                doc.get("checkpoint", {}), self.record,
+                                                finished=True))
+
+    def reset(self) -> None:
+        """Remove this shard, its record and its chunks (all written by this job)."""
+        for path in (self.manifest, self.final):
+            if storage.exists(path):
+                storage.remove(path)
+        if storage.exists(self.chunk_dir):
+            storage.rmtree(self.chunk_dir)
 
     def open(self) -> None:
         """Create or re-open the chunk dir, checking the manifest; clear stale temp files."""
-        os.makedirs(self.chunk_dir, exist_ok=True)
-        path = os.path.join(self.chunk_dir, MANIFEST)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                old = json.load(f)
+        storage.makedirs(self.chunk_dir)
+        path = storage.join(self.chunk_dir, MANIFEST)
+        if storage.exists(path):
+            doc = storage.read_json(path)
+            if isinstance(doc, dict) and isinstance(doc.get("settings"), dict):
+                old, old_record = doc["settings"], doc.get("record", {})
+            else:  # written by an older flanrec: the settings themselves
+                old, old_record = doc, {}
             if old != self.settings:
-                diff = ", ".join(f"{k}: {old.get(k)!r} -> {self.settings.get(k)!r}"
-                                 for k in sorted(set(old) | set(self.settings))
-                                 if old.get(k) != self.settings.get(k))
-                raise ResumeMismatchError(
-                    f"{self.chunk_dir} holds chunks of a run with other settings ({diff}); "
-                    "use another INFER_OUTPUT_DIR or delete that directory")
+                raise ResumeMismatchError(_mismatch(self.chunk_dir, old, self.settings,
+                                                    old_record, self.record, finished=False))
         else:
-            _write_atomic(path, [json.dumps(self.settings, indent=1, sort_keys=True) + "\n"])
-        for name in os.listdir(self.chunk_dir):
+            storage.write_json_atomic(path, {"settings": self.settings, "record": self.record},
+                                      sort_keys=True)
+        for name in storage.listdir(self.chunk_dir):
             if ".tmp-" in name:
-                os.remove(os.path.join(self.chunk_dir, name))
+                storage.remove(storage.join(self.chunk_dir, name))
 
     def chunk_path(self, chunk: int) -> str:
-        return os.path.join(self.chunk_dir, f"chunk-{chunk:06d}.jsonl")
+        return storage.join(self.chunk_dir, f"chunk-{chunk:06d}.jsonl")
 
     def has(self, chunk: int) -> bool:
-        return os.path.exists(self.chunk_path(chunk))
+        return storage.exists(self.chunk_path(chunk))
 
     def write(self, chunk: int, records: Iterable[Mapping[str, Any]]) -> None:
-        _write_atomic(self.chunk_path(chunk),
-                      (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        storage.write_atomic(self.chunk_path(chunk),
+                             (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
-    def finalize(self, num_chunks: int) -> str:
-        """Concatenate chunks 0..num_chunks-1 into the final shard; returns its path."""
+    def finalize(self, num_chunks: int, provenance: Mapping[str, Any] | None = None) -> str:
+        """Concatenate chunks 0..num_chunks-1 into the final shard; returns its path.
+
+        The record is written first and the shard last: the shard's existence means done.
+        """
         missing = [c for c in range(num_chunks) if not self.has(c)]
         if missing:
             raise RuntimeError(f"{self.chunk_dir}: chunks {missing[:5]} missing at finalize")
-
-        def lines() -> Iterable[str]:
-            for c in range(num_chunks):
-                with open(self.chunk_path(c), encoding="utf-8") as f:
-                    yield from f
-
-        _write_atomic(self.final, lines())
-        shutil.rmtree(self.chunk_dir, ignore_errors=True)
+        digest, count = hashlib.sha256(), 0
+        for line in self._lines(num_chunks):
+            digest.update(line.encode("utf-8"))
+            count += bool(line.strip())
+        storage.write_json_atomic(self.manifest, {
+            "shard": storage.basename(self.final), "records": count,
+            "sha256": digest.hexdigest(), "settings": self.settings,
+            "checkpoint": self.record, **_plain(dict(provenance or {})),
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            sort_keys=True)
+        storage.write_atomic(self.final, self._lines(num_chunks))
+        storage.rmtree(self.chunk_dir)
         return self.final
+
+    def _lines(self, num_chunks: int) -> Iterator[str]:
+        for c in range(num_chunks):
+            with storage.open(self.chunk_path(c)) as f:
+                yield from f
 
 
 def read_jsonl(paths: Iterable[str]) -> list[dict[str, Any]]:
     """Every record of the given JSONL files, in order (a helper for readers and tests)."""
     out = []
     for p in paths:
-        with open(p, encoding="utf-8") as f:
+        with storage.open(str(p)) as f:
             out.extend(json.loads(line) for line in f if line.strip())
     return out

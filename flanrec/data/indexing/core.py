@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -97,7 +96,9 @@ class ItemIndex:
         ``slot_map`` defaults to ``token_slot_map(self.new_tokens, **slot_opts)`` (Flan-T5
         layout), so the mapping the model trains with is always stored beside the index.
         """
-        os.makedirs(directory, exist_ok=True)
+        from flanrec import storage
+
+        storage.makedirs(directory)
         if "reserved_extra_ids" in slot_opts:  # used twice below: no one-shot iterators
             slot_opts["reserved_extra_ids"] = tuple(slot_opts["reserved_extra_ids"])
         write_json_atomic(os.path.join(directory, INDEX_FILE), self.to_json())
@@ -111,15 +112,16 @@ class ItemIndex:
             if missing:
                 raise ValueError(f"slot_map lacks {len(missing)} new tokens, e.g. {missing[:3]}")
             write_json_atomic(slots_path, slot_map_json(slot_map, **slot_opts))
-        elif os.path.exists(slots_path):
-            os.remove(slots_path)  # a stale map from an earlier index would mislead
+        elif storage.exists(slots_path):
+            storage.remove(slots_path)  # a stale map from an earlier index would mislead
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ItemIndex:
-        path = os.path.join(directory, INDEX_FILE)
+        from flanrec import storage
+
+        path = storage.join(os.fspath(directory), INDEX_FILE)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+            data = storage.read_json(path)
         except FileNotFoundError:
             raise DataError(path, "an item index written by ItemIndex.save",
                             hint="file not found") from None
@@ -151,39 +153,12 @@ class ItemIndex:
             raise DataError(path, "a valid item index", hint=str(e)) from None
 
 
-def _current_umask() -> int:
-    """The process umask; from /proc on Linux (os.umask can only read it by changing it,
-    which races with other threads creating files)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON to a temp file in the same directory, then os.replace: never half a file.
+    """JSON through `flanrec.storage.write_atomic` (temp name, then rename: never half a
+    file; the mode a plain open() gives, so indexes in shared data dirs stay readable)."""
+    from flanrec import storage
 
-    mkstemp creates the temp file 0600; the result gets the mode a plain open() would give
-    (0666 minus the umask, usually 0644), so indexes in shared data dirs stay readable.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        os.fchmod(fd, 0o666 & ~_current_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    storage.write_json_atomic(path, obj)
 
 
 def _user_sort_key(user: str) -> tuple[int, int, str]:

@@ -79,15 +79,15 @@ def load_slot_map(directory: str) -> dict[str, int]:
     import json
     import os
 
+    from flanrec import storage
     from flanrec.data.errors import DataError
     from flanrec.data.indexing.core import SLOTS_FILE
 
-    path = os.path.join(directory, SLOTS_FILE)
-    if not os.path.exists(path):
+    path = storage.join(os.fspath(directory), SLOTS_FILE)
+    if not storage.exists(path):
         return {}
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = storage.read_json(path)
     except json.JSONDecodeError as e:
         raise DataError(path, "valid JSON", line=e.lineno, hint=e.msg) from None
     tokens = data.get("tokens") if isinstance(data, dict) else None
