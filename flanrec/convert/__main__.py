@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from flanrec.convert.common import count_params
+from flanrec.convert.common import check_finite, count_params, flatten
 from flanrec.model.config import T5Config
 
 SOURCES = ("hf", "t5x", "flanrec")
@@ -122,6 +122,7 @@ def convert(src_kind: str, src: str, out: str, dst_kind: str = "flanrec", *,
     """Convert `src` (of `src_kind`) to `out` (of `dst_kind`); returns (config, out path)."""
     out_path = _check_out(out, [src], overwrite)
     cfg, params = read_source(src_kind, src, merge_lora)
+    check_finite(flatten(params), f"--src {src}")
     spiece = find_vocabulary(src_kind, src)
     _write(dst_kind, cfg, params, out_path, step=step, spiece=spiece, overwrite=overwrite)
     return cfg, out_path
