@@ -361,8 +361,8 @@ def _refuse_on_all_hosts(message: str) -> None:
 
         flag = int(multihost_utils.broadcast_one_to_all(np.int32(1 if message else 0)))
         if flag and not message:
-            raise DamagedCheckpointError("process 0 found no intact checkpoint in this "
-                                         "MODEL_DIR (see its log)")
+            raise DamagedCheckpointError("process 0 refused a damaged checkpoint of this "
+                                         "MODEL_DIR (its log names the files)")
     if message:
         raise DamagedCheckpointError(message)
 
@@ -536,9 +536,14 @@ class TrainCheckpointer:
         if not is_complete(d):
             raise FileNotFoundError(f"{d}: no complete checkpoint for step {step} "
                                     f"(complete: {self.all_steps()})")
+        refusal = ""
         if jax.process_index() == 0:  # the others read what process 0 verified
             items = (PARAMS, META) + ((OPT_STATE,) if abstract_opt_state is not None else ())
-            verify_checkpoint(d, items)
+            try:
+                verify_checkpoint(d, items)
+            except DamagedCheckpointError as e:
+                refusal = str(e)
+        _refuse_on_all_hosts(refusal)
         return _restore_items(d, abstract_params, abstract_opt_state, restore_opt=True)
 
     def wait(self) -> None:
