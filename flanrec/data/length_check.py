@@ -71,22 +71,29 @@ def _leaf_tasks(name: str) -> list[tuple[object, float]]:
 def measure(task_name: str, lengths: Mapping[str, int], split: str = "train",
             sample: int = DEFAULT_SAMPLE) -> list[FeatureReport]:
     """Token lengths (EOS included, untrimmed) of the first examples of each leaf task of
-    `task_name` that has `split`; `sample` examples in all, at least 200 per task."""
+    `task_name` that has `split`; `sample` examples in all, at least 50 per task. A task
+    that cannot be read this way is logged and left out (training reads it differently)."""
     tasks = [(t, r) for t, r in _leaf_tasks(task_name) if split in t.splits]
     total = sum(r for _, r in tasks)
     if not tasks or total <= 0:
         return []
-    per_task = max(200, math.ceil(sample / len(tasks)))
+    per_task = max(50, math.ceil(sample / len(tasks)))
     out = []
     for task, rate in tasks:
         features = [f for f in ("inputs", "targets") if f in lengths and f in
                     task.output_features]
-        ds = task.get_dataset({f: _NO_LIMIT for f in task.output_features}, split=split,
-                              shuffle=False, num_epochs=1, use_cached=False, seed=None)
         seen: dict[str, list[int]] = {f: [] for f in features}
-        for ex in ds.take(per_task).as_numpy_iterator():
-            for f in features:
-                seen[f].append(int(np.asarray(ex[f]).shape[0]))
+        try:
+            ds = task.get_dataset({f: _NO_LIMIT for f in task.output_features}, split=split,
+                                  shuffle=False, num_epochs=1, use_cached=False, seed=None)
+            for ex in ds.take(per_task).as_numpy_iterator():
+                for f in features:
+                    seen[f].append(int(np.asarray(ex[f]).shape[0]))
+        except Exception as e:  # noqa: BLE001 - a check must not be what breaks the run
+            logging.getLogger(__name__).warning(
+                "TASK_FEATURE_LENGTHS: could not sample %s/%s to check lengths (%s: %s)",
+                task.name, split, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            continue
         for f in features:
             lens = np.asarray(seen[f], np.int64)
             if not lens.size:
