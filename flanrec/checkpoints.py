@@ -11,7 +11,11 @@ Orbax does the heavy lifting: async writes, multi-host coordination (every proce
 own shards, the primary host writes the JSON and commits), atomic finalisation (temp dir then
 rename locally, a `commit_success.txt` marker on GCS). What flanrec adds is a strict notion of
 "complete": a step counts only when its directory carries Orbax's commit marker, so a job killed
-mid-save (or a directory copied half-way) is never resumed from.
+mid-save (or a directory copied half-way) is never resumed from; and "intact": once a step is
+committed the primary host records the sha256 of each of its files (`checksums.json`,
+`flanrec.checksums`), and every reader verifies the files it reads. Reading a MODEL_DIR falls
+back to the newest checkpoint that verifies, warning about each damaged one; a checkpoint
+named explicitly must verify itself. Checkpoints from before checksums load with a warning.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +35,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from flanrec import __version__
+from flanrec import checksums as checksums_lib
 from flanrec.convert.common import check_params, flatten, unflatten
+from flanrec.errors import UserError
 from flanrec.model.config import T5Config
 
 log = logging.getLogger(__name__)
@@ -138,18 +145,31 @@ def resolve_checkpoint(path: PathLike, prefer_best: bool = True) -> epath.Path:
         for item in (PARAMS, META):
             if not (p / item).is_dir():
                 raise ValueError(f"{p}: flanrec checkpoint without its '{item}' item")
+        verify_checkpoint(p, (PARAMS, META))
         return p
     steps = _step_dirs(p)
     if steps:
         best = best_step(p) if prefer_best else None
         if best is not None:
-            log.info("%s: using checkpoint %d, the best by validation (%s)", p, best, BEST_FILE)
-            return step_dir(p, best)
+            d = step_dir(p, best)
+            problems = check_integrity(d, (PARAMS, META))
+            if not problems:
+                if problems is None:
+                    _warn_unverified(d)
+                log.info("%s: using checkpoint %d, the best by validation (%s)", p, best,
+                         BEST_FILE)
+                return d
+            _warn_once(f"damaged:{d}:best", "%s: the best checkpoint %s (%s) is damaged (%s); "
+                       "using the newest checkpoint that verifies instead", p, d.name, BEST_FILE,
+                       _describe(problems))
         done = [(s, d) for s, d in steps if is_complete(d)]
         if not done:
             raise ValueError(f"{p}: MODEL_DIR has no complete checkpoint (found only incomplete "
                              f"{[d.name for _, d in steps]})")
-        return done[-1][1]
+        if steps[-1][0] != done[-1][0]:
+            _warn_once(f"incomplete:{steps[-1][1]}", "%s: skipping incomplete %s (no Orbax "
+                       "commit marker: interrupted while being written)", p, steps[-1][1].name)
+        return newest_verified(p, [d for _, d in done], (PARAMS, META))
     hint = ""
     if (p / "config.json").exists():
         hint = " (it looks like a Hugging Face model: use flanrec.api.load_params_any or " \
@@ -159,6 +179,118 @@ def resolve_checkpoint(path: PathLike, prefer_best: bool = True) -> epath.Path:
     raise ValueError(f"{p}: not a flanrec checkpoint: expected a MODEL_DIR with "
                      f"{STEP_PREFIX}_N/ subdirectories, a {STEP_PREFIX}_N dir or a params-only "
                      f"dir, each holding '{PARAMS}/' and '{META}/' items{hint}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Integrity: checksums recorded after the commit, verified before a read
+
+
+class DamagedCheckpointError(UserError, ValueError):
+    """A checkpoint's files differ from the checksums recorded when it was saved (or no
+    checkpoint of a MODEL_DIR verifies). The message names the checkpoint and the files."""
+
+
+_warned: set[str] = set()
+_verify_cache: dict[tuple[str, tuple[str, ...] | None], tuple[Any, list[str] | None]] = {}
+_cache_lock = threading.Lock()
+
+
+def _warn_once(key: str, msg: str, *args: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(msg, *args)
+
+
+def _signature(ckpt: epath.Path) -> tuple[tuple[str, int, int, int], ...] | None:
+    """What the verification cache is keyed on: every file's size and (local) ns change
+    times. None (never cached) for remote paths, whose stat has only whole seconds."""
+    if "://" in os.fspath(ckpt):
+        return None
+    out = []
+    for rel, f in checksums_lib.walk(ckpt):
+        st = os.stat(os.fspath(f))
+        out.append((rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
+
+
+def check_integrity(ckpt_dir: PathLike, items: tuple[str, ...] | None = (PARAMS, META)
+                    ) -> list[str] | None:
+    """Problems of `ckpt_dir`'s `items` against its checksums.json ([] = intact), or None when
+    it has none. Cached per process while no file changes, so resolving a checkpoint and then
+    restoring it hashes its files once."""
+    p = _as_path(ckpt_dir)
+    key = (os.fspath(p), items)
+    sig = _signature(p)
+    with _cache_lock:
+        hit = _verify_cache.get(key)
+    if sig is not None and hit is not None and hit[0] == sig:
+        return hit[1]
+    result = checksums_lib.verify(p, items)
+    with _cache_lock:
+        _verify_cache[key] = (sig, result)
+    return result
+
+
+def _describe(problems: list[str]) -> str:
+    return "; ".join(problems[:3]) + (f"; … ({len(problems) - 3} more)" if len(problems) > 3
+                                      else "")
+
+
+def _warn_unverified(ckpt: epath.Path) -> None:
+    _warn_once(f"unverified:{ckpt}", "%s has no %s (saved before flanrec recorded checksums, "
+               "or the job stopped right after the commit): it cannot be verified and is "
+               "read as it is", ckpt, checksums_lib.CHECKSUMS_FILE)
+
+
+def verify_checkpoint(ckpt_dir: PathLike, items: tuple[str, ...] | None = (PARAMS, META)
+                      ) -> None:
+    """Raise DamagedCheckpointError when a file of `items` is missing, truncated or changed;
+    warn once when the checkpoint has no checksums (back-compat: it is still read)."""
+    p = _as_path(ckpt_dir)
+    problems = check_integrity(p, items)
+    if problems is None:
+        _warn_unverified(p)
+    elif problems:
+        raise DamagedCheckpointError(
+            f"checkpoint {p} is damaged: {_describe(problems)}. It was named explicitly, so no "
+            "other checkpoint is tried; give its MODEL_DIR to use the newest checkpoint that "
+            "verifies")
+
+
+def newest_verified(model_dir: PathLike, candidates: list[epath.Path],
+                    items: tuple[str, ...] | None = (PARAMS, META)) -> epath.Path:
+    """The newest of `candidates` (complete step dirs, ascending) whose files verify.
+
+    Each damaged one skipped is warned about by name; if none verifies, one
+    DamagedCheckpointError lists them all. A checkpoint without checksums (older flanrec)
+    counts as usable, with a warning."""
+    damaged = []
+    for d in reversed(candidates):
+        problems = check_integrity(d, items)
+        if problems:
+            _warn_once(f"damaged:{d}:{items}", "%s is damaged (%s); falling back to an older "
+                       "checkpoint", d, _describe(problems))
+            damaged.append(f"{d.name}: {_describe(problems)}")
+            continue
+        if problems is None:
+            _warn_unverified(d)
+        if damaged:
+            _warn_once(f"fallback:{d}:{items}", "%s: using %s, the newest checkpoint that "
+                       "verifies", model_dir, d.name)
+        return d
+    raise DamagedCheckpointError(
+        f"{_as_path(model_dir)}: no checkpoint verifies against its recorded checksums: "
+        + " | ".join(damaged) + ". Restore the files (or move the damaged checkpoints out of "
+        "the directory to start over)")
+
+
+def record_checksums(ckpt_dir: PathLike) -> None:
+    """Write checksums.json for a committed checkpoint (primary host only; idempotent)."""
+    if jax.process_index() != 0:
+        return
+    p = _as_path(ckpt_dir)
+    if is_complete(p) and not checksums_lib.has_checksums(p):
+        checksums_lib.record(p)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,6 +354,20 @@ def _check_shapes(stored: Any, abstract: Any, where: str) -> None:
                          + "; ".join(problems[:5]) + (" …" if len(problems) > 5 else ""))
 
 
+def _refuse_on_all_hosts(message: str) -> None:
+    """Raise DamagedCheckpointError on every process when process 0 refused (`message`), so
+    no host waits forever in the next barrier."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        flag = int(multihost_utils.broadcast_one_to_all(np.int32(1 if message else 0)))
+        if flag and not message:
+            raise DamagedCheckpointError("process 0 refused a damaged checkpoint of this "
+                                         "MODEL_DIR (its log names the files)")
+    if message:
+        raise DamagedCheckpointError(message)
+
+
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -240,7 +386,13 @@ class TrainCheckpointer:
     the primary host writes `meta`. At start the primary host renames any incomplete
     `checkpoint_N` (e.g. left by a killed job on GCS) to `checkpoint_N.incomplete-<time>`, so
     Orbax neither counts it toward `max_to_keep` nor collides with it when step N is saved
-    again; nothing is deleted.
+    again; nothing is deleted. Likewise a complete checkpoint newer than the newest one that
+    verifies against its checksums goes to `checkpoint_N.damaged-<time>` (with a warning
+    naming the files), so the run resumes from the newest intact step and can save step N
+    again; if no checkpoint verifies, the constructor refuses with one error.
+
+    After each save is committed the primary host records the checksums of its files (a
+    background thread notices the commit of an async save; `wait`/`close` make sure).
     """
 
     def __init__(self, model_dir: PathLike, *, max_to_keep: int | None = 3,
@@ -254,6 +406,10 @@ class TrainCheckpointer:
                     aside = d.parent / f"{d.name}.incomplete-{int(time.time())}"
                     log.warning("moving incomplete checkpoint %s aside to %s", d, aside)
                     d.rename(aside)
+        refusal = self._set_aside_damaged() if jax.process_index() == 0 else ""
+        _refuse_on_all_hosts(refusal)
+        self._recorders: dict[int, threading.Thread] = {}
+        self._stop_recorders = threading.Event()
         _sync(f"flanrec_ckpt_init:{self.model_dir}")
         # With `best_metric`, the step with the highest value of that metric (passed to
         # `save(metrics=...)`) is kept besides the `max_to_keep` latest ones: it is the
@@ -285,13 +441,70 @@ class TrainCheckpointer:
             items[OPT_STATE] = ocp.args.StandardSave(opt_state)
         items[META] = ocp.args.JsonSave(_json_meta(meta, step))
         try:
-            return bool(self._manager.save(
+            started = bool(self._manager.save(
                 int(step), args=ocp.args.Composite(**items), force=force,
                 metrics=dict(metrics) if metrics is not None else None))
         except ocp.checkpoint_manager.StepAlreadyExistsError:
             # As T5X: a step is written once (e.g. the final save right after a periodic one).
             log.info("checkpoint for step %d already exists; not saving it again", step)
             return False
+        if started:
+            self._record_when_committed(int(step))
+        return started
+
+    def _set_aside_damaged(self) -> str:
+        """Primary host, at start: move complete checkpoints newer than the newest intact one
+        aside; returns the refusal message when none is intact ("" otherwise)."""
+        done = [d for _, d in _step_dirs(self.model_dir) if is_complete(d)]
+        if not done:
+            return ""
+        try:
+            keep = newest_verified(self.model_dir, done, None)
+        except DamagedCheckpointError as e:
+            return str(e)
+        for d in done[done.index(keep) + 1:]:
+            aside = d.parent / f"{d.name}.damaged-{int(time.time())}"
+            log.warning("moving damaged checkpoint %s aside to %s (kept for inspection); "
+                        "resuming from %s", d, aside, keep.name)
+            d.rename(aside)
+        return ""
+
+    def _record_when_committed(self, step: int) -> None:
+        """Record the step's checksums as soon as Orbax has committed it."""
+        if jax.process_index() != 0:
+            return
+        d = step_dir(self.model_dir, step)
+        if is_complete(d):  # a synchronous save
+            record_checksums(d)
+            return
+
+        def poll() -> None:
+            while True:
+                try:
+                    if is_complete(d):
+                        record_checksums(d)
+                        return
+                except OSError as e:  # e.g. removed by keep-N meanwhile: `wait` retries
+                    log.debug("recording checksums of %s: %s", d, e)
+                    return
+                if self._stop_recorders.wait(0.2):
+                    return
+
+        thread = threading.Thread(target=poll, name=f"flanrec-checksums-{step}", daemon=True)
+        self._recorders[step] = thread
+        thread.start()
+
+    def _finish_recording(self) -> None:
+        """After Orbax finished: stop the pollers and record every committed step they
+        missed (a thread may have stopped before the commit became visible)."""
+        self._stop_recorders.set()
+        for step, thread in list(self._recorders.items()):
+            thread.join()
+            d = step_dir(self.model_dir, step)
+            if d.exists():
+                record_checksums(d)
+        self._recorders.clear()
+        self._stop_recorders.clear()
 
     def should_save(self, step: int) -> bool:
         return bool(self._manager.should_save(int(step)))
@@ -324,14 +537,24 @@ class TrainCheckpointer:
         if not is_complete(d):
             raise FileNotFoundError(f"{d}: no complete checkpoint for step {step} "
                                     f"(complete: {self.all_steps()})")
+        refusal = ""
+        if jax.process_index() == 0:  # the others read what process 0 verified
+            items = (PARAMS, META) + ((OPT_STATE,) if abstract_opt_state is not None else ())
+            try:
+                verify_checkpoint(d, items)
+            except DamagedCheckpointError as e:
+                refusal = str(e)
+        _refuse_on_all_hosts(refusal)
         return _restore_items(d, abstract_params, abstract_opt_state, restore_opt=True)
 
     def wait(self) -> None:
         """Block until an async save is committed (call before reading it or exiting)."""
         self._manager.wait_until_finished()
+        self._finish_recording()
 
     def close(self) -> None:
         self._manager.close()
+        self._finish_recording()
 
     def __enter__(self) -> TrainCheckpointer:
         return self
@@ -411,6 +634,7 @@ def save_params_checkpoint(cfg: T5Config, params: Mapping[str, Any], out_dir: Pa
             force=overwrite)
     finally:
         checkpointer.close()
+    record_checksums(out)
     return out
 
 
@@ -442,6 +666,7 @@ def restore_params(path: PathLike, abstract_params: Any) -> tuple[T5Config, Any]
     return _config_from_meta(meta, ckpt), params
 
 
-__all__ = ["TrainCheckpointer", "complete_steps", "is_complete", "latest_complete_step",
-           "load_params", "resolve_checkpoint", "restore_params", "save_params_checkpoint",
-           "step_dir"]
+__all__ = ["DamagedCheckpointError", "TrainCheckpointer", "check_integrity", "complete_steps",
+           "is_complete", "latest_complete_step", "load_params", "newest_verified",
+           "record_checksums", "resolve_checkpoint", "restore_params",
+           "save_params_checkpoint", "step_dir", "verify_checkpoint"]

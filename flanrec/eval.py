@@ -46,8 +46,9 @@ from typing import Any
 
 import gin
 
+from flanrec import eval_truth, paired, report
 from flanrec import metrics as M
-from flanrec import paired, report, storage
+from flanrec import storage
 from flanrec.data.prepared import PreparedDataError
 from flanrec.errors import UserError
 from flanrec.gin_cli import bindings_from_flags
@@ -60,7 +61,7 @@ COMMON_FIELDS = ("task", "split", "mode", "index", "user")
 MODE_FIELDS = {
     "predict": ("items",),
     "score": ("candidates", "scores"),
-    "rating": ("expected_rating", "target_rating"),
+    "rating": ("expected_rating",),  # target_rating: from the split (or the record)
 }
 METRICS_FILE = "metrics.json"
 TABLE_FILE = "metrics.md"
@@ -146,8 +147,12 @@ def _check_num_list(obj: Mapping[str, Any], field: str, where: str) -> list[floa
     return value
 
 
-def validate_record(obj: Any, mode: str, task: str, where: str) -> None:
-    """Raise EvalInputError naming ``where`` (file:line) if ``obj`` breaks the contract."""
+def validate_record(obj: Any, mode: str, task: str, where: str,
+                    targets_required: bool = True) -> None:
+    """Raise EvalInputError naming ``where`` (file:line) if ``obj`` breaks the contract.
+
+    ``targets_required=False`` (the targets come from the split) accepts records without
+    ``target_item`` / ``target_rating`` / ``label``; present ones are still type-checked."""
     if not isinstance(obj, dict):
         raise EvalInputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     for field in COMMON_FIELDS + MODE_FIELDS[mode]:
@@ -165,29 +170,33 @@ def validate_record(obj: Any, mode: str, task: str, where: str) -> None:
         for field in ("invalid", "duplicates"):
             if field in obj:
                 _check_type(obj, field, (int,), "an integer", where)
-        _check_target(obj, where)
+        if targets_required or obj.get("target_item") not in (None, ""):
+            _check_target(obj, where)
     elif mode == "score":
         cands = _check_str_list(obj, "candidates", where)
         scores = _check_num_list(obj, "scores", where)
         if len(cands) != len(scores):
             raise EvalInputError(f"{where}: {len(cands)} candidates but {len(scores)} scores")
         if "label" in obj or "p_yes" in obj:
-            label = _check_type(obj, "label", (int,), "0 or 1", where)
-            if label not in (0, 1):
-                raise EvalInputError(f"{where}: field 'label' should be 0 or 1, got {label}")
+            if targets_required or "label" in obj:
+                label = _check_type(obj, "label", (int,), "0 or 1", where)
+                if label not in (0, 1):
+                    raise EvalInputError(f"{where}: field 'label' should be 0 or 1, got "
+                                         f"{label}")
             p = _check_type(obj, "p_yes", (int, float), "a probability", where)
             if not 0.0 <= p <= 1.0:
                 raise EvalInputError(f"{where}: field 'p_yes' should be in [0, 1], got {p}")
-        else:
+        elif targets_required or obj.get("target_item") not in (None, ""):
             _check_target(obj, where)
     else:
         _check_type(obj, "expected_rating", (int, float), "a number", where)
-        _check_type(obj, "target_rating", (int, float, str), "a number", where)
-        try:
-            float(obj["target_rating"])
-        except ValueError:
-            raise EvalInputError(f"{where}: field 'target_rating' is not a number: "
-                                 f"{obj['target_rating']!r}") from None
+        if targets_required or obj.get("target_rating") is not None:
+            _check_type(obj, "target_rating", (int, float, str), "a number", where)
+            try:
+                float(obj["target_rating"])
+            except ValueError:
+                raise EvalInputError(f"{where}: field 'target_rating' is not a number: "
+                                     f"{obj['target_rating']!r}") from None
 
 
 def _check_target(obj: Mapping[str, Any], where: str) -> None:
@@ -199,7 +208,8 @@ def _check_target(obj: Mapping[str, Any], where: str) -> None:
                              f"(or list of ids) to rank, got {target!r}")
 
 
-def read_records(paths: Sequence[str], task: str, mode: str) -> list[Record]:
+def read_records(paths: Sequence[str], task: str, mode: str,
+                 targets_required: bool = True) -> list[Record]:
     """Every line of a (task, mode)'s shards, validated; blank lines are skipped.
 
     The same example index twice (e.g. a chunk written twice by a resumed run) is an error
@@ -218,7 +228,7 @@ def read_records(paths: Sequence[str], task: str, mode: str) -> list[Record]:
                 except json.JSONDecodeError as e:
                     raise EvalInputError(f"{where}: not valid JSON ({e.msg} at column "
                                          f"{e.colno})") from None
-                validate_record(obj, mode, task, where)
+                validate_record(obj, mode, task, where, targets_required)
                 key = (obj["split"], obj["index"])
                 if key in seen:
                     raise EvalInputError(f"{where}: example {key[1]} of split {key[0]!r} "
@@ -244,6 +254,7 @@ class Catalogue:
     items: frozenset[str]
     seen: dict[str, dict[str, frozenset[str]]]  # stage -> user -> items to mask
     data_dir: str
+    truth: eval_truth.SplitTruth | None = None  # every user's held-out targets
 
     @classmethod
     def load(cls, data_dir: str) -> Catalogue:
@@ -253,7 +264,8 @@ class Catalogue:
         seen = {stage: {u.user: frozenset(splits.seen_items(u, stage)) for u in split.users
                         if u.valid_item is not None and u.test_item is not None}
                 for stage in ("validation", "test")}
-        return cls(frozenset(split.all_items), seen, data_dir)
+        return cls(frozenset(split.all_items), seen, data_dir,
+                   eval_truth.SplitTruth.from_split(split, data_dir))
 
     def exclude_for(self, record: Record) -> frozenset[str]:
         stage = record.data["split"]
@@ -281,6 +293,7 @@ class Section:
     baseline: bool = False
     # user -> per-user ranking metrics (ranking sections only), for paired comparisons
     per_user: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    coverage: eval_truth.Coverage | None = None  # users scored vs in the split
 
 
 PAIRED_METRICS = ("ndcg@10", "hr@10")
@@ -340,15 +353,24 @@ def evaluate_records(records: Sequence[Record], mode: str, ks: Sequence[int] = M
 
 def evaluate_dir(spec: str, ks: Sequence[int] = M.DEFAULT_KS,
                  catalogue: Catalogue | None = None, baseline: bool = False,
-                 ties: str = "pessimistic") -> list[Section]:
-    """One Section per (task, mode) found under ``spec`` (a directory or a glob)."""
+                 ties: str = "pessimistic", allow_partial: bool = False) -> list[Section]:
+    """One Section per (task, mode) found under ``spec`` (a directory or a glob).
+
+    With a catalogue (a prepared dir), every target comes from its split and the records
+    are checked against it first (``flanrec.eval_truth.check_records``)."""
     sections = []
     for (task, mode), paths in find_prediction_files(spec).items():
-        records = read_records(paths, task, mode)
+        records = read_records(paths, task, mode, targets_required=catalogue is None)
+        coverage = None
+        if catalogue is not None and catalogue.truth is not None:
+            coverage = eval_truth.check_records(records, task, mode, catalogue.truth,
+                                                allow_partial, source=spec)
         kind, values = evaluate_records(records, mode, ks, catalogue, ties)
+        if coverage is not None and coverage.partial:
+            values["users_in_split"] = float(coverage.expected)
         users = per_user_ranking(records, ks, catalogue) if mode == "predict" else {}
         sections.append(Section(task, mode, kind, records[0].data["split"], values, baseline,
-                                users))
+                                users, coverage))
     return sections
 
 
@@ -390,7 +412,7 @@ def mean_of_runs(runs: Sequence[Sequence[Section]]) -> list[Section]:
                      for u in per_metric[PAIRED_METRICS[0]]}
         first = group[0]
         out.append(Section(first.task, first.mode, first.kind, first.split, metrics,
-                           first.baseline, users))
+                           first.baseline, users, first.coverage))
     return out
 
 
@@ -469,7 +491,7 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
              baselines: str | None = None, data_dir: str | None = None,
              ks: Sequence[int] = M.DEFAULT_KS, primary_task: str | None = None,
              ties: str = "pessimistic", plot: bool = True, echo: bool = True,
-             paired_test: bool = True) -> dict[str, float]:
+             paired_test: bool = True, allow_partial: bool = False) -> dict[str, float]:
     """Evaluate ``predictions`` (+ ``baselines``) and write metrics.json/.md/.png to out_dir.
 
     Returns the metrics.json object. Baselines must be on the model's split: comparing a
@@ -478,13 +500,28 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
     model row is then their mean (`num_runs`, `{metric}_std`). ``paired_test``: a paired
     bootstrap of the model against each baseline on the same users (`flanrec.paired`),
     keys `paired/{model}_vs_{baseline}/{metric}_{diff,lo,hi,p}` and a table.
+    Every target comes from the split of ``data_dir`` (required); ``allow_partial`` scores a
+    file covering only part of the split's users, and the table says how many.
     """
     storage.check_claimable(out_dir, "eval", what="--out")  # before any work
-    catalogue = Catalogue.load(data_dir) if data_dir else None
+    data_dir = data_dir or os.environ.get("FLANREC_DATA_DIR") or None
+    if not data_dir:
+        raise EvalInputError("no prepared data dir (--data_dir, $FLANREC_DATA_DIR or gin "
+                             "FLANREC_DATA_DIR): each user's target is taken from its split, "
+                             "never from the predictions file")
+    catalogue = Catalogue.load(data_dir)
     runs = [p for p in predictions.split(",") if p] if isinstance(predictions, str) else \
         list(predictions)
-    model = mean_of_runs([evaluate_dir(p, ks, catalogue, ties=ties) for p in runs])
-    base = evaluate_dir(baselines, ks, catalogue, baseline=True, ties=ties) if baselines else []
+    model = mean_of_runs([evaluate_dir(p, ks, catalogue, ties=ties, allow_partial=allow_partial)
+                          for p in runs])
+    base = evaluate_dir(baselines, ks, catalogue, baseline=True, ties=ties,
+                        allow_partial=allow_partial) if baselines else []
+    for s in [*model, *base]:
+        if s.coverage is not None and s.coverage.partial:
+            missing = ", ".join(repr(u) for u in s.coverage.missing_examples)
+            print(f"warning: {s.task}-{s.mode}: scored {s.coverage.scored} of "
+                  f"{s.coverage.expected} users of the {s.split} split (--allow_partial)"
+                  + (f"; missing e.g. {missing}" if missing else ""), file=sys.stderr)
     model_splits = {s.split for s in model}
     for s in base:
         if model_splits and s.split not in model_splits:
@@ -538,6 +575,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--no_plot", action="store_true")
     parser.add_argument("--no_paired", action="store_true",
                         help="skip the paired bootstrap against each baseline")
+    parser.add_argument("--allow_partial", action="store_true",
+                        help="score a predictions file that covers only part of the split's "
+                             "users (an error otherwise); the table says how many were scored")
     parser.add_argument("--gin_file", action="append", default=[])
     parser.add_argument("--gin_bindings", action="append", default=[])
     args, rest = parser.parse_known_args(argv)
@@ -563,13 +603,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for p in (os.getcwd(), repo_root):
                 gin.add_config_file_search_path(p)
             gin.parse_config_files_and_bindings(args.gin_file, bindings)
-            evaluate()
+            evaluate(**({"allow_partial": True} if args.allow_partial else {}))
         else:
             evaluate(predictions=args.predictions, out_dir=args.out, baselines=args.baselines,
                      data_dir=args.data_dir or os.environ.get("FLANREC_DATA_DIR") or None,
                      ks=_parse_ks(args.ks), primary_task=args.primary_task, ties=args.ties,
-                     plot=not args.no_plot, paired_test=not args.no_paired)
-    except (EvalInputError, FileNotFoundError, PreparedDataError, UserError) as e:
+                     plot=not args.no_plot, paired_test=not args.no_paired,
+                     allow_partial=args.allow_partial)
+    except (EvalInputError, FileNotFoundError, PreparedDataError, UserError,
+            eval_truth.TruthError) as e:
         first = str(e).splitlines()[0] if str(e) else repr(e)  # gin appends "In call to ..."
         print(f"error: {first}", file=sys.stderr)
         return 2

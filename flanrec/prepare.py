@@ -136,6 +136,10 @@ class PrepareOptions:
     semantic_embedding_items: str | None = None  # .json/.txt naming each .npy row's item
     semantic_batch_size: int = 64
     semantic_max_length: int = 128
+    # How to read a --dataset csv|parquet file (flanrec.data.sources.table.read_table
+    # keywords: delimiter, header, column_names, user_col, item_col, timestamp_col,
+    # rating_col, title_col, encoding, items_path); gin bindings of read_table fill the rest.
+    table_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,9 +157,13 @@ def load_dataset(opts: PrepareOptions, out: str | None = None):  # noqa: ANN201 
     name = DATASET_ALIASES.get(opts.dataset, opts.dataset)
     if name in ("csv", "parquet") and not opts.raw_dir:
         raise SystemExit(f"--dataset {name} needs --raw_dir (the file or directory)")
+    if name not in ("csv", "parquet") and opts.table_options:
+        raise UserError(f"--dataset {opts.dataset} has its own reader: the CSV mapping options "
+                        f"({', '.join(sorted(opts.table_options))}) apply to --dataset csv or "
+                        "parquet only")
     with storage.local_copy(opts.raw_dir or "") as raw_dir:
         if name in ("csv", "parquet"):
-            return read_dataset(name, raw_dir)
+            return read_dataset(name, raw_dir, **opts.table_options)
         fetched = fetch(name, opts.cache_dir, raw_dir=raw_dir or None,
                         allow_download=opts.allow_download)
         if out is not None and not opts.raw_dir:
@@ -426,6 +434,29 @@ def write_tasks(split, dataset, indexes, opts: PrepareOptions, tasks_root: str, 
     return infos
 
 
+def skipped_families(families: Sequence[str], infos: dict[str, dict[str, Any]],
+                     dataset: Any) -> dict[str, str]:
+    """family -> why no task of it was written (a log without ratings, users or titles
+    makes prepare drop families; say so instead of leaving it to a missing task name)."""
+    import numpy as np
+
+    reasons = {}
+    for family in families:
+        if any(name == family or name.startswith(family + "_") for name in infos):
+            continue
+        if family in ("rating", "binary") and bool(np.isnan(dataset.interactions.rating).all()):
+            why = ("the log has no ratings (CSV: name the column with --rating_col; a column "
+                   "called rating/score/stars is used automatically)")
+        elif family == "profile" and (dataset.users is None or not dataset.users.features):
+            why = "the dataset has no user features (age, gender, occupation)"
+        elif family == "grounding" and not dataset.items.title:
+            why = "no item has a title (CSV: --title_col, or --items_file)"
+        else:
+            why = "no examples for any split"
+        reasons[family] = why
+    return reasons
+
+
 def base_piece_count(opts: PrepareOptions) -> int:
     """Pieces of the SentencePiece model training will use, where new ID tokens start.
 
@@ -643,6 +674,7 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
         lap("read")
         split = splits_lib.leave_one_out(dataset, max_history=opts.max_history,
                                          kcore=opts.kcore, min_rating=opts.min_rating)
+        splits_lib.check_usable(split, dataset.interactions.source or opts.dataset)
         fps = splits_lib.fingerprints(split)
         file_hashes = write_split(split, dataset.items, os.path.join(tmp, "split"))
         lap("split")
@@ -653,6 +685,9 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
         sample = _TextSample()
         infos = write_tasks(split, dataset, indexes, opts, os.path.join(tmp, "tasks"), prefix,
                             sample)
+        skipped = skipped_families(opts.families, infos, dataset)
+        for family, why in skipped.items():
+            log(f"warning: family {family!r} not written: {why}")
         lap("tasks")
         vocab_path = None
         if opts.train_vocab:
@@ -698,6 +733,7 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
             "fingerprints_match_ml100k_loo": (fps == splits_lib.ML100K_FINGERPRINTS
                                               if opts.dataset == "ml-100k" else None),
             "files": file_hashes,
+            "skipped_families": skipped,
             "new_tokens": len(slots),
             "semantic_embeddings": (indexes["semantic"].options.get("embedding_source")
                                     if "semantic" in indexes else None),
@@ -846,11 +882,107 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list_tasks", action="store_true",
                    help="print registered task and mixture names (after `import tasks`; "
                    "with --out, that dir is registered too) and exit")
+    g = p.add_argument_group(
+        "reading --dataset csv|parquet (what is not given here comes from gin read_table.*, "
+        "then the defaults: ',' with a header naming user_id, item_id, timestamp)")
+    g.add_argument("--delimiter", default=None,
+                   help="field separator: ',', ';', '|', or tab as '\\t' or 'tab'")
+    g.add_argument("--header", dest="header", action="store_true", default=None,
+                   help="the first line names the columns (default)")
+    g.add_argument("--no_header", dest="header", action="store_false",
+                   help="no header line: name the columns with --columns")
+    g.add_argument("--columns", default=None, metavar="NAME,NAME,...",
+                   help="column names of a file without a header, in file order")
+    g.add_argument("--user_col", default=None, help="column of the user id (user_id)")
+    g.add_argument("--item_col", default=None, help="column of the item id (item_id)")
+    g.add_argument("--time_col", default=None, help="column of the integer timestamp "
+                   "(timestamp)")
+    g.add_argument("--rating_col", default=None,
+                   help="column of the rating; default: a column named rating/score/stars "
+                   "if there is one; 'none' reads no ratings")
+    g.add_argument("--title_col", default=None,
+                   help="column of the item title, in the log itself or in --items_file "
+                   "(title)")
+    g.add_argument("--items_file", default=None,
+                   help="CSV/Parquet of item metadata (the item id column and --title_col)")
+    g.add_argument("--encoding", default=None, help="text encoding of the file (utf-8)")
+    g.add_argument("--gin_file", action="append", default=[],
+                   help="gin file binding read_table.* (repeatable)")
+    g.add_argument("--gin_bindings", action="append", default=[],
+                   help="raw gin binding, e.g. \"read_table.delimiter = ';'\" (repeatable); "
+                   "--gin.NAME=VALUE works too")
     return p
 
 
+def table_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The read_table keywords the user gave on the command line (nothing else, so gin
+    bindings still apply to the rest). Refuses options that cannot work, by flag name."""
+    out: dict[str, Any] = {}
+    if args.delimiter is not None:
+        d = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(args.delimiter, args.delimiter)
+        if len(d) != 1:
+            raise UserError(f"--delimiter must be one character (or '\\t' / 'tab'), got "
+                            f"{args.delimiter!r}")
+        out["delimiter"] = d
+    if args.columns is not None:
+        names = [c.strip() for c in args.columns.split(",")]
+        if not all(names) or len(set(names)) != len(names):
+            raise UserError(f"--columns must be distinct, non-empty names, got {args.columns!r}")
+        if args.header:
+            raise UserError("--columns names the columns of a file without a header; it "
+                            "cannot go with --header")
+        out["column_names"] = names
+        out["header"] = False
+    elif args.header is False:
+        raise UserError("--no_header needs --columns NAME,NAME,... (the column names in "
+                        "file order)")
+    elif args.header is not None:
+        out["header"] = True
+    for flag, key in (("user_col", "user_col"), ("item_col", "item_col"),
+                      ("time_col", "timestamp_col"), ("title_col", "title_col"),
+                      ("encoding", "encoding"), ("items_file", "items_path")):
+        value = getattr(args, flag)
+        if value is not None:
+            out[key] = value
+    if args.rating_col is not None:
+        out["rating_col"] = "" if args.rating_col.lower() == "none" else args.rating_col
+    if "encoding" in out:
+        import codecs
+
+        try:
+            codecs.lookup(out["encoding"])
+        except LookupError:
+            raise UserError(f"--encoding {out['encoding']!r}: unknown encoding (e.g. utf-8, "
+                            "latin-1, cp1252)") from None
+    return out
+
+
+def configure_table_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
+    """Parse gin files/bindings for the table reader (read_table.* ...), as the other jobs
+    take them; a misspelled name fails here with gin's message."""
+    import gin
+
+    import flanrec.data.sources.table  # noqa: F401 - registers read_table with gin
+
+    gin.clear_config()
+    for path in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+        gin.add_config_file_search_path(path)
+    gin.parse_config_files_and_bindings(list(files), list(bindings))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from flanrec.gin_cli import bindings_from_flags
+
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    bindings = bindings_from_flags(parser, rest, args.gin_bindings)
+    try:
+        table_options = table_options_from_args(args)
+    except UserError as e:
+        print(f"flanrec.prepare: error: {e}", file=sys.stderr)
+        return 2
+    if args.gin_file or bindings:
+        configure_table_gin(args.gin_file, bindings)
     if args.list_tasks:
         for name in list_tasks([args.out] if args.out else []):
             print(name)
@@ -874,6 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
         semantic_embedding_items=args.semantic_embedding_items,
         semantic_batch_size=args.semantic_batch_size,
         semantic_max_length=args.semantic_max_length,
+        table_options=table_options,
     )
     try:
         prepare(opts)

@@ -81,6 +81,11 @@ def markdown(systems: Sequence[tuple[str, Any]], ks: Sequence[int] = (1, 5, 10, 
                 for n, s in other]
         parts.append("Rating and binary tasks\n\n"
                      + _table(["task", "mode", *(h for h, _, _ in OTHER_COLUMNS)], rows))
+    partial = [(n, s.coverage) for n, s in systems
+               if getattr(s, "coverage", None) is not None and s.coverage.partial]
+    if partial:  # --allow_partial: numbers over part of the users must say so
+        parts.append("".join(f"Partial: {n} scored {c.scored} of {c.expected} users of the "
+                             "split.\n" for n, c in partial))
     return "\n".join(parts)
 
 

@@ -59,6 +59,8 @@ from etils import epath
 
 from flanrec import flops, losses, optimizers, partitioning, storage, trainer
 from flanrec.convert import common
+from flanrec.data import length_check
+from flanrec.errors import UserError
 from flanrec.gin_cli import bindings_from_flags
 from flanrec.inference.rank_eval import RankEvalConfig
 from flanrec.model.config import T5Config
@@ -168,6 +170,76 @@ def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.n
         raise ValueError(f"{cfg.mixture_or_task_name}/{cfg.split}: the split is empty")
     batches += [{k: np.zeros_like(v) for k, v in batches[0].items()}] * (count - len(batches))
     return batches
+
+
+# ------------------------------------------------------------------------- settings check
+# (macro, minimum or None for "any integer", what it means): each must be an int (not a bool,
+# not a string gin took from `--gin.X=abc`). Checked against the parsed gin config before
+# anything is built, since a bad value otherwise surfaces after the pipeline set-up (as a
+# TypeError deep in optax) or never (`TRAIN_STEPS=-5`: rc 0 and nothing trained).
+_INT_SETTINGS: tuple[tuple[str, int | None, str], ...] = (
+    ("TRAIN_STEPS", 1, "the total number of steps, counted from step 0 of MODEL_DIR"),
+    ("BATCH_SIZE", 1, "the global batch size"),
+    ("EVAL_BATCH_SIZE", 1, "the global validation batch size"),
+    ("NUM_MICROBATCHES", 1, "gradient-accumulation microbatches per step"),
+    ("LOG_PERIOD", 1, "steps between log lines"),
+    ("EVAL_PERIOD", 0, "steps between validations (0: never)"),
+    ("CHECKPOINT_PERIOD", 0, "steps between checkpoints (0: only the last)"),
+    ("RANDOM_SEED", None, "the seed"),
+)
+
+
+def _bad_int(value: Any, minimum: int | None) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        return True
+    return minimum is not None and value < minimum
+
+
+def check_settings(values: Mapping[str, Any]) -> None:
+    """Refuse, by name, run settings of the wrong type or range (UserError).
+
+    `values` maps T5X macro names (TRAIN_STEPS, BATCH_SIZE, ..., TASK_FEATURE_LENGTHS,
+    KEEP_CHECKPOINTS, LEARNING_RATE, DROPOUT_RATE) to their values; absent names are skipped.
+    """
+    for name, minimum, meaning in _INT_SETTINGS:
+        if name in values and _bad_int(values[name], minimum):
+            want = "an integer" if minimum is None else (
+                "a positive integer" if minimum == 1 else f"an integer >= {minimum}")
+            raise UserError(f"{name} must be {want} ({meaning}), got {values[name]!r}")
+    keep = values.get("KEEP_CHECKPOINTS")
+    if "KEEP_CHECKPOINTS" in values and keep is not None and _bad_int(keep, 1):
+        raise UserError(f"KEEP_CHECKPOINTS must be a positive integer or None (keep all), "
+                        f"got {keep!r}")
+    if "TASK_FEATURE_LENGTHS" in values:
+        lengths = values["TASK_FEATURE_LENGTHS"]
+        if not isinstance(lengths, Mapping) or not lengths or any(
+                not isinstance(k, str) or _bad_int(v, 1) for k, v in lengths.items()):
+            raise UserError("TASK_FEATURE_LENGTHS must be a dict of feature name -> positive "
+                            f"integer, e.g. {{'inputs': 512, 'targets': 16}}, got {lengths!r}")
+    for name, low, high in (("LEARNING_RATE", 0.0, math.inf), ("DROPOUT_RATE", 0.0, 1.0)):
+        if name not in values:
+            continue
+        v = values[name]
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) \
+            and low <= v and (v < high or high == math.inf)
+        if not ok:
+            span = ">= 0" if high == math.inf else f"in [{low:g}, {high:g})"
+            raise UserError(f"{name} must be a number {span}, got {v!r}")
+
+
+def check_gin_settings() -> None:
+    """`check_settings` on the macros of the parsed gin config (call before `train()`:
+    other configurables, e.g. a schedule's total_steps, read the same macros)."""
+    names = [n for n, _, _ in _INT_SETTINGS] + ["KEEP_CHECKPOINTS", "TASK_FEATURE_LENGTHS",
+                                                 "LEARNING_RATE", "DROPOUT_RATE"]
+    values = {}
+    for name in names:
+        try:
+            values[name] = gin.query_parameter(f"%{name}")
+        except ValueError:  # macro not defined by these gin files
+            continue
+    check_settings({k: v for k, v in values.items()
+                    if not isinstance(v, gin.config.ConfigurableReference)})
 
 
 # ------------------------------------------------------------------------- small helpers
@@ -292,6 +364,11 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     CHECKPOINT_PATH=MODEL_DIR). `early_stopping_patience` > 0 stops after that many
     evaluations without a better NDCG@10.
     """
+    check_settings({"TRAIN_STEPS": train_steps, "BATCH_SIZE": train_dataset.batch_size,
+                    "NUM_MICROBATCHES": num_microbatches, "LOG_PERIOD": log_period,
+                    "EVAL_PERIOD": eval_period, "CHECKPOINT_PERIOD": checkpoint_period,
+                    "KEEP_CHECKPOINTS": keep_checkpoints, "RANDOM_SEED": random_seed,
+                    "TASK_FEATURE_LENGTHS": train_dataset.task_feature_lengths})
     import tensorflow as tf
 
     from flanrec.checkpoints import TrainCheckpointer
@@ -335,6 +412,9 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     check_task(train_dataset, model_config.vocab_size)
     if eval_dataset is not None and eval_period:
         check_task(eval_dataset, model_config.vocab_size)
+    length_check.check_feature_lengths(train_dataset.mixture_or_task_name,
+                                       train_dataset.task_feature_lengths,
+                                       train_dataset.split, warn=log.warning)
 
     # 4. Train state: resume > initial checkpoint > from scratch.
     abstract = trainer.abstract_state(model, tx, tuning)
@@ -397,6 +477,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             src_cfg, init_params = load_params_any(initial_checkpoint_path)
             common.check_params(common.flatten(init_params), model_config,
                                 str(initial_checkpoint_path))
+            common.check_finite(common.flatten(init_params),
+                                f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path}")
             log.info("initial parameters from %s (%s)", initial_checkpoint_path, src_cfg.name)
         state = trainer.init_state(model, tx, init_rng, shardings, mesh, rules, init_params)
         skip = 0
@@ -634,6 +716,7 @@ def _load_backbone(path: str, base: T5Config) -> dict[str, Any]:
 
     src_cfg, params = load_params_any(path)
     common.check_params(common.flatten(params), base, f"INITIAL_CHECKPOINT_PATH {path}")
+    common.check_finite(common.flatten(params), f"INITIAL_CHECKPOINT_PATH {path}")
     log.info("frozen backbone from %s (%s)", path, src_cfg.name)
     return params
 
@@ -738,6 +821,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("absl", "jax", "orbax", "tensorflow", "seqio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     configure_gin(args.gin_file, bindings, args.gin_search_paths)  # before any jax backend use
+    check_gin_settings()
     _init_distributed(args)
     if jax.process_count() > 1:
         log.info("process %d of %d", jax.process_index(), jax.process_count())

@@ -20,10 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 L2 = math.log2
 
 # Catalogue "1".."8". Seen items for the test stage: u1 {1,2,3,4}, u2 {2,3,6}, u3 {7,8,1,2}.
+# Test ratings 5, 2, 4: binary labels (rating >= 4) 1, 0, 1.
 USERS = [
-    types.UserSequence(user="1", train_items=["1", "2", "3"], valid_item="4", test_item="5"),
-    types.UserSequence(user="2", train_items=["2", "3"], valid_item="6", test_item="1"),
-    types.UserSequence(user="3", train_items=["7", "8", "1"], valid_item="2", test_item="3"),
+    types.UserSequence(user="1", train_items=["1", "2", "3"], valid_item="4", test_item="5",
+                       train_ratings=[3.0, 4.0, 5.0], valid_rating=4.0, test_rating=5.0),
+    types.UserSequence(user="2", train_items=["2", "3"], valid_item="6", test_item="1",
+                       train_ratings=[1.0, 2.0], valid_rating=3.0, test_rating=2.0),
+    types.UserSequence(user="3", train_items=["7", "8", "1"], valid_item="2", test_item="3",
+                       train_ratings=[5.0, 5.0, 4.0], valid_rating=5.0, test_rating=4.0),
 ]
 
 
@@ -104,17 +108,20 @@ def test_several_tasks_and_baselines_namespaced(tmp_path: Path):
             scores=[-1.0, -1.0, -3.0]),
         rec(d, "score", 1, "2", target_item="1", candidates=["1", "4", "5"],
             scores=[-0.5, -2.0, -1.0]),
+        # 8 is seen (masked) and 4 scores higher than the target: rank 2
+        rec(d, "score", 2, "3", candidates=["3", "4", "8"], scores=[-2.0, -1.0, -0.1]),
     ]])
     b = "ml_binary"
-    p_yes, labels = [0.9, 0.4, 0.5, 0.6], [1, 0, 1, 0]
+    p_yes, labels = [0.9, 0.4, 0.3], [1, 0, 1]  # the labels the split's ratings give
     write_shards(infer, b, "score", [[
-        rec(b, "score", i, "1", candidates=["no", "yes"],
+        rec(b, "score", i, str(i + 1), candidates=["no", "yes"],
             scores=[math.log(1 - p), math.log(p)], p_yes=p, label=y)
         for i, (p, y) in enumerate(zip(p_yes, labels, strict=True))]])
     write_shards(infer, "ml_rating", "rating", [[
         rec("ml_rating", "rating", 0, "1", expected_rating=4.0, target_rating=5,
             rating_probs={"1": 0, "2": 0, "3": 0.2, "4": 0.6, "5": 0.2}),
-        rec("ml_rating", "rating", 1, "2", expected_rating=2.5, target_rating="2")]])
+        rec("ml_rating", "rating", 1, "2", expected_rating=2.5, target_rating="2"),
+        rec("ml_rating", "rating", 2, "3", expected_rating=4.0)]])  # target from the split
     base = tmp_path / "baselines"
     assert baselines_main(["--data_dir", str(data), "--model", "popularity",
                            "--out", str(base)]) == 0
@@ -124,16 +131,16 @@ def test_several_tasks_and_baselines_namespaced(tmp_path: Path):
     m = json.loads((out / "metrics.json").read_text())
     # the only predict task also gets flat keys
     assert m["hr@5"] == m["ml_seq/hr@5"] == pytest.approx(2 / 3)
-    assert m["ml_direct/hr@1"] == pytest.approx(1 / 2)
-    assert m["ml_direct/ndcg@5"] == pytest.approx((1 / L2(3) + 1) / 2)
-    # binary: preds [1,0,1,1] -> tp 2, fp 1, fn 0; AUC pairs 3/4
-    assert m["ml_binary/auc"] == pytest.approx(3 / 4)
-    assert m["ml_binary/accuracy"] == pytest.approx(3 / 4)
-    assert m["ml_binary/precision"] == pytest.approx(2 / 3)
-    assert m["ml_binary/recall"] == pytest.approx(1.0)
-    assert m["ml_binary/f1"] == pytest.approx(0.8)
-    assert m["ml_rating/mae"] == pytest.approx(0.75)
-    assert m["ml_rating/rmse"] == pytest.approx(math.sqrt((1 + 0.25) / 2))
+    assert m["ml_direct/hr@1"] == pytest.approx(1 / 3)
+    assert m["ml_direct/ndcg@5"] == pytest.approx((2 / L2(3) + 1) / 3)
+    # binary: preds [1,0,0] vs labels [1,0,1] -> tp 1, fp 0, fn 1; AUC: 0.9 > 0.4, 0.3 < 0.4
+    assert m["ml_binary/auc"] == pytest.approx(1 / 2)
+    assert m["ml_binary/accuracy"] == pytest.approx(2 / 3)
+    assert m["ml_binary/precision"] == pytest.approx(1.0)
+    assert m["ml_binary/recall"] == pytest.approx(1 / 2)
+    assert m["ml_binary/f1"] == pytest.approx(2 / 3)
+    assert m["ml_rating/mae"] == pytest.approx(1.5 / 3)
+    assert m["ml_rating/rmse"] == pytest.approx(math.sqrt((1 + 0.25 + 0) / 3))
     # popularity: counts 1,2,3 -> 2; 7,8 -> 1; order 1 2 3 7 8 4 5 6; test ranks 3, 1, 1
     assert m["popularity/hr@1"] == pytest.approx(2 / 3)
     assert m["popularity/ndcg@5"] == pytest.approx((1 / L2(4) + 2) / 3)
@@ -145,26 +152,39 @@ def test_several_tasks_and_baselines_namespaced(tmp_path: Path):
 def test_gin_entry_point(tmp_path: Path):
     # A subprocess: `python -m` runs the module as __main__, and gin must find `evaluate`
     # registered exactly once there (a second registration fails once gin is locked).
+    data = write_prepared(tmp_path / "data")
     write_shards(tmp_path / "infer", "ml_seq", "predict", predict_shards())
     proc = subprocess.run(
         [sys.executable, "-m", "flanrec.eval", "--gin_file=gin/runs/eval.gin",
          f"--gin.INFER_OUTPUT_DIR={tmp_path / 'infer'}",
-         f"--gin.EVAL_OUTPUT_DIR={tmp_path / 'eval'}"],
+         f"--gin.EVAL_OUTPUT_DIR={tmp_path / 'eval'}", f"--gin.FLANREC_DATA_DIR={data}"],
         capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    # no data dir, nothing masked: ranks 2 (seen 4 first), 3 (seen 3 first), miss
-    assert m["hr@5"] == pytest.approx(2 / 3) and m["hr@1"] == 0.0
-    assert "coverage@10" not in m
+    assert m["hr@5"] == pytest.approx(2 / 3) and m["hr@1"] == pytest.approx(1 / 3)
+    assert m["coverage@10"] == pytest.approx(4 / 8)
     assert (tmp_path / "eval" / "hr_ndcg_at_k.png").exists()
+
+
+def test_without_a_prepared_dir_is_refused(tmp_path: Path, capsys, monkeypatch):
+    # The targets must come from a split: there is no fallback to the file's own targets.
+    monkeypatch.delenv("FLANREC_DATA_DIR", raising=False)
+    write_shards(tmp_path / "infer", "ml_seq", "predict", predict_shards())
+    rc = E.main(["--predictions", str(tmp_path / "infer"), "--out", str(tmp_path / "eval")])
+    assert rc == 2
+    assert "no prepared data dir" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
 
 
 # ------------------------------------------------------------------------------ bad input
 
 
 def _error(tmp_path: Path, capsys, *extra: str) -> str:
+    data = tmp_path / "data"
+    if not data.exists():
+        write_prepared(data)
     rc = E.main(["--predictions", str(tmp_path / "infer"), "--out", str(tmp_path / "eval"),
-                 "--no_plot", *extra])
+                 "--data_dir", str(data), "--no_plot", *extra])
     assert rc == 2
     return capsys.readouterr().err
 
@@ -181,7 +201,7 @@ def test_malformed_json_names_file_and_line(tmp_path: Path, capsys):
     ("items", None, "field 'items' missing"),
     ("items", "5 6", "should be a list of strings"),
     ("index", "0", "should be an integer"),
-    ("target_item", "", "non-empty item id"),
+    ("target_item", 5, "non-empty item id"),
 ])
 def test_bad_field_names_file_line_and_field(tmp_path: Path, capsys, field, value, expect):
     rows = predict_shards()[0]
@@ -202,7 +222,8 @@ def test_missing_shard_and_duplicate_index(tmp_path: Path, capsys):
     rows = predict_shards()[0]
     rows[1]["index"] = 0
     (p0,) = write_shards(tmp_path / "infer2", "ml_seq", "predict", [rows])
-    rc = E.main(["--predictions", str(tmp_path / "infer2"), "--out", str(tmp_path / "e2")])
+    rc = E.main(["--predictions", str(tmp_path / "infer2"), "--out", str(tmp_path / "e2"),
+                 "--data_dir", str(tmp_path / "data")])
     assert rc == 2
     err = capsys.readouterr().err
     assert f"{p0}:2" in err and f"already appeared at {p0}:1" in err

@@ -79,4 +79,5 @@ def test_runs_must_hold_the_same_tasks(tmp_path: Path):
                                                    target_item="5", items=["5"])]])
     with pytest.raises(E.EvalInputError, match="run 2"):
         E.evaluate(predictions=f"{tmp_path / 's1'},{other}", out_dir=str(tmp_path / "e"),
+                   data_dir=str(write_prepared(tmp_path / "data")), allow_partial=True,
                    plot=False, echo=False)

@@ -143,7 +143,7 @@ def test_step0_loss_from_hf_checkpoint_equals_transformers(task, tmp_path):
 
     import transformers
 
-    cfg = train.DatasetConfig(task["task"], {"inputs": 32, "targets": 8}, "train", 8,
+    cfg = train.DatasetConfig(task["task"], {"inputs": 40, "targets": 8}, "train", 8,
                               shuffle=True, seed=0, pack=False)
     batch = next(train.train_batches(cfg, 8, 0))
     model = transformers.T5ForConditionalGeneration.from_pretrained(str(hf_dir)).eval()

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from flanrec import storage
-from flanrec.convert.common import count_params
+from flanrec.convert.common import check_finite, count_params, flatten
 from flanrec.model.config import T5Config
 
 SOURCES = ("hf", "t5x", "flanrec")
@@ -113,6 +113,7 @@ def convert(src_kind: str, src: str, out: str, dst_kind: str = "flanrec", *,
     out_path = _check_out(out, [src], overwrite)
     with local_checkpoint(src) as local_src:  # a URL source is read from a local copy
         cfg, params = read_source(src_kind, local_src, merge_lora)
+        check_finite(flatten(params), f"--src {src}")
         spiece = find_vocabulary(src_kind, local_src)
         _write(dst_kind, cfg, params, out_path, step=step, spiece=spiece, overwrite=overwrite)
     return cfg, out_path

@@ -57,6 +57,7 @@ def load_for_average(paths: Sequence[str]) -> tuple[T5Config, dict[str, Any]]:
     cfgs, trees = [], []
     for p in paths:
         cfg, params = load_params_any(p, merge_lora=True)
+        common.check_finite(common.flatten(params), f"--average {p}")
         if prompt_of(cfg) is not None:
             raise ValueError(f"{p}: a soft-prompt checkpoint cannot be averaged into a plain "
                              "T5 checkpoint")

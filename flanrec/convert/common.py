@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from flanrec.errors import UserError
 from flanrec.model.config import T5Config
 
 ParamSpec = tuple[tuple[int, ...], tuple[str, ...]]  # (shape, logical axis names)
@@ -106,6 +107,31 @@ def check_params(flat: Mapping[str, Any], cfg: T5Config, source: str) -> None:
     if problems:
         raise ValueError(f"{source}: checkpoint does not fit the {cfg.name} model config: "
                          + "; ".join(problems))
+
+
+class NonFiniteParamsError(UserError, ValueError):
+    """A checkpoint holds NaN or inf weights."""
+
+
+def check_finite(flat: Mapping[str, Any], source: str) -> None:
+    """Refuse parameters holding NaN/inf, naming each parameter and its count of bad values.
+
+    Why before anything starts: a NaN weight is otherwise discovered at step 1 as a NaN loss
+    that reads like a learning-rate problem, or silently written into a converted checkpoint.
+    """
+    bad = []
+    for name in sorted(flat):
+        a = np.asarray(flat[name])
+        if not np.issubdtype(a.dtype, np.floating):
+            continue
+        nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+        if nan or inf:
+            bad.append(f"{name} ({nan} NaN, {inf} inf of {a.size})")
+    if bad:
+        raise NonFiniteParamsError(
+            f"{source}: {len(bad)} parameter(s) hold non-finite values: " + "; ".join(bad[:5])
+            + (f"; … ({len(bad) - 5} more)" if len(bad) > 5 else "")
+            + ". Refusing to use this checkpoint")
 
 
 def count_params(cfg: T5Config) -> int:

@@ -4,12 +4,15 @@ A parser that fails deep inside numpy or ``int()`` says ``invalid literal for in
 nothing else; with a dataset of 25M lines that is useless. Every reader in
 ``flanrec.data.sources`` and ``flanrec.data.fetch`` therefore raises :class:`DataError` with
 the file, the 1-based line (or row), the field and what was expected instead. It subclasses
-``ValueError`` so callers that already catch bad values keep working.
+``ValueError`` so callers that already catch bad values keep working, and
+:class:`flanrec.errors.UserError`, so jobs report it as one line with exit code 2.
 """
 
 from __future__ import annotations
 
 import os
+
+from flanrec.errors import UserError
 
 
 def _shorten(value: object, limit: int = 60) -> str:
@@ -17,7 +20,7 @@ def _shorten(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data, located precisely.
 
     str() reads like ``u.data line 17, field 'timestamp': expected an integer, got 'abc'``.

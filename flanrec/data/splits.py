@@ -254,6 +254,33 @@ def count_train_windows(split: types.Split) -> int:
     return sum(max(0, len(s.train_items) - 1) for s in split.users)
 
 
+def check_usable(split: types.Split, source: str = "interactions") -> None:
+    """Refuse (UserError) a split with no evaluated user or no training window, with counts.
+
+    Why: a log where no user reaches 3 interactions splits "successfully" into zero
+    validation/test queries and, with 1-2 items per user, (almost) zero training windows;
+    every later job would then run on nothing and report nothing wrong.
+    """
+    from collections import Counter
+
+    from flanrec.errors import UserError
+
+    sizes = Counter(len(s.train_items) + (s.valid_item is not None) + (s.test_item is not None)
+                    for s in split.users)
+    evaluated = sum(1 for s in split.users if s.valid_item is not None and s.test_item is not None)
+    windows = count_train_windows(split)
+    shown = ", ".join(f"{sizes[k]} with {k}" for k in sorted(sizes)[:4])
+    if evaluated == 0:
+        raise UserError(f"{source}: no user has the 3 interactions leave-one-out needs "
+                        f"(train, validation, test item): {len(split.users)} users ({shown}); "
+                        "nothing could be evaluated. Use a longer log (or lower --kcore / "
+                        "--min_rating)")
+    if windows == 0:
+        raise UserError(f"{source}: 0 training windows: a window needs 2 training items, so "
+                        f"users need at least 4 interactions; {len(split.users)} users "
+                        f"({shown})")
+
+
 def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 

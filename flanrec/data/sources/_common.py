@@ -47,8 +47,8 @@ def _decode_error(path, encoding: str, number: int, raw: bytes,
         f"{encoding}-encoded text",
         line=number,
         got=bad,
-        hint=f"undecodable byte at column {exc.start + 1}; "
-        "pass encoding=... if the file uses another encoding",
+        hint=f"undecodable byte at column {exc.start + 1}; if the file uses another "
+        "encoding, pass it (prepare --encoding latin-1, or encoding=...)",
     )
 
 
@@ -121,16 +121,30 @@ def split_fields(
     return parts
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def check_int64(value: int, text: str, path: str | os.PathLike[str], line: int | None,
+              field: str, unit: str) -> int:
+    """Timestamps (and every other integer) are stored as int64: refuse, where it is read,
+    a value numpy would otherwise reject later with a bare OverflowError."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise DataError(path, "an integer within the 64-bit range (a Unix timestamp in "
+                        "seconds is 10 digits)", line=line, field=field, got=text,
+                        has_got=True, unit=unit)
+    return value
+
+
 def parse_int(text: str, path: str | os.PathLike[str], line: int | None, field: str,
               unit: str = "line") -> int:
-    """Parse a base-10 integer strictly (no floats, no underscores, no blanks)."""
-    if text.isdigit() and text.isascii():  # fast path: the common case
+    """Parse a base-10 integer strictly (no floats, no underscores, no blanks; int64)."""
+    if text.isdigit() and text.isascii() and len(text) < 19:  # fast path: the common case
         return int(text)
     s = text.strip()
     if not _INT_RE.fullmatch(s):
         raise DataError(path, "an integer", line=line, field=field, got=text, has_got=True,
                         unit=unit)
-    return int(s)
+    return check_int64(int(s), text, path, line, field, unit)
 
 
 def parse_integral(text: str, path: str | os.PathLike[str], line: int | None, field: str,
@@ -142,7 +156,7 @@ def parse_integral(text: str, path: str | os.PathLike[str], line: int | None, fi
     """
     s = text.strip()
     if _INT_RE.fullmatch(s):
-        return int(s)
+        return check_int64(int(s), text, path, line, field, unit)
     try:
         value = decimal.Decimal(s)
     except decimal.InvalidOperation:
@@ -150,7 +164,7 @@ def parse_integral(text: str, path: str | os.PathLike[str], line: int | None, fi
     if value is None or not value.is_finite() or value != value.to_integral_value():
         raise DataError(path, "an integral number (e.g. a Unix timestamp in seconds)",
                         line=line, field=field, got=text, has_got=True, unit=unit)
-    return int(value)
+    return check_int64(int(value), text, path, line, field, unit)
 
 
 def parse_float(text: str, path: str | os.PathLike[str], line: int | None, field: str,
@@ -225,7 +239,12 @@ def make_interactions(
     user[:] = list(users)
     item = np.empty(n, dtype=object)
     item[:] = list(items)
-    ts = np.asarray(timestamps, dtype=np.int64).reshape(n)
+    try:
+        ts = np.asarray(timestamps, dtype=np.int64).reshape(n)
+    except OverflowError:  # a reader that did not parse through parse_int / parse_integral
+        row = next(j for j, t in enumerate(timestamps) if not INT64_MIN <= t <= INT64_MAX)
+        raise DataError(source, "timestamps within the 64-bit range", line=row + 1,
+                        field="timestamp", got=timestamps[row], unit="row") from None
     if ratings is None:
         rating = np.full(n, np.nan, dtype=np.float32)
     else:

@@ -9,8 +9,14 @@ optionally rating), e.g. in gin::
     read_table.delimiter = ";"
 
 Timestamps must be integers (or integral floats: refused if they have a fraction, since the
-chronological split needs exact ordering); Parquet timestamp columns are converted to whole
-seconds and refused if that would lose precision.
+chronological split needs exact ordering) that fit in int64; Parquet timestamp columns are
+converted to whole seconds and refused if that would lose precision.
+
+Ratings: without ``rating_col``, a column named rating, score or stars (any case) is used and
+logged, so a log's ratings are never dropped silently (the rating and binary task families
+need them); ``rating_col=""`` reads none. Titles: a ``title_col`` column in the interaction
+table itself (default "title", when present) names the items, as ``items_path`` does.
+Line numbers in errors are the file's own (the header is line 1).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gin
 
@@ -27,6 +34,7 @@ from flanrec.data.errors import DataError
 from flanrec.data.sources import _common
 
 FORMATS = ("csv", "parquet")
+RATING_COLUMN_NAMES = ("rating", "score", "stars")
 
 
 def _format_of(path: Path, fmt: str | None) -> str:
@@ -68,22 +76,37 @@ def read_table(
     wanted = {"user": user_col, "item": item_col, "timestamp": timestamp_col}
     if rating_col:
         wanted["rating"] = rating_col
+    names = (_parquet_names(p) if fmt == "parquet" else
+             _csv_names(p, delimiter, header, column_names, encoding))
+    if rating_col is None:
+        rating_col = _detect_rating_column(names, p, set(wanted.values()))
+        if rating_col:
+            wanted["rating"] = rating_col
+    optional = [title_col] if title_col and title_col in names and \
+        title_col not in wanted.values() else []
     if fmt == "parquet":
-        cols = _read_parquet(p, list(wanted.values()))
+        cols = _read_parquet(p, list(wanted.values()) + optional)
+        rows = list(range(1, len(cols[user_col]) + 1))
     else:
-        cols = _read_csv(p, list(wanted.values()), delimiter, header, column_names, encoding)
-    users = [_id(v, p, r, user_col, fmt) for r, v in enumerate(cols[user_col], 1)]
-    items = [_id(v, p, r, item_col, fmt) for r, v in enumerate(cols[item_col], 1)]
+        cols, rows = _read_csv(p, list(wanted.values()) + optional, delimiter, header,
+                               column_names, encoding, with_lines=True)
     unit = "row" if fmt == "parquet" else "line"
-    offset = 1 if (fmt == "csv" and header) else 0
-    stamps = [_stamp(v, p, r + offset, timestamp_col, unit)
-              for r, v in enumerate(cols[timestamp_col], 1)]
+    users = [_id(v, p, r, user_col, fmt) for r, v in zip(rows, cols[user_col], strict=True)]
+    items = [_id(v, p, r, item_col, fmt) for r, v in zip(rows, cols[item_col], strict=True)]
+    stamps = [_stamp(v, p, r, timestamp_col, unit)
+              for r, v in zip(rows, cols[timestamp_col], strict=True)]
     ratings = None
     if rating_col:
-        ratings = [_rating(v, p, r + offset, rating_col, unit)
-                   for r, v in enumerate(cols[rating_col], 1)]
+        ratings = [_rating(v, p, r, rating_col, unit)
+                   for r, v in zip(rows, cols[rating_col], strict=True)]
     inter = _common.make_interactions(users, items, stamps, ratings, p)
     meta = types.ItemMeta(title={})
+    for item, title in zip(items, cols[optional[0]] if optional else [], strict=False):
+        if title is not None and str(title).strip() and item not in meta.title:
+            name, year = _common.split_title_year(str(title))
+            meta.title[item] = name
+            if year:
+                meta.year[item] = year
     if items_path is not None:
         ip = Path(items_path)
         id_col = item_id_col or item_col
@@ -98,6 +121,58 @@ def read_table(
             if year:
                 meta.year[key] = year
     return _common.finish_dataset(name or p.stem, inter, meta, None)
+
+
+def _detect_rating_column(names: Sequence[str], path: Path, mapped: set[str]) -> str | None:
+    """The column to read ratings from when none was named: one called rating/score/stars
+    (any case). Logged, so the choice is visible; pass rating_col="" to read no ratings."""
+    found = [n for n in names if n.strip().lower() in RATING_COLUMN_NAMES and n not in mapped]
+    if not found:
+        return None
+    _common.log.warning("%s: reading ratings from column %r (found by name; pass "
+                        "--rating_col none to ignore it, or --rating_col NAME)", path, found[0])
+    return found[0]
+
+
+def _csv_names(path: Path, delimiter: str, header: bool, column_names: Sequence[str] | None,
+               encoding: str) -> list[str]:
+    """The column names of a CSV: its header line, or `column_names` without one."""
+    if not header:
+        return list(column_names or [])
+    for line, text in _common.iter_lines(path, encoding):
+        return [c.strip() for c in _parse_row(path, line, text, delimiter)]
+    return []
+
+
+def _parquet_names(path: Path) -> list[str]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # pragma: no cover - pyarrow is a dependency here
+        raise ImportError("reading Parquet needs pyarrow (pip install pyarrow)") from exc
+    if not path.exists():
+        raise DataError(path, "an existing file", got="no such file", has_got=True)
+    try:
+        return list(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(path, "a Parquet file", got=str(exc), has_got=True) from None
+
+
+def _parse_row(path: Path, line: int, text: str, delimiter: str) -> list[str]:
+    if '"' not in text:
+        return text.split(delimiter)
+    try:
+        return next(csv.reader([text], delimiter=delimiter, strict=True))
+    except csv.Error as exc:
+        raise DataError(path, "a well-formed CSV row", line=line, got=text,
+                        hint=str(exc)) from None
+
+
+def _delimiter_hint(text: str, delimiter: str) -> str:
+    others = [d for d in ("\t", ";", ",", "|") if d != delimiter and d in text]
+    if not others:
+        return ""
+    return f"the line contains {others[0]!r}: pass --delimiter {others[0]!r}?"
 
 
 def _id(value: object, path: Path, row: int, field: str, fmt: str) -> str:
@@ -117,7 +192,7 @@ def _stamp(value: object, path: Path, row: int, field: str, unit: str) -> int:
         raise DataError(path, "an integer timestamp", line=row, field=field, got=value,
                         has_got=True, unit=unit)
     if isinstance(value, int):
-        return value
+        return _common.check_int64(value, str(value), path, row, field, unit)
     return _common.parse_integral(str(value), path, row, field, unit=unit)
 
 
@@ -129,43 +204,45 @@ def _rating(value: object, path: Path, row: int, field: str, unit: str) -> float
 
 
 def _read_csv(path: Path, wanted: list[str], delimiter: str, header: bool,
-              column_names: Sequence[str] | None, encoding: str) -> dict[str, list[str]]:
+              column_names: Sequence[str] | None, encoding: str, with_lines: bool = False
+              ) -> Any:
+    """{column: values} of the `wanted` columns (and, `with_lines`, each row's line number
+    in the file: blank lines and the header are counted, so errors point at the real line)."""
     lines = _common.iter_lines(path, encoding)
-
-    def parse(line: int, text: str) -> list[str]:
-        if '"' not in text:
-            return text.split(delimiter)
-        try:
-            return next(csv.reader([text], delimiter=delimiter, strict=True))
-        except csv.Error as exc:
-            raise DataError(path, "a well-formed CSV row", line=line, got=text,
-                            hint=str(exc)) from None
-
     if header:
         line, text = next(lines)
-        names = [c.strip() for c in parse(line, text)]
+        names = [c.strip() for c in _parse_row(path, line, text, delimiter)]
         missing = [w for w in wanted if w not in names]
         if missing:
+            hint = _delimiter_hint(text, delimiter) or (
+                "name the columns with --user_col/--item_col/--time_col (prepare) or gin "
+                "read_table.user_col=...")
             raise DataError(path, f"a header with columns {wanted} (delimiter {delimiter!r})",
-                            line=line, field=missing[0], got=text)
+                            line=line, field=missing[0], got=text, hint=hint)
     else:
         if not column_names:
-            raise ValueError(f"{path}: header=False needs column_names=[...]")
+            raise DataError(path, "column names for a file without a header",
+                            got="none (pass --columns NAME,NAME,... or column_names=[...])",
+                            has_got=True)
         names = list(column_names)
         missing = [w for w in wanted if w not in names]
         if missing:
-            raise ValueError(f"column_names {names} lack mapped column(s) {missing}")
+            raise DataError(path, f"mapped column(s) {missing} among the column names",
+                            got=names, has_got=True)
     idx = {w: names.index(w) for w in wanted}
     cols: dict[str, list[str]] = {w: [] for w in wanted}
+    numbers: list[int] = []
     for line, text in lines:
-        parts = parse(line, text)
+        parts = _parse_row(path, line, text, delimiter)
         if len(parts) != len(names):
             raise DataError(path, f"{len(names)} {delimiter!r}-separated columns "
                             f"({delimiter.join(names)})", line=line,
-                            got=f"{len(parts)} columns: {text}", has_got=True)
+                            got=f"{len(parts)} columns: {text}", has_got=True,
+                            hint=_delimiter_hint(text, delimiter) if len(parts) == 1 else "")
         for w, j in idx.items():
             cols[w].append(parts[j])
-    return cols
+        numbers.append(line)
+    return (cols, numbers) if with_lines else cols
 
 
 def _read_parquet(path: Path, wanted: list[str]) -> dict[str, list]:
