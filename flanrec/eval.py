@@ -50,7 +50,7 @@ import gin
 from flanrec import metrics as M
 from flanrec import paired, report
 from flanrec.data.prepared import PreparedDataError
-from flanrec.gin_cli import bindings_from_flags
+from flanrec.gin_cli import add_search_paths, bindings_from_flags
 from flanrec.report import write_atomic
 
 FILE_RE = re.compile(
@@ -539,6 +539,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="skip the paired bootstrap against each baseline")
     parser.add_argument("--gin_file", action="append", default=[])
     parser.add_argument("--gin_bindings", action="append", default=[])
+    parser.add_argument("--gin_search_paths", action="append", default=[],
+                        help="directories searched for gin files (comma-separated or "
+                             "repeated; the cwd and flanrec's own gin configs are added)")
     args, rest = parser.parse_known_args(argv)
     bindings = bindings_from_flags(parser, rest, args.gin_bindings)
     if not args.gin_file and not bindings and (args.predictions is None or args.out is None):
@@ -557,10 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.gin_file or bindings:
-            repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             gin.clear_config()
-            for p in (os.getcwd(), repo_root):
-                gin.add_config_file_search_path(p)
+            add_search_paths(args.gin_search_paths)
             gin.parse_config_files_and_bindings(args.gin_file, bindings)
             evaluate()
         else:

@@ -98,8 +98,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--gin_bindings", action="append", default=[],
                         help="raw gin binding, e.g. 'infer.chunk_size = 64' (repeatable)")
     parser.add_argument("--gin_search_paths", action="append", default=[],
-                        help="directories searched for gin files (cwd and the repo root are "
-                             "added)")
+                        help="directories searched for gin files (comma-separated or "
+                             "repeated; the cwd and flanrec's own gin configs are added, so "
+                             "runs/infer.gin works from anywhere)")
     parser.add_argument("--coordinator_address", default=None,
                         help="host:port of process 0, for multi-process runs outside TPU pods")
     parser.add_argument("--num_processes", type=int, default=None)
@@ -109,7 +110,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     args, rest = parser.parse_known_args(argv)
     bindings = bindings_from_flags(parser, rest, args.gin_bindings)
     if not args.gin_file:
-        args.gin_file = ["gin/runs/infer.gin"]
+        args.gin_file = ["runs/infer.gin"]  # flanrec's own, found on the gin search path
     return args, bindings
 
 

@@ -25,12 +25,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from flanrec.convert import vocabulary as vocab_files
 from flanrec.convert.common import count_params
 from flanrec.model.config import T5Config
 
 SOURCES = ("hf", "t5x", "flanrec")
 TARGETS = ("flanrec", "hf", "t5x")
-SPIECE_FILE = "spiece.model"
 
 
 def read_source(kind: str, src: str, merge_lora: bool = False) -> tuple[T5Config, dict[str, Any]]:
@@ -64,36 +64,55 @@ def read_source(kind: str, src: str, merge_lora: bool = False) -> tuple[T5Config
     raise ValueError(f"unknown source kind {kind!r}; expected one of {SOURCES}")
 
 
-def find_vocabulary(kind: str, src: str) -> Path | None:
-    """The SentencePiece model shipped with the source, carried along to HF/flanrec outputs."""
-    candidates = [Path(src) / SPIECE_FILE]
+def find_vocabulary(kind: str, src: str) -> Any:
+    """The vocabulary the source carries (`flanrec.convert.vocabulary`), carried along to
+    HF/flanrec outputs; None when it has none (T5X checkpoints never do)."""
+    candidates = [src]
     if kind == "flanrec":
         from flanrec.checkpoints import resolve_checkpoint
 
         try:
-            candidates.append(Path(os.fspath(resolve_checkpoint(src))) / SPIECE_FILE)
+            candidates.append(os.fspath(resolve_checkpoint(src)))
         except (ValueError, FileNotFoundError):
             pass
-    return next((c for c in candidates if c.is_file()), None)
+    for c in candidates:
+        found = vocab_files.vocabulary_dir(c)
+        if found is not None:
+            return vocab_files.load_vocabulary(found)
+    return None
+
+
+def source_optimizer_state(kind: str, src: str) -> tuple[int | None, Any]:
+    """(step, optimizer state) of a flanrec training checkpoint, for `--to t5x`; (None,
+    None) for anything else."""
+    if kind != "flanrec":
+        return None, None
+    from flanrec.checkpoints import load_optimizer_state
+    from flanrec.peft import checkpoint as peft_checkpoint
+
+    if peft_checkpoint.is_adapter_checkpoint(src):
+        return None, None  # adapters' moments: no place in a plain T5X state
+    return load_optimizer_state(src)
 
 
 def write_target(kind: str, cfg: T5Config, params: dict[str, Any], out: Path, *,
-                 step: int, spiece: Path | None) -> None:
+                 step: int, vocabulary: Any = None, opt_state: Any = None) -> None:
     """Write one output of `kind` at `out` (a path that does not exist yet)."""
     if kind == "flanrec":
         from flanrec.checkpoints import save_params_checkpoint
+        from flanrec.convert.vocabulary import write_vocabulary
 
         save_params_checkpoint(cfg, params, out)
-        if spiece is not None:
-            shutil.copyfile(spiece, out / SPIECE_FILE)
+        if vocabulary is not None:
+            write_vocabulary(vocabulary, out)
     elif kind == "hf":
         from flanrec.convert.hf import export_hf
 
-        export_hf(cfg, params, out, spiece_model=spiece)
+        export_hf(cfg, params, out, vocabulary=vocabulary)
     elif kind == "t5x":
         from flanrec.convert.t5x import write_t5x_checkpoint
 
-        write_t5x_checkpoint(params, out, step)
+        write_t5x_checkpoint(params, out, step, opt_state=opt_state)
     else:
         raise ValueError(f"unknown target kind {kind!r}; expected one of {TARGETS}")
 
@@ -117,25 +136,34 @@ def _install(built: Path, out: Path, overwrite: bool) -> None:
 
 
 def convert(src_kind: str, src: str, out: str, dst_kind: str = "flanrec", *,
-            overwrite: bool = False, step: int = 0, merge_lora: bool = False
-            ) -> tuple[T5Config, Path]:
-    """Convert `src` (of `src_kind`) to `out` (of `dst_kind`); returns (config, out path)."""
+            overwrite: bool = False, step: int | None = None, merge_lora: bool = False,
+            vocab: str | None = None) -> tuple[T5Config, Path]:
+    """Convert `src` (of `src_kind`) to `out` (of `dst_kind`); returns (config, out path).
+
+    `step` (T5X output): default the source's own step for a flanrec training checkpoint,
+    else 0. `vocab`: see `vocabulary.from_path`; default the vocabulary the source carries."""
     out_path = _check_out(out, [src], overwrite)
     cfg, params = read_source(src_kind, src, merge_lora)
-    spiece = find_vocabulary(src_kind, src)
-    _write(dst_kind, cfg, params, out_path, step=step, spiece=spiece, overwrite=overwrite)
+    vocabulary = vocab_files.from_path(vocab) if vocab else find_vocabulary(src_kind, src)
+    src_step, opt_state = (source_optimizer_state(src_kind, src) if dst_kind == "t5x"
+                           else (None, None))
+    step = step if step is not None else int(src_step or 0)
+    _write(dst_kind, cfg, params, out_path, step=step, vocabulary=vocabulary,
+           opt_state=opt_state, overwrite=overwrite)
     return cfg, out_path
 
 
 def average(srcs: list[str], out: str, dst_kind: str = "flanrec", *, overwrite: bool = False,
-            step: int = 0) -> tuple[T5Config, Path]:
+            step: int | None = None, vocab: str | None = None) -> tuple[T5Config, Path]:
     """Write the elementwise mean of the checkpoints `srcs` to `out` (of `dst_kind`)."""
     from flanrec.convert.average import load_for_average
 
     out_path = _check_out(out, srcs, overwrite)
     cfg, params = load_for_average(srcs)
-    spiece = next((v for s in srcs for v in [find_vocabulary("flanrec", s)] if v), None)
-    _write(dst_kind, cfg, params, out_path, step=step, spiece=spiece, overwrite=overwrite)
+    vocabulary = (vocab_files.from_path(vocab) if vocab else
+                  next((v for s in srcs for v in [find_vocabulary("flanrec", s)] if v), None))
+    _write(dst_kind, cfg, params, out_path, step=step or 0, vocabulary=vocabulary,
+           overwrite=overwrite)
     return cfg, out_path
 
 
@@ -152,13 +180,14 @@ def _check_out(out: str, srcs: list[str], overwrite: bool) -> Path:
 
 
 def _write(dst_kind: str, cfg: T5Config, params: dict[str, Any], out_path: Path, *, step: int,
-           spiece: Path | None, overwrite: bool) -> None:
+           vocabulary: Any, overwrite: bool, opt_state: Any = None) -> None:
     """Build the output in a scratch dir next to `out_path`, then move it into place."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
     try:
         built = scratch / "out"
-        write_target(dst_kind, cfg, params, built, step=step, spiece=spiece)
+        write_target(dst_kind, cfg, params, built, step=step, vocabulary=vocabulary,
+                     opt_state=opt_state)
         _install(built, out_path, overwrite)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -196,8 +225,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="output format (default: flanrec params-only checkpoint)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --out (only once the new output is complete)")
-    parser.add_argument("--step", type=int, default=0,
-                        help="step number of the written T5X checkpoint_N (--to t5x)")
+    parser.add_argument("--step", type=int, default=None,
+                        help="step of the written T5X checkpoint_N (--to t5x; default: the "
+                             "flanrec checkpoint's own step, else 0). T5X continues counting "
+                             "from it: TRAIN_STEPS there includes it")
+    parser.add_argument("--vocab", default=None,
+                        help="vocabulary to ship (--to hf/flanrec): a prepared data dir, a "
+                             "dir with spiece.model, or a .model file (default: the one the "
+                             "source carries, e.g. MODEL_DIR/spiece.model)")
     args = parser.parse_args(argv)
     if args.average and (args.src or args.src_kind or args.merge_lora):
         parser.error("--average takes the checkpoints itself: no --from/--src/--merge_lora")
@@ -206,11 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.average:
             cfg, out = average(args.average, args.out, args.dst_kind, overwrite=args.overwrite,
-                               step=args.step)
+                               step=args.step, vocab=args.vocab)
         else:
             cfg, out = convert(args.src_kind, args.src, args.out, args.dst_kind,
                                overwrite=args.overwrite, step=args.step,
-                               merge_lora=args.merge_lora)
+                               merge_lora=args.merge_lora, vocab=args.vocab)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
