@@ -74,13 +74,16 @@ def search_paths(user_paths: Sequence[str] = ()) -> list[str]:
 
 
 def add_search_paths(user_paths: Sequence[str] = ()) -> list[str]:
-    """Put `search_paths(user_paths)` on gin's search path (each once); returns them.
+    """Make `search_paths(user_paths)` gin's search path; returns them.
 
-    gin keeps its search path across `gin.clear_config()`, so a path already on it is not
-    added again (jobs run several times in one process in tests)."""
+    gin keeps its search path across `gin.clear_config()` and has no call to reset it, so
+    the list it keeps is reset here (to gin's own start: the bare relative path); otherwise a
+    job run twice in one process (tests, notebooks) would still search the first run's
+    directories."""
     paths = search_paths(user_paths)
-    present = set(getattr(gin.config, "_LOCATION_PREFIXES", ()))
+    prefixes = getattr(gin.config, "_LOCATION_PREFIXES", None)
+    if isinstance(prefixes, list):
+        prefixes[:] = [""]
     for p in paths:
-        if p not in present:
-            gin.add_config_file_search_path(p)
+        gin.add_config_file_search_path(p)
     return paths

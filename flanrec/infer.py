@@ -1,6 +1,6 @@
 r"""Offline inference over a SeqIO task split: `python -m flanrec.infer`.
 
-    python -m flanrec.infer --gin_file=gin/runs/infer.gin \
+    python -m flanrec.infer --gin_file=runs/infer.gin \
       --gin.CHECKPOINT_PATH=runs/ml100k_tiny --gin.MIXTURE_OR_TASK_NAME=ml100k_seq_seqidx \
       --gin.INFER_OUTPUT_DIR=runs/ml100k_tiny/infer --gin.MODE=predict --gin.NUM_BEAMS=20
 
@@ -10,12 +10,18 @@ INFER_OUTPUT_DIR, DATA_DIR, TASK_FEATURE_LENGTHS, SPLIT, BATCH_SIZE, MODE
 
 Output, one JSON object per example, in
 `INFER_OUTPUT_DIR/{task}-{mode}.jsonl-{host:05d}-of-{hosts:05d}`: task, split, mode, index
-(position in the split), user, inputs, targets, target_item, template_idx, template_type,
-and per mode
+(position in the split), user, targets, target_item, template_idx, template_type, and per mode
   predict: items, ids, scores (best first, distinct, at most NUM_BEAMS), invalid, duplicates
   score:   candidates, scores (summed log-likelihood); binary tasks also p_yes, label
   rating:  expected_rating, rating_probs {"1": p, ...}, target_rating
+and T5X's own fields (t5x/infer.py), so T5X post-processing reads the files unchanged:
+inputs {"inputs_pretokenized", "targets_pretokenized"}, prediction (the decoded top answer:
+an item's ID string, a rating), aux {"scores": its log-likelihood}; score mode also score (the
+log-likelihood of the example's own target).
 Rerunning the same command resumes: finished chunks are kept, the rest computed.
+
+`--gin_file=runs/infer.gin` (the default) is flanrec's own config, found on the gin search
+path from any directory, also from an installed wheel.
 """
 
 from __future__ import annotations

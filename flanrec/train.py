@@ -5,11 +5,15 @@ r"""Fine-tune (or pre-train) Flan-T5 on a SeqIO mixture: `python -m flanrec.trai
       --gin.MODEL_DIR=/tmp/run --gin.MIXTURE_OR_TASK_NAME=ml100k_seq_rec \
       --gin.MIXTURE_OR_TASK_MODULE=tasks.movielens --gin.INITIAL_CHECKPOINT_PATH=/ckpt
 
-Macros follow T5X (MODEL_DIR, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE,
-TASK_FEATURE_LENGTHS, TRAIN_STEPS, BATCH_SIZE, DROPOUT_RATE, LEARNING_RATE,
-INITIAL_CHECKPOINT_PATH, EVAL_PERIOD, CHECKPOINT_PERIOD, RANDOM_SEED). `--gin.X=V` is a gin
-binding `X = V`; a V that is not a Python literal or gin reference is taken as a string, so
-`--gin.MODEL_DIR=/tmp/run` needs no quotes.
+Macros named as in T5X's finetune.gin: MODEL_DIR, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE,
+TASK_FEATURE_LENGTHS, TRAIN_STEPS, TRAIN_STEPS_RELATIVE, BATCH_SIZE, DROPOUT_RATE,
+INITIAL_CHECKPOINT_PATH, EVAL_PERIOD, RANDOM_SEED, USE_CACHED_TASKS; flanrec's own (T5X
+configures these through bindings, e.g. `utils.SaveCheckpointConfig.period`): LEARNING_RATE,
+CHECKPOINT_PERIOD, KEEP_CHECKPOINTS, LOG_PERIOD, NUM_MICROBATCHES, PACK, TUNING. As in
+T5X, TRAIN_STEPS counts the step of a T5X INITIAL_CHECKPOINT_PATH too (see `train`).
+`--gin.X=V` is a gin binding `X = V`; a V that is not a Python literal or gin reference is
+taken as a string, so `--gin.MODEL_DIR=/tmp/run` needs no quotes. `--gin_file=runs/...`
+finds flanrec's own gin files from any directory (`flanrec.gin_cli`).
 
 The job reads top to bottom in `train()`: output dir → mesh → data → state (resume, initial
 checkpoint or scratch) → compiled steps → loop (log, validate, checkpoint) → final save.
@@ -595,8 +599,6 @@ def _initial_step(initial_checkpoint_path: str) -> int:
     train state), 0 for HF and flanrec checkpoints (params only, fresh optimizer)."""
     from flanrec.convert.t5x import checkpoint_step
 
-    if "://" in str(initial_checkpoint_path):
-        return 0
     return int(checkpoint_step(initial_checkpoint_path) or 0)
 
 

@@ -3,12 +3,19 @@
     python -m flanrec.convert --from hf  --src google/flan-t5-small-dir --out ckpt/flan-small
     python -m flanrec.convert --from t5x --src gs-copy/checkpoint_1198000 --out ckpt/flan-small
     python -m flanrec.convert --from flanrec --src MODEL_DIR --out hf-out --to hf
+    python -m flanrec.convert --from flanrec --src MODEL_DIR --out t5x-out --to t5x
     python -m flanrec.convert --from flanrec --src LORA_RUN --merge_lora --out hf-out --to hf
     python -m flanrec.convert --average RUN_A RUN_B/checkpoint_2000 --out soup [--to hf]
 
 `--merge_lora` folds a LoRA run's adapters into its frozen backbone (W + alpha/r · A B), so
 the result is a plain Flan-T5 checkpoint every exporter writes unchanged. `--average` writes
 the elementwise mean of several checkpoints ("model soup", `flanrec.convert.average`).
+
+The vocabulary a source carries (a training MODEL_DIR's `spiece.model`, see
+`flanrec.convert.vocabulary`) travels with it: an HF output gets it with transformers'
+tokenizer files, so `AutoTokenizer` gives the task's ids (`--vocab` names another one). A T5X
+output holds T5X's whole Adafactor train state (the run's moments where it trained with
+Adafactor) at the flanrec checkpoint's step, so T5X's stock fine-tuning restores it.
 
 Every conversion goes through the one parameter table (`common.param_specs`), so the output
 is checked before it is written. Output is assembled under a temporary name next to `--out`
@@ -18,6 +25,7 @@ and moved into place at the end: an interrupted run leaves nothing at `--out`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -234,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                              "dir with spiece.model, or a .model file (default: the one the "
                              "source carries, e.g. MODEL_DIR/spiece.model)")
     args = parser.parse_args(argv)
+    # What an export carried over (optimizer moments, tokenizer caveats) goes to stderr.
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("flanrec.convert").setLevel(logging.INFO)
     if args.average and (args.src or args.src_kind or args.merge_lora):
         parser.error("--average takes the checkpoints itself: no --from/--src/--merge_lora")
     if not args.average and not (args.src and args.src_kind):

@@ -349,7 +349,7 @@ def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLi
         raise
     if vocabulary is not None:
         hf_tokenizer.warn_differences(vocabulary, hf_tokenizer.probe_texts(vocabulary),
-                                      f"{out}/{hf_tokenizer.TOKENIZER_FILE}")
+                                      f"HF export {hf_tokenizer.TOKENIZER_FILE}")
     return out
 
 

@@ -1,13 +1,15 @@
 """The tokenizer files of an HF export, so `AutoTokenizer` gives the ids the model was trained on.
 
 transformers builds `T5Tokenizer` (in 5.x the same class as `T5TokenizerFast`) from
-`tokenizer.json` when there is one, else from `spiece.model`. From `spiece.model` alone it
-turns SentencePiece's user-defined pieces (our item-ID tokens such as `<c17>`) into added
-tokens that split the text first, so the `▁` SentencePiece puts before ` <c17>` is lost and
-`watched: <c17>` encodes to other ids than seqio's. A `tokenizer.json` that keeps them as
-plain Unigram pieces (score 0, as in the SentencePiece model) avoids that, and also carries
-the tokens that `ItemTokenVocabulary` put on extra-id and padding rows, which `spiece.model`
-does not know at all. So the export writes:
+`tokenizer.json` when there is one, else by converting `spiece.model`. The export writes a
+`tokenizer.json` holding the whole vocabulary as seqio sees it, because `spiece.model` does
+not know the item tokens that `ItemTokenVocabulary` put on extra-id and padding rows, and
+because the conversion depends on the transformers version and on tokenizer_config.json
+(transformers 5.24 given only `tokenizer_class` turns SentencePiece's user-defined pieces,
+our item-ID tokens such as `<c17>`, into added tokens that split the text first and lose
+the `▁` SentencePiece puts before ` <c17>`). In `tokenizer.json` the item tokens are plain
+Unigram pieces with the SentencePiece model's score (0), which T5's pre-tokenizer
+(whitespace split, then `▁` prepended) cuts exactly where SentencePiece does. So:
 
     spiece.model              the task's SentencePiece model (what seqio and HF's slow path read)
     tokenizer.json            the whole vocabulary as seqio sees it: pieces, extra ids, item
