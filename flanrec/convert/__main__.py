@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from flanrec.convert import vocabulary as vocab_files
-from flanrec.convert.common import count_params
+from flanrec.convert.common import count_params, make_readable
 from flanrec.model.config import T5Config
 
 SOURCES = ("hf", "t5x", "flanrec")
@@ -196,6 +196,7 @@ def _write(dst_kind: str, cfg: T5Config, params: dict[str, Any], out_path: Path,
         built = scratch / "out"
         write_target(dst_kind, cfg, params, built, step=step, vocabulary=vocabulary,
                      opt_state=opt_state)
+        make_readable(built)  # others (a serving job, a colleague) read exports too
         _install(built, out_path, overwrite)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
