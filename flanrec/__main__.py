@@ -9,10 +9,10 @@ from flanrec import __version__
 
 _JOBS = {
     "prepare": "python -m flanrec.prepare --dataset ml-100k --out DIR   (data, splits, tasks)",
-    "train": "python -m flanrec.train --gin_file=gin/runs/finetune.gin --gin.MODEL_DIR=...",
+    "train": "python -m flanrec.train --gin_file=runs/finetune.gin --gin.MODEL_DIR=...",
     "convert": "python -m flanrec.convert --from hf|t5x|flanrec --src DIR --out DIR "
     "[--to flanrec|hf|t5x]",
-    "infer": "python -m flanrec.infer --gin_file=gin/runs/infer.gin --gin.CHECKPOINT_PATH=... "
+    "infer": "python -m flanrec.infer --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=... "
     "--gin.MIXTURE_OR_TASK_NAME=... --gin.INFER_OUTPUT_DIR=...",
     "baselines": "python -m flanrec.baselines --data_dir DIR --model all --out DIR",
     "eval": "python -m flanrec.eval --predictions DIR --baselines DIR --data_dir DIR --out DIR",

@@ -666,7 +666,23 @@ def restore_params(path: PathLike, abstract_params: Any) -> tuple[T5Config, Any]
     return _config_from_meta(meta, ckpt), params
 
 
+def load_optimizer_state(path: PathLike) -> tuple[int | None, Any]:
+    """`(step, optimizer state as host numpy arrays)` of a flanrec checkpoint, for exporters
+    (`convert --to t5x` carries Adafactor's moments). The state is the stored tree as Orbax
+    gives it back untyped (optax NamedTuples as dicts, chains as lists); None for a
+    params-only checkpoint."""
+    ckpt = resolve_checkpoint(path)
+    meta = _restore_item(ckpt / META, ocp.JsonCheckpointHandler(), ocp.args.JsonRestore())
+    step = meta.get("step")
+    if not (ckpt / OPT_STATE).is_dir():
+        return step, None
+    stored = _item_tree_metadata(ckpt / OPT_STATE)
+    opt = _restore_item(ckpt / OPT_STATE, ocp.PyTreeCheckpointHandler(), ocp.args.PyTreeRestore(
+        item=stored, restore_args=_numpy_restore_args(stored)))
+    return step, opt
+
+
 __all__ = ["DamagedCheckpointError", "TrainCheckpointer", "check_integrity", "complete_steps",
-           "is_complete", "latest_complete_step", "load_params", "newest_verified",
-           "record_checksums", "resolve_checkpoint", "restore_params",
+           "is_complete", "latest_complete_step", "load_optimizer_state", "load_params",
+           "newest_verified", "record_checksums", "resolve_checkpoint", "restore_params",
            "save_params_checkpoint", "step_dir", "verify_checkpoint"]

@@ -46,12 +46,11 @@ from typing import Any
 
 import gin
 
-from flanrec import eval_truth, paired, report
+from flanrec import eval_truth, paired, report, storage
 from flanrec import metrics as M
-from flanrec import storage
 from flanrec.data.prepared import PreparedDataError
 from flanrec.errors import UserError
-from flanrec.gin_cli import bindings_from_flags
+from flanrec.gin_cli import add_search_paths, bindings_from_flags
 from flanrec.report import write_atomic
 
 FILE_RE = re.compile(
@@ -580,6 +579,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                              "users (an error otherwise); the table says how many were scored")
     parser.add_argument("--gin_file", action="append", default=[])
     parser.add_argument("--gin_bindings", action="append", default=[])
+    parser.add_argument("--gin_search_paths", action="append", default=[],
+                        help="directories searched for gin files (comma-separated or "
+                             "repeated; the cwd and flanrec's own gin configs are added)")
     args, rest = parser.parse_known_args(argv)
     bindings = bindings_from_flags(parser, rest, args.gin_bindings)
     if not args.gin_file and not bindings and (args.predictions is None or args.out is None):
@@ -598,10 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.gin_file or bindings:
-            repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             gin.clear_config()
-            for p in (os.getcwd(), repo_root):
-                gin.add_config_file_search_path(p)
+            add_search_paths(args.gin_search_paths)
             gin.parse_config_files_and_bindings(args.gin_file, bindings)
             evaluate(**({"allow_partial": True} if args.allow_partial else {}))
         else:

@@ -1,4 +1,12 @@
-"""T5X-style `--gin.NAME=VALUE` flags, shared by the train, infer and eval jobs.
+"""T5X-style gin flags, shared by the train, infer and eval jobs: `--gin.NAME=VALUE` bindings
+and the search path behind `--gin_file` / `include`.
+
+Search path, as in T5X: the user's `--gin_search_paths` (comma-separated and/or repeated),
+then the working directory, then flanrec's own gin configs twice: as the directory that holds
+`gin/` (so `--gin_file=gin/runs/infer.gin` and the `include 'gin/...'` lines inside the
+configs resolve) and as `gin/` itself (so `--gin_file=runs/infer.gin` works from anywhere,
+T5X's `--gin_file=t5x/configs/...` habit). Those configs are the checkout's top-level `gin/`
+directory, or the copy a wheel ships as `flanrec/gin/` (setup.py), whichever exists.
 
 Kept free of JAX and TF imports so `flanrec.eval` stays a light job.
 """
@@ -7,7 +15,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 from collections.abc import Sequence
+from pathlib import Path
+
+import gin
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def as_binding(name: str, value: str) -> str:
@@ -34,3 +48,42 @@ def bindings_from_flags(parser: argparse.ArgumentParser, rest: Sequence[str],
         else:
             parser.error(f"unrecognised argument {arg!r} (gin macros are --gin.NAME=VALUE)")
     return bindings
+
+
+def packaged_gin_dir() -> Path | None:
+    """flanrec's gin configs: `flanrec/gin/` in an installed wheel, else the checkout's `gin/`
+    (also what an editable install sees); None if neither exists."""
+    for candidate in (_PACKAGE_DIR / "gin", _PACKAGE_DIR.parent / "gin"):
+        if (candidate / "runs").is_dir():
+            return candidate
+    return None
+
+
+def split_search_paths(values: Sequence[str]) -> list[str]:
+    """`--gin_search_paths` values, each possibly comma-separated (T5X's form), flattened."""
+    return [p.strip() for value in values for p in value.split(",") if p.strip()]
+
+
+def search_paths(user_paths: Sequence[str] = ()) -> list[str]:
+    """Directories searched for gin files and includes, in order (see the module doc)."""
+    paths = [*split_search_paths(user_paths), os.getcwd()]
+    configs = packaged_gin_dir()
+    if configs is not None:
+        paths += [str(configs.parent), str(configs)]
+    return list(dict.fromkeys(paths))
+
+
+def add_search_paths(user_paths: Sequence[str] = ()) -> list[str]:
+    """Make `search_paths(user_paths)` gin's search path; returns them.
+
+    gin keeps its search path across `gin.clear_config()` and has no call to reset it, so
+    the list it keeps is reset here (to gin's own start: the bare relative path); otherwise a
+    job run twice in one process (tests, notebooks) would still search the first run's
+    directories."""
+    paths = search_paths(user_paths)
+    prefixes = getattr(gin.config, "_LOCATION_PREFIXES", None)
+    if isinstance(prefixes, list):
+        prefixes[:] = [""]
+    for p in paths:
+        gin.add_config_file_search_path(p)
+    return paths

@@ -1,6 +1,6 @@
 r"""Offline inference over a SeqIO task split: `python -m flanrec.infer`.
 
-    python -m flanrec.infer --gin_file=gin/runs/infer.gin \
+    python -m flanrec.infer --gin_file=runs/infer.gin \
       --gin.CHECKPOINT_PATH=runs/ml100k_tiny --gin.MIXTURE_OR_TASK_NAME=ml100k_seq_seqidx \
       --gin.INFER_OUTPUT_DIR=runs/ml100k_tiny/infer --gin.MODE=predict --gin.NUM_BEAMS=20
 
@@ -10,17 +10,23 @@ INFER_OUTPUT_DIR, DATA_DIR, TASK_FEATURE_LENGTHS, SPLIT, BATCH_SIZE, MODE
 
 Output, one JSON object per example, in
 `INFER_OUTPUT_DIR/{task}-{mode}.jsonl-{host:05d}-of-{hosts:05d}`: task, split, mode, index
-(position in the split), user, inputs, targets, target_item, template_idx, template_type,
-and per mode
+(position in the split), user, targets, target_item, template_idx, template_type, and per mode
   predict: items, ids, scores (best first, distinct, at most NUM_BEAMS), invalid, duplicates
   score:   candidates, scores (summed log-likelihood); binary tasks also p_yes, label
   rating:  expected_rating, rating_probs {"1": p, ...}, target_rating
+and T5X's own fields (t5x/infer.py), so T5X post-processing reads the files unchanged:
+inputs {"inputs_pretokenized", "targets_pretokenized"}, prediction (the decoded top answer:
+an item's ID string, a rating), aux {"scores": its log-likelihood}; score mode also score (the
+log-likelihood of the example's own target).
 Rerunning the same command resumes: finished chunks are kept, the rest computed. A rerun
 whose CHECKPOINT_PATH now resolves to another checkpoint (a MODEL_DIR that gained a step) is
 refused, since one file would mix two models; OVERWRITE=True recomputes everything. Next to
 each shard, `{task}-{mode}-manifest-{host:05d}-of-{hosts:05d}.json` records the checkpoint
 (step, params sha256), the settings and the gin config that produced it. INFER_OUTPUT_DIR may
 be local or gs://; a directory holding files flanrec did not write is refused.
+
+`--gin_file=runs/infer.gin` (the default) is flanrec's own config, found on the gin search
+path from any directory, also from an installed wheel.
 """
 
 from __future__ import annotations
@@ -107,8 +113,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--gin_bindings", action="append", default=[],
                         help="raw gin binding, e.g. 'infer.chunk_size = 64' (repeatable)")
     parser.add_argument("--gin_search_paths", action="append", default=[],
-                        help="directories searched for gin files (cwd and the repo root are "
-                             "added)")
+                        help="directories searched for gin files (comma-separated or "
+                             "repeated; the cwd and flanrec's own gin configs are added, so "
+                             "runs/infer.gin works from anywhere)")
     parser.add_argument("--coordinator_address", default=None,
                         help="host:port of process 0, for multi-process runs outside TPU pods")
     parser.add_argument("--num_processes", type=int, default=None)
@@ -118,7 +125,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     args, rest = parser.parse_known_args(argv)
     bindings = bindings_from_flags(parser, rest, args.gin_bindings)
     if not args.gin_file:
-        args.gin_file = ["gin/runs/infer.gin"]
+        args.gin_file = ["runs/infer.gin"]  # flanrec's own, found on the gin search path
     return args, bindings
 
 

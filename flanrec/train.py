@@ -5,11 +5,15 @@ r"""Fine-tune (or pre-train) Flan-T5 on a SeqIO mixture: `python -m flanrec.trai
       --gin.MODEL_DIR=/tmp/run --gin.MIXTURE_OR_TASK_NAME=ml100k_seq_rec \
       --gin.MIXTURE_OR_TASK_MODULE=tasks.movielens --gin.INITIAL_CHECKPOINT_PATH=/ckpt
 
-Macros follow T5X (MODEL_DIR, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE,
-TASK_FEATURE_LENGTHS, TRAIN_STEPS, BATCH_SIZE, DROPOUT_RATE, LEARNING_RATE,
-INITIAL_CHECKPOINT_PATH, EVAL_PERIOD, CHECKPOINT_PERIOD, RANDOM_SEED). `--gin.X=V` is a gin
-binding `X = V`; a V that is not a Python literal or gin reference is taken as a string, so
-`--gin.MODEL_DIR=/tmp/run` needs no quotes.
+Macros named as in T5X's finetune.gin: MODEL_DIR, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE,
+TASK_FEATURE_LENGTHS, TRAIN_STEPS, TRAIN_STEPS_RELATIVE, BATCH_SIZE, DROPOUT_RATE,
+INITIAL_CHECKPOINT_PATH, EVAL_PERIOD, RANDOM_SEED, USE_CACHED_TASKS; flanrec's own (T5X
+configures these through bindings, e.g. `utils.SaveCheckpointConfig.period`): LEARNING_RATE,
+CHECKPOINT_PERIOD, KEEP_CHECKPOINTS, LOG_PERIOD, NUM_MICROBATCHES, PACK, TUNING. As in
+T5X, TRAIN_STEPS counts the step of a T5X INITIAL_CHECKPOINT_PATH too (see `train`).
+`--gin.X=V` is a gin binding `X = V`; a V that is not a Python literal or gin reference is
+taken as a string, so `--gin.MODEL_DIR=/tmp/run` needs no quotes. `--gin_file=runs/...`
+finds flanrec's own gin files from any directory (`flanrec.gin_cli`).
 
 The job reads top to bottom in `train()`: output dir → mesh → data → state (resume, initial
 checkpoint or scratch) → compiled steps → loop (log, validate, checkpoint) → final save.
@@ -61,7 +65,7 @@ from flanrec import flops, losses, optimizers, partitioning, storage, trainer
 from flanrec.convert import common
 from flanrec.data import length_check
 from flanrec.errors import UserError
-from flanrec.gin_cli import bindings_from_flags
+from flanrec.gin_cli import add_search_paths, bindings_from_flags
 from flanrec.inference.rank_eval import RankEvalConfig
 from flanrec.model.config import T5Config
 from flanrec.peft import config as peft_config
@@ -75,8 +79,6 @@ gin.register(T5Config, module="flanrec.model.config")
 gin.register(peft_config.PromptConfig, module="flanrec.peft")
 gin.register(peft_config.LoraConfig, module="flanrec.peft")
 gin.register(RankEvalConfig, module="flanrec.inference")
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -337,7 +339,7 @@ class _Window:
 def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRED,
           train_dataset: DatasetConfig = gin.REQUIRED,
           eval_dataset: DatasetConfig | None = None,
-          train_steps: int = gin.REQUIRED, eval_period: int = 0,
+          train_steps: int | None = gin.REQUIRED, eval_period: int = 0,
           checkpoint_period: int = 1000, keep_checkpoints: int | None = 3,
           log_period: int = 100, initial_checkpoint_path: str | None = None,
           random_seed: int = 0, num_microbatches: int = 1,
@@ -347,6 +349,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
           mesh_axes: Sequence[str] = ("data", "model"),
           rules: partitioning.Rules | None = None, remat_policy: str = "none",
           async_checkpointing: bool = True, tuning: str = "full",
+          train_steps_relative: int | None = None,
           prompt: peft_config.PromptConfig | None = None,
           lora: peft_config.LoraConfig | None = None,
           rank_eval: RankEvalConfig | None = None, early_stopping_patience: int = 0,
@@ -363,6 +366,14 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     recorded in MODEL_DIR/best_checkpoint.json (what `flanrec.infer` uses for
     CHECKPOINT_PATH=MODEL_DIR). `early_stopping_patience` > 0 stops after that many
     evaluations without a better NDCG@10.
+
+    Steps, as in T5X: starting from a T5X `initial_checkpoint_path`, the step count continues
+    from that checkpoint's step (1,198,000 for Flan-T5 small) and `train_steps` is the total,
+    pretrained steps included; from an HF or flanrec checkpoint (or scratch) it starts at 0.
+    `train_steps_relative` (TRAIN_STEPS_RELATIVE) instead trains that many steps past the
+    step the run started from, and then `train_steps` is ignored. Unlike T5X, whose relative
+    count restarts at every resume, it is anchored at the run's first step (kept in the
+    checkpoint meta), so a preempted run stops where an uninterrupted one would.
     """
     check_settings({"TRAIN_STEPS": train_steps, "BATCH_SIZE": train_dataset.batch_size,
                     "NUM_MICROBATCHES": num_microbatches, "LOG_PERIOD": log_period,
@@ -415,6 +426,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     length_check.check_feature_lengths(train_dataset.mixture_or_task_name,
                                        train_dataset.task_feature_lengths,
                                        train_dataset.split, warn=log.warning)
+    if jax.process_index() == 0:  # checkpoints carry their vocabulary: text in/out, HF export
+        _save_task_vocabulary(out, train_dataset.mixture_or_task_name)
 
     # 4. Train state: resume > initial checkpoint > from scratch.
     abstract = trainer.abstract_state(model, tx, tuning)
@@ -431,6 +444,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     rng = jax.random.PRNGKey(random_seed)
     init_rng, dropout_rng = jax.random.split(rng)
     resume_step = ckpt.latest_step()
+    initial_step = 0
     if jax.process_count() > 1:
         # Every host must resume from the same step even if one saw a later, still-committing
         # checkpoint directory: process 0's view wins.
@@ -451,8 +465,9 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         step_arr = jax.device_put(np.int32(resume_step), shardings.step)
         state = trainer.TrainState(step_arr, params, opt_state)
         dropout_rng = jax.numpy.asarray(np.asarray(meta["rng"], np.uint32))
+        initial_step = int(meta.get("initial_step", 0))
         position = meta.get("data_position") or {}
-        skip = int(position.get("train_batches", resume_step))
+        skip = int(position.get("train_batches", resume_step - initial_step))
         if position.get("per_host_batch", per_host) != per_host or \
                 position.get("process_count", jax.process_count()) != jax.process_count():
             log.warning("resuming with a different batch/host layout than %s: the input "
@@ -482,6 +497,12 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             log.info("initial parameters from %s (%s)", initial_checkpoint_path, src_cfg.name)
         state = trainer.init_state(model, tx, init_rng, shardings, mesh, rules, init_params)
         skip = 0
+    if resume_step is None and initial_checkpoint_path:
+        initial_step = _initial_step(initial_checkpoint_path)
+        if initial_step:
+            state = state.replace(step=jax.device_put(np.int32(initial_step), shardings.step))
+    train_steps, steps_basis = _total_steps(train_steps, train_steps_relative, initial_step,
+                                            initial_checkpoint_path, resume_step)
     start_step = int(jax.device_get(state.step))
 
     # 5. Input streams, compiled steps, writers.
@@ -524,7 +545,9 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
 
     def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
         meta = {"model_config": base_config.to_dict(), "rng": dropout_rng,
-                "data_position": {"train_batches": step, "per_host_batch": per_host,
+                "initial_step": initial_step,
+                "data_position": {"train_batches": step - initial_step,
+                                  "per_host_batch": per_host,
                                   "process_count": jax.process_count()}}
         if efficient:  # adapters only: the backbone is named, not copied
             meta.update(tuning=tuning, peft=peft_config.adapters_to_dict(model_config),
@@ -574,7 +597,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     pending: tuple[int, Any] | None = None
     step = start_step
     stopped_early = False
-    log.info("training from step %d to %d (setup %.1fs)", step, train_steps,
+    log.info("training from step %d to %d (%s; setup %.1fs)", step, train_steps, steps_basis,
              time.time() - t_start)
     try:
         while step < train_steps:
@@ -648,6 +671,51 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             "preempted": step < train_steps and not stopped_early,
             "stopped_early": stopped_early, "best": {k: v for k, v in best.items()
                                                      if k != "history"}}
+
+
+# ------------------------------------------------------------------ steps and vocabulary
+def _initial_step(initial_checkpoint_path: str) -> int:
+    """The step a fresh run starts at: a T5X checkpoint's own step (T5X restores it into the
+    train state), 0 for HF and flanrec checkpoints (params only, fresh optimizer)."""
+    from flanrec.convert.t5x import checkpoint_step
+
+    return int(checkpoint_step(initial_checkpoint_path) or 0)
+
+
+def _total_steps(train_steps: int | None, relative: int | None, initial_step: int,
+                 initial_checkpoint_path: str | None, resume_step: int | None
+                 ) -> tuple[int, str]:
+    """(the step to stop at, how it was counted — for the log line)."""
+    if relative is not None:
+        if relative < 1:
+            raise UserError(f"TRAIN_STEPS_RELATIVE must be >= 1, got {relative}")
+        ignored = "" if train_steps is None else f"; TRAIN_STEPS={train_steps} is ignored"
+        return initial_step + relative, (f"TRAIN_STEPS_RELATIVE={relative} steps after step "
+                                         f"{initial_step}{ignored}")
+    if train_steps is None:
+        raise UserError("TRAIN_STEPS is None and TRAIN_STEPS_RELATIVE is not set: set one of "
+                        "them (the step to stop at, or how many steps to train)")
+    if not initial_step:
+        return train_steps, "TRAIN_STEPS counted from step 0"
+    if train_steps <= initial_step and resume_step is None:
+        raise UserError(
+            f"TRAIN_STEPS={train_steps} is not above step {initial_step} of the T5X "
+            f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path}: as in T5X, TRAIN_STEPS counts "
+            f"the pretrained steps too. Set TRAIN_STEPS={initial_step + train_steps} (or "
+            f"TRAIN_STEPS_RELATIVE={train_steps}) for {train_steps} steps of fine-tuning")
+    return train_steps, (f"TRAIN_STEPS counts the {initial_step} steps of the T5X initial "
+                         "checkpoint, as in T5X")
+
+
+def _save_task_vocabulary(model_dir: Any, task_name: str) -> None:
+    """MODEL_DIR/spiece.model + flanrec_vocabulary.json: the ids' meaning, for
+    `flanrec.load(...).generate_text` and `convert --to hf` (`flanrec.convert.vocabulary`)."""
+    import seqio
+
+    from flanrec.convert import vocabulary
+
+    vocab = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
+    vocabulary.write_vocabulary(vocab, os.fspath(model_dir))
 
 
 # ------------------------------------------------------------ parameter-efficient tuning
@@ -747,7 +815,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="raw gin binding, e.g. 'train.log_period = 10' (repeatable)")
     parser.add_argument("--gin_search_paths", action="append", default=[],
                         help="directories searched for gin files and includes "
-                             "(comma-separated or repeated; cwd and the repo root are added)")
+                             "(comma-separated or repeated; the cwd and flanrec's own gin "
+                             "configs are added, so runs/finetune.gin works from anywhere)")
     parser.add_argument("--coordinator_address", default=None,
                         help="host:port of process 0, for multi-process runs outside TPU pods")
     parser.add_argument("--num_processes", type=int, default=None)
@@ -768,9 +837,7 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
     misspelled name fails here with gin's own message, before anything is compiled.
     """
     gin.clear_config()
-    paths = [p for arg in search_paths for p in arg.split(",") if p]
-    for p in [*paths, os.getcwd(), REPO_ROOT]:
-        gin.add_config_file_search_path(p)
+    add_search_paths(search_paths)
     gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
     _check_macros_used(bindings)
     try:

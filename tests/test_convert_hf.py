@@ -38,9 +38,14 @@ def copy(saved, tmp_path):
 
 
 def _edit_config(path, **changes):
+    """Set fields of config.json; a value of `_DELETE` removes the field."""
     cfg = json.loads((path / "config.json").read_text())
     cfg.update(changes)
+    cfg = {k: v for k, v in cfg.items() if v is not _DELETE}
     (path / "config.json").write_text(json.dumps(cfg))
+
+
+_DELETE = object()
 
 
 def _flat(params):
@@ -70,9 +75,9 @@ def test_round_trip_through_transformers(hf_model, saved, tmp_path):
     import transformers
 
     cfg, params = hf.import_hf(saved)
-    out = hf.export_hf(cfg, params, tmp_path / "export", spiece_model=saved / "spiece.model")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors",
-                                                     "spiece.model"]
+    out = hf.export_hf(cfg, params, tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json",
+                                                     "model.safetensors"]
     written = json.loads((out / "config.json").read_text())
     assert written["tie_word_embeddings"] is False
     assert written["feed_forward_proj"] == "gated-gelu" and written["is_gated_act"] is True
@@ -90,6 +95,49 @@ def test_round_trip_through_transformers(hf_model, saved, tmp_path):
     assert cfg2.replace(name=cfg.name) == cfg
     for name, value in _flat(params).items():
         np.testing.assert_array_equal(_flat(params2)[name], value)
+
+
+def test_transformers_resaved_export_loads(hf_model, saved, tmp_path):
+    """export -> transformers from_pretrained -> save_pretrained -> flanrec: transformers 5
+    writes `tie_word_embeddings: true` (and `scale_decoder_outputs`, `dtype`) into every T5
+    config it saves; the tensors and `scale_decoder_outputs` decide, so it still loads, equal."""
+    import transformers
+
+    import flanrec
+
+    cfg, params = hf.import_hf(saved)
+    out = hf.export_hf(cfg, params, tmp_path / "export")
+    resaved = tmp_path / "resaved"
+    transformers.T5ForConditionalGeneration.from_pretrained(str(out)).save_pretrained(
+        str(resaved))
+    written = json.loads((resaved / "config.json").read_text())
+    if transformers.__version__.startswith("5."):  # the quirk this test is about
+        assert written["tie_word_embeddings"] is True
+        assert written["scale_decoder_outputs"] is False and "dtype" in written
+    cfg2, params2 = hf.import_hf(resaved)
+    assert cfg2.replace(name=cfg.name) == cfg
+    for name, value in _flat(params).items():
+        np.testing.assert_array_equal(_flat(params2)[name], value, err_msg=name)
+    model = flanrec.load(str(resaved))
+    rng = np.random.default_rng(1)
+    enc, dec = padded_batch(rng, 2, 7), shift_right(padded_batch(rng, 2, 5))
+    np.testing.assert_allclose(model.logits(enc, dec), hf_logits(hf_model, enc, dec),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_export_is_readable_by_others(saved, tmp_path):
+    import os
+    import stat
+
+    cfg, params = hf.import_hf(saved)
+    old = os.umask(0o077)  # even under a strict umask
+    try:
+        out = hf.export_hf(cfg, params, tmp_path / "export")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == dict.fromkeys(modes, 0o644), modes
 
 
 def test_sharded_safetensors(hf_model, saved, tmp_path):
@@ -156,7 +204,12 @@ def test_pytorch_bin_without_torch_says_how_to_convert(saved, tmp_path, monkeypa
 
 @pytest.mark.parametrize("change,pattern", [
     (dict(feed_forward_proj="relu"), "feed_forward_proj is 'relu'.*T5 v1.0"),
-    (dict(tie_word_embeddings=True), "tie_word_embeddings is true"),
+    (dict(scale_decoder_outputs=True), "scale_decoder_outputs is true.*T5 v1.0"),
+    # A transformers-4 config (no scale_decoder_outputs field) of a tied T5 v1.0: scaled.
+    (dict(tie_word_embeddings=True, scale_decoder_outputs=_DELETE),
+     "tie_word_embeddings is not false.*T5 v1.0"),
+    (dict(tie_word_embeddings=_DELETE, scale_decoder_outputs=_DELETE),
+     "tie_word_embeddings is not false"),
     (dict(model_type="gpt2"), "model_type is 'gpt2'"),
     (dict(is_decoder=True), "not an encoder-decoder"),
     (dict(is_encoder_decoder=False), "not an encoder-decoder"),

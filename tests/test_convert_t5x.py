@@ -230,6 +230,16 @@ def test_refuses_decoder_only(tmp_path):
         import_t5x(write_raw(tmp_path, flat))
 
 
+def test_empty_target_says_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match="'target' \\(model parameters\\) is empty") as err:
+        import_t5x(write_raw(tmp_path / "empty", {}))
+    assert "decoder-only" not in str(err.value)
+    # Parameters under other names than encoder/decoder: named, not called decoder-only.
+    flat = {f"transformer/{k}": v for k, v in random_flat(ODD).items()}
+    with pytest.raises(ValueError, match=r"not an encoder-decoder.*\['transformer'\]"):
+        import_t5x(write_raw(tmp_path / "other", flat))
+
+
 def test_refuses_wrong_shapes(tmp_path):
     flat = random_flat(ODD)
     flat["decoder/layers_2/self_attention/out/kernel"] = np.zeros((15, 23), np.float32)

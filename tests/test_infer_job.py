@@ -29,7 +29,8 @@ USERS, ITEMS = 24, 30
 TOY_CONFIG = T5Config(vocab_size=512, d_model=32, d_ff=64, num_heads=4, d_kv=8,
                       num_encoder_layers=1, num_decoder_layers=1, name="tiny-infer-test")
 CONTRACT = {"task", "split", "mode", "index", "user", "inputs", "targets", "target_item",
-            "template_idx", "template_type"}
+            "template_idx", "template_type",
+            "prediction", "aux"}  # T5X's infer.py fields, next to flanrec's
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,13 @@ def test_cli_predict_two_hosts_writes_the_contract(toy, tmp_path):
         assert r["ids"] == [index.id_of(i) for i in r["items"]]
         assert r["scores"] == sorted(r["scores"], reverse=True)
         assert r["invalid"] == 0 and r["duplicates"] == 0
-        assert r["target_item"] and r["inputs"] and index.id_of(r["target_item"]) == r["targets"]
+        assert r["target_item"] and index.id_of(r["target_item"]) == r["targets"]
+        # What T5X-style post-processing reads: pretokenized inputs, the decoded top
+        # prediction and its score.
+        assert set(r["inputs"]) == {"inputs_pretokenized", "targets_pretokenized"}
+        assert f"user {r['user']}" in r["inputs"]["inputs_pretokenized"]
+        assert r["inputs"]["targets_pretokenized"] == r["targets"]
+        assert r["prediction"] == r["ids"][0] and r["aux"] == {"scores": r["scores"][0]}
     assert not [p for p in out.iterdir() if p.name.endswith(".chunks")], "chunk dir left behind"
 
 
@@ -169,6 +176,8 @@ def test_modes_agree_with_each_other(registered, tmp_path):
     seen = _seen(data, "test")
     for i, p in pred.items():
         s = dict(zip(score[i]["candidates"], score[i]["scores"], strict=True))
+        # T5X's score mode field: the log-likelihood of the example's own target.
+        assert score[i]["score"] == s[p["target_item"]]
         assert len(s) == ITEMS
         unseen = sorted((v, k) for k, v in s.items() if k not in seen[p["user"]])
         # Beams (30) >= catalogue: the exact ranking of every unseen item.
@@ -183,11 +192,14 @@ def test_modes_agree_with_each_other(registered, tmp_path):
         assert list(probs) == ["1", "2", "3", "4", "5"] and abs(sum(probs.values()) - 1) < 1e-9
         assert abs(r["expected_rating"] - sum(int(k) * v for k, v in probs.items())) < 1e-9
         assert r["target_rating"] == float(r["targets"])
+        assert r["prediction"] == max(probs, key=probs.get)
     for r in _records(out, "toyinf_binary", "score"):
         assert r["candidates"] == ["no", "yes"] and 0 < r["p_yes"] < 1
         a, b = r["scores"]
         assert abs(r["p_yes"] - 1 / (1 + np.exp(a - b))) < 1e-9
         assert r["label"] == int(r["targets"] == "yes")
+        assert r["score"] == r["scores"][r["label"]]
+        assert r["prediction"] == ("yes" if b > a else "no") and r["aux"]["scores"] == max(a, b)
 
 
 # ------------------------------------------------------------------------------ resume

@@ -3,12 +3,19 @@
     python -m flanrec.convert --from hf  --src google/flan-t5-small-dir --out ckpt/flan-small
     python -m flanrec.convert --from t5x --src gs-copy/checkpoint_1198000 --out ckpt/flan-small
     python -m flanrec.convert --from flanrec --src MODEL_DIR --out hf-out --to hf
+    python -m flanrec.convert --from flanrec --src MODEL_DIR --out t5x-out --to t5x
     python -m flanrec.convert --from flanrec --src LORA_RUN --merge_lora --out hf-out --to hf
     python -m flanrec.convert --average RUN_A RUN_B/checkpoint_2000 --out soup [--to hf]
 
 `--merge_lora` folds a LoRA run's adapters into its frozen backbone (W + alpha/r · A B), so
 the result is a plain Flan-T5 checkpoint every exporter writes unchanged. `--average` writes
 the elementwise mean of several checkpoints ("model soup", `flanrec.convert.average`).
+
+The vocabulary a source carries (a training MODEL_DIR's `spiece.model`, see
+`flanrec.convert.vocabulary`) travels with it: an HF output gets it with transformers'
+tokenizer files, so `AutoTokenizer` gives the task's ids (`--vocab` names another one). A T5X
+output holds T5X's whole Adafactor train state (the run's moments where it trained with
+Adafactor) at the flanrec checkpoint's step, so T5X's stock fine-tuning restores it.
 
 Every conversion goes through the one parameter table (`common.param_specs`), so the output
 is checked before it is written. Output is assembled in a scratch directory and published by
@@ -21,19 +28,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from flanrec import storage
-from flanrec.convert.common import check_finite, count_params, flatten
+from flanrec.convert import vocabulary as vocab_files
+from flanrec.convert.common import check_finite, count_params, flatten, make_readable
 from flanrec.model.config import T5Config
 
 SOURCES = ("hf", "t5x", "flanrec")
 TARGETS = ("flanrec", "hf", "t5x")
-SPIECE_FILE = "spiece.model"
 
 
 def read_source(kind: str, src: str, merge_lora: bool = False) -> tuple[T5Config, dict[str, Any]]:
@@ -67,36 +74,55 @@ def read_source(kind: str, src: str, merge_lora: bool = False) -> tuple[T5Config
     raise ValueError(f"unknown source kind {kind!r}; expected one of {SOURCES}")
 
 
-def find_vocabulary(kind: str, src: str) -> Path | None:
-    """The SentencePiece model shipped with the source, carried along to HF/flanrec outputs."""
-    candidates = [Path(src) / SPIECE_FILE]
+def find_vocabulary(kind: str, src: str) -> Any:
+    """The vocabulary the source carries (`flanrec.convert.vocabulary`), carried along to
+    HF/flanrec outputs; None when it has none (T5X checkpoints never do)."""
+    candidates = [src]
     if kind == "flanrec":
         from flanrec.checkpoints import resolve_checkpoint
 
         try:
-            candidates.append(Path(os.fspath(resolve_checkpoint(src))) / SPIECE_FILE)
+            candidates.append(os.fspath(resolve_checkpoint(src)))
         except (ValueError, FileNotFoundError):
             pass
-    return next((c for c in candidates if c.is_file()), None)
+    for c in candidates:
+        found = vocab_files.vocabulary_dir(c)
+        if found is not None:
+            return vocab_files.load_vocabulary(found)
+    return None
+
+
+def source_optimizer_state(kind: str, src: str) -> tuple[int | None, Any]:
+    """(step, optimizer state) of a flanrec training checkpoint, for `--to t5x`; (None,
+    None) for anything else."""
+    if kind != "flanrec":
+        return None, None
+    from flanrec.checkpoints import load_optimizer_state
+    from flanrec.peft import checkpoint as peft_checkpoint
+
+    if peft_checkpoint.is_adapter_checkpoint(src):
+        return None, None  # adapters' moments: no place in a plain T5X state
+    return load_optimizer_state(src)
 
 
 def write_target(kind: str, cfg: T5Config, params: dict[str, Any], out: Path, *,
-                 step: int, spiece: Path | None) -> None:
+                 step: int, vocabulary: Any = None, opt_state: Any = None) -> None:
     """Write one output of `kind` at `out` (a path that does not exist yet)."""
     if kind == "flanrec":
         from flanrec.checkpoints import save_params_checkpoint
+        from flanrec.convert.vocabulary import write_vocabulary
 
         save_params_checkpoint(cfg, params, out)
-        if spiece is not None:
-            shutil.copyfile(spiece, out / SPIECE_FILE)
+        if vocabulary is not None:
+            write_vocabulary(vocabulary, out)
     elif kind == "hf":
         from flanrec.convert.hf import export_hf
 
-        export_hf(cfg, params, out, spiece_model=spiece)
+        export_hf(cfg, params, out, vocabulary=vocabulary)
     elif kind == "t5x":
         from flanrec.convert.t5x import write_t5x_checkpoint
 
-        write_t5x_checkpoint(params, out, step)
+        write_t5x_checkpoint(params, out, step, opt_state=opt_state)
     else:
         raise ValueError(f"unknown target kind {kind!r}; expected one of {TARGETS}")
 
@@ -105,22 +131,30 @@ OVERWRITE_HINT = " (pass --overwrite)"
 
 
 def convert(src_kind: str, src: str, out: str, dst_kind: str = "flanrec", *,
-            overwrite: bool = False, step: int = 0, merge_lora: bool = False
-            ) -> tuple[T5Config, str]:
-    """Convert `src` (of `src_kind`) to `out` (of `dst_kind`); returns (config, out path)."""
+            overwrite: bool = False, step: int | None = None, merge_lora: bool = False,
+            vocab: str | None = None) -> tuple[T5Config, str]:
+    """Convert `src` (of `src_kind`) to `out` (of `dst_kind`); returns (config, out path).
+
+    `step` (T5X output): default the source's own step for a flanrec training checkpoint,
+    else 0. `vocab`: see `vocabulary.from_path`; default the vocabulary the source carries."""
     from flanrec.api import local_checkpoint
 
     out_path = _check_out(out, [src], overwrite)
     with local_checkpoint(src) as local_src:  # a URL source is read from a local copy
         cfg, params = read_source(src_kind, local_src, merge_lora)
         check_finite(flatten(params), f"--src {src}")
-        spiece = find_vocabulary(src_kind, local_src)
-        _write(dst_kind, cfg, params, out_path, step=step, spiece=spiece, overwrite=overwrite)
+        vocabulary = (vocab_files.from_path(vocab) if vocab
+                      else find_vocabulary(src_kind, local_src))
+        src_step, opt_state = (source_optimizer_state(src_kind, local_src) if dst_kind == "t5x"
+                               else (None, None))
+        step = step if step is not None else int(src_step or 0)
+        _write(dst_kind, cfg, params, out_path, step=step, vocabulary=vocabulary,
+               opt_state=opt_state, overwrite=overwrite)
     return cfg, out_path
 
 
 def average(srcs: list[str], out: str, dst_kind: str = "flanrec", *, overwrite: bool = False,
-            step: int = 0) -> tuple[T5Config, str]:
+            step: int | None = None, vocab: str | None = None) -> tuple[T5Config, str]:
     """Write the elementwise mean of the checkpoints `srcs` to `out` (of `dst_kind`)."""
     from flanrec.api import local_checkpoint
     from flanrec.convert.average import load_for_average
@@ -129,8 +163,11 @@ def average(srcs: list[str], out: str, dst_kind: str = "flanrec", *, overwrite: 
     with contextlib.ExitStack() as stack:
         local = [stack.enter_context(local_checkpoint(s)) for s in srcs]
         cfg, params = load_for_average(local)
-        spiece = next((v for s in local for v in [find_vocabulary("flanrec", s)] if v), None)
-        _write(dst_kind, cfg, params, out_path, step=step, spiece=spiece, overwrite=overwrite)
+        vocabulary = (vocab_files.from_path(vocab) if vocab else
+                      next((v for s in local for v in [find_vocabulary("flanrec", s)] if v),
+                           None))
+        _write(dst_kind, cfg, params, out_path, step=step or 0, vocabulary=vocabulary,
+               overwrite=overwrite)
     return cfg, out_path
 
 
@@ -152,11 +189,13 @@ def _check_out(out: str, srcs: list[str], overwrite: bool) -> str:
 
 
 def _write(dst_kind: str, cfg: T5Config, params: dict[str, Any], out_path: str, *, step: int,
-           spiece: Path | None, overwrite: bool) -> None:
+           vocabulary: Any, overwrite: bool, opt_state: Any = None) -> None:
     """Build the output in scratch and publish it (`flanrec.storage.staged_dir`)."""
     with storage.staged_dir(out_path, "convert", replace=overwrite,
                             replace_hint=OVERWRITE_HINT, record={"to": dst_kind}) as build:
-        write_target(dst_kind, cfg, params, Path(build), step=step, spiece=spiece)
+        write_target(dst_kind, cfg, params, Path(build), step=step, vocabulary=vocabulary,
+                     opt_state=opt_state)
+        make_readable(Path(build))  # others (a serving job, a colleague) read exports too
 
 
 def summary(cfg: T5Config, src_kind: str, dst_kind: str, out: str | Path) -> str:
@@ -191,9 +230,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="output format (default: flanrec params-only checkpoint)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --out (only once the new output is complete)")
-    parser.add_argument("--step", type=int, default=0,
-                        help="step number of the written T5X checkpoint_N (--to t5x)")
+    parser.add_argument("--step", type=int, default=None,
+                        help="step of the written T5X checkpoint_N (--to t5x; default: the "
+                             "flanrec checkpoint's own step, else 0). T5X continues counting "
+                             "from it: TRAIN_STEPS there includes it")
+    parser.add_argument("--vocab", default=None,
+                        help="vocabulary to ship (--to hf/flanrec): a prepared data dir, a "
+                             "dir with spiece.model, or a .model file (default: the one the "
+                             "source carries, e.g. MODEL_DIR/spiece.model)")
     args = parser.parse_args(argv)
+    # What an export carried over (optimizer moments, tokenizer caveats) goes to stderr.
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("flanrec.convert").setLevel(logging.INFO)
     if args.average and (args.src or args.src_kind or args.merge_lora):
         parser.error("--average takes the checkpoints itself: no --from/--src/--merge_lora")
     if not args.average and not (args.src and args.src_kind):
@@ -201,11 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.average:
             cfg, out = average(args.average, args.out, args.dst_kind, overwrite=args.overwrite,
-                               step=args.step)
+                               step=args.step, vocab=args.vocab)
         else:
             cfg, out = convert(args.src_kind, args.src, args.out, args.dst_kind,
                                overwrite=args.overwrite, step=args.step,
-                               merge_lora=args.merge_lora)
+                               merge_lora=args.merge_lora, vocab=args.vocab)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

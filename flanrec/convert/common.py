@@ -8,7 +8,9 @@ plain Python, lets converters validate a checkpoint before any JAX model is buil
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -137,3 +139,15 @@ def check_finite(flat: Mapping[str, Any], source: str) -> None:
 def count_params(cfg: T5Config) -> int:
     """Number of parameters implied by the table (no arrays allocated)."""
     return sum(int(np.prod(shape)) for shape, _ in param_specs(cfg).values())
+
+
+def make_readable(root: str | os.PathLike[str]) -> None:
+    """chmod an export for others to read: directories 0755, files 0644.
+
+    Exports are assembled in `tempfile.mkdtemp` dirs (0700) and some writers create 0600
+    files; a checkpoint handed to another user or a serving job must not need root."""
+    top = Path(root)
+    for path in [top, *top.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod(0o755 if path.is_dir() else 0o644)

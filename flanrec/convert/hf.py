@@ -8,7 +8,17 @@ being half-loaded (no parameter is ever random-initialised).
 
 Only the T5 v1.1 family (gated-GELU, untied logits) is accepted: loading a T5 v1.0 (ReLU,
 tied, scaled logits) checkpoint into this architecture would "work" and silently give wrong
-outputs, so it is refused.
+outputs, so it is refused. Tying and scaling are decided the way transformers itself decides
+them, not from `tie_word_embeddings` alone: transformers 5 writes `tie_word_embeddings: true`
+into every T5 config it saves (Flan-T5 re-saved included) and states the logit scaling in
+`scale_decoder_outputs`. So the logits are *tied* when the checkpoint has no `lm_head.weight`
+tensor, and *scaled* when `scale_decoder_outputs` says so, or, in configs written before that
+field existed (transformers 4), when `tie_word_embeddings` is not false.
+
+An export is a directory transformers loads as it loads google/flan-t5-*: config.json,
+generation_config.json, model.safetensors and, when the checkpoint carries its vocabulary,
+spiece.model with the tokenizer files of `flanrec.convert.hf_tokenizer`, all readable by
+everyone (0644 files in a 0755 directory).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
 SPIECE_FILE = "spiece.model"
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 # Embedding copies HF keeps next to `shared.weight`; they must equal it (one table in T5).
 _EMBED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
@@ -92,13 +103,12 @@ def config_from_hf(hf: Mapping[str, Any], source: str) -> T5Config:
         raise HFCheckpointError(
             f"{source}: feed_forward_proj is {ffn!r}; only 'gated-gelu' (T5 v1.1 / Flan-T5) is "
             f"supported — T5 v1.0 ('relu') checkpoints have a different MLP")
-    if hf.get("tie_word_embeddings", True):
-        raise HFCheckpointError(
-            f"{source}: tie_word_embeddings is true (or absent, HF's default): T5 v1.1 / "
-            f"Flan-T5 use an untied lm_head; tied T5 v1.0-style checkpoints are not supported")
-    if hf.get("scale_decoder_outputs", False):
-        raise HFCheckpointError(f"{source}: scale_decoder_outputs is true (T5 v1.0 scaling of "
-                                f"logits); Flan-T5 does not scale its logits")
+    if scales_logits(hf):
+        why = ("scale_decoder_outputs is true" if "scale_decoder_outputs" in hf else
+               "tie_word_embeddings is not false and there is no scale_decoder_outputs field, "
+               "which transformers reads as")
+        raise HFCheckpointError(f"{source}: {why} (T5 v1.0's scaling of the logits by "
+                                f"d_model**-0.5); Flan-T5 does not scale its logits")
     try:
         num_layers = int(hf["num_layers"])
         dec_layers = hf.get("num_decoder_layers")
@@ -118,6 +128,16 @@ def config_from_hf(hf: Mapping[str, Any], source: str) -> T5Config:
         )
     except KeyError as e:
         raise HFCheckpointError(f"{source}: missing field {e.args[0]!r}") from None
+
+
+def scales_logits(hf: Mapping[str, Any]) -> bool:
+    """Whether transformers multiplies this T5's decoder output by d_model**-0.5.
+
+    transformers 5 reads `scale_decoder_outputs`; configs without it (transformers 4) meant
+    scaling by `tie_word_embeddings` not being false, and transformers 5 still reads them so."""
+    if "scale_decoder_outputs" in hf:
+        return bool(hf["scale_decoder_outputs"])
+    return hf.get("tie_word_embeddings", True) is not False
 
 
 def _first(value: Any) -> Any:
@@ -204,7 +224,7 @@ def import_hf(src_dir: str | os.PathLike[str]) -> tuple[T5Config, dict[str, Any]
         raise HFCheckpointError(f"{config_path}: invalid JSON: {e}") from e
     cfg = config_from_hf(hf_cfg, str(config_path))
     tensors = read_hf_tensors(src)
-    if "lm_head.weight" not in tensors:
+    if "lm_head.weight" not in tensors:  # the tensors, not config.json, say whether it is tied
         raise HFCheckpointError(f"{src}: no lm_head.weight — the output projection is tied to "
                                 f"the embeddings, which Flan-T5 (T5 v1.1) never does")
     shared = tensors.get("shared.weight")
@@ -265,19 +285,32 @@ def hf_config_dict(cfg: T5Config) -> dict[str, Any]:
         "pad_token_id": cfg.pad_token_id,
         "eos_token_id": cfg.eos_token_id,
         "decoder_start_token_id": cfg.decoder_start_token_id,
+        "dtype": "float32",  # transformers 5's name; 4.x reads torch_dtype
         "torch_dtype": "float32",
     }
 
 
+def generation_config_dict(cfg: T5Config) -> dict[str, Any]:
+    """generation_config.json: the ids `generate()` starts, pads and stops with."""
+    return {"decoder_start_token_id": cfg.decoder_start_token_id,
+            "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
+
+
 def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLike[str],
-              spiece_model: str | os.PathLike[str] | None = None) -> Path:
-    """Write an HF directory (config.json, model.safetensors, spiece.model) atomically.
+              vocabulary: Any = None) -> Path:
+    """Write an HF directory atomically: config.json, generation_config.json,
+    model.safetensors, and with `vocabulary` (a seqio SentencePiece vocabulary) spiece.model,
+    the tokenizer files and flanrec_vocabulary.json.
 
     The directory is assembled under a temporary name next to `out_dir` and moved into place
     with `os.replace`, so readers never see a half-written checkpoint. An existing non-empty
-    `out_dir` is refused rather than overwritten.
+    `out_dir` is refused rather than overwritten. What transformers' tokenizer will not encode
+    like `vocabulary` is logged as a warning (`hf_tokenizer.warn_differences`).
     """
     from safetensors.numpy import save_file
+
+    from flanrec.convert import hf_tokenizer
+    from flanrec.convert import vocabulary as vocab_files
 
     flat = common.flatten(_unbox(params))
     common.check_params(flat, cfg, "export_hf params")
@@ -285,8 +318,12 @@ def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLi
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an empty directory; refusing to "
                               f"overwrite")
-    if spiece_model is not None and not Path(spiece_model).is_file():
-        raise FileNotFoundError(f"{spiece_model}: SentencePiece model not found")
+    if vocabulary is not None and vocab_files.describe(vocabulary) is None:
+        raise ValueError(f"{vocabulary}: only SentencePiece vocabularies can be exported as "
+                         "an HF tokenizer")
+    if vocabulary is not None and vocabulary.vocab_size > cfg.vocab_size:
+        raise ValueError(f"vocabulary {vocabulary} has {vocabulary.vocab_size} ids but the "
+                         f"model embeds only {cfg.vocab_size}: it is not this model's")
     tensors: dict[str, np.ndarray] = {}
     for ours, theirs, transpose in _hf_names(cfg):
         value = np.asarray(flat[ours], dtype=np.float32)
@@ -297,17 +334,27 @@ def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLi
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         save_file(tensors, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config_dict(cfg), indent=2,
-                                                  sort_keys=True) + "\n")
-        if spiece_model is not None:
-            shutil.copyfile(spiece_model, tmp / SPIECE_FILE)
+        _write_json(tmp / CONFIG_FILE, hf_config_dict(cfg))
+        _write_json(tmp / GENERATION_CONFIG_FILE, generation_config_dict(cfg))
+        if vocabulary is not None:
+            vocab_files.write_vocabulary(vocabulary, tmp)
+            for name, text in hf_tokenizer.tokenizer_files(vocabulary).items():
+                (tmp / name).write_text(text, encoding="utf-8")
+        common.make_readable(tmp)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if vocabulary is not None:
+        hf_tokenizer.warn_differences(vocabulary, hf_tokenizer.probe_texts(vocabulary),
+                                      f"HF export {hf_tokenizer.TOKENIZER_FILE}")
     return out
+
+
+def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def _unbox(params: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -19,12 +19,26 @@ Two on-disk layouts exist, both under `MODEL_DIR/checkpoint_N/`:
   array); item dirs from Orbax versions before its `_METADATA` file (tree in a msgpack
   `checkpoint` file with `PLACEHOLDER://name` leaves) are read directly.
 
-Only `target` (the model parameters) is read. Optimizer state (Adafactor moments, step) is
-ignored on purpose: flanrec starts its own optimizer state, and its arrays are never opened.
+Only `target` (the model parameters) is read. Optimizer state (Adafactor moments) is ignored
+on purpose: flanrec starts its own optimizer state, and its arrays are never opened. The step
+is read (`checkpoint_step`): as in T5X, training that starts from a T5X checkpoint continues
+its step count (`flanrec.train`).
+
+Writing (`write_t5x_checkpoint`) produces the legacy layout with the whole T5X train state:
+`target` plus `state/step` and `state/param_states` in the shape of T5X's Adafactor
+(`flanrec.convert.t5x_adafactor`), so T5X's stock fine-tuning (`RestoreCheckpointConfig(
+mode='specific')`) restores it as it restores a checkpoint of its own.
+
+Which step T5X resumes from: T5X's `latest_step` takes the highest `checkpoint_N` *by
+directory name* (complete or not), and the train state then gets the `state/step` stored
+inside. flanrec takes the highest complete `checkpoint_N` (one with its msgpack file or
+Orbax item), so a half-copied directory is never picked; writers keep N and the stored step
+equal.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -35,8 +49,11 @@ from typing import Any
 
 import numpy as np
 
-from flanrec.convert.common import check_params, flatten, unflatten
+from flanrec.convert.common import check_params, flatten, make_readable, unflatten
+from flanrec.convert.t5x_adafactor import AdafactorLayout, stored_inline
 from flanrec.model.config import PRESETS, T5Config
+
+log = logging.getLogger(__name__)
 
 _MSGPACK_FILE = "checkpoint"  # name T5X gives the msgpack state file
 _ORBAX_ITEM = "state"  # name of the Orbax item newer T5X writes
@@ -57,8 +74,8 @@ def find_t5x_checkpoint(path: str | os.PathLike) -> Path:
     """Resolve `path` to one `checkpoint_N` directory.
 
     Accepts the `checkpoint_N` dir itself, the msgpack `checkpoint` file inside it, or a model
-    dir holding several `checkpoint_N` dirs (the highest complete N wins, as in T5X, where a
-    step counts only once its `checkpoint` file exists).
+    dir holding several `checkpoint_N` dirs: the highest *complete* N wins (T5X itself would
+    take the highest N by directory name, even one still being copied).
     """
     p = Path(path)
     if str(path).startswith("gs://"):
@@ -272,9 +289,17 @@ def infer_config(flat: Mapping[str, Any], source: str) -> T5Config:
     assumed, as for every published Flan-T5 checkpoint.
     """
     names = set(flat)
+    if not names:
+        raise ValueError(f"{source}: the checkpoint's 'target' (model parameters) is empty: no "
+                         "arrays to load (a T5X checkpoint saved without its parameters, or "
+                         "only the optimizer state was copied)")
     if not any(n.startswith("encoder/") for n in names):
-        raise ValueError(f"{source}: decoder-only checkpoint (no encoder/* parameters); flanrec "
-                         "supports T5 v1.1 / Flan-T5 encoder-decoder checkpoints only")
+        groups = sorted({n.split("/")[0] for n in names})
+        kind = ("decoder-only checkpoint" if groups == ["decoder"] or "decoder" in groups
+                else "not an encoder-decoder checkpoint")
+        raise ValueError(f"{source}: {kind}: no encoder/* parameters (top-level groups in "
+                         f"'target': {groups}); flanrec supports T5 v1.1 / Flan-T5 "
+                         "encoder-decoder checkpoints only")
     v10 = sorted(n for n in names if re.search(r"/mlp/wi/kernel$", n))
     if v10:
         raise ValueError(f"{source}: T5 v1.0 checkpoint (single ReLU MLP '{v10[0]}'); flanrec "
@@ -306,6 +331,31 @@ def infer_config(flat: Mapping[str, Any], source: str) -> T5Config:
     cfg = cfg.replace(name=match_preset(cfg))
     check_params(flat, cfg, source)
     return cfg
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step of the T5X checkpoint at `path` (`find_t5x_checkpoint`), or None when `path`
+    is not a T5X checkpoint.
+
+    The step stored in a legacy checkpoint (`optimizer/state/step`, what T5X's train state
+    gets on restore) wins; otherwise (Orbax layout, or no step stored) the directory name's N.
+    """
+    try:
+        ckpt_dir = find_t5x_checkpoint(path)
+    except (ValueError, FileNotFoundError):
+        return None
+    m = _STEP_DIR.match(ckpt_dir.name)
+    by_name = int(m.group(1)) if m else None
+    if (ckpt_dir / _MSGPACK_FILE).is_file():
+        from flax import serialization
+
+        try:
+            contents = serialization.msgpack_restore((ckpt_dir / _MSGPACK_FILE).read_bytes())
+            stored = contents["optimizer"]["state"]["step"]
+            return int(np.asarray(stored))
+        except Exception:  # noqa: BLE001 - any unreadable/missing step falls back to the name
+            pass
+    return by_name
 
 
 def import_t5x(path: str | os.PathLike) -> tuple[T5Config, dict[str, Any]]:
@@ -346,26 +396,39 @@ def _chunk_shape(shape: tuple[int, ...], itemsize: int) -> list[int]:
 
 
 def write_t5x_checkpoint(params: Mapping[str, Any], model_dir: str | os.PathLike,
-                         step: int) -> Path:
+                         step: int, opt_state: Any = None,
+                         layout: AdafactorLayout | None = None) -> Path:
     """Write `params` as T5X writes a legacy checkpoint: `model_dir/checkpoint_{step}/`.
 
-    Each parameter becomes a gzip zarr array written with TensorStore; the msgpack `checkpoint`
-    file (version 3) holds the relative TensorStore spec in its place, under
-    `optimizer/target`. The optimizer state holds only the step: T5X users restore such a
-    checkpoint with `RestoreCheckpointConfig(strict=False)` (fresh optimizer moments) or use it
-    as the initial checkpoint of a fine-tuning run. The params must fit a T5 v1.1 config (it is
-    inferred and checked first). Written to a temp dir, then renamed: a crash leaves no
-    `checkpoint_N` behind. Returns the checkpoint dir.
+    Each array becomes a gzip zarr array written with TensorStore; the msgpack `checkpoint`
+    file (version 3) holds the relative TensorStore spec in its place. Beside the parameters
+    (`optimizer/target`) it holds T5X's Adafactor state (`optimizer/state`: `step` and
+    `param_states`, shaped by `layout`, T5X's defaults unless told otherwise): the moments of
+    `opt_state` (a restored flanrec optax Adafactor state) where they fit, zeros elsewhere
+    (`t5x_adafactor.param_states`). T5X's stock fine-tuning restores it with
+    `RestoreCheckpointConfig(mode='specific')` unchanged. The params must fit a T5 v1.1
+    config (it is inferred and checked first). Written to a temp dir, then renamed: a crash
+    leaves no `checkpoint_N` behind. Returns the checkpoint dir; how many moments were copied
+    is logged.
     """
+    from flanrec.convert import t5x_adafactor
+
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     infer_config(flat, "params to write")
-    return write_legacy_layout(flat, model_dir, step)
+    moments = t5x_adafactor.optax_moments(opt_state) if opt_state is not None else {}
+    states, report = t5x_adafactor.param_states(flat, layout or AdafactorLayout(), moments)
+    log.info("T5X Adafactor state for step %d: %s", step, report.describe())
+    if report.mismatched:
+        log.warning("T5X Adafactor state: %s", report.describe())
+    state = {"step": np.int32(step), "param_states": unflatten(states)}
+    return write_legacy_layout(flat, model_dir, step, state)
 
 
 def write_legacy_layout(flat: Mapping[str, Any], model_dir: str | os.PathLike,
-                        step: int) -> Path:
+                        step: int, state: Mapping[str, Any] | None = None) -> Path:
     """The writer behind `write_t5x_checkpoint`, without the architecture check (tests use it
-    to build malformed checkpoints that the reader must refuse)."""
+    to build malformed checkpoints that the reader must refuse). `state` is the T5X
+    optimizer state tree (default: the step only); its arrays are stored like the params."""
     import tensorstore as ts
     from flax import serialization
 
@@ -375,24 +438,40 @@ def write_legacy_layout(flat: Mapping[str, Any], model_dir: str | os.PathLike,
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f"{final.name}.tmp-{int(time.time())}-{os.getpid()}")
     tmp.mkdir()
-    try:
-        target: dict[str, Any] = {}
-        for name, value in flat.items():
+
+    def store(prefix: str, tree_flat: Mapping[str, Any],
+              inline: Any = lambda name, arr: False) -> dict[str, Any]:
+        specs: dict[str, Any] = {}
+        for name, value in tree_flat.items():
             arr = np.ascontiguousarray(value, dtype=np.float32)
-            rel = "target." + name.replace("/", ".")  # T5X names arrays by state-dict path
+            if inline(name, arr):  # kept in the msgpack itself, as T5X does for such arrays
+                specs[name] = arr
+                continue
+            rel = f"{prefix}." + name.replace("/", ".")  # T5X names arrays by state-dict path
             spec = {"driver": "zarr", "dtype": "float32",
                     "kvstore": {"driver": "file", "path": rel},
                     "metadata": {"compressor": {"id": "gzip"}, "shape": list(arr.shape),
                                  "chunks": _chunk_shape(arr.shape, arr.itemsize)}}
             on_disk = dict(spec, kvstore={"driver": "file", "path": str(tmp / rel)})
-            store = ts.open(on_disk, create=True, open=True).result()
-            store.write(arr).result()
+            written = ts.open(on_disk, create=True, open=True).result()
+            written.write(arr).result()
             # The msgpack keeps the relative spec, normalised as tensorstore prints it.
-            target[name] = ts.Spec(spec).to_json()
-        state = {"version": _T5X_VERSION,
-                 "optimizer": {"target": unflatten(target),
-                               "state": {"step": np.int32(step)}}}
-        (tmp / _MSGPACK_FILE).write_bytes(serialization.msgpack_serialize(state))
+            specs[name] = ts.Spec(spec).to_json()
+        return specs
+
+    try:
+        target = store("target", flat)
+        opt_state: dict[str, Any] = {"step": np.int32(step)}
+        if state is not None:
+            opt_state["step"] = np.int32(state.get("step", step))
+            if "param_states" in state:
+                opt_state["param_states"] = unflatten(store(
+                    "state.param_states", flatten(state["param_states"]),
+                    lambda name, arr: stored_inline(name.rsplit("/", 1)[-1], arr.shape)))
+        contents = {"version": _T5X_VERSION,
+                    "optimizer": {"target": unflatten(target), "state": opt_state}}
+        (tmp / _MSGPACK_FILE).write_bytes(serialization.msgpack_serialize(contents))
+        make_readable(tmp)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -400,5 +479,5 @@ def write_legacy_layout(flat: Mapping[str, Any], model_dir: str | os.PathLike,
     return final
 
 
-__all__ = ["find_t5x_checkpoint", "import_t5x", "infer_config", "match_preset",
-           "write_t5x_checkpoint"]
+__all__ = ["checkpoint_step", "find_t5x_checkpoint", "import_t5x", "infer_config",
+           "match_preset", "write_t5x_checkpoint"]

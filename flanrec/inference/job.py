@@ -197,12 +197,22 @@ class TaskRunner:
         return {
             "task": self.info.name, "split": self.opts.split, "mode": self.opts.mode,
             "index": int(index), "user": _text(ex.get("user", "")),
-            "inputs": _text(ex.get("inputs_pretokenized", "")),
+            # T5X's `inputs`: the pretokenized features (t5x/infer.py writes the same dict).
+            "inputs": {"inputs_pretokenized": _text(ex.get("inputs_pretokenized", "")),
+                       "targets_pretokenized": _text(ex.get("targets_pretokenized", ""))},
             "targets": _text(ex.get("targets_pretokenized", "")),
             "target_item": _text(ex.get("target_item", "")),
             "template_idx": int(ex.get("_template_idx", -1)),
             "template_type": _text(ex.get("_template_type", "")),
         }
+
+    def _candidate_texts(self, labels: Sequence[str]) -> list[str]:
+        """What the model decodes for each candidate label (an item's ID string, or the
+        answer text itself), to compare with the target text."""
+        if self.decoder is None:
+            return list(labels)
+        return [self.decoder.id_strings[self.item_col[c]] if c in self.item_col else c
+                for c in labels]
 
     def run_batch(self, rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
         mode = self.opts.mode
@@ -277,7 +287,7 @@ class TaskRunner:
                        duplicates=f["duplicates"])
             if not self.opts.constrained:
                 rec["masked"] = f["masked"]
-            out.append(rec)
+            out.append(with_t5x_fields(rec, rec["ids"][:1], rec["scores"][:1]))
         return out
 
     def _score(self, rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -317,7 +327,7 @@ class TaskRunner:
                 p = modes.answer_distribution(scores[r: r + 1, :2])[0]
                 rec["p_yes"] = float(p[1])
                 rec["label"] = int(rec["targets"].strip().lower() == "yes")
-            out.append(rec)
+            out.append(with_t5x_score_fields(rec, self._candidate_texts(labels[r])))
         return out
 
     def _rating(self, rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -337,8 +347,35 @@ class TaskRunner:
                 rec["target_rating"] = float(rec["targets"])
             except ValueError:
                 rec["target_rating"] = None
-            out.append(rec)
+            best = int(np.argmax(scores[r, : len(self.answers)]))
+            out.append(with_t5x_fields(rec, [self.answers[best]],
+                                       [float(scores[r, best])]))
         return out
+
+
+def with_t5x_fields(rec: dict[str, Any], best: Sequence[str],
+                    best_score: Sequence[float]) -> dict[str, Any]:
+    """Add T5X's `predict_with_aux` fields (t5x/infer.py `write_inferences_to_file`) to a
+    record: `prediction` (the decoded text of the top answer: an item's ID string, a rating
+    "1".."5") and `aux.scores` (its log-likelihood), so T5X post-processing reads the file.
+    flanrec's own fields (the whole top-K, probabilities) stay as they are."""
+    rec["prediction"] = best[0] if best else ""
+    rec["aux"] = {"scores": float(best_score[0]) if best_score else None}
+    return rec
+
+
+def with_t5x_score_fields(rec: dict[str, Any], candidate_texts: Sequence[str]
+                          ) -> dict[str, Any]:
+    """Score mode: T5X's `score` (log-likelihood of the example's own target, as T5X's
+    score mode gives it; None when the target is not among the candidates), plus the best
+    candidate as `prediction` / `aux.scores` like predict mode."""
+    scores = rec["scores"]
+    target = rec["targets"].strip()
+    matches = [i for i, t in enumerate(candidate_texts) if t.strip() == target]
+    rec["score"] = float(scores[matches[0]]) if matches else None
+    best = int(np.argmax(scores)) if scores else None
+    return with_t5x_fields(rec, [candidate_texts[best]] if best is not None else [],
+                           [scores[best]] if best is not None else [])
 
 
 def settings_of(info: TaskInfo, checkpoint: CheckpointIdentity, opts: InferenceOptions,
