@@ -52,9 +52,10 @@ import jax
 import numpy as np
 from etils import epath
 
-from flanrec import flops, losses, optimizers, partitioning, trainer
+from flanrec import flops, jobs, losses, optimizers, partitioning, trainer
 from flanrec.convert import common
-from flanrec.gin_cli import bindings_from_flags
+from flanrec.errors import ConfigError, UserError
+from flanrec.gin_cli import bindings_from_flags, split_search_paths
 from flanrec.model.config import T5Config
 from flanrec.peft import config as peft_config
 from flanrec.peft import params as peft_params
@@ -72,6 +73,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; nothing from that step on is checkpointed."""
+
+
+class ModelDirError(UserError, PermissionError):
+    """MODEL_DIR cannot be created or written (checked before anything compiles)."""
 
 
 # ---------------------------------------------------------------------------------- data
@@ -93,6 +98,10 @@ class DatasetConfig:
 def _seqio_dataset(cfg: DatasetConfig, *, repeat: bool, shuffle: bool) -> Any:
     import seqio
 
+    if cfg.use_cached:
+        from flanrec.data import seqio_cache
+
+        seqio_cache.add_cache_dirs()
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
     return seqio.get_dataset(
         cfg.mixture_or_task_name, cfg.task_feature_lengths,
@@ -108,21 +117,25 @@ def check_task(cfg: DatasetConfig, model_vocab: int) -> None:
     try:
         provider = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
     except ValueError as e:
-        raise ValueError(f"MIXTURE_OR_TASK_NAME {cfg.mixture_or_task_name!r} is not registered "
-                         "(is MIXTURE_OR_TASK_MODULE set to the module that registers it?)"
-                         ) from e
+        raise ConfigError(f"MIXTURE_OR_TASK_NAME {cfg.mixture_or_task_name!r} is not registered "
+                          "(is MIXTURE_OR_TASK_MODULE set to the module that registers it?)"
+                          ) from e
     if cfg.split not in provider.splits:
-        raise ValueError(f"{cfg.mixture_or_task_name}: no split {cfg.split!r}; it has "
-                         f"{sorted(provider.splits)}")
+        raise ConfigError(f"{cfg.mixture_or_task_name}: no split {cfg.split!r}; it has "
+                          f"{sorted(provider.splits)}")
     for name, feature in provider.output_features.items():
         if name not in ("inputs", "targets"):
             continue
         if name not in cfg.task_feature_lengths:
-            raise ValueError(f"TASK_FEATURE_LENGTHS has no length for feature {name!r}")
+            raise ConfigError(f"TASK_FEATURE_LENGTHS has no length for feature {name!r}")
         size = feature.vocabulary.vocab_size
         if size > model_vocab:
-            raise ValueError(f"{cfg.mixture_or_task_name}: feature {name!r} uses a vocabulary "
-                             f"of {size} ids, but the model embeds only {model_vocab}")
+            raise ConfigError(f"{cfg.mixture_or_task_name}: feature {name!r} uses a vocabulary "
+                              f"of {size} ids, but the model embeds only {model_vocab}")
+    if cfg.use_cached:
+        from flanrec.data import seqio_cache
+
+        seqio_cache.check_cached(cfg.mixture_or_task_name, cfg.split)
 
 
 def train_batches(cfg: DatasetConfig, per_host_batch: int, skip_batches: int
@@ -156,9 +169,9 @@ def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.n
 
         count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
     if not batches and count:
-        raise ValueError(f"{cfg.mixture_or_task_name}/{cfg.split}: this host's shard is empty")
+        raise ConfigError(f"{cfg.mixture_or_task_name}/{cfg.split}: this host's shard is empty")
     if not count:
-        raise ValueError(f"{cfg.mixture_or_task_name}/{cfg.split}: the split is empty")
+        raise ConfigError(f"{cfg.mixture_or_task_name}/{cfg.split}: the split is empty")
     batches += [{k: np.zeros_like(v) for k, v in batches[0].items()}] * (count - len(batches))
     return batches
 
@@ -174,7 +187,7 @@ def _prepare_model_dir(model_dir: str) -> epath.Path:
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
-            raise PermissionError(f"MODEL_DIR {model_dir} is not writable: {e}") from e
+            raise ModelDirError(f"MODEL_DIR {model_dir} is not writable: {e}") from e
     return path
 
 
@@ -299,14 +312,14 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     dp = partitioning.data_parallel_size(mesh, rules)
     batch = train_dataset.batch_size
     if batch % (num_microbatches * dp) or batch % jax.process_count():
-        raise ValueError(f"BATCH_SIZE {batch} must be divisible by num_microbatches "
-                         f"({num_microbatches}) × data-parallel size ({dp}) and by the "
-                         f"number of processes ({jax.process_count()})")
+        raise ConfigError(f"BATCH_SIZE {batch} must be divisible by num_microbatches "
+                          f"({num_microbatches}) × data-parallel size ({dp}) and by the "
+                          f"number of processes ({jax.process_count()})")
     per_host = batch // jax.process_count()
     if eval_dataset is not None and eval_period and (
             eval_dataset.batch_size % dp or eval_dataset.batch_size % jax.process_count()):
-        raise ValueError(f"EVAL_BATCH_SIZE {eval_dataset.batch_size} must be divisible by the "
-                         f"data-parallel size ({dp}) and the number of processes")
+        raise ConfigError(f"EVAL_BATCH_SIZE {eval_dataset.batch_size} must be divisible by the "
+                          f"data-parallel size ({dp}) and the number of processes")
     base_config = model_config
     model_config = _with_tuning(model_config, tuning, prompt, lora, train_dataset,
                                 initial_checkpoint_path)
@@ -452,8 +465,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         while step < train_steps:
             host_batch = next(train_iter, None)
             if host_batch is None:
-                raise ValueError(f"{train_dataset.mixture_or_task_name}/{train_dataset.split}: "
-                                 f"too few examples for one batch of {per_host} per host")
+                raise ConfigError(f"{train_dataset.mixture_or_task_name}/{train_dataset.split}: "
+                                  f"too few examples for one batch of {per_host} per host")
             trainer.check_token_ids(host_batch, model_config.vocab_size,
                                     f"training batch {step + 1}")
             state, metrics = train_step(state, partitioning.host_to_global(host_batch, bsh),
@@ -518,17 +531,17 @@ def _with_tuning(cfg: T5Config, tuning: str, prompt: peft_config.PromptConfig | 
                  initial_checkpoint_path: str | None) -> T5Config:
     """The model config of this TUNING, refusing settings that cannot work, by name."""
     if tuning not in peft_config.TUNINGS:
-        raise ValueError(f"TUNING must be one of {peft_config.TUNINGS}, got {tuning!r}")
+        raise ConfigError(f"TUNING must be one of {peft_config.TUNINGS}, got {tuning!r}")
     if tuning == "full":
         return cfg
     if not initial_checkpoint_path:
-        raise ValueError(f"TUNING={tuning!r} freezes the backbone: set INITIAL_CHECKPOINT_PATH "
-                         "to the pretrained model (a frozen random backbone learns nothing)")
+        raise ConfigError(f"TUNING={tuning!r} freezes the backbone: set INITIAL_CHECKPOINT_PATH "
+                          "to the pretrained model (a frozen random backbone learns nothing)")
     if tuning == "prompt":
         prompt = prompt or peft_config.PromptConfig()
         if prompt.fusion == "concat" and train_dataset.pack:
-            raise ValueError("PROMPT_FUSION='concat' needs unpacked inputs (PACK = False): "
-                             "one prompt per row cannot serve several packed examples")
+            raise ConfigError("PROMPT_FUSION='concat' needs unpacked inputs (PACK = False): "
+                              "one prompt per row cannot serve several packed examples")
         return peft_config.with_adapters(cfg, prompt=prompt)
     return peft_config.with_adapters(cfg, lora=lora or peft_config.LoraConfig())
 
@@ -551,17 +564,17 @@ def _check_resumed_adapters(meta: Mapping[str, Any], cfg: T5Config, tuning: str,
     norm = json.loads(json.dumps(want))  # tuples → lists, as stored
     bad = [k for k in want if got[k] != norm[k]]
     if bad:
-        raise ValueError(f"{where}: cannot resume: the checkpoint was trained with "
-                         + ", ".join(f"{k}={got[k]!r}" for k in bad) + " but this run has "
-                         + ", ".join(f"{k}={norm[k]!r}" for k in bad))
+        raise ConfigError(f"{where}: cannot resume: the checkpoint was trained with "
+                          + ", ".join(f"{k}={got[k]!r}" for k in bad) + " but this run has "
+                          + ", ".join(f"{k}={norm[k]!r}" for k in bad))
 
 
 # ---------------------------------------------------------------------------- entry point
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m flanrec.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = jobs.JobArgumentParser(prog="python -m flanrec.train", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gin_file", action="append", default=[],
                         help="gin file (repeatable; later files override earlier ones)")
     parser.add_argument("--gin_bindings", action="append", default=[],
@@ -576,6 +589,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() with auto-detection "
                              "(TPU pod slices: run the same command on every worker)")
+    parser.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
+                        help="directories holding seqio caches (seqio.scripts.cache_tasks_main "
+                             "output), searched when USE_CACHED_TASKS = True (comma-separated "
+                             "or repeated; T5X's flag)")
+    jobs.add_verbose_flag(parser)
     args, rest = parser.parse_known_args(argv)
     bindings = bindings_from_flags(parser, rest, args.gin_bindings)
     return args, bindings
@@ -589,10 +607,13 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
     misspelled name fails here with gin's own message, before anything is compiled.
     """
     gin.clear_config()
-    paths = [p for arg in search_paths for p in arg.split(",") if p]
+    paths = split_search_paths(search_paths)
     for p in [*paths, os.getcwd(), REPO_ROOT]:
         gin.add_config_file_search_path(p)
-    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+    try:
+        gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+    except (ValueError, OSError) as e:  # a misspelled name, a missing file: gin's own message
+        raise ConfigError(str(e)) from e
     _check_macros_used(bindings)
     try:
         module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
@@ -618,9 +639,9 @@ def _check_macros_used(bindings: Sequence[str]) -> None:
         name = binding.split("=", 1)[0].strip()
         used = re.search(rf"%{re.escape(name)}\b", config)
         if name.isupper() and name not in _DRIVER_MACROS and not used:
-            raise ValueError(f"gin macro {name} is set on the command line but no gin file "
-                             f"uses it (misspelled? known macros are in the --gin_file "
-                             "files, e.g. gin/runs/finetune.gin)")
+            raise ConfigError(f"gin macro {name} is set on the command line but no gin file "
+                              f"uses it (misspelled? known macros are in the --gin_file "
+                              "files, e.g. gin/runs/finetune.gin)")
 
 
 def _init_distributed(args: argparse.Namespace) -> None:
@@ -635,13 +656,14 @@ def _init_distributed(args: argparse.Namespace) -> None:
         jax.distributed.initialize()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
-    for noisy in ("absl", "jax", "orbax", "tensorflow", "seqio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def cli(argv: Sequence[str]) -> int:
+    """The job: parse, configure gin, train. Raises UserError (one line via `main`) for what
+    the user can fix."""
+    args, bindings = parse_args(argv)
     configure_gin(args.gin_file, bindings, args.gin_search_paths)  # before any jax backend use
+    from flanrec.data import seqio_cache
+
+    seqio_cache.add_cache_dirs(split_search_paths(args.seqio_additional_cache_dirs))
     _init_distributed(args)
     if jax.process_count() > 1:
         log.info("process %d of %d", jax.process_index(), jax.process_count())
@@ -650,10 +672,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as e:
         log.error("%s", e)
         return 1
+    except ValueError as e:
+        if "gin.REQUIRED" in str(e) or "Required bindings" in str(e):  # a macro left unset
+            raise ConfigError(str(e)) from e
+        raise
     if result["preempted"]:
         log.info("stopped early at step %d after SIGTERM; rerun the same command to resume",
                  result["step"])
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return jobs.run("flanrec.train", cli, argv)
 
 
 if __name__ == "__main__":

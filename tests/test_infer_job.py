@@ -269,8 +269,8 @@ def test_bad_input_fails_clearly(registered, tmp_path, capsys, extra, message):
 def test_writer_is_atomic_and_progress_reports_rate(tmp_path):
     import io
 
-    from flanrec.inference.progress import Progress
     from flanrec.inference.writer import ChunkWriter
+    from flanrec.progress import Progress
 
     w = ChunkWriter(str(tmp_path), "t", "predict", 0, 1, {"a": 1})
     w.open()

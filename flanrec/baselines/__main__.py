@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 
+from flanrec import jobs
 from flanrec import metrics as metrics_lib
 from flanrec.baselines import common
-from flanrec.data import prepared
+from flanrec.data import locations, prepared
+from flanrec.errors import ConfigError
 
 MODELS = ("popularity", "sasrec")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m flanrec.baselines", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", required=True, help="a flanrec.prepare output directory")
+    p = jobs.JobArgumentParser(prog="python -m flanrec.baselines", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", default=None,
+                   help="a flanrec.prepare output directory (default: $FLANREC_DATA_DIR, else "
+                   f"{locations.default_prepared_dir()})")
     p.add_argument("--model", default="all", choices=(*MODELS, "all"))
     p.add_argument("--out", required=True, help="directory for the JSONL predictions")
     p.add_argument("--split", default="test", choices=common.STAGES)
@@ -46,6 +49,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     g.add_argument("--max_train_seconds", type=float, default=None,
                    help="wall-clock training budget (stops at the next epoch end, keeps the "
                         "best evaluated params)")
+    jobs.add_verbose_flag(p)
     return p.parse_args(argv)
 
 
@@ -56,18 +60,12 @@ def _summary(name: str, examples, ranked) -> dict[str, float]:  # noqa: ANN001
     return m
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+def cli(argv: Sequence[str]) -> int:
+    """The job: train/rank each baseline and write its predictions. Raises UserError."""
+    args = parse_args(argv)
     if args.k < 1:
-        print("error: --k must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        split = prepared.load_split(args.data_dir)
-    except prepared.PreparedDataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--k must be >= 1, got {args.k}")
+    split = prepared.load_split(args.data_dir or locations.default_data_dir())
     models = MODELS if args.model == "all" else (args.model,)
     if "popularity" in models:
         from flanrec.baselines import popularity
@@ -104,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dump(info, f, indent=1)
         os.replace(tmp, os.path.join(args.out, "sasrec-train.json"))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return jobs.run("flanrec.baselines", cli, argv, tensorflow=False)
 
 
 if __name__ == "__main__":

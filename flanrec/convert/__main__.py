@@ -17,7 +17,6 @@ and moved into place at the end: an interrupted run leaves nothing at `--out`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -25,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from flanrec import jobs
 from flanrec.convert.common import count_params
 from flanrec.model.config import T5Config
 
@@ -176,8 +176,9 @@ def summary(cfg: T5Config, src_kind: str, dst_kind: str, out: Path) -> str:
     return f"{src_kind} -> {dst_kind}: {name}, {n:,} params ({n / 1e6:.1f}M) -> {out}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def cli(argv: list[str]) -> int:
+    """The job: convert or average checkpoints, then print a one-line summary."""
+    parser = jobs.JobArgumentParser(
         prog="python -m flanrec.convert",
         description="Convert Flan-T5 weights between Hugging Face, T5X and flanrec checkpoints.")
     parser.add_argument("--from", dest="src_kind", choices=SOURCES,
@@ -198,25 +199,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="replace a non-empty --out (only once the new output is complete)")
     parser.add_argument("--step", type=int, default=0,
                         help="step number of the written T5X checkpoint_N (--to t5x)")
+    jobs.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if args.average and (args.src or args.src_kind or args.merge_lora):
         parser.error("--average takes the checkpoints itself: no --from/--src/--merge_lora")
     if not args.average and not (args.src and args.src_kind):
         parser.error("--from and --src are required (or --average CKPT CKPT ...)")
-    try:
-        if args.average:
-            cfg, out = average(args.average, args.out, args.dst_kind, overwrite=args.overwrite,
-                               step=args.step)
-        else:
-            cfg, out = convert(args.src_kind, args.src, args.out, args.dst_kind,
-                               overwrite=args.overwrite, step=args.step,
-                               merge_lora=args.merge_lora)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.average:
+        cfg, out = average(args.average, args.out, args.dst_kind, overwrite=args.overwrite,
+                           step=args.step)
+    else:
+        cfg, out = convert(args.src_kind, args.src, args.out, args.dst_kind,
+                           overwrite=args.overwrite, step=args.step, merge_lora=args.merge_lora)
     src_desc = f"average of {len(args.average)}" if args.average else args.src_kind
     print(summary(cfg, src_desc, args.dst_kind, out))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # ValueError / FileNotFoundError / FileExistsError: the converters' diagnosed messages
+    # (missing files, parameter shapes, refused formats), the user's since the CLI existed.
+    return jobs.run("flanrec.convert", cli, argv, tensorflow=False,
+                    user_errors=(ValueError, FileNotFoundError, FileExistsError))
 
 
 if __name__ == "__main__":

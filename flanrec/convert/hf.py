@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from flanrec.convert import common
+from flanrec.errors import UserError
 from flanrec.model.config import T5Config
 
 CONFIG_FILE = "config.json"
@@ -36,7 +37,7 @@ SPIECE_FILE = "spiece.model"
 _EMBED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
-class HFCheckpointError(ValueError):
+class HFCheckpointError(UserError, ValueError):
     """A Hugging Face checkpoint directory that cannot be imported as Flan-T5."""
 
 

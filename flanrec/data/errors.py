@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 
+from flanrec.errors import UserError
+
 
 def _shorten(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data, located precisely.
 
     str() reads like ``u.data line 17, field 'timestamp': expected an integer, got 'abc'``.

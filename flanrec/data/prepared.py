@@ -14,12 +14,13 @@ import os
 from typing import Any
 
 from flanrec.data.types import ItemMeta, Split, UserSequence
+from flanrec.errors import UserError
 
 SPLIT_FILE = os.path.join("split", "split.json")
 PREPARE_FILE = "prepare.json"
 
 
-class PreparedDataError(ValueError):
+class PreparedDataError(UserError, ValueError):
     """A prepared directory is missing a file or does not match what prepare recorded."""
 
 

@@ -50,6 +50,10 @@ _TF_KIND = {
 
 TARGET_KINDS = ("item", "rating", "binary", "text")
 
+PREPARED_TASKS: set[str] = set()
+"""Names registered by `register_prepared`: one preprocessed example per source example, which
+`flanrec.data.seqio_cache` relies on to recognise a cache of older data."""
+
 
 # ---------------------------------------------------------------------------------------------
 # Features, sources, preprocessors
@@ -110,11 +114,18 @@ def add_metadata(dataset: tf.data.Dataset, task_name: str,
     return dataset.map(fill, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def standard_preprocessors(task_name: str) -> list[Callable[..., tf.data.Dataset]]:
-    """metadata -> tokenize (keeps `*_pretokenized` copies) -> EOS after trimming."""
+def standard_preprocessors(task_name: str) -> list[Any]:
+    """metadata -> tokenize (keeps `*_pretokenized` copies) -> [cache] -> EOS after trimming.
+
+    Everything before `seqio.CacheDatasetPlaceholder` is deterministic (no seed, no sequence
+    length), so `seqio.scripts.cache_tasks_main` can store its output once and
+    `USE_CACHED_TASKS = True` reads exactly those examples back; trimming and EOS depend on
+    the run's TASK_FEATURE_LENGTHS and therefore stay after the cache.
+    """
     return [
         functools.partial(add_metadata, task_name=task_name),
         seqio.preprocessors.tokenize,
+        seqio.CacheDatasetPlaceholder(),
         seqio.preprocessors.append_eos_after_trim,
     ]
 
@@ -288,6 +299,7 @@ def register_prepared(
             _register_task(name, **kwargs)
         else:
             seqio.TaskRegistry.add(name, **kwargs)
+        PREPARED_TASKS.add(name)
         names.append(name)
     return names
 

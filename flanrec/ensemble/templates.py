@@ -189,7 +189,10 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
     if len(opts.templates) < 2:
         raise ValueError("a template ensemble needs at least 2 templates")
     for t in opts.templates:
-        templates_lib.template_type("seq", t)  # raises naming the bad index
+        try:
+            templates_lib.template_type("seq", t)
+        except IndexError as e:  # names the bad index and how many there are
+            raise ValueError(f"--templates: {e}") from None
     if opts.method not in fusion.METHODS:
         raise ValueError(f"unknown fusion method {opts.method!r}; choose one of "
                          f"{fusion.METHODS}")

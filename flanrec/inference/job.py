@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from flanrec.inference import modes, taskinfo
-from flanrec.inference.progress import Progress
 from flanrec.inference.taskinfo import InferenceConfigError, TaskInfo
 from flanrec.inference.writer import ChunkWriter
 from flanrec.model.config import T5Config
+from flanrec.progress import Progress
 
 log = logging.getLogger("flanrec.infer")
 

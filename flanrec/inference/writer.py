@@ -21,10 +21,12 @@ import shutil
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from flanrec.errors import UserError
+
 MANIFEST = "manifest.json"
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(UserError, ValueError):
     """The chunk directory was written by a run with different settings."""
 
 
