@@ -65,9 +65,15 @@ LOG_NOISE = tuple(re.compile(p) for p in (
 ))
 
 
+# gin appends "In call to configurable 'read_table' (<function read_table at 0x...>)" to any
+# exception raised inside a configurable: flanrec internals, not the user's input.
+_GIN_CALL_CONTEXT = re.compile(r"^In call to configurable '[^']*' \(<.*>\)$")
+
+
 def one_line(text: object) -> str:
     """A message on one line: its lines joined with '; ' (a traceback-free summary)."""
     parts = [p.strip() for p in str(text).splitlines() if p.strip()]
+    parts = [p for p in parts if not _GIN_CALL_CONTEXT.match(p)]
     return "; ".join(parts) if parts else type(text).__name__
 
 
@@ -203,6 +209,3 @@ def run(prog: str, body: Callable[[list[str]], int | None], argv: Sequence[str] 
         return report_user_error(prog, e, verbose)
     except user_errors as e:
         return report_user_error(prog, e, verbose)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
-        return 130

@@ -52,13 +52,14 @@ import jax
 import numpy as np
 from etils import epath
 
-from flanrec import flops, jobs, losses, optimizers, partitioning, trainer
+from flanrec import flops, jobs, losses, optimizers, partitioning, scalars, trainer
 from flanrec.convert import common
 from flanrec.errors import ConfigError, UserError
 from flanrec.gin_cli import bindings_from_flags, split_search_paths
 from flanrec.model.config import T5Config
 from flanrec.peft import config as peft_config
 from flanrec.peft import params as peft_params
+from flanrec.progress import Progress
 
 log = logging.getLogger("flanrec.train")
 
@@ -103,11 +104,16 @@ def _seqio_dataset(cfg: DatasetConfig, *, repeat: bool, shuffle: bool) -> Any:
 
         seqio_cache.add_cache_dirs()
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
-    return seqio.get_dataset(
-        cfg.mixture_or_task_name, cfg.task_feature_lengths,
-        feature_converter=seqio.EncDecFeatureConverter(pack=cfg.pack),
-        dataset_split=cfg.split, use_cached=cfg.use_cached, shuffle=shuffle,
-        num_epochs=None if repeat else 1, shard_info=shard, seed=cfg.seed, verbose=False)
+    # seqio.get_dataset, minus its in-memory cache of small tasks: a cache filled by an
+    # endless stream is never complete when training stops (tf.data then warns that the
+    # partial cache is discarded), and local TFRecords are cheap to read again.
+    provider = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
+    ds = provider.get_dataset(
+        dict(cfg.task_feature_lengths), split=cfg.split, use_cached=cfg.use_cached,
+        shuffle=shuffle, seed=cfg.seed, shard_info=shard, num_epochs=None if repeat else 1,
+        trim_output_features=True, try_in_mem_cache=False)
+    converter = seqio.EncDecFeatureConverter(pack=cfg.pack)
+    return converter(ds, task_feature_lengths=dict(cfg.task_feature_lengths))
 
 
 def check_task(cfg: DatasetConfig, model_vocab: int) -> None:
@@ -148,6 +154,28 @@ def train_batches(cfg: DatasetConfig, per_host_batch: int, skip_batches: int
     return iter(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
 
 
+def _eval_dataset(cfg: DatasetConfig) -> Any:
+    """Every example of the split once: a mixture's tasks one after another, each in full.
+
+    A seqio Mixture samples its tasks and stops when the first one runs out, so one "pass"
+    over a mixture scores a random part of the other tasks (and leaves their in-memory
+    caches half read, tf.data's `cache_dataset_ops` warning); T5X evaluates every task in
+    full, and so does this.
+    """
+    import seqio
+
+    provider = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
+    if not isinstance(provider, seqio.Mixture):
+        return _seqio_dataset(cfg, repeat=False, shuffle=False)
+    parts = [_seqio_dataset(dataclasses.replace(cfg, mixture_or_task_name=task.name),
+                            repeat=False, shuffle=False)
+             for task in provider.tasks if cfg.split in task.splits]
+    ds = parts[0]
+    for part in parts[1:]:
+        ds = ds.concatenate(part)
+    return ds
+
+
 def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.ndarray]]:
     """One full pass over the split on this host, padded so every host runs as many steps.
 
@@ -155,7 +183,7 @@ def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.n
     agree on the number of batches through an allgather, since an uneven split would leave
     one host waiting in a collective forever.
     """
-    ds = _seqio_dataset(cfg, repeat=False, shuffle=False).batch(per_host_batch)
+    ds = _eval_dataset(cfg).batch(per_host_batch)
     batches = []
     for b in ds.as_numpy_iterator():
         rows = next(iter(b.values())).shape[0]
@@ -441,18 +469,21 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
 
     def validate(step: int) -> dict[str, float]:
         sums: dict[str, float] = {}
+        t_eval = time.time()
+        progress = Progress(f"validation @ step {step}", total=len(evals or []),
+                            unit="batches", log=log.info)
         for b in evals or []:
             result = eval_step(peft_params.combine(frozen, state.params),
                                partitioning.host_to_global(b, bsh))
             for k, v in jax.device_get(result).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-        w = max(sums.get("weight", 0.0), 1.0)
-        metrics = {"loss": sums["loss"] / w, "accuracy": sums["correct"] / w,
-                   "target_tokens": sums["weight"]}
+            progress.update(1)
+        metrics = scalars.validation_scalars(sums)
         writers["validation"].write_scalars(step, metrics)
+        writers["train"].write_scalars(step, {"timing/evaluate_seconds": time.time() - t_eval})
         log.info("validation @ step %d | loss %.4f | token acc %.2f%% | %d target tokens",
-                 step, metrics["loss"], 100 * metrics["accuracy"], metrics["target_tokens"])
-        return metrics
+                 step, metrics["loss"], 100 * metrics["accuracy"], sums["weight"])
+        return {**metrics, "target_tokens": sums["weight"]}
 
     # 6. The loop. Metrics of step s are read after step s+1 is queued, so the device never
     # idles waiting for the host; a NaN is still caught before any checkpoint of it is made.
@@ -488,8 +519,11 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                     meter.add_tokens(window.add(*pending))
                     pending = None
                 if step % log_period == 0 or is_last:
-                    last_train = {**window.pop(), **meter.report(step)}
-                    writers["train"].write_scalars(step, last_train)
+                    averages, rates = window.pop(), meter.report(step)
+                    last_train = {**averages, **rates}
+                    writers["train"].write_scalars(step, scalars.train_scalars(
+                        averages, rates, batch_size=batch, target_length=lengths["targets"],
+                        num_devices=jax.device_count()))
                     log.info("step %d/%d | loss %.4f | token acc %.2f%% | lr %.3g | "
                              "grad norm %.3g | %.1f examples/s | %.0f target tokens/s | "
                              "MFU %.2f%% | ETA %s", step, train_steps, last_train["loss"],

@@ -83,7 +83,7 @@ def register_dirs(dirs: list[str], env: str = "FLANREC_DATA_DIR",
         try:
             prefix = task_prefix(d)
             register_prepared(d, prefix)
-        except VocabularyNotFoundError as e:
+        except (VocabularyNotFoundError, ValueError) as e:  # no vocabulary, a damaged dir
             log.warning("flanrec tasks from %s not registered: %s", d, e)
             continue
         out[prefix] = d
