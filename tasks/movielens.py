@@ -11,6 +11,8 @@ A missing dir registers nothing (so `import tasks` works before `prepare` has ru
 
 from __future__ import annotations
 
+import os
+
 import gin
 
 from flanrec.data import locations
@@ -30,7 +32,13 @@ def data_dir(path: str | None = None) -> list[str]:
 
 def register_from_config() -> dict[str, str]:
     """Register every configured dir that is prepared; prefix -> data dir."""
-    return _prepared.register_dirs(data_dir())
+    if gin_macro(DATA_DIR_ENV):
+        source = f"the gin macro {DATA_DIR_ENV}"
+    elif os.environ.get(DATA_DIR_ENV):
+        source = f"${DATA_DIR_ENV}"
+    else:
+        source = f"the default data dir; {DATA_DIR_ENV} is not set"
+    return _prepared.register_dirs(data_dir(), source=source)
 
 
 REGISTERED = register_from_config()

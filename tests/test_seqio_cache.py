@@ -40,9 +40,12 @@ pytestmark = pytest.mark.slow
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    from train_fixtures import FAST_COMPILE
+
     env = dict(os.environ)
     env.update({"FLANREC_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO),
-                "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}, **extra)
+                "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", "XLA_FLAGS": FAST_COMPILE},
+               **extra)
     env.pop("FLANREC_SEQIO_CACHE_DIRS", None)
     return env
 
@@ -65,7 +68,7 @@ def cached(tmp_path_factory):
     data = root / "data"
     prepare(PrepareOptions(dataset="csv", raw_dir=str(root / "log.csv"), out=str(data),
                            task_prefix=PREFIX, families=("seq", "direct"), train_vocab=True,
-                           vocab_size=300, num_candidates=5, allow_download=False),
+                           vocab_size=600, num_candidates=5, allow_download=False),
             log=lambda m: None, progress=lambda m: None)
     cache = root / "cache"
     proc = subprocess.run(
@@ -193,7 +196,7 @@ def test_train_job_trains_from_the_cache_alone(cached, tmp_path):
     try:
         proc = subprocess.run(
             _train_args(tmp_path / "run", f"--seqio_additional_cache_dirs={cache}"),
-            cwd=REPO, env=_env(data), capture_output=True, text=True, timeout=600)
+            cwd=REPO, env=_env(data), capture_output=True, text=True, timeout=1200)
     finally:
         for f in moved.iterdir():
             task, name = f.name.split("--", 1)
