@@ -4,6 +4,8 @@
     FLANREC_DATA_DIR=data/ml-100k python bench/input_pipeline.py \
         --experiment gin/experiments/ml100k_seqrec.gin                       # its task/shapes
     python bench/input_pipeline.py --module my_tasks --task my_task --smoke  # any seqio task
+    python bench/input_pipeline.py --cached /data/seqio_cache   # + the same streams from
+                                                                # seqio's offline cache
 
 Builds the training stream exactly as the trainer does (`flanrec.train.train_batches`: seqio
 `get_dataset` with the `EncDecFeatureConverter`, shuffle, repeat, batch, prefetch), by default
@@ -14,6 +16,11 @@ shuffle buffer, is reported separately).
 Examples/s counts source examples (packed rows hold several: one per segment id). The
 consumption side is the newest non-smoke `train_throughput` record of each preset in the
 results file (examples/s of the train step); goal: the pipeline is >= 10x faster.
+
+`--cached DIR` adds the same two streams read from seqio's offline cache in DIR
+(`seqio.scripts.cache_tasks_main`, see README "Cache the preprocessing"): what the cache buys
+is the tokenization the uncached stream does per batch, so compare `CPU ms/batch`. Numbers
+are only worth recording on an idle machine; the record carries the load average.
 """
 
 from __future__ import annotations
@@ -40,12 +47,15 @@ def _examples_in(batch: dict[str, Any], packed: bool) -> int:
 
 
 def measure(task: str, lengths: dict[str, int], batch: int, pack: bool, batches: int,
-            warmup: int) -> dict[str, float]:
+            warmup: int, use_cached: bool = False) -> dict[str, float]:
     """Batches/s and source examples/s of the trainer's own stream after `warmup` batches."""
     from flanrec import train
 
     cfg = train.DatasetConfig(mixture_or_task_name=task, task_feature_lengths=lengths,
-                              split="train", batch_size=batch, shuffle=True, seed=0, pack=pack)
+                              split="train", batch_size=batch, shuffle=True, seed=0, pack=pack,
+                              use_cached=use_cached)
+    if use_cached:
+        train.check_task(cfg, model_vocab=1 << 30)  # refuses a missing or stale cache
     t0 = time.perf_counter()
     it = train.train_batches(cfg, batch, 0)
     for _ in range(warmup):
@@ -74,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="take task, module, lengths and batch from a gin experiment and "
                     "compare with the train_throughput record of that experiment")
     ap.add_argument("--smoke", action="store_true", help="few batches: seconds")
+    ap.add_argument("--cached", metavar="CACHE_DIR", default=None,
+                    help="also time the streams read from this seqio cache dir")
     ap.add_argument("--no_record", action="store_true")
     args = ap.parse_args(argv)
     if args.experiment:
@@ -88,10 +100,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tf.config.set_visible_devices([], "GPU")
     importlib.import_module(args.module)
     lengths = {"inputs": args.inputs, "targets": args.targets}
+    if args.cached:
+        import seqio
+
+        seqio.add_global_cache_dirs([args.cached])
     results = {}
-    for pack in (False, True):
-        results["packed" if pack else "unpacked"] = measure(
-            args.task, lengths, args.batch, pack, args.batches, args.warmup)
+    for cached in (False, True) if args.cached else (False,):
+        for pack in (False, True):
+            name = ("packed" if pack else "unpacked") + (", cached" if cached else "")
+            results[name] = measure(args.task, lengths, args.batch, pack, args.batches,
+                                    args.warmup, use_cached=cached)
 
     consumers = {}
     presets: tuple[str, ...] = ("tiny", "flan-t5-small")
@@ -125,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record = {"bench": "input_pipeline", "task": args.task, "lengths": lengths,
               "experiment": args.experiment,
               "batch": args.batch, "smoke": args.smoke, "streams": results,
+              "cached_from": args.cached,
               "consumers_examples_per_s": {k: v[0] for k, v in consumers.items()}}
     if not args.no_record:
         print(f"appended to {_common.append_result(record)}")

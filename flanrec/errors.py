@@ -14,3 +14,11 @@ class UserError(Exception):
     """A problem with the user's input, flags or files: one line, exit code 2."""
 
     exit_code = 2
+
+
+class ConfigError(UserError, ValueError):
+    """A flag, gin binding or setting that cannot work (named, with what was expected).
+
+    Also a ValueError, so code that validated settings with ValueError before keeps catching
+    it; the job front end (`flanrec.jobs`) reports it as one line with exit code 2.
+    """

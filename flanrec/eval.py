@@ -4,6 +4,14 @@ r"""Score inference outputs (and baselines) with one metric code: `python -m fla
         --data_dir data/ml-100k --out runs/x/eval
     python -m flanrec.eval --gin_file=gin/runs/eval.gin \
         --gin.INFER_OUTPUT_DIR=runs/x/infer --gin.EVAL_OUTPUT_DIR=runs/x/eval
+    python -m flanrec.eval --gin_file=gin/runs/eval.gin --gin.CHECKPOINT_PATH=runs/x \
+        --gin.MIXTURE_OR_TASK_NAME=ml100k_seq_seqidx --gin.EVAL_OUTPUT_DIR=runs/x/eval
+
+The last form is T5X's eval role: a checkpoint in, metrics out. It runs `flanrec.infer` first
+(every gin macro of gin/runs/infer.gin applies: SPLIT, NUM_BEAMS, TASK_FEATURE_LENGTHS, ...)
+into INFER_OUTPUT_DIR (default EVAL_OUTPUT_DIR/infer; a rerun resumes it), then scores it.
+The gin flags are train's and infer's: `--gin_file`, `--gin.NAME=VALUE`, `--gin_bindings`,
+`--gin_search_paths` (comma-separated).
 
 Reads the JSONL shards `flanrec.infer` writes (`{task}-{mode}.jsonl-{i:05d}-of-{n:05d}`; the
 baselines write the same format under task names `popularity` / `sasrec`), computes per
@@ -46,11 +54,10 @@ from typing import Any
 
 import gin
 
-from flanrec import eval_truth, paired, report, storage
+from flanrec import eval_truth, jobs, paired, report, storage
 from flanrec import metrics as M
-from flanrec.data.prepared import PreparedDataError
-from flanrec.errors import UserError
-from flanrec.gin_cli import add_search_paths, bindings_from_flags
+from flanrec.errors import ConfigError, UserError
+from flanrec.gin_cli import add_gin_flags, bindings_from_flags
 from flanrec.report import write_atomic
 
 FILE_RE = re.compile(
@@ -67,7 +74,7 @@ TABLE_FILE = "metrics.md"
 PLOT_FILE = "hr_ndcg_at_k.png"
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError, ValueError):
     """A predictions file is missing, incomplete or malformed (the message names file:line)."""
 
 
@@ -555,8 +562,8 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m flanrec.eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = jobs.JobArgumentParser(prog="python -m flanrec.eval", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predictions", help="directory or glob of {task}-{mode}.jsonl-* "
                         "shards (INFER_OUTPUT_DIR); several runs of one system (seeds), "
                         "comma separated, are averaged")
@@ -577,11 +584,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--allow_partial", action="store_true",
                         help="score a predictions file that covers only part of the split's "
                              "users (an error otherwise); the table says how many were scored")
-    parser.add_argument("--gin_file", action="append", default=[])
-    parser.add_argument("--gin_bindings", action="append", default=[])
-    parser.add_argument("--gin_search_paths", action="append", default=[],
-                        help="directories searched for gin files (comma-separated or "
-                             "repeated; the cwd and flanrec's own gin configs are added)")
+    add_gin_flags(parser, job="evaluate")
+    jobs.add_verbose_flag(parser)
     args, rest = parser.parse_known_args(argv)
     bindings = bindings_from_flags(parser, rest, args.gin_bindings)
     if not args.gin_file and not bindings and (args.predictions is None or args.out is None):
@@ -593,29 +597,75 @@ def _parse_ks(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(k) for k in text.split(",") if k.strip())
     except ValueError:
-        raise SystemExit(f"--ks: expected comma-separated integers, got {text!r}") from None
+        raise ConfigError(f"--ks: expected comma-separated integers, got {text!r}") from None
+
+
+_UNSET = object()
+
+
+def _macro(name: str, default: Any = None) -> Any:
+    """A gin macro's value, `default` when no gin file defines it."""
+    try:
+        return gin.query_parameter(f"%{name}")
+    except ValueError:
+        return default
+
+
+def evaluate_from_gin(files: Sequence[str], bindings: Sequence[str],
+                      search_paths: Sequence[str] = (), verbose: bool = False,
+                      allow_partial: bool = False) -> dict[str, float]:
+    """The gin form of the job, with T5X's eval role: CHECKPOINT_PATH set → infer, then score.
+
+    Configured exactly as `flanrec.train` / `flanrec.infer` are (same search paths, task
+    module import, misspelled-macro check), so one set of gin files serves all three.
+    """
+    jobs.load_tensorflow(verbose)  # the task module and inference read data through TF
+    from flanrec import infer as infer_job  # registers `infer`, whose bindings eval.gin holds
+    from flanrec.train import configure_gin
+
+    configure_gin(files, bindings, search_paths)
+    partial = {"allow_partial": True} if allow_partial else {}  # else gin's binding holds
+    checkpoint = _macro("CHECKPOINT_PATH")
+    if not checkpoint:
+        if _macro("INFER_OUTPUT_DIR", _UNSET) is None:
+            raise ConfigError("INFER_OUTPUT_DIR (the predictions to score) or CHECKPOINT_PATH "
+                              "(infer with it first, then score) is required")
+        return evaluate(**partial)
+    out_dir = _macro("EVAL_OUTPUT_DIR")
+    if not out_dir:
+        raise ConfigError("EVAL_OUTPUT_DIR is required (where metrics.json is written)")
+    predictions = _macro("INFER_OUTPUT_DIR") or os.path.join(str(out_dir), "infer")
+    if not _macro("MIXTURE_OR_TASK_NAME"):
+        raise ConfigError("CHECKPOINT_PATH is set: MIXTURE_OR_TASK_NAME (the task to infer "
+                          "and score) is required too")
+    infer_job.infer(output_dir=predictions)
+    return evaluate(predictions=predictions, **partial)
+
+
+def cli(argv: Sequence[str]) -> int:
+    """The job: parse, then evaluate (gin form or flags). Raises UserError on bad input."""
+    args, bindings = parse_args(argv)
+    if args.gin_file or bindings:
+        try:
+            evaluate_from_gin(args.gin_file, bindings, args.gin_search_paths, args.verbose,
+                              allow_partial=args.allow_partial)
+        except ValueError as e:
+            if "gin.REQUIRED" in str(e):  # a macro left unset
+                raise ConfigError(str(e)) from e
+            raise
+    else:
+        evaluate(predictions=args.predictions, out_dir=args.out, baselines=args.baselines,
+                 data_dir=args.data_dir or os.environ.get("FLANREC_DATA_DIR") or None,
+                 ks=_parse_ks(args.ks), primary_task=args.primary_task, ties=args.ties,
+                 plot=not args.no_plot, paired_test=not args.no_paired,
+                 allow_partial=args.allow_partial)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.gin_file or bindings:
-            gin.clear_config()
-            add_search_paths(args.gin_search_paths)
-            gin.parse_config_files_and_bindings(args.gin_file, bindings)
-            evaluate(**({"allow_partial": True} if args.allow_partial else {}))
-        else:
-            evaluate(predictions=args.predictions, out_dir=args.out, baselines=args.baselines,
-                     data_dir=args.data_dir or os.environ.get("FLANREC_DATA_DIR") or None,
-                     ks=_parse_ks(args.ks), primary_task=args.primary_task, ties=args.ties,
-                     plot=not args.no_plot, paired_test=not args.no_paired,
-                     allow_partial=args.allow_partial)
-    except (EvalInputError, FileNotFoundError, PreparedDataError, UserError,
-            eval_truth.TruthError) as e:
-        first = str(e).splitlines()[0] if str(e) else repr(e)  # gin appends "In call to ..."
-        print(f"error: {first}", file=sys.stderr)
-        return 2
-    return 0
+    # FileNotFoundError: a predictions, baselines or data path the user named does not exist.
+    return jobs.run("flanrec.eval", cli, argv, tensorflow=False,
+                    user_errors=(FileNotFoundError,))
 
 
 if __name__ == "__main__":

@@ -87,3 +87,17 @@ def add_search_paths(user_paths: Sequence[str] = ()) -> list[str]:
     for p in paths:
         gin.add_config_file_search_path(p)
     return paths
+
+
+def add_gin_flags(parser: argparse.ArgumentParser, job: str = "train") -> None:
+    """T5X's gin flags, identical in every gin job: `--gin_file` (repeatable),
+    `--gin_bindings` (raw, repeatable), `--gin_search_paths` (comma-separated or repeated);
+    `--gin.NAME=VALUE` is read from the rest of the command line (`bindings_from_flags`)."""
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file (repeatable; later files override earlier ones)")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help=f"raw gin binding, e.g. '{job}.NAME = VALUE' (repeatable)")
+    parser.add_argument("--gin_search_paths", action="append", default=[],
+                        help="directories searched for gin files and includes "
+                             "(comma-separated or repeated; the cwd and flanrec's own gin "
+                             "configs are added)")

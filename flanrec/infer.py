@@ -45,12 +45,11 @@ from typing import Any
 
 import gin
 
-from flanrec import storage
-from flanrec.errors import UserError
+from flanrec import jobs, storage
+from flanrec.errors import ConfigError
 from flanrec.gin_cli import bindings_from_flags
 from flanrec.inference.job import InferenceOptions, run_inference
 from flanrec.inference.taskinfo import InferenceConfigError
-from flanrec.inference.writer import ResumeMismatchError
 
 log = logging.getLogger("flanrec.infer")
 
@@ -106,8 +105,8 @@ def infer(*, checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m flanrec.infer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = jobs.JobArgumentParser(prog="python -m flanrec.infer", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gin_file", action="append", default=[],
                         help="gin file (repeatable; later files override earlier ones)")
     parser.add_argument("--gin_bindings", action="append", default=[],
@@ -122,6 +121,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--process_id", type=int, default=None)
     parser.add_argument("--distributed", action="store_true",
                         help="jax.distributed.initialize() with auto-detection (TPU pods)")
+    jobs.add_verbose_flag(parser)
     args, rest = parser.parse_known_args(argv)
     bindings = bindings_from_flags(parser, rest, args.gin_bindings)
     if not args.gin_file:
@@ -129,26 +129,18 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, bindings
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def cli(argv: Sequence[str]) -> int:
+    """The job: parse, configure gin, infer. Raises UserError for what the user can fix."""
     from flanrec.train import _init_distributed, configure_gin
 
-    args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
-    for noisy in ("absl", "jax", "orbax", "tensorflow", "seqio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args, bindings = parse_args(argv)
+    configure_gin(args.gin_file, bindings, args.gin_search_paths)
+    _init_distributed(args)
     try:
-        configure_gin(args.gin_file, bindings, args.gin_search_paths)
-        _init_distributed(args)
         summaries = infer()
-    except (InferenceConfigError, ResumeMismatchError, FileNotFoundError, UserError) as e:
-        first = str(e).splitlines()[0] if str(e) else repr(e)  # gin appends "In call to ..."
-        print(f"flanrec.infer: error: {first}", file=sys.stderr)
-        return 2
     except (ValueError, RuntimeError) as e:
-        if "gin" in type(e).__module__ or "binding" in str(e) or "macro" in str(e):
-            print(f"flanrec.infer: configuration error: {e}", file=sys.stderr)
-            return 2
+        if "gin" in type(e).__module__ or "gin.REQUIRED" in str(e):  # a macro left unset
+            raise ConfigError(str(e)) from e
         raise
     for s in summaries:
         rate = s.get("users_per_sec")
@@ -156,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                  s["examples"] if s["examples"] is not None else "all",
                  s["computed"], f", {rate:.1f} users/s" if rate and rate == rate else "")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # FileNotFoundError: a CHECKPOINT_PATH or data file the user named does not exist.
+    return jobs.run("flanrec.infer", cli, argv, user_errors=(FileNotFoundError,))
 
 
 if __name__ == "__main__":

@@ -43,11 +43,13 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from flanrec import storage
+from flanrec import jobs, storage
+from flanrec.data import locations
 from flanrec.errors import UserError
+from flanrec.progress import Progress, stage
 
 INDEX_SUFFIX = {
     "sequential": "seqidx",
@@ -81,7 +83,27 @@ SEQUENCE_FAMILIES = ("seqrec",)
 
 
 def default_cache_dir() -> str:
-    return os.path.expanduser(os.environ.get("FLANREC_CACHE", "~/.cache/flanrec"))
+    return locations.cache_root()
+
+
+def default_out(dataset: str) -> str:
+    """`--out` when none is given: the one default data dir (flanrec.data.locations).
+
+    `$FLANREC_DATA_DIR` is used only when it holds nothing or the same dataset: a default
+    must never replace another dataset's prepared data.
+    """
+    out = locations.default_data_dir(dataset)
+    info = os.path.join(out, "prepare.json")
+    if os.environ.get(locations.DATA_DIR_ENV) and os.path.exists(info):
+        try:
+            with open(info, encoding="utf-8") as f:
+                held = json.load(f).get("dataset")
+        except (OSError, ValueError):
+            held = None
+        if held != dataset:
+            raise UserError(f"{locations.DATA_DIR_ENV}={out} holds prepared {held!r}, not "
+                            f"{dataset!r}; pass --out DIR for {dataset}")
+    return out
 
 
 def task_prefix_for(dataset: str) -> str:
@@ -156,7 +178,7 @@ def load_dataset(opts: PrepareOptions, out: str | None = None):  # noqa: ANN201 
 
     name = DATASET_ALIASES.get(opts.dataset, opts.dataset)
     if name in ("csv", "parquet") and not opts.raw_dir:
-        raise SystemExit(f"--dataset {name} needs --raw_dir (the file or directory)")
+        raise UserError(f"--dataset {name} needs --raw_dir (the file or directory)")
     if name not in ("csv", "parquet") and opts.table_options:
         raise UserError(f"--dataset {opts.dataset} has its own reader: the CSV mapping options "
                         f"({', '.join(sorted(opts.table_options))}) apply to --dataset csv or "
@@ -280,9 +302,9 @@ def encoder_vocab_path(opts: PrepareOptions) -> str:
         try:
             return vocab_lib.resolve_spm_path(given)
         except vocab_lib.VocabularyNotFoundError:
-            raise SystemExit(f"--semantic_encoder_vocab {given}: not a SentencePiece .model "
-                             "file, a dir with spiece.model, or a prepared dir with "
-                             "vocab/spm.model") from None
+            raise UserError(f"--semantic_encoder_vocab {given}: not a SentencePiece .model "
+                            "file, a dir with spiece.model, or a prepared dir with "
+                            "vocab/spm.model") from None
     enc = opts.semantic_encoder or ""
     if os.path.isdir(enc):
         for name in ("spiece.model", "sentencepiece.model", "spm.model"):
@@ -291,7 +313,7 @@ def encoder_vocab_path(opts: PrepareOptions) -> str:
     try:
         return vocab_lib.resolve_spm_path()
     except vocab_lib.VocabularyNotFoundError as e:
-        raise SystemExit(
+        raise UserError(
             f"--semantic_encoder {enc}: no vocabulary to tokenize item text with (the "
             "checkpoint dir has no spiece.model). Pass --semantic_encoder_vocab (the model's "
             "spiece.model, or the prepared dir whose vocab/spm.model it was trained with), or "
@@ -305,18 +327,18 @@ def semantic_embedding_source(opts: PrepareOptions) -> tuple[dict[str, Any], dic
     """
     npy = opts.semantic_embeddings if opts.semantic_embeddings != "tfidf" else None
     if opts.semantic_encoder and npy:
-        raise SystemExit("semantic IDs: give --semantic_encoder or --semantic_embeddings, "
-                         "not both")
+        raise UserError("semantic IDs: give --semantic_encoder or --semantic_embeddings, "
+                        "not both")
     if opts.semantic_embedding_items and not npy:
-        raise SystemExit("--semantic_embedding_items names the rows of a "
-                         "--semantic_embeddings .npy file; no .npy was given")
+        raise UserError("--semantic_embedding_items names the rows of a "
+                        "--semantic_embeddings .npy file; no .npy was given")
     if opts.semantic_encoder:
         import seqio
 
         from flanrec.data.indexing.encoder_embeddings import t5_encoder_embed_fn
 
         if not os.path.exists(opts.semantic_encoder):
-            raise SystemExit(f"--semantic_encoder {opts.semantic_encoder}: no such checkpoint")
+            raise UserError(f"--semantic_encoder {opts.semantic_encoder}: no such checkpoint")
         spm = encoder_vocab_path(opts)
         fn = t5_encoder_embed_fn(opts.semantic_encoder,
                                  seqio.SentencePieceVocabulary(spm, extra_ids=0),
@@ -328,7 +350,7 @@ def semantic_embedding_source(opts: PrepareOptions) -> tuple[dict[str, Any], dic
             "max_length": opts.semantic_max_length}
     if npy:
         if not os.path.isfile(npy):
-            raise SystemExit(f"--semantic_embeddings {npy}: no such file")
+            raise UserError(f"--semantic_embeddings {npy}: no such file")
         return {"embeddings": npy, "embedding_items": opts.semantic_embedding_items}, {
             "source": "npy", "path": npy, "items": opts.semantic_embedding_items}
     return {"embed_fn": tfidf_embed}, {"source": "tfidf"}
@@ -387,27 +409,39 @@ def _examples(family: str, split, dataset, index, opts: PrepareOptions,  # noqa:
 
 
 def write_tasks(split, dataset, indexes, opts: PrepareOptions, tasks_root: str,  # noqa: ANN001
-                prefix: str, sample: _TextSample) -> dict[str, dict[str, Any]]:
-    """Render and write every (family, indexing) task; returns task dir -> info."""
+                prefix: str, sample: _TextSample,
+                report: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Render and write every (family, indexing) task; returns task dir -> info.
+
+    `report` gets a progress line per task (examples rendered and written, rate) every few
+    seconds and when the task is done (default: stdout).
+    """
     from flanrec.data import splits as splits_lib
     from flanrec.data import writer
 
     methods = list(indexes)
     infos = {}
+    todo = sum(len(methods) if f in INDEXED_FAMILIES else 1 for f in opts.families)
+    number = 0
     for family in opts.families:
         if family not in FAMILIES:
-            raise SystemExit(f"unknown family {family!r}; choose from {FAMILIES}")
+            raise UserError(f"unknown family {family!r}; choose from {FAMILIES}")
         for n, method in enumerate(methods if family in INDEXED_FAMILIES else methods[:1]):
             suffix = INDEX_SUFFIX[method]
             dirname = f"{family}_{suffix}" if family in INDEXED_FAMILIES else family
+            number += 1
+            counter = Progress(f"prepare: task {number}/{todo} {dirname}", unit="examples",
+                               log=report, untimed_first=False)
             splits_out = {}
             for out_split, split_name, ttypes in _family_splits(family, opts):
                 ex = _examples(family, split, dataset, indexes[method], opts, split_name,
                                ttypes, prefix)
                 if ex is None:
                     break
+                ex = counter.wrap(ex)
                 splits_out[out_split] = sample.tap(ex) if out_split == "train" else ex
             if not splits_out:
+                counter.finish("skipped: the data has no fields for this family")
                 continue
             info = writer.write_task(
                 os.path.join(tasks_root, dirname), splits_out, num_shards=opts.num_shards,
@@ -429,7 +463,9 @@ def write_tasks(split, dataset, indexes, opts: PrepareOptions, tasks_root: str, 
             )
             if not info["splits"]:  # e.g. rating tasks of a log without ratings
                 shutil.rmtree(os.path.join(tasks_root, dirname))
+                counter.finish("skipped: no examples")
                 continue
+            counter.finish(f"splits {', '.join(info['splits'])}")
             infos[dirname] = info
     return infos
 
@@ -640,8 +676,13 @@ _NO_OVERWRITE_HINT = (" and --no_overwrite was given (without it, a flanrec.prep
                       "is replaced once the new one is complete)")
 
 
-def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
-    """Run the whole job; returns the prepare.json document."""
+def prepare(opts: PrepareOptions, log: Any = print,
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the whole job; returns the prepare.json document.
+
+    `log` gets the final summary table; `progress` (default: stdout) one line as each stage
+    starts and ends and, while tasks are rendered, a count-and-rate line every few seconds.
+    """
     from flanrec.data import splits as splits_lib
 
     t0 = time.time()
@@ -654,37 +695,42 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
 
     for m in opts.indexing:
         if m not in INDEX_SUFFIX:
-            raise SystemExit(f"unknown indexing {m!r}; choose from {sorted(INDEX_SUFFIX)}")
+            raise UserError(f"unknown indexing {m!r}; choose from {sorted(INDEX_SUFFIX)}")
     unknown = [f for f in opts.families if f not in FAMILIES]
     if unknown:
-        raise SystemExit(f"unknown families {unknown}; choose from {FAMILIES}")
+        raise UserError(f"unknown families {unknown}; choose from {FAMILIES}")
     semantic_opts = [f"--{k}" for k in ("semantic_encoder", "semantic_encoder_vocab",
                                          "semantic_embeddings", "semantic_embedding_items")
                      if getattr(opts, k) not in (None, "tfidf")]
     if semantic_opts and "semantic" not in opts.indexing:
-        raise SystemExit(f"{', '.join(semantic_opts)} only apply to --indexing semantic")
+        raise UserError(f"{', '.join(semantic_opts)} only apply to --indexing semantic")
     if opts.num_shards < 2:
-        raise SystemExit("--num_shards must be >= 2 (multi-host readers shard by file)")
+        raise UserError("--num_shards must be >= 2 (multi-host readers shard by file)")
     out = _check_out(opts)
     prefix = opts.task_prefix or task_prefix_for(opts.dataset)
     with storage.staged_dir(out, "prepare", replace=opts.overwrite,
                             replace_hint=_NO_OVERWRITE_HINT,
                             record={"dataset": opts.dataset}) as tmp:
-        dataset = load_dataset(opts, out)
+        with stage(f"prepare: read {opts.dataset}", log=progress) as st:
+            dataset = load_dataset(opts, out)
+            st["note"] = f"{len(dataset.interactions):,} interactions"
         lap("read")
-        split = splits_lib.leave_one_out(dataset, max_history=opts.max_history,
-                                         kcore=opts.kcore, min_rating=opts.min_rating)
-        splits_lib.check_usable(split, dataset.interactions.source or opts.dataset)
-        fps = splits_lib.fingerprints(split)
-        file_hashes = write_split(split, dataset.items, os.path.join(tmp, "split"))
+        with stage("prepare: split (leave-one-out)", log=progress) as st:
+            split = splits_lib.leave_one_out(dataset, max_history=opts.max_history,
+                                             kcore=opts.kcore, min_rating=opts.min_rating)
+            splits_lib.check_usable(split, dataset.interactions.source or opts.dataset)
+            fps = splits_lib.fingerprints(split)
+            file_hashes = write_split(split, dataset.items, os.path.join(tmp, "split"))
+            st["note"] = f"{len(split.users):,} users, {len(split.all_items):,} items"
         lap("split")
         index_root = os.path.join(tmp, "index")
-        sp_size = base_piece_count(opts)
-        indexes, slots = fit_indexes(split, dataset.items, opts, index_root, sp_size)
+        with stage(f"prepare: index ({', '.join(opts.indexing)})", log=progress):
+            sp_size = base_piece_count(opts)
+            indexes, slots = fit_indexes(split, dataset.items, opts, index_root, sp_size)
         lap("index")
         sample = _TextSample()
         infos = write_tasks(split, dataset, indexes, opts, os.path.join(tmp, "tasks"), prefix,
-                            sample)
+                            sample, report=progress)
         skipped = skipped_families(opts.families, infos, dataset)
         for family, why in skipped.items():
             log(f"warning: family {family!r} not written: {why}")
@@ -699,17 +745,19 @@ def prepare(opts: PrepareOptions, log: Any = print) -> dict[str, Any]:
                 size = len(pieces) + size // 2
                 log(f"  vocabulary: {len(pieces)} item pieces, so {size} pieces in all "
                     f"(--vocab_size {opts.vocab_size} is too small to hold them and the text)")
-            vocab_path = vocab_lib.train_sentencepiece(
-                sample.texts, os.path.join(tmp, "vocab", "spm.model"),
-                vocab_size=size, user_defined_symbols=list(slots) + pieces)
+            with stage(f"prepare: vocabulary ({size:,} pieces, SentencePiece)", log=progress):
+                vocab_path = vocab_lib.train_sentencepiece(
+                    sample.texts, os.path.join(tmp, "vocab", "spm.model"),
+                    vocab_size=size, user_defined_symbols=list(slots) + pieces)
             lap("vocab")
         vocabulary, why_no_vocab = resolve_prepare_vocab(vocab_path, slots)
         tries = {}
         if vocabulary is not None:
             sequence_methods = [m for m in indexes if any(f in opts.families
                                                           for f in SEQUENCE_FAMILIES)]
-            tries = build_tries(indexes, vocabulary, split.all_items, index_root,
-                                without_eos=sequence_methods)
+            with stage("prepare: item tries", log=progress):
+                tries = build_tries(indexes, vocabulary, split.all_items, index_root,
+                                    without_eos=sequence_methods)
             _drop_sequence_tasks(tries, infos, os.path.join(tmp, "tasks"), opts, log)
             lap("trie")
         doc = {
@@ -778,7 +826,7 @@ def _drop_sequence_tasks(tries: dict[str, dict[str, Any]], infos: dict[str, Any]
                    "with --train_vocab (every item ID becomes one piece) or an indexing of "
                    "fixed-length codes")
             if opts.families != FAMILIES:
-                raise SystemExit(msg)
+                raise UserError(msg)
             log(f"  warning: task {dirname} skipped: {msg}")
             shutil.rmtree(os.path.join(tasks_root, dirname))
             del infos[dirname]
@@ -824,14 +872,16 @@ def list_tasks(data_dirs: Sequence[str] = ()) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = jobs.JobArgumentParser(
         prog="python -m flanrec.prepare",
         description="Prepare a recommendation dataset as SeqIO instruction tasks (offline).",
     )
     p.add_argument("--dataset", help="ml-100k, ml-1m, ml-20m, amazon-2014-<Cat>, "
                    "amazon-beauty, csv, parquet, ...")
     p.add_argument("--out", help="output directory (written atomically; an existing one is "
-                   "replaced only if flanrec.prepare wrote it)")
+                   "replaced only if flanrec.prepare wrote it); default "
+                   f"${locations.DATA_DIR_ENV} if set, else "
+                   f"{locations.default_prepared_dir('DATASET')}")
     p.add_argument("--raw_dir", help="raw files (skips fetching); required for csv/parquet")
     p.add_argument("--cache_dir", default=default_cache_dir(),
                    help="fetch cache (default $FLANREC_CACHE or ~/.cache/flanrec)")
@@ -911,6 +961,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gin_bindings", action="append", default=[],
                    help="raw gin binding, e.g. \"read_table.delimiter = ';'\" (repeatable); "
                    "--gin.NAME=VALUE works too")
+    jobs.add_verbose_flag(p)
     return p
 
 
@@ -970,27 +1021,26 @@ def configure_table_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     gin.parse_config_files_and_bindings(list(files), list(bindings))
 
 
-def main(argv: list[str] | None = None) -> int:
+def cli(argv: list[str]) -> int:
     from flanrec.gin_cli import bindings_from_flags
 
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     bindings = bindings_from_flags(parser, rest, args.gin_bindings)
-    try:
-        table_options = table_options_from_args(args)
-    except UserError as e:
-        print(f"flanrec.prepare: error: {e}", file=sys.stderr)
-        return 2
+    table_options = table_options_from_args(args)
     if args.gin_file or bindings:
         configure_table_gin(args.gin_file, bindings)
     if args.list_tasks:
+        # When a searched dir holds no prepared data, `import tasks` has said so (a warning
+        # naming the dir and the command that prepares it).
         for name in list_tasks([args.out] if args.out else []):
             print(name)
         return 0
-    if not args.dataset or not args.out:
-        build_parser().error("--dataset and --out are required (or --list_tasks)")
+    if not args.dataset:
+        build_parser().error("--dataset is required (or --list_tasks)")
+    out = args.out or default_out(args.dataset)
     opts = PrepareOptions(
-        dataset=args.dataset, out=args.out, raw_dir=args.raw_dir, cache_dir=args.cache_dir,
+        dataset=args.dataset, out=out, raw_dir=args.raw_dir, cache_dir=args.cache_dir,
         indexing=tuple(m.strip() for m in args.indexing.split(",") if m.strip()),
         seed=args.seed, num_shards=args.num_shards, train_vocab=args.train_vocab,
         vocab_size=args.vocab_size, max_history=args.max_history,
@@ -1008,12 +1058,12 @@ def main(argv: list[str] | None = None) -> int:
         semantic_max_length=args.semantic_max_length,
         table_options=table_options,
     )
-    try:
-        prepare(opts)
-    except UserError as e:
-        print(f"flanrec.prepare: error: {e}", file=sys.stderr)
-        return 2
+    prepare(opts)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return jobs.run("flanrec.prepare", cli, argv)
 
 
 if __name__ == "__main__":

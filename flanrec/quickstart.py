@@ -2,6 +2,10 @@ r"""The end-to-end CPU quickstart: prepare -> train -> constrained inference -> 
 
     python -m flanrec.quickstart            # ML-100K, ~15 min on 2 CPU cores
 
+The prepared data goes where every other job looks for it by default
+(`$FLANREC_DATA_DIR`, else `~/.cache/flanrec/prepared/ml-100k`: `flanrec.data.locations`), so
+`python -m flanrec.prepare --list_tasks` and `import tasks` find it afterwards.
+
 Each stage is the same command a user would run by hand (printed before it runs), in its own
 process, so gin state and memory never leak between stages and a failure names the stage.
 Every stage resumes: prepare is skipped when its output exists, training continues from the
@@ -21,14 +25,20 @@ import sys
 import time
 from collections.abc import Sequence
 
-from flanrec import storage
+from flanrec import jobs, storage
+from flanrec.data import locations
+from flanrec.errors import UserError
 
 DEFAULT_EXPERIMENT = "gin/experiments/ml100k_quickstart.gin"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class StageError(RuntimeError):
-    """A stage's command exited non-zero."""
+    """A stage's command exited non-zero (`returncode`: its exit code)."""
+
+    def __init__(self, message: str, returncode: int):
+        super().__init__(message)
+        self.returncode = returncode
 
 
 def _gin_value(experiment: str, macro: str) -> str | None:
@@ -48,14 +58,16 @@ def _stage(name: str, argv: Sequence[str], env: dict[str, str], timings: list) -
     rc = subprocess.call(list(argv), env=env, cwd=REPO_ROOT)
     timings.append((name, time.time() - t0))
     if rc != 0:
-        raise StageError(f"stage {name!r} failed with exit code {rc}: {shlex.join(argv)}")
+        raise StageError(f"stage {name!r} failed with exit code {rc}: {shlex.join(argv)}", rc)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m flanrec.quickstart", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = jobs.JobArgumentParser(prog="python -m flanrec.quickstart", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ml-100k")
-    p.add_argument("--data_dir", default="data/ml-100k", help="prepared data (made if missing)")
+    p.add_argument("--data_dir", default=None,
+                   help="prepared data, made if missing (default: $FLANREC_DATA_DIR, else "
+                   f"{locations.default_prepared_dir()})")
     p.add_argument("--model_dir", default="runs/quickstart", help="training run directory")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="gin experiment file")
     p.add_argument("--task", default=None,
@@ -72,19 +84,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="extra flags for flanrec.prepare")
     p.add_argument("--gin", action="append", default=[], metavar="MACRO=VALUE",
                    help="extra training binding, e.g. --gin TRAIN_STEPS=50 (repeatable)")
+    jobs.add_verbose_flag(p)
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def cli(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     py = sys.executable
     experiment = (os.path.abspath(args.experiment) if os.path.exists(args.experiment)
                   else os.path.join(REPO_ROOT, args.experiment))
     if not os.path.exists(experiment):
-        raise SystemExit(f"--experiment {args.experiment!r}: file not found")
-    data_dir = storage.normalize(args.data_dir)
+        raise UserError(f"--experiment {args.experiment!r}: file not found")
+    data_dir = storage.normalize(args.data_dir or locations.default_data_dir(args.dataset))
     model_dir = storage.normalize(args.model_dir)
     env = dict(os.environ, FLANREC_DATA_DIR=data_dir)
+    if args.verbose:
+        env[jobs.VERBOSE_ENV] = "1"  # every stage logs in full too
     timings: list[tuple[str, float]] = []
     prepared = storage.exists(storage.join(data_dir, "prepare.json"))
     infer_dir = storage.join(model_dir, f"infer_{args.split}")
@@ -133,14 +148,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             eval_cmd += ["--baselines", baseline_dir]
         _stage("eval", eval_cmd, env, timings)
     except StageError as e:
-        print(f"\nquickstart: {e}", file=sys.stderr)
-        return 1
+        # The stage printed its own one-line error; a user error there is one here too.
+        print(f"\nflanrec.quickstart: error: {e}", file=sys.stderr)
+        return 2 if e.returncode == 2 else 1
     print("\n=== stage times")
     for name, seconds in timings:
         print(f"  {name:<40s} {seconds:7.1f} s")
     print(f"  {'total':<40s} {sum(s for _, s in timings):7.1f} s")
     print(f"\nmetrics: {storage.join(eval_dir, 'metrics.json')}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return jobs.run("flanrec.quickstart", cli, argv, tensorflow=False)
 
 
 def _output_problem(outputs: Sequence[tuple[str, str, str | None]]) -> str | None:

@@ -61,15 +61,16 @@ import jax
 import numpy as np
 from etils import epath
 
-from flanrec import flops, losses, optimizers, partitioning, storage, trainer
+from flanrec import flops, jobs, losses, optimizers, partitioning, scalars, storage, trainer
 from flanrec.convert import common
 from flanrec.data import length_check
-from flanrec.errors import UserError
-from flanrec.gin_cli import add_search_paths, bindings_from_flags
+from flanrec.errors import ConfigError, UserError
+from flanrec.gin_cli import add_search_paths, bindings_from_flags, split_search_paths
 from flanrec.inference.rank_eval import RankEvalConfig
 from flanrec.model.config import T5Config
 from flanrec.peft import config as peft_config
 from flanrec.peft import params as peft_params
+from flanrec.progress import Progress
 
 log = logging.getLogger("flanrec.train")
 
@@ -83,6 +84,10 @@ gin.register(RankEvalConfig, module="flanrec.inference")
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; nothing from that step on is checkpointed."""
+
+
+class ModelDirError(UserError, PermissionError):
+    """MODEL_DIR cannot be created or written (checked before anything compiles)."""
 
 
 # ---------------------------------------------------------------------------------- data
@@ -104,12 +109,21 @@ class DatasetConfig:
 def _seqio_dataset(cfg: DatasetConfig, *, repeat: bool, shuffle: bool) -> Any:
     import seqio
 
+    if cfg.use_cached:
+        from flanrec.data import seqio_cache
+
+        seqio_cache.add_cache_dirs()
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
-    return seqio.get_dataset(
-        cfg.mixture_or_task_name, cfg.task_feature_lengths,
-        feature_converter=seqio.EncDecFeatureConverter(pack=cfg.pack),
-        dataset_split=cfg.split, use_cached=cfg.use_cached, shuffle=shuffle,
-        num_epochs=None if repeat else 1, shard_info=shard, seed=cfg.seed, verbose=False)
+    # seqio.get_dataset, minus its in-memory cache of small tasks: a cache filled by an
+    # endless stream is never complete when training stops (tf.data then warns that the
+    # partial cache is discarded), and local TFRecords are cheap to read again.
+    provider = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
+    ds = provider.get_dataset(
+        dict(cfg.task_feature_lengths), split=cfg.split, use_cached=cfg.use_cached,
+        shuffle=shuffle, seed=cfg.seed, shard_info=shard, num_epochs=None if repeat else 1,
+        trim_output_features=True, try_in_mem_cache=False)
+    converter = seqio.EncDecFeatureConverter(pack=cfg.pack)
+    return converter(ds, task_feature_lengths=dict(cfg.task_feature_lengths))
 
 
 def check_task(cfg: DatasetConfig, model_vocab: int) -> None:
@@ -119,21 +133,25 @@ def check_task(cfg: DatasetConfig, model_vocab: int) -> None:
     try:
         provider = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
     except ValueError as e:
-        raise ValueError(f"MIXTURE_OR_TASK_NAME {cfg.mixture_or_task_name!r} is not registered "
-                         "(is MIXTURE_OR_TASK_MODULE set to the module that registers it?)"
-                         ) from e
+        raise ConfigError(f"MIXTURE_OR_TASK_NAME {cfg.mixture_or_task_name!r} is not registered "
+                          "(is MIXTURE_OR_TASK_MODULE set to the module that registers it?)"
+                          ) from e
     if cfg.split not in provider.splits:
-        raise ValueError(f"{cfg.mixture_or_task_name}: no split {cfg.split!r}; it has "
-                         f"{sorted(provider.splits)}")
+        raise ConfigError(f"{cfg.mixture_or_task_name}: no split {cfg.split!r}; it has "
+                          f"{sorted(provider.splits)}")
     for name, feature in provider.output_features.items():
         if name not in ("inputs", "targets"):
             continue
         if name not in cfg.task_feature_lengths:
-            raise ValueError(f"TASK_FEATURE_LENGTHS has no length for feature {name!r}")
+            raise ConfigError(f"TASK_FEATURE_LENGTHS has no length for feature {name!r}")
         size = feature.vocabulary.vocab_size
         if size > model_vocab:
-            raise ValueError(f"{cfg.mixture_or_task_name}: feature {name!r} uses a vocabulary "
-                             f"of {size} ids, but the model embeds only {model_vocab}")
+            raise ConfigError(f"{cfg.mixture_or_task_name}: feature {name!r} uses a vocabulary "
+                              f"of {size} ids, but the model embeds only {model_vocab}")
+    if cfg.use_cached:
+        from flanrec.data import seqio_cache
+
+        seqio_cache.check_cached(cfg.mixture_or_task_name, cfg.split)
 
 
 def train_batches(cfg: DatasetConfig, per_host_batch: int, skip_batches: int
@@ -146,6 +164,28 @@ def train_batches(cfg: DatasetConfig, per_host_batch: int, skip_batches: int
     return iter(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
 
 
+def _eval_dataset(cfg: DatasetConfig) -> Any:
+    """Every example of the split once: a mixture's tasks one after another, each in full.
+
+    A seqio Mixture samples its tasks and stops when the first one runs out, so one "pass"
+    over a mixture scores a random part of the other tasks (and leaves their in-memory
+    caches half read, tf.data's `cache_dataset_ops` warning); T5X evaluates every task in
+    full, and so does this.
+    """
+    import seqio
+
+    provider = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
+    if not isinstance(provider, seqio.Mixture):
+        return _seqio_dataset(cfg, repeat=False, shuffle=False)
+    parts = [_seqio_dataset(dataclasses.replace(cfg, mixture_or_task_name=task.name),
+                            repeat=False, shuffle=False)
+             for task in provider.tasks if cfg.split in task.splits]
+    ds = parts[0]
+    for part in parts[1:]:
+        ds = ds.concatenate(part)
+    return ds
+
+
 def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.ndarray]]:
     """One full pass over the split on this host, padded so every host runs as many steps.
 
@@ -153,7 +193,7 @@ def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.n
     agree on the number of batches through an allgather, since an uneven split would leave
     one host waiting in a collective forever.
     """
-    ds = _seqio_dataset(cfg, repeat=False, shuffle=False).batch(per_host_batch)
+    ds = _eval_dataset(cfg).batch(per_host_batch)
     batches = []
     for b in ds.as_numpy_iterator():
         rows = next(iter(b.values())).shape[0]
@@ -167,9 +207,9 @@ def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.n
 
         count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
     if not batches and count:
-        raise ValueError(f"{cfg.mixture_or_task_name}/{cfg.split}: this host's shard is empty")
+        raise ConfigError(f"{cfg.mixture_or_task_name}/{cfg.split}: this host's shard is empty")
     if not count:
-        raise ValueError(f"{cfg.mixture_or_task_name}/{cfg.split}: the split is empty")
+        raise ConfigError(f"{cfg.mixture_or_task_name}/{cfg.split}: the split is empty")
     batches += [{k: np.zeros_like(v) for k, v in batches[0].items()}] * (count - len(batches))
     return batches
 
@@ -256,7 +296,7 @@ def _prepare_model_dir(model_dir: str) -> epath.Path:
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
-            raise PermissionError(f"MODEL_DIR {model_dir} is not writable: {e}") from e
+            raise ModelDirError(f"MODEL_DIR {model_dir} is not writable: {e}") from e
     return path
 
 
@@ -401,14 +441,14 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     dp = partitioning.data_parallel_size(mesh, rules)
     batch = train_dataset.batch_size
     if batch % (num_microbatches * dp) or batch % jax.process_count():
-        raise ValueError(f"BATCH_SIZE {batch} must be divisible by num_microbatches "
-                         f"({num_microbatches}) × data-parallel size ({dp}) and by the "
-                         f"number of processes ({jax.process_count()})")
+        raise ConfigError(f"BATCH_SIZE {batch} must be divisible by num_microbatches "
+                          f"({num_microbatches}) × data-parallel size ({dp}) and by the "
+                          f"number of processes ({jax.process_count()})")
     per_host = batch // jax.process_count()
     if eval_dataset is not None and eval_period and (
             eval_dataset.batch_size % dp or eval_dataset.batch_size % jax.process_count()):
-        raise ValueError(f"EVAL_BATCH_SIZE {eval_dataset.batch_size} must be divisible by the "
-                         f"data-parallel size ({dp}) and the number of processes")
+        raise ConfigError(f"EVAL_BATCH_SIZE {eval_dataset.batch_size} must be divisible by the "
+                          f"data-parallel size ({dp}) and the number of processes")
     base_config = model_config
     model_config = _with_tuning(model_config, tuning, prompt, lora, train_dataset,
                                 initial_checkpoint_path)
@@ -578,18 +618,21 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
 
     def validate(step: int) -> dict[str, float]:
         sums: dict[str, float] = {}
+        t_eval = time.time()
+        progress = Progress(f"validation @ step {step}", total=len(evals or []),
+                            unit="batches", log=log.info)
         for b in evals or []:
             result = eval_step(peft_params.combine(frozen, state.params),
                                partitioning.host_to_global(b, bsh))
             for k, v in jax.device_get(result).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-        w = max(sums.get("weight", 0.0), 1.0)
-        metrics = {"loss": sums["loss"] / w, "accuracy": sums["correct"] / w,
-                   "target_tokens": sums["weight"]}
+            progress.update(1)
+        metrics = scalars.validation_scalars(sums)
         writers["validation"].write_scalars(step, metrics)
+        writers["train"].write_scalars(step, {"timing/evaluate_seconds": time.time() - t_eval})
         log.info("validation @ step %d | loss %.4f | token acc %.2f%% | %d target tokens",
-                 step, metrics["loss"], 100 * metrics["accuracy"], metrics["target_tokens"])
-        return metrics
+                 step, metrics["loss"], 100 * metrics["accuracy"], sums["weight"])
+        return {**metrics, "target_tokens": sums["weight"]}
 
     # 6. The loop. Metrics of step s are read after step s+1 is queued, so the device never
     # idles waiting for the host; a NaN is still caught before any checkpoint of it is made.
@@ -603,8 +646,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         while step < train_steps:
             host_batch = next(train_iter, None)
             if host_batch is None:
-                raise ValueError(f"{train_dataset.mixture_or_task_name}/{train_dataset.split}: "
-                                 f"too few examples for one batch of {per_host} per host")
+                raise ConfigError(f"{train_dataset.mixture_or_task_name}/{train_dataset.split}: "
+                                  f"too few examples for one batch of {per_host} per host")
             trainer.check_token_ids(host_batch, model_config.vocab_size,
                                     f"training batch {step + 1}")
             state, metrics = train_step(state, partitioning.host_to_global(host_batch, bsh),
@@ -627,8 +670,11 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                     meter.add_tokens(window.add(*pending))
                     pending = None
                 if step % log_period == 0 or is_last:
-                    last_train = {**window.pop(), **meter.report(step)}
-                    writers["train"].write_scalars(step, last_train)
+                    averages, rates = window.pop(), meter.report(step)
+                    last_train = {**averages, **rates}
+                    writers["train"].write_scalars(step, scalars.train_scalars(
+                        averages, rates, batch_size=batch, target_length=lengths["targets"],
+                        num_devices=jax.device_count()))
                     log.info("step %d/%d | loss %.4f | token acc %.2f%% | lr %.3g | "
                              "grad norm %.3g | %.1f examples/s | %.0f target tokens/s | "
                              "MFU %.2f%% | ETA %s", step, train_steps, last_train["loss"],
@@ -764,17 +810,17 @@ def _with_tuning(cfg: T5Config, tuning: str, prompt: peft_config.PromptConfig | 
                  initial_checkpoint_path: str | None) -> T5Config:
     """The model config of this TUNING, refusing settings that cannot work, by name."""
     if tuning not in peft_config.TUNINGS:
-        raise ValueError(f"TUNING must be one of {peft_config.TUNINGS}, got {tuning!r}")
+        raise ConfigError(f"TUNING must be one of {peft_config.TUNINGS}, got {tuning!r}")
     if tuning == "full":
         return cfg
     if not initial_checkpoint_path:
-        raise ValueError(f"TUNING={tuning!r} freezes the backbone: set INITIAL_CHECKPOINT_PATH "
-                         "to the pretrained model (a frozen random backbone learns nothing)")
+        raise ConfigError(f"TUNING={tuning!r} freezes the backbone: set INITIAL_CHECKPOINT_PATH "
+                          "to the pretrained model (a frozen random backbone learns nothing)")
     if tuning == "prompt":
         prompt = prompt or peft_config.PromptConfig()
         if prompt.fusion == "concat" and train_dataset.pack:
-            raise ValueError("PROMPT_FUSION='concat' needs unpacked inputs (PACK = False): "
-                             "one prompt per row cannot serve several packed examples")
+            raise ConfigError("PROMPT_FUSION='concat' needs unpacked inputs (PACK = False): "
+                              "one prompt per row cannot serve several packed examples")
         return peft_config.with_adapters(cfg, prompt=prompt)
     return peft_config.with_adapters(cfg, lora=lora or peft_config.LoraConfig())
 
@@ -798,17 +844,17 @@ def _check_resumed_adapters(meta: Mapping[str, Any], cfg: T5Config, tuning: str,
     norm = json.loads(json.dumps(want))  # tuples → lists, as stored
     bad = [k for k in want if got[k] != norm[k]]
     if bad:
-        raise ValueError(f"{where}: cannot resume: the checkpoint was trained with "
-                         + ", ".join(f"{k}={got[k]!r}" for k in bad) + " but this run has "
-                         + ", ".join(f"{k}={norm[k]!r}" for k in bad))
+        raise ConfigError(f"{where}: cannot resume: the checkpoint was trained with "
+                          + ", ".join(f"{k}={got[k]!r}" for k in bad) + " but this run has "
+                          + ", ".join(f"{k}={norm[k]!r}" for k in bad))
 
 
 # ---------------------------------------------------------------------------- entry point
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m flanrec.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = jobs.JobArgumentParser(prog="python -m flanrec.train", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gin_file", action="append", default=[],
                         help="gin file (repeatable; later files override earlier ones)")
     parser.add_argument("--gin_bindings", action="append", default=[],
@@ -824,6 +870,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() with auto-detection "
                              "(TPU pod slices: run the same command on every worker)")
+    parser.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
+                        help="directories holding seqio caches (seqio.scripts.cache_tasks_main "
+                             "output), searched when USE_CACHED_TASKS = True (comma-separated "
+                             "or repeated; T5X's flag)")
+    jobs.add_verbose_flag(parser)
     args, rest = parser.parse_known_args(argv)
     bindings = bindings_from_flags(parser, rest, args.gin_bindings)
     return args, bindings
@@ -838,7 +889,10 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
     """
     gin.clear_config()
     add_search_paths(search_paths)
-    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+    try:
+        gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+    except (ValueError, OSError) as e:  # a misspelled name, a missing file: gin's own message
+        raise ConfigError(str(e)) from e
     _check_macros_used(bindings)
     try:
         module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
@@ -864,9 +918,9 @@ def _check_macros_used(bindings: Sequence[str]) -> None:
         name = binding.split("=", 1)[0].strip()
         used = re.search(rf"%{re.escape(name)}\b", config)
         if name.isupper() and name not in _DRIVER_MACROS and not used:
-            raise ValueError(f"gin macro {name} is set on the command line but no gin file "
-                             f"uses it (misspelled? known macros are in the --gin_file "
-                             "files, e.g. gin/runs/finetune.gin)")
+            raise ConfigError(f"gin macro {name} is set on the command line but no gin file "
+                              f"uses it (misspelled? known macros are in the --gin_file "
+                              "files, e.g. gin/runs/finetune.gin)")
 
 
 def _init_distributed(args: argparse.Namespace) -> None:
@@ -881,14 +935,15 @@ def _init_distributed(args: argparse.Namespace) -> None:
         jax.distributed.initialize()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
-    for noisy in ("absl", "jax", "orbax", "tensorflow", "seqio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def cli(argv: Sequence[str]) -> int:
+    """The job: parse, configure gin, train. Raises UserError (one line via `main`) for what
+    the user can fix."""
+    args, bindings = parse_args(argv)
     configure_gin(args.gin_file, bindings, args.gin_search_paths)  # before any jax backend use
     check_gin_settings()
+    from flanrec.data import seqio_cache
+
+    seqio_cache.add_cache_dirs(split_search_paths(args.seqio_additional_cache_dirs))
     _init_distributed(args)
     if jax.process_count() > 1:
         log.info("process %d of %d", jax.process_index(), jax.process_count())
@@ -897,10 +952,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as e:
         log.error("%s", e)
         return 1
+    except ValueError as e:
+        if "gin.REQUIRED" in str(e) or "Required bindings" in str(e):  # a macro left unset
+            raise ConfigError(str(e)) from e
+        raise
     if result["preempted"]:
         log.info("stopped early at step %d after SIGTERM; rerun the same command to resume",
                  result["step"])
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return jobs.run("flanrec.train", cli, argv)
 
 
 if __name__ == "__main__":

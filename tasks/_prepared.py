@@ -65,17 +65,24 @@ def unregister_prepared(prefix: str) -> list[str]:
     return removed
 
 
-def register_dirs(dirs: list[str]) -> dict[str, str]:
-    """Register each prepared dir that exists; log (not raise) why one is skipped."""
+def register_dirs(dirs: list[str], source: str = "$FLANREC_DATA_DIR",
+                  dataset: str = "ml-100k") -> dict[str, str]:
+    """Register each prepared dir that exists; log (not raise) why one is skipped.
+
+    A dir without prepared data is a warning naming it, what chose it (`source`) and the
+    command that prepares it, since every later step would fail on it.
+    """
     out: dict[str, str] = {}
     for d in dirs:
         if not tf.io.gfile.exists(os.path.join(d, "prepare.json")):
-            log.info("flanrec tasks: %s is not prepared yet; nothing registered from it", d)
+            log.warning("flanrec tasks: no prepared data in %s (%s), nothing registered from "
+                        "it; prepare it with `python -m flanrec.prepare --dataset %s "
+                        "--train_vocab --out %s`", d, source, dataset, d)
             continue
         try:
             prefix = task_prefix(d)
             register_prepared(d, prefix)
-        except VocabularyNotFoundError as e:
+        except (VocabularyNotFoundError, ValueError) as e:  # no vocabulary, a damaged dir
             log.warning("flanrec tasks from %s not registered: %s", d, e)
             continue
         out[prefix] = d

@@ -26,7 +26,8 @@ def data_dir(path: str | None = None) -> list[str]:
 
 
 def register_from_config() -> dict[str, str]:
-    return _prepared.register_dirs(data_dir())
+    return _prepared.register_dirs(data_dir(), source=f"${DATA_DIR_ENV}",
+                                   dataset="amazon-beauty")
 
 
 REGISTERED = register_from_config()

@@ -2,9 +2,10 @@
 
 Where the data lives is configuration, not code: the gin macro `FLANREC_DATA_DIR` (in the run's
 gin file; read when MIXTURE_OR_TASK_MODULE is imported), else `$FLANREC_DATA_DIR`, default
-`~/.cache/flanrec/prepared/ml-100k`. Several dirs may be listed, separated by `os.pathsep`
-(":"; `gs://` URLs stay whole); each registers under the prefix its prepare.json names
-(ml-100k -> `ml100k`, ml-1m -> `ml1m`), e.g. `ml100k_seq_seqidx`.
+`$FLANREC_CACHE/prepared/ml-100k` (`~/.cache/flanrec/prepared/ml-100k`: where `prepare` and the
+quickstart write when given no directory; `flanrec.data.locations`). Several dirs may be
+listed, separated by `os.pathsep` (":"; `gs://` URLs stay whole); each registers under the
+prefix its prepare.json names (ml-100k -> `ml100k`, ml-1m -> `ml1m`), e.g. `ml100k_seq_seqidx`.
 A missing dir registers nothing (so `import tasks` works before `prepare` has run).
 """
 
@@ -14,12 +15,11 @@ import os
 
 import gin
 
-from flanrec import storage
+from flanrec.data import locations
 from flanrec.data.vocab import gin_macro
 from tasks import _prepared
 
-DATA_DIR_ENV = "FLANREC_DATA_DIR"
-DEFAULT_DATA_DIR = "~/.cache/flanrec/prepared/ml-100k"
+DATA_DIR_ENV = locations.DATA_DIR_ENV
 
 
 @gin.configurable
@@ -27,15 +27,18 @@ def data_dir(path: str | None = None) -> list[str]:
     """The prepared MovieLens dirs: `path`, else the gin macro FLANREC_DATA_DIR (set in a run's
     gin file, read when MIXTURE_OR_TASK_MODULE is imported), else $FLANREC_DATA_DIR, else
     the default."""
-    value = (path or gin_macro(DATA_DIR_ENV) or os.environ.get(DATA_DIR_ENV)
-             or DEFAULT_DATA_DIR)
-    return [p if storage.is_url(p) else os.path.expanduser(p)
-            for p in storage.split_path_list(value)]
+    return locations.configured_data_dirs(path or gin_macro(DATA_DIR_ENV))
 
 
 def register_from_config() -> dict[str, str]:
     """Register every configured dir that is prepared; prefix -> data dir."""
-    return _prepared.register_dirs(data_dir())
+    if gin_macro(DATA_DIR_ENV):
+        source = f"the gin macro {DATA_DIR_ENV}"
+    elif os.environ.get(DATA_DIR_ENV):
+        source = f"${DATA_DIR_ENV}"
+    else:
+        source = f"the default data dir; {DATA_DIR_ENV} is not set"
+    return _prepared.register_dirs(data_dir(), source=source)
 
 
 REGISTERED = register_from_config()

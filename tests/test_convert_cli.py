@@ -136,7 +136,7 @@ def test_refuses_existing_output_unless_overwrite(tmp_path, hf_dir, capsys):
 def test_clear_errors_and_nothing_half_written(tmp_path, hf_dir, capsys, monkeypatch):
     assert cli.main(["--from", "t5x", "--src", str(hf_dir), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "not a T5X checkpoint" in err
+    assert err.startswith("flanrec.convert: error: ") and "not a T5X checkpoint" in err
     assert cli.main(["--from", "flanrec", "--src", str(hf_dir),
                      "--out", str(tmp_path / "x")]) == 2
     assert "Hugging Face" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import transformers  # noqa: F401
 
+from flanrec.errors import UserError
 from tests.hf_fixtures import hf_encoder, make_hf_t5  # noqa: E402
 
 TITLES = [
@@ -164,10 +165,10 @@ def test_prepare_csv_with_semantic_encoder(tiny_encoder, tmp_path):
     doc = json.loads((out / "prepare.json").read_text())
     assert doc["semantic_embeddings"]["source"] == "tfidf"
 
-    with pytest.raises(SystemExit, match="not both"):
+    with pytest.raises(UserError, match="not both"):
         main(common + ["--semantic_encoder", str(hf_dir),
                        "--semantic_embeddings", str(tmp_path / "emb.npy")])
-    with pytest.raises(SystemExit, match="only apply to --indexing semantic"):
+    with pytest.raises(UserError, match="only apply to --indexing semantic"):
         main([a if a != "semantic" else "sequential" for a in common]
              + ["--semantic_encoder", str(hf_dir)])
     # A checkpoint dir without spiece.model and no vocabulary anywhere: a clear error.
@@ -182,9 +183,9 @@ def test_prepare_csv_with_semantic_encoder(tiny_encoder, tmp_path):
     mp.setenv("HOME", str(tmp_path))
     mp.delenv("HF_HOME", raising=False)
     try:
-        with pytest.raises(SystemExit, match="--semantic_encoder_vocab"):
+        with pytest.raises(UserError, match="--semantic_encoder_vocab"):
             main(common + ["--semantic_encoder", str(bare)])
-        with pytest.raises(SystemExit, match="--semantic_encoder_vocab .*nope"):
+        with pytest.raises(UserError, match="--semantic_encoder_vocab .*nope"):
             main(common + ["--semantic_encoder", str(bare),
                            "--semantic_encoder_vocab", str(tmp_path / "nope")])
         # ... which --semantic_encoder_vocab fixes (here: a file; a prepared dir works too).

@@ -365,8 +365,8 @@ def test_bad_input_fails_clearly(registered, tmp_path, capsys, extra, message):
 def test_writer_is_atomic_and_progress_reports_rate(tmp_path):
     import io
 
-    from flanrec.inference.progress import Progress
     from flanrec.inference.writer import ChunkWriter
+    from flanrec.progress import Progress
 
     w = ChunkWriter(str(tmp_path), "t", "predict", 0, 1, {"a": 1})
     w.open()
@@ -402,3 +402,39 @@ def test_host_shards_partition_the_split_by_index(registered):
               task_examples("toyinf_rating", "validation", LENGTHS, h, 3)} for h in range(3)]
     assert [sorted(p) for p in parts] == [list(range(h, USERS, 3)) for h in range(3)]
     assert {k: v for p in parts for k, v in p.items()} == one
+
+
+@pytest.mark.slow
+def test_eval_takes_a_checkpoint_like_t5x_eval(registered, tmp_path):
+    """`flanrec.eval --gin.CHECKPOINT_PATH=...`: infers with gin/runs/infer.gin's macros, then
+    scores: the same predictions as `flanrec.infer` and the same metrics as the two-step infer
+    + eval. The gin flags are train's and infer's (here a gin file found only through T5X's
+    comma-separated --gin_search_paths)."""
+    from flanrec.inference import run_inference
+
+    data, ckpt = registered
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "flanrec.eval", "--gin_file=runs/eval.gin",
+         f"--gin_search_paths={tmp_path / 'nothing'},{REPO / 'gin'}",
+         f"--gin.CHECKPOINT_PATH={ckpt}", "--gin.MIXTURE_OR_TASK_NAME=toyinf_seq_seqidx",
+         f"--gin.EVAL_OUTPUT_DIR={out}", f"--gin.FLANREC_DATA_DIR={data}",
+         f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.NUM_BEAMS=5"],
+        cwd=tmp_path, env=_env(data), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr == "", proc.stderr  # quiet: no TF/absl start-up lines
+    via_checkpoint = json.loads((out / "metrics.json").read_text())
+    records = _records(out / "infer", "toyinf_seq_seqidx", "predict")
+    assert len(records) == USERS and all(len(r["items"]) == 5 for r in records)
+    run_inference(str(ckpt), "toyinf_seq_seqidx", _opts(tmp_path / "plain", "predict",
+                                                        num_beams=5), [str(data)])
+    plain = _records(tmp_path / "plain", "toyinf_seq_seqidx", "predict")
+    assert [(r["index"], r["items"]) for r in records] == [(r["index"], r["items"])
+                                                           for r in plain]
+
+    from flanrec import eval as E
+
+    assert E.main(["--predictions", str(out / "infer"), "--data_dir", str(data),
+                   "--out", str(tmp_path / "two_step"), "--no_plot"]) == 0
+    two_step = json.loads((tmp_path / "two_step" / "metrics.json").read_text())
+    assert via_checkpoint == two_step and "hr@5" in two_step

@@ -210,7 +210,7 @@ def test_bad_settings_fail_before_compiling(setup):
     for extra, message in cases:
         try:
             with pytest.raises(ValueError, match=message):
-                train.main([*base[:-1], *extra])
+                train.cli([*base[:-1], *extra])
         finally:
             gin.clear_config()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from flanrec.errors import UserError
 from tests.data_fixtures import ml100k_dir  # noqa: F401  (fixture)
 from tests.prepare_fixtures import prepared_ml100k  # noqa: F401  (fixture)
 
@@ -129,12 +130,12 @@ def test_training_examples_never_target_held_out_items(prepared_ml100k):
 def test_bad_options_fail_before_writing(tmp_path):
     from flanrec.prepare import PrepareOptions, prepare
 
-    with pytest.raises(SystemExit, match="num_shards"):
+    with pytest.raises(UserError, match="num_shards"):
         prepare(PrepareOptions(dataset="ml-100k", out=str(tmp_path / "o"), num_shards=1))
-    with pytest.raises(SystemExit, match="unknown families"):
+    with pytest.raises(UserError, match="unknown families"):
         prepare(PrepareOptions(dataset="ml-100k", out=str(tmp_path / "o"),
                                families=("seq", "no_such_family")))
-    with pytest.raises(SystemExit, match="unknown indexing"):
+    with pytest.raises(UserError, match="unknown indexing"):
         prepare(PrepareOptions(dataset="ml-100k", out=str(tmp_path / "o"),
                                indexing=("alphabetical",)))
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.tmp").exists()

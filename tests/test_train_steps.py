@@ -100,8 +100,10 @@ def task(tmp_path_factory):
 
 
 def _main(args: list[str]) -> int:
+    """The job's body (`train.cli`): diagnosed problems raise instead of becoming exit code 2
+    (tests/test_jobs_cli.py checks that conversion)."""
     try:
-        return train.main(args)
+        return train.cli(args)
     finally:
         gin.clear_config()
 
@@ -116,9 +118,26 @@ def test_memorises_sixteen_examples(task, tmp_path):
     acc = tfx.read_scalars(model_dir / "train", "accuracy")
     assert loss[60] < 0.25 * loss[10]
     assert acc[60] > 0.95, acc
-    for tag in ("learning_rate", "grad_norm", "examples_per_sec", "target_tokens_per_sec",
-                "mfu", "eta_sec"):
-        assert tfx.read_scalars(model_dir / "train", tag), tag
+    # T5X's names (flanrec.scalars) for what T5X logs too, plus flanrec's extras.
+    from flanrec import scalars
+
+    tags = {tag: tfx.read_scalars(model_dir / "train", tag) for tag in (
+        *scalars.TRAIN_TAGS, "grad_norm", "param_norm", "mfu", "timing/eta_seconds",
+        "timing/nonpadding_target_tokens_per_second", "timing/evaluate_seconds")}
+    assert all(tags.values()), [t for t, v in tags.items() if not v]
+    for old in ("examples_per_sec", "target_tokens_per_sec", "steps_per_sec", "eta_sec"):
+        assert not tfx.read_scalars(model_dir / "train", old), old
+    step = 60
+    assert tags["cross_ent_loss"][step] == pytest.approx(loss[step] - tags["z_loss"][step],
+                                                         rel=1e-5, abs=1e-6)
+    # T5X counts every target position (batch 16 x 8 targets), padding included.
+    assert tags["timing/target_tokens_per_second"][step] == pytest.approx(
+        tags["timing/steps_per_second"][step] * 16 * 8, rel=1e-5)
+    assert tags["timing/seqs_per_second"][step] == pytest.approx(
+        tags["timing/steps_per_second"][step] * 16, rel=1e-5)
+    assert 0 < tags["non_padding_fraction/loss_weights"][step] < 1
+    for tag in scalars.VALIDATION_TAGS:
+        assert tfx.read_scalars(model_dir / "validation", tag)[60] >= 0, tag
     assert tfx.read_scalars(model_dir / "validation", "loss")[60] > 0
     # Effective config: written atomically, re-parsable, and naming the run's values.
     config = (model_dir / "config.gin").read_text()

@@ -410,8 +410,8 @@ setup_workers() {
   remote+=" && $py -m pip install -q -U pip"
   case "$SOURCE" in
     local)
-      run tar -czf "$TARBALL" --exclude=.venv --exclude=.git --exclude=__pycache__ \
-        --exclude=.pytest_cache --exclude=.ruff_cache --exclude=.hypothesis --exclude=./data \
+      run tar -czf "$TARBALL" --exclude=.venv --exclude=.venv-cache --exclude=.git \
+        --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache --exclude=.hypothesis --exclude=./data \
         --exclude=./runs --exclude=./checkpoints -C "$REPO" .
       run gcloud compute tpus tpu-vm scp "$TARBALL" "$TPU_NAME:flanrec-src.tgz" \
         "${GCLOUD_FLAGS[@]}" --worker=all

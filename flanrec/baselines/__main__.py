@@ -24,24 +24,25 @@ if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.
     runtime.reexec_with_tcmalloc()
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Sequence
 
+from flanrec import jobs, storage
 from flanrec import metrics as metrics_lib
-from flanrec import storage
 from flanrec.baselines import common
-from flanrec.data import prepared
-from flanrec.errors import UserError
+from flanrec.data import locations, prepared
+from flanrec.errors import ConfigError
 
 MODELS = ("popularity", "sasrec", "families")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m flanrec.baselines", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", required=True, help="a flanrec.prepare output directory")
+    p = jobs.JobArgumentParser(prog="python -m flanrec.baselines", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", default=None,
+                   help="a flanrec.prepare output directory (default: $FLANREC_DATA_DIR, else "
+                   f"{locations.default_prepared_dir()})")
     p.add_argument("--model", default="all", choices=(*MODELS, "all"))
     p.add_argument("--out", required=True, help="directory for the JSONL predictions")
     p.add_argument("--split", default="test", choices=common.STAGES)
@@ -58,6 +59,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     g.add_argument("--max_train_seconds", type=float, default=None,
                    help="wall-clock training budget (stops at the next epoch end, keeps the "
                         "best evaluated params)")
+    jobs.add_verbose_flag(p)
     return p.parse_args(argv)
 
 
@@ -68,19 +70,13 @@ def _summary(name: str, examples, ranked) -> dict[str, float]:  # noqa: ANN001
     return m
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+def cli(argv: Sequence[str]) -> int:
+    """The job: train/rank each baseline and write its predictions. Raises UserError."""
+    args = parse_args(argv)
     if args.k < 1:
-        print("error: --k must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        storage.check_claimable(args.out, "baselines", what="--out")  # before training
-        split = prepared.load_split(args.data_dir)
-    except (prepared.PreparedDataError, UserError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--k must be >= 1, got {args.k}")
+    storage.check_claimable(args.out, "baselines", what="--out")  # before training
+    split = prepared.load_split(args.data_dir or locations.default_data_dir())
     models = MODELS if args.model == "all" else (args.model,)
     if "popularity" in models:
         from flanrec.baselines import popularity
@@ -126,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _write_json(path: str, obj: object) -> None:
     storage.write_json_atomic(path, obj, ensure_ascii=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return jobs.run("flanrec.baselines", cli, argv, tensorflow=False)
 
 
 if __name__ == "__main__":

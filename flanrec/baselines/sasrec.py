@@ -41,6 +41,7 @@ import optax
 
 from flanrec import metrics as metrics_lib
 from flanrec.data import splits, types
+from flanrec.progress import Progress
 
 log = logging.getLogger("flanrec.baselines.sasrec")
 
@@ -281,6 +282,9 @@ def train(split: types.Split, config: SASRecConfig = SASRecConfig(),
     history: list[dict[str, float]] = []
     bad = 0
     epoch = 0
+    # One line every 30 s; with a time budget the total is the epochs that fit in it.
+    epochs = Progress("sasrec training", total=config.max_epochs, unit="epochs", every=30.0,
+                      log=progress, untimed_first=False)
     for epoch in range(1, config.max_epochs + 1):
         perm = order_rng.permutation(len(xs))
         # Pad the permutation so every batch has the compiled shape; the repeated rows of
@@ -292,6 +296,12 @@ def train(split: types.Split, config: SASRecConfig = SASRecConfig(),
             rng, drop_rng = jax.random.split(rng)
             params, opt_state, loss = step(params, opt_state, xs[idx], ys[idx], drop_rng)
             losses.append(loss)
+        if config.max_train_seconds is not None:
+            spent = time.time() - t0
+            epochs.total = min(config.max_epochs,
+                               epoch + int(max(config.max_train_seconds - spent, 0)
+                                           / (spent / epoch)) + 1)
+        epochs.update(1)
         out_of_time = (config.max_train_seconds is not None
                        and time.time() - t0 >= config.max_train_seconds)
         if epoch % config.eval_every and epoch != config.max_epochs and not out_of_time:

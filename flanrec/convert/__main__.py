@@ -26,7 +26,6 @@ gs://): an interrupted run leaves nothing at `--out`. A non-empty `--out` is rep
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -34,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flanrec import storage
+from flanrec import jobs, storage
 from flanrec.convert import vocabulary as vocab_files
 from flanrec.convert.common import check_finite, count_params, flatten, make_readable
 from flanrec.model.config import T5Config
@@ -210,8 +209,9 @@ def summary(cfg: T5Config, src_kind: str, dst_kind: str, out: str | Path) -> str
     return f"{src_kind} -> {dst_kind}: {name}, {n:,} params ({n / 1e6:.1f}M) -> {out}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def cli(argv: list[str]) -> int:
+    """The job: convert or average checkpoints, then print a one-line summary."""
+    parser = jobs.JobArgumentParser(
         prog="python -m flanrec.convert",
         description="Convert Flan-T5 weights between Hugging Face, T5X and flanrec checkpoints.")
     parser.add_argument("--from", dest="src_kind", choices=SOURCES,
@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="vocabulary to ship (--to hf/flanrec): a prepared data dir, a "
                              "dir with spiece.model, or a .model file (default: the one the "
                              "source carries, e.g. MODEL_DIR/spiece.model)")
+    jobs.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     # What an export carried over (optimizer moments, tokenizer caveats) goes to stderr.
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -246,20 +247,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--average takes the checkpoints itself: no --from/--src/--merge_lora")
     if not args.average and not (args.src and args.src_kind):
         parser.error("--from and --src are required (or --average CKPT CKPT ...)")
-    try:
-        if args.average:
-            cfg, out = average(args.average, args.out, args.dst_kind, overwrite=args.overwrite,
-                               step=args.step, vocab=args.vocab)
-        else:
-            cfg, out = convert(args.src_kind, args.src, args.out, args.dst_kind,
-                               overwrite=args.overwrite, step=args.step,
-                               merge_lora=args.merge_lora, vocab=args.vocab)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.average:
+        cfg, out = average(args.average, args.out, args.dst_kind, overwrite=args.overwrite,
+                           step=args.step, vocab=args.vocab)
+    else:
+        cfg, out = convert(args.src_kind, args.src, args.out, args.dst_kind,
+                           overwrite=args.overwrite, step=args.step,
+                           merge_lora=args.merge_lora, vocab=args.vocab)
     src_desc = f"average of {len(args.average)}" if args.average else args.src_kind
     print(summary(cfg, src_desc, args.dst_kind, out))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # ValueError / FileNotFoundError / FileExistsError: the converters' diagnosed messages
+    # (missing files, parameter shapes, refused formats), the user's since the CLI existed.
+    return jobs.run("flanrec.convert", cli, argv, tensorflow=False,
+                    user_errors=(ValueError, FileNotFoundError, FileExistsError))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from flanrec.convert import common
+from flanrec.errors import UserError
 from flanrec.model.config import T5Config
 
 CONFIG_FILE = "config.json"
@@ -47,7 +48,7 @@ GENERATION_CONFIG_FILE = "generation_config.json"
 _EMBED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
-class HFCheckpointError(ValueError):
+class HFCheckpointError(UserError, ValueError):
     """A Hugging Face checkpoint directory that cannot be imported as Flan-T5."""
 
 

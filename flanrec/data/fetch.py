@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from flanrec.errors import UserError
+
 log = logging.getLogger("flanrec.data.fetch")
 
 MARKER = ".flanrec_fetch.json"
@@ -61,7 +63,7 @@ AMAZON_2018 = (
 )
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """A dataset could not be made available; the message says what to put where."""
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 from flanrec import storage
 from flanrec.data.types import ItemMeta, Split, UserSequence
+from flanrec.errors import UserError
 
 SPLIT_FILE = os.path.join("split", "split.json")
 PREPARE_FILE = "prepare.json"
 
 
-class PreparedDataError(ValueError):
+class PreparedDataError(UserError, ValueError):
     """A prepared directory is missing a file or does not match what prepare recorded."""
 
 

@@ -50,6 +50,10 @@ _TF_KIND = {
 
 TARGET_KINDS = ("item", "rating", "binary", "text")
 
+PREPARED_TASKS: set[str] = set()
+"""Names registered by `register_prepared`: one preprocessed example per source example, which
+`flanrec.data.seqio_cache` relies on to recognise a cache of older data."""
+
 
 # ---------------------------------------------------------------------------------------------
 # Features, sources, preprocessors
@@ -111,16 +115,22 @@ def add_metadata(dataset: tf.data.Dataset, task_name: str,
 
 
 def standard_preprocessors(task_name: str, targets_eos: bool = True
-                           ) -> list[Callable[..., tf.data.Dataset]]:
-    """metadata -> tokenize (keeps `*_pretokenized` copies) -> EOS after trimming.
+                           ) -> list[Any]:
+    """metadata -> tokenize (keeps `*_pretokenized` copies) -> [cache] -> EOS after trimming.
+
+    Everything before `seqio.CacheDatasetPlaceholder` is deterministic (no seed, no sequence
+    length), so `seqio.scripts.cache_tasks_main` can store its output once and
+    `USE_CACHED_TASKS = True` reads exactly those examples back; trimming and EOS depend on
+    the run's TASK_FEATURE_LENGTHS and therefore stay after the cache.
 
     `targets_eos=False` (the seqrec family) leaves EOS out of the targets only: they are a
     run of item IDs that the decoder continues from one item to the next, and an EOS after
     an arbitrary window end would teach it nothing. Inputs still end with EOS.
     """
-    steps: list[Callable[..., tf.data.Dataset]] = [
+    steps: list[Any] = [
         functools.partial(add_metadata, task_name=task_name),
         seqio.preprocessors.tokenize,
+        seqio.CacheDatasetPlaceholder(),
     ]
     if targets_eos:
         steps.append(seqio.preprocessors.append_eos_after_trim)
@@ -318,6 +328,7 @@ def register_prepared(
             _register_task(name, **kwargs)
         else:
             seqio.TaskRegistry.add(name, **kwargs)
+        PREPARED_TASKS.add(name)
         names.append(name)
     return names
 

@@ -28,6 +28,8 @@ import seqio
 import tensorflow as tf
 from sentencepiece import sentencepiece_model_pb2
 
+from flanrec.errors import ConfigError, UserError
+
 VOCAB_ENV = "FLANREC_VOCAB"
 FLAN_T5_GCS_VOCAB = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 DEFAULT_EXTRA_IDS = 100
@@ -36,7 +38,7 @@ FLAN_T5_EMBEDDING_ROWS = 32128
 TOKEN_SLOTS_FILE = "token_slots.json"  # written by flanrec.data.indexing
 
 
-class VocabularyNotFoundError(FileNotFoundError):
+class VocabularyNotFoundError(UserError, FileNotFoundError):
     """No SentencePiece model could be found; the message lists every way to provide one."""
 
 
@@ -88,7 +90,7 @@ def train_sentencepiece(
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise ValueError(
+        raise ConfigError(  # --vocab_size too small for the text: the user's to change
             f"SentencePiece training failed for vocab_size={vocab_size} "
             f"({len(texts)} sentences, {len(symbols)} user-defined symbols): {e}. With "
             "byte_fallback the vocabulary needs room for 256 byte pieces plus every "

@@ -20,6 +20,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from flanrec import jobs
 from flanrec.ensemble import fusion
 
 
@@ -40,10 +41,12 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m flanrec.ensemble", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = jobs.JobArgumentParser(prog="python -m flanrec.ensemble", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    jobs.add_verbose_flag(p)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=jobs.JobArgumentParser)
     t = sub.add_parser("templates", help="fuse one checkpoint's rankings over templates")
+    jobs.add_verbose_flag(t)
     t.add_argument("--checkpoint", required=True, help="flanrec MODEL_DIR/checkpoint, HF, T5X")
     t.add_argument("--data_dir", required=True, help="the prepared dir the model was trained on")
     t.add_argument("--templates", type=_ints, required=True,
@@ -59,6 +62,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "weights proportional to it)")
     t.add_argument("--out", required=True)
     f = sub.add_parser("fuse", help="fuse several runs' prediction files")
+    jobs.add_verbose_flag(f)
     f.add_argument("--predictions", nargs="+", required=True, help="dirs or globs, >= 2")
     f.add_argument("--method", default="rrf", choices=fusion.METHODS)
     f.add_argument("--weights", type=_floats, default=None)
@@ -67,29 +71,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def cli(argv: Sequence[str]) -> int:
+    """The job: run the chosen ensemble and print its summary."""
     args = parse_args(argv)
-    try:
-        if args.command == "templates":
-            from flanrec.ensemble.templates import TemplateEnsembleOptions, run_template_ensemble
+    if args.command == "templates":
+        from flanrec.ensemble.templates import TemplateEnsembleOptions, run_template_ensemble
 
-            opts = TemplateEnsembleOptions(
-                templates=args.templates, method=args.method, split=args.split,
-                num_beams=args.num_beams, input_length=args.input_length,
-                target_length=args.target_length, batch_size=args.batch_size,
-                temperature=args.temperature)
-            summary = run_template_ensemble(args.checkpoint, args.data_dir, args.out, opts)
-        else:
-            from flanrec.ensemble.files import fuse_prediction_dirs
+        opts = TemplateEnsembleOptions(
+            templates=args.templates, method=args.method, split=args.split,
+            num_beams=args.num_beams, input_length=args.input_length,
+            target_length=args.target_length, batch_size=args.batch_size,
+            temperature=args.temperature)
+        summary = run_template_ensemble(args.checkpoint, args.data_dir, args.out, opts)
+    else:
+        from flanrec.ensemble.files import fuse_prediction_dirs
 
-            paths = fuse_prediction_dirs(args.predictions, args.out, args.method, args.weights,
-                                         args.top_k)
-            summary = {"method": args.method, "paths": paths}
-    except (ValueError, FileNotFoundError, KeyError, IndexError) as e:
-        print(f"flanrec.ensemble: error: {e}", file=sys.stderr)
-        return 2
+        paths = fuse_prediction_dirs(args.predictions, args.out, args.method, args.weights,
+                                     args.top_k)
+        summary = {"method": args.method, "paths": paths}
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # ValueError / FileNotFoundError: the ensemble modules' diagnosed messages (file:line,
+    # member, template index), reported as the user's since the CLI was written.
+    return jobs.run("flanrec.ensemble", cli, argv,
+                    user_errors=(ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

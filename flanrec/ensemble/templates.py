@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from flanrec import metrics as metrics_lib
 from flanrec import storage
 from flanrec.ensemble import fusion
 from flanrec.ensemble.files import check_output, claim_output, write_jsonl_atomic
+from flanrec.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +105,8 @@ def predict_member(res: _Resources, opts: TemplateEnsembleOptions, split_name: s
     seen = _seen_cols(res, split_name)
     b, k = opts.batch_size, opts.num_beams
     out: list[dict[str, Any]] = []
-    t0 = last = time.time()
+    counter = Progress(f"ensemble: template {template} {split_name}", total=len(rows),
+                       log=None if progress else (lambda _: None))
     for lo in range(0, len(rows), b):
         chunk = rows[lo: lo + b]
         enc = _encode_inputs(res, chunk, opts.input_length, b)
@@ -125,12 +126,8 @@ def predict_member(res: _Resources, opts: TemplateEnsembleOptions, split_name: s
                 "ids": [res.decoder.id_strings[j] for j in f["items"]],
                 "scores": [float(s) for s in f["scores"]],
                 "invalid": f["invalid"], "duplicates": f["duplicates"]})
-        done = lo + len(chunk)
-        if progress and (done == len(rows) or time.time() - last >= 5.0):
-            last = time.time()
-            rate = done / max(last - t0, 1e-9)
-            print(f"  template {template} {split_name}: {done}/{len(rows)} users "
-                  f"({rate:.1f} users/s)", flush=True)
+        counter.update(len(chunk))
+    counter.finish()
     return out
 
 
@@ -156,6 +153,8 @@ def rescore_union(res: _Resources, opts: TemplateEnsembleOptions, split_name: st
     for template in templates:
         rows = _queries(res, split_name, template)
         per_user: list[dict[str, float]] = []
+        counter = Progress(f"ensemble: rescore the union under template {template}",
+                           total=n_users)
         for lo in range(0, n_users, b):
             chunk = rows[lo: lo + b]
             enc = _encode_inputs(res, chunk, opts.input_length, b)
@@ -171,6 +170,8 @@ def rescore_union(res: _Resources, opts: TemplateEnsembleOptions, split_name: st
             scores = modes.score_candidates(res.config, res.params, enc, cands)
             for r, union in enumerate(unions[lo: lo + len(chunk)]):
                 per_user.append({item: float(scores[r, c]) for c, item in enumerate(union)})
+            counter.update(len(chunk))
+        counter.finish()
         tables.append(per_user)
     return tables
 
@@ -190,7 +191,10 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
     if len(opts.templates) < 2:
         raise ValueError("a template ensemble needs at least 2 templates")
     for t in opts.templates:
-        templates_lib.template_type("seq", t)  # raises naming the bad index
+        try:
+            templates_lib.template_type("seq", t)
+        except IndexError as e:  # names the bad index and how many there are
+            raise ValueError(f"--templates: {e}") from None
     if opts.method not in fusion.METHODS:
         raise ValueError(f"unknown fusion method {opts.method!r}; choose one of "
                          f"{fusion.METHODS}")

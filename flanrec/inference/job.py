@@ -27,10 +27,10 @@ import numpy as np
 
 from flanrec import storage
 from flanrec.inference import modes, taskinfo
-from flanrec.inference.progress import Progress
 from flanrec.inference.taskinfo import InferenceConfigError, TaskInfo
 from flanrec.inference.writer import ChunkWriter
 from flanrec.model.config import T5Config
+from flanrec.progress import Progress
 
 log = logging.getLogger("flanrec.infer")
 

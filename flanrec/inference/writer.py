@@ -35,6 +35,8 @@ from flanrec.errors import UserError
 
 MANIFEST = "manifest.json"
 CHECKPOINT_KEYS = ("checkpoint_step", "params_sha256")
+
+
 class ResumeMismatchError(UserError, ValueError):
     """The chunk directory (or finished shard) was written by a run with other settings."""
 
