@@ -220,7 +220,9 @@ def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.n
 # anything is built, since a bad value otherwise surfaces after the pipeline set-up (as a
 # TypeError deep in optax) or never (`TRAIN_STEPS=-5`: rc 0 and nothing trained).
 _INT_SETTINGS: tuple[tuple[str, int | None, str], ...] = (
-    ("TRAIN_STEPS", 1, "the total number of steps, counted from step 0 of MODEL_DIR"),
+    ("TRAIN_STEPS", 1, "the total number of steps (from a T5X checkpoint: including its "
+     "step, as in T5X)"),
+    ("TRAIN_STEPS_RELATIVE", 1, "steps past the step the run started from"),
     ("BATCH_SIZE", 1, "the global batch size"),
     ("EVAL_BATCH_SIZE", 1, "the global validation batch size"),
     ("NUM_MICROBATCHES", 1, "gradient-accumulation microbatches per step"),
@@ -243,7 +245,12 @@ def check_settings(values: Mapping[str, Any]) -> None:
     `values` maps T5X macro names (TRAIN_STEPS, BATCH_SIZE, ..., TASK_FEATURE_LENGTHS,
     KEEP_CHECKPOINTS, LEARNING_RATE, DROPOUT_RATE) to their values; absent names are skipped.
     """
+    relative = values.get("TRAIN_STEPS_RELATIVE") is not None
     for name, minimum, meaning in _INT_SETTINGS:
+        if name == "TRAIN_STEPS_RELATIVE" and not relative:
+            continue  # None: unused, TRAIN_STEPS counts
+        if name == "TRAIN_STEPS" and relative and values.get(name) is None:
+            continue  # TRAIN_STEPS_RELATIVE counts instead
         if name in values and _bad_int(values[name], minimum):
             want = "an integer" if minimum is None else (
                 "a positive integer" if minimum == 1 else f"an integer >= {minimum}")
@@ -415,7 +422,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     count restarts at every resume, it is anchored at the run's first step (kept in the
     checkpoint meta), so a preempted run stops where an uninterrupted one would.
     """
-    check_settings({"TRAIN_STEPS": train_steps, "BATCH_SIZE": train_dataset.batch_size,
+    check_settings({"TRAIN_STEPS": train_steps, "TRAIN_STEPS_RELATIVE": train_steps_relative,
+                    "BATCH_SIZE": train_dataset.batch_size,
                     "NUM_MICROBATCHES": num_microbatches, "LOG_PERIOD": log_period,
                     "EVAL_PERIOD": eval_period, "CHECKPOINT_PERIOD": checkpoint_period,
                     "KEEP_CHECKPOINTS": keep_checkpoints, "RANDOM_SEED": random_seed,
@@ -902,6 +910,8 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
         import importlib
 
         importlib.import_module(module)
+    from flanrec.data import vocab  # noqa: F401 - its configurables must exist before the lock
+
     gin.finalize()
 
 

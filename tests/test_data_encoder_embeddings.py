@@ -104,9 +104,9 @@ def test_vocabulary_that_does_not_fit_the_checkpoint_is_refused(tiny_encoder, tm
     big = vocab_lib.train_sentencepiece(
         [f"word{i} thing{i * 7} other{i % 13}" for i in range(3000)],
         str(tmp_path / "big.model"), vocab_size=600)
-    embed = t5_encoder_embed_fn(hf_dir, seqio.SentencePieceVocabulary(big, extra_ids=0))
-    with pytest.raises(ValueError, match="128 embedding rows"):
-        embed(["word2999 thing20993 other7 " * 3])
+    # Refused when the encoder is loaded (600 ids for 128 rows), before any text is embedded.
+    with pytest.raises(ValueError, match="has 600 ids but the model embeds only 128"):
+        t5_encoder_embed_fn(hf_dir, seqio.SentencePieceVocabulary(big, extra_ids=0))
 
 
 def test_semantic_index_from_encoder_gives_unique_ids(tiny_encoder):
@@ -129,6 +129,7 @@ def test_semantic_index_from_encoder_gives_unique_ids(tiny_encoder):
 
 
 def test_prepare_csv_with_semantic_encoder(tiny_encoder, tmp_path):
+    from flanrec.prepare import cli as prepare_cli  # raises UserError
     from flanrec.prepare import main
 
     hf_dir, _, spm_path = tiny_encoder
@@ -166,11 +167,11 @@ def test_prepare_csv_with_semantic_encoder(tiny_encoder, tmp_path):
     assert doc["semantic_embeddings"]["source"] == "tfidf"
 
     with pytest.raises(UserError, match="not both"):
-        main(common + ["--semantic_encoder", str(hf_dir),
-                       "--semantic_embeddings", str(tmp_path / "emb.npy")])
+        prepare_cli(common + ["--semantic_encoder", str(hf_dir),
+                              "--semantic_embeddings", str(tmp_path / "emb.npy")])
     with pytest.raises(UserError, match="only apply to --indexing semantic"):
-        main([a if a != "semantic" else "sequential" for a in common]
-             + ["--semantic_encoder", str(hf_dir)])
+        prepare_cli([a if a != "semantic" else "sequential" for a in common]
+                    + ["--semantic_encoder", str(hf_dir)])
     # A checkpoint dir without spiece.model and no vocabulary anywhere: a clear error.
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -184,9 +185,9 @@ def test_prepare_csv_with_semantic_encoder(tiny_encoder, tmp_path):
     mp.delenv("HF_HOME", raising=False)
     try:
         with pytest.raises(UserError, match="--semantic_encoder_vocab"):
-            main(common + ["--semantic_encoder", str(bare)])
+            prepare_cli(common + ["--semantic_encoder", str(bare)])
         with pytest.raises(UserError, match="--semantic_encoder_vocab .*nope"):
-            main(common + ["--semantic_encoder", str(bare),
+            prepare_cli(common + ["--semantic_encoder", str(bare),
                            "--semantic_encoder_vocab", str(tmp_path / "nope")])
         # ... which --semantic_encoder_vocab fixes (here: a file; a prepared dir works too).
         assert main(common + ["--semantic_encoder", str(bare),

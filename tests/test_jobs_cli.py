@@ -62,7 +62,7 @@ CASES = {
     "prepare_bad_option": (
         "prepare", lambda t: ["--dataset", "ml-100k", "--out", str(t / "o"), "--num_shards",
                               "1"], "--num_shards must be >= 2"),
-    "prepare_usage": ("prepare", lambda t: ["--bogus"], "unrecognized arguments: --bogus"),
+    "prepare_usage": ("prepare", lambda t: ["--bogus"], "unrecognised argument '--bogus'"),
     "train_misspelled_macro": (
         "train", lambda t: ["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
                             f"--gin.MODEL_DIR={t / 'run'}", "--gin.TRAIN_STEP=3"],
@@ -77,9 +77,11 @@ CASES = {
         "infer", lambda t: ["--gin.CHECKPOINT_PATH=/nonexistent", "--gin.MIXTURE_OR_TASK_NAME=x",
                             f"--gin.INFER_OUTPUT_DIR={t / 'infer'}", "--gin.MODE='predikt'"],
         "MODE 'predikt' is not one of"),
-    "eval_bad_jsonl": (
+    # Targets come from the prepared split, never from the file: no data dir, no metrics
+    # (malformed lines with a data dir: tests/test_trust_eval.py, tests/test_eval.py).
+    "eval_without_data_dir": (
         "eval", lambda t: ["--predictions", str(_bad_predictions(t)), "--out", str(t / "ev")],
-        "t-predict.jsonl-00000-of-00001:2: not valid JSON"),
+        "no prepared data dir (--data_dir, $FLANREC_DATA_DIR"),
     "eval_checkpoint_without_task": (
         "eval", lambda t: ["--gin_file=gin/runs/eval.gin", "--gin.CHECKPOINT_PATH=/ckpt",
                            f"--gin.EVAL_OUTPUT_DIR={t / 'ev'}"],

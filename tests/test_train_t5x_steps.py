@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import train_fixtures as tfx
 
-from flanrec import train
+from flanrec import jobs, train
 from flanrec.convert.common import param_specs, unflatten
 from flanrec.convert.t5x import checkpoint_step, write_t5x_checkpoint
 from flanrec.errors import UserError
@@ -39,7 +39,8 @@ def t5x_ckpt(tmp_path_factory):
 
 def _main(args: list[str]) -> int:
     try:
-        return train.main(args)
+        jobs.setup_logging(verbose=False)  # what train.main does before the body
+        return train.cli(args)  # raises UserError; main prints it as one line
     finally:
         gin.clear_config()
 

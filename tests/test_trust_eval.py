@@ -87,7 +87,9 @@ def run_eval(capsys):
 
 
 def error_line(proc: Result | subprocess.CompletedProcess) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    # The job front end (flanrec.jobs) prefixes the job: "flanrec.eval: error: ...".
+    lines = [line for line in proc.stderr.splitlines()
+             if line.startswith(("error:", "flanrec.eval: error:"))]
     assert len(lines) == 1, proc.stderr
     return lines[0]
 

@@ -33,7 +33,7 @@ def rows(n_users: int = 12, per_user: int = 6) -> list[tuple[str, str, int, int]
 
 def run(tmp_path: Path, raw: Path, *flags: str, out: str = "out") -> dict:
     try:
-        assert prepare.main(["--dataset", "csv", "--raw_dir", str(raw), "--out",
+        assert prepare.cli(["--dataset", "csv", "--raw_dir", str(raw), "--out",
                              str(tmp_path / out), "--offline", "--families",
                              "seq,rating,binary,grounding", "--num_shards", "2", *flags]) == 0
     finally:
@@ -161,5 +161,5 @@ def test_mapping_flags_that_cannot_work_are_refused(tmp_path, flags, expect):
 
 def test_mapping_flags_on_a_dataset_with_its_own_reader_are_refused(tmp_path):
     with pytest.raises(UserError, match="apply to --dataset csv or parquet only"):
-        prepare.main(["--dataset", "ml-100k", "--raw_dir", str(tmp_path), "--out",
-                      str(tmp_path / "out"), "--offline", "--user_col", "uid"])
+        prepare.cli(["--dataset", "ml-100k", "--raw_dir", str(tmp_path / "raw"), "--out",
+                     str(tmp_path / "out"), "--offline", "--user_col", "uid"])

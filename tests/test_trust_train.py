@@ -33,7 +33,7 @@ def task(tmp_path_factory):
 
 def _main(args: list[str]) -> int:
     try:
-        return train.main(args)
+        return train.cli(args)  # raises; main turns it into one line + exit 2
     finally:
         gin.clear_config()
 

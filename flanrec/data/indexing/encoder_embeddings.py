@@ -130,7 +130,9 @@ def t5_encoder_embed_fn(checkpoint_path: str | os.PathLike[str], vocabulary: Tex
     """
     from flanrec import api
 
-    model = api.load(checkpoint_path, dtype=dtype)
+    # The caller's vocabulary, not the one the checkpoint may carry (an HF dir's spiece.model
+    # read with HF's 100 extra ids can outnumber a small model's embedding rows).
+    model = api.load(checkpoint_path, dtype=dtype, vocabulary=vocabulary)
     config, params = model.config, model.params
 
     def embed(texts: list[str]) -> np.ndarray:
