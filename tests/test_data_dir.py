@@ -74,11 +74,11 @@ def test_prepare_default_out_is_where_tasks_look_and_progress_is_shown(tmp_path)
         assert re.search(rf"^prepare: {stage} \.\.\.$", out, re.M), (stage, out)
         assert re.search(rf"^prepare: {stage}: done in \d+\.\d s", out, re.M), (stage, out)
     assert re.search(r"^prepare: read ml-100k: done in .*, 720 interactions$", out, re.M)
-    tasks_done = re.findall(r"^prepare: task (\d)/6 (\w+): ([\d,]+) examples in [\d.]+ s "
+    tasks_done = re.findall(r"^prepare: task (\d)/7 (\w+): ([\d,]+) examples in [\d.]+ s "
                             r"\(([\d,.]+) examples/s\)", out, re.M)
     assert [t[:2] for t in tasks_done] == [
-        ("1", "seq_seqidx"), ("2", "direct_seqidx"), ("3", "rating"), ("4", "binary"),
-        ("5", "grounding_seqidx"), ("6", "profile")], out
+        ("1", "seq_seqidx"), ("2", "seqrec_seqidx"), ("3", "direct_seqidx"), ("4", "rating"),
+        ("5", "binary"), ("6", "grounding_seqidx"), ("7", "profile")], out
     assert all(int(t[2].replace(",", "")) > 0 for t in tasks_done)
     assert f"prepared ml-100k -> {default}" in out
 

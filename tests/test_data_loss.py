@@ -266,7 +266,7 @@ def test_train_refuses_a_model_dir_of_user_files(tmp_path):
     out = _user_dir(tmp_path / "run")
     try:
         with pytest.raises(storage.NotOwnedError, match="MODEL_DIR .*thesis.txt"):
-            train.main(tfx.train_args(task, out, steps=1, batch=4))
+            train.cli(tfx.train_args(task, out, steps=1, batch=4))
     finally:
         gin.clear_config()
         sys.path.remove(task["dir"])

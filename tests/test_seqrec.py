@@ -21,6 +21,7 @@ from hf_fixtures import random_params
 from flanrec.data import examples as ex_lib
 from flanrec.data.indexing import fit_index
 from flanrec.data.trie import build_trie
+from flanrec.errors import UserError
 
 USERS, ITEMS = 24, 30
 
@@ -197,7 +198,7 @@ def test_default_prepare_skips_seqrec_when_ids_are_not_one_token(tmp_path):
         pytest.skip("this vocabulary happened to make every ID one token")
     assert any("seqrec_seqidx skipped" in m for m in messages)
     assert not Path(tmp_path / "a" / "tasks" / "seqrec_seqidx").exists()
-    with pytest.raises(SystemExit, match="same number of tokens"):
+    with pytest.raises(UserError, match="same number of tokens"):
         prepare(PrepareOptions(out=str(tmp_path / "b"), families=("seq", "seqrec"), **opts),
                 log=messages.append)
 
