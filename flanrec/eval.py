@@ -634,7 +634,10 @@ def evaluate_from_gin(files: Sequence[str], bindings: Sequence[str],
     out_dir = _macro("EVAL_OUTPUT_DIR")
     if not out_dir:
         raise ConfigError("EVAL_OUTPUT_DIR is required (where metrics.json is written)")
-    predictions = _macro("INFER_OUTPUT_DIR") or os.path.join(str(out_dir), "infer")
+    predictions = _macro("INFER_OUTPUT_DIR")
+    if not predictions:  # T5X's layout: the inferences inside the eval dir, which eval owns
+        predictions = storage.join(storage.claim_dir(str(out_dir), "eval",
+                                                     what="EVAL_OUTPUT_DIR"), "infer")
     if not _macro("MIXTURE_OR_TASK_NAME"):
         raise ConfigError("CHECKPOINT_PATH is set: MIXTURE_OR_TASK_NAME (the task to infer "
                           "and score) is required too")

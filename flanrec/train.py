@@ -297,11 +297,13 @@ def _prepare_model_dir(model_dir: str) -> epath.Path:
     Orbax cannot write) and prove it writable, before anything is compiled."""
     path = storage.orbax_path(model_dir)
     if jax.process_index() == 0:
-        storage.claim_dir(str(path), "train", what="MODEL_DIR")
         probe = path / f".write_probe_{os.getpid()}"
         try:
+            storage.claim_dir(str(path), "train", what="MODEL_DIR")
             probe.write_text("ok")
             probe.unlink()
+        except storage.StorageError:
+            raise  # already one line naming MODEL_DIR (e.g. a directory of user files)
         except OSError as e:
             raise ModelDirError(f"MODEL_DIR {model_dir} is not writable: {e}") from e
     return path

@@ -127,9 +127,9 @@ def test_cli_predict_two_hosts_writes_the_contract(toy, tmp_path):
         cwd=REPO, env=_env(data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, results, strict=True):
+    for p, (stdout, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err[-3000:]
-        assert "users/s" in err and "ETA" in err
+        assert "users/s" in stdout + err and "ETA" in stdout + err  # progress lines
     files = sorted(out.glob(f"{task}-predict.jsonl-*"))
     assert [f.name for f in files] == [f"{task}-predict.jsonl-0000{i}-of-00002" for i in (0, 1)]
     shards = [read_jsonl([f]) for f in files]

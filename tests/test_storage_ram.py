@@ -139,7 +139,7 @@ def test_training_reads_ram_data_and_initial_checkpoint(bucket, tmp_path):
 
     try:
         with pytest.raises(storage.StorageError, match="local disk or gs:// only, not ram://"):
-            train.main(args(f"{bucket['url']}/run"))
+            train.cli(args(f"{bucket['url']}/run"))
     finally:
         gin.clear_config()
     assert not storage.exists(f"{bucket['url']}/run")
