@@ -152,7 +152,7 @@ def test_cli_predict_two_hosts_writes_the_contract(toy, tmp_path):
         # What T5X-style post-processing reads: pretokenized inputs, the decoded top
         # prediction and its score.
         assert set(r["inputs"]) == {"inputs_pretokenized", "targets_pretokenized"}
-        assert f"user {r['user']}" in r["inputs"]["inputs_pretokenized"]
+        assert f"user {r['user']}" in r["inputs"]["inputs_pretokenized"].lower()
         assert r["inputs"]["targets_pretokenized"] == r["targets"]
         assert r["prediction"] == r["ids"][0] and r["aux"] == {"scores": r["scores"][0]}
     assert not [p for p in out.iterdir() if p.name.endswith(".chunks")], "chunk dir left behind"
