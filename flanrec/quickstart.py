@@ -42,13 +42,30 @@ class StageError(RuntimeError):
 
 
 def _gin_value(experiment: str, macro: str) -> str | None:
-    """A macro's literal value in a gin file (no includes): the pipeline's defaults follow the
-    experiment (feature lengths, task) instead of being repeated here."""
+    """A macro's literal value in a gin file, following its `include`s as gin does (a later
+    binding wins): the pipeline's defaults follow the experiment (feature lengths, task)
+    instead of being repeated here."""
+    value = None
     with open(experiment, encoding="utf-8") as f:
         for line in f:
             code = line.split("#", 1)[0].strip()
-            if code.startswith(f"{macro} ") or code.startswith(f"{macro}="):
-                return code.split("=", 1)[1].strip()
+            if code.startswith("include "):
+                included = _resolve_include(code.split(None, 1)[1].strip().strip("'\""),
+                                            experiment)
+                if included is not None:
+                    value = _gin_value(included, macro) or value
+            elif code.startswith(f"{macro} ") or code.startswith(f"{macro}="):
+                value = code.split("=", 1)[1].strip()
+    return value
+
+
+def _resolve_include(name: str, parent: str) -> str | None:
+    """Where gin would find an included file: as given, then beside the repo's root (the
+    search path the jobs use), then beside the including file."""
+    for candidate in (name, os.path.join(REPO_ROOT, name),
+                      os.path.join(os.path.dirname(os.path.abspath(parent)), name)):
+        if os.path.isfile(candidate):
+            return candidate
     return None
 
 
