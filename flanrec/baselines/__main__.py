@@ -110,6 +110,9 @@ def cli(argv: Sequence[str]) -> int:
                 f"{args.split}_metrics": m}
         _write_json(storage.join(args.out, "sasrec-train.json"), info)
     if "families" in models:
+        # The family baselines read the prepared TFRecords: import TF through the front end
+        # (quiet, off accelerators) rather than letting the first read print its start-up.
+        jobs.load_tensorflow(args.verbose)
         from flanrec.baselines import families
 
         rows, info = families.all_rows(split, args.data_dir, args.split)
