@@ -85,7 +85,8 @@ def measure(task_name: str, lengths: Mapping[str, int], split: str = "train",
         seen: dict[str, list[int]] = {f: [] for f in features}
         try:
             ds = task.get_dataset({f: _NO_LIMIT for f in task.output_features}, split=split,
-                                  shuffle=False, num_epochs=1, use_cached=False, seed=None)
+                                  shuffle=False, num_epochs=1, use_cached=False, seed=None,
+                                  try_in_mem_cache=False)  # a sample: never a half-read cache
             for ex in ds.take(per_task).as_numpy_iterator():
                 for f in features:
                     seen[f].append(int(np.asarray(ex[f]).shape[0]))
