@@ -89,6 +89,23 @@ def add_search_paths(user_paths: Sequence[str] = ()) -> list[str]:
     return paths
 
 
+def resolve_gin_files(files: Sequence[str], paths: Sequence[str]) -> list[str]:
+    """Each `--gin_file` as the file gin would find on `paths`, made absolute.
+
+    gin also tries a relative name as a Python package path (`runs/infer.gin` -> package
+    `runs`), and crashes with a TypeError when a directory of that name in the cwd is a
+    namespace package, as `runs/` is after a training run. Resolving the name here first
+    keeps T5X's `--gin_file=runs/infer.gin` working from any directory. A name found nowhere
+    is passed on unchanged, so gin's own "not found" message names it."""
+    out = []
+    for name in files:
+        found = next((os.path.abspath(c) for c in
+                      [name, *[os.path.join(p, name) for p in paths if p]]
+                      if os.path.isfile(c)), None)
+        out.append(found or name)
+    return out
+
+
 def add_gin_flags(parser: argparse.ArgumentParser, job: str = "train") -> None:
     """T5X's gin flags, identical in every gin job: `--gin_file` (repeatable),
     `--gin_bindings` (raw, repeatable), `--gin_search_paths` (comma-separated or repeated);

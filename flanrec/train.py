@@ -65,7 +65,12 @@ from flanrec import flops, jobs, losses, optimizers, partitioning, scalars, stor
 from flanrec.convert import common
 from flanrec.data import length_check
 from flanrec.errors import ConfigError, UserError
-from flanrec.gin_cli import add_search_paths, bindings_from_flags, split_search_paths
+from flanrec.gin_cli import (
+    add_search_paths,
+    bindings_from_flags,
+    resolve_gin_files,
+    split_search_paths,
+)
 from flanrec.inference.rank_eval import RankEvalConfig
 from flanrec.model.config import T5Config
 from flanrec.peft import config as peft_config
@@ -898,9 +903,9 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
     misspelled name fails here with gin's own message, before anything is compiled.
     """
     gin.clear_config()
-    add_search_paths(search_paths)
+    files = resolve_gin_files(files, add_search_paths(search_paths))
     try:
-        gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
     except (ValueError, OSError) as e:  # a misspelled name, a missing file: gin's own message
         raise ConfigError(str(e)) from e
     _check_macros_used(bindings)
