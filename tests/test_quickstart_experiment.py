@@ -29,3 +29,22 @@ def test_shipped_quickstart_experiment_gives_inference_the_trained_lengths():
     assert lengths == {"inputs": 56, "targets": 40}
     assert ast.literal_eval(quickstart._gin_value(experiment, "RANK_EVAL_TASK")) == \
         "ml100k_seqrec_seqidx"
+
+
+def test_t5x_style_gin_file_parses_from_a_dir_that_has_runs(tmp_path, monkeypatch):
+    """`--gin_file=runs/infer.gin` after a training run made ./runs: gin alone takes `runs`
+    for a (namespace) Python package and crashes with a TypeError."""
+    import gin
+
+    import flanrec.infer  # noqa: F401 - registers `infer`, which infer.gin binds
+    from flanrec import train
+
+    (tmp_path / "runs" / "quickstart").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    try:
+        train.configure_gin(["runs/infer.gin"], ["CHECKPOINT_PATH='ckpt'",
+                                                 "MIXTURE_OR_TASK_NAME='t'",
+                                                 "INFER_OUTPUT_DIR='out'"])
+        assert gin.query_parameter("%MODE") == "predict"
+    finally:
+        gin.clear_config()
