@@ -515,6 +515,8 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
         raise EvalInputError("no prepared data dir (--data_dir, $FLANREC_DATA_DIR or gin "
                              "FLANREC_DATA_DIR): each user's target is taken from its split, "
                              "never from the predictions file")
+    if not storage.is_url(data_dir):  # a gin value keeps "~/" (no shell expanded it)
+        data_dir = os.path.expanduser(data_dir)
     catalogue = Catalogue.load(data_dir)
     runs = [p for p in predictions.split(",") if p] if isinstance(predictions, str) else \
         list(predictions)
