@@ -86,7 +86,12 @@ def toy(tmp_path_factory):
     preds = root / "preds"
     assert baselines_main(["--data_dir", str(data), "--model", "popularity", "--out",
                            str(preds), "--k", "5"]) == 0
-    return log, data, Path(str(ckpt)), preds
+    yield log, data, Path(str(ckpt)), preds
+    # The infer jobs here register the `dl` tasks in this process's seqio registries; later
+    # modules (the Flan bridge picks the vocabulary of the registered dirs) must not see them.
+    import tasks
+
+    tasks.unregister_prepared("dl")
 
 
 # ------------------------------------------------------------------------------ prepare

@@ -56,7 +56,9 @@ def test_bytes_are_deterministic_across_processes(tmp_path):
                                           for k, v in example.items() if v != []})
         for key, value in example.items():  # seqio stores [] as a float list; ours by schema
             if value == []:
-                theirs.features.feature[key].bytes_list.value.extend([])
+                # SetInParent: an empty list's presence, set explicitly (upb does not always
+                # mark a submessage present on extend([]), which made this check flaky).
+                theirs.features.feature[key].bytes_list.SetInParent()
         assert tf.train.Example.FromString(bytes.fromhex(hexed)) == theirs
         assert bytes.fromhex(hexed) == theirs.SerializeToString(deterministic=True)
 
