@@ -87,12 +87,16 @@ def to_tfexample_bytes(example: Mapping[str, Any], schema: Mapping[str, str]) ->
             elif kind == "string_list":
                 if not isinstance(value, list | tuple):
                     raise TypeError
+                # SetInParent: an empty list is still a bytes_list (upb does not always mark
+                # the submessage present on extend([]): the bytes varied between processes).
+                fmap[key].bytes_list.SetInParent()
                 fmap[key].bytes_list.value.extend([v.encode("utf-8") for v in value])
             elif kind == "int64_list":
                 if not isinstance(value, list | tuple) or not all(
                     isinstance(v, int) for v in value
                 ):
                     raise TypeError
+                fmap[key].int64_list.SetInParent()
                 fmap[key].int64_list.value.extend([int(v) for v in value])
             else:
                 raise ExampleSchemaError(f"feature {key!r}: unknown kind {kind!r}")
