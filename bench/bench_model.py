@@ -26,8 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flanrec.convert import common, hf  # noqa: E402
+from flanrec.convert import hf  # noqa: E402
 from flanrec.model import Transformer, get_preset  # noqa: E402
+from flanrec.model.params import count_params, param_specs, unflatten  # noqa: E402
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -43,10 +44,10 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 def _random_params(cfg, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     flat = {}
-    for name, (shape, _) in common.param_specs(cfg).items():
+    for name, (shape, _) in param_specs(cfg).items():
         scale = 1.0 if name.endswith(("scale", "embedding")) else 1.0 / np.sqrt(shape[0])
         flat[name] = (rng.normal(0.0, scale, shape)).astype(np.float32)
-    return common.unflatten(flat)
+    return unflatten(flat)
 
 
 def main() -> None:
@@ -108,7 +109,7 @@ def main() -> None:
              _median_time(torch_fwd, args.repeats)),
             ("forward+backward", _median_time(ours_bwd, args.repeats),
              _median_time(torch_bwd, args.repeats))]
-    n_params = common.count_params(cfg)
+    n_params = count_params(cfg)
     print(f"preset={cfg.name} params={n_params / 1e6:.1f}M batch={args.batch} "
           f"enc_len={args.enc_len} dec_len={args.dec_len} jax={jax.__version__} "
           f"torch={torch.__version__} torch_threads={torch.get_num_threads()}")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flanrec.convert import common
 from flanrec.model.config import T5Config
+from flanrec.model.params import count_params
 
 
 def activation_elements(cfg: T5Config, batch: int, enc_len: int, dec_len: int) -> dict[str, int]:
@@ -43,7 +43,7 @@ def train_step_bytes(cfg: T5Config, batch: int, enc_len: int, dec_len: int,
                      optimizer_slots: int = 2, bytes_per_element: int = 4) -> dict[str, Any]:
     """Bytes of params, grads, optimizer state (`optimizer_slots` full-size moments: 2 for
     AdamW) and activations of one step; `total` is their sum."""
-    n = common.count_params(cfg)
+    n = count_params(cfg)
     act = activation_elements(cfg, batch, enc_len, dec_len)
     out: dict[str, Any] = {
         "params": n * bytes_per_element,

@@ -86,11 +86,11 @@ def _model_config(args: argparse.Namespace, **overrides: Any) -> Any:
 def _random_params(cfg: Any, seed: int = 0) -> dict:
     import numpy as np
 
-    from flanrec.convert import common
+    from flanrec.model.params import param_specs, unflatten
 
     rng = np.random.default_rng(seed)
     flat = {}
-    for name, (shape, _) in common.param_specs(cfg).items():
+    for name, (shape, _) in param_specs(cfg).items():
         if name.endswith("/scale"):
             value = np.ones(shape)
         elif name.endswith("embedding"):
@@ -98,7 +98,7 @@ def _random_params(cfg: Any, seed: int = 0) -> dict:
         else:
             value = rng.normal(0.0, 1.0 / np.sqrt(shape[0]), shape)
         flat[name] = value.astype(np.float32)
-    return common.unflatten(flat)
+    return unflatten(flat)
 
 
 def _serve(run_steps: Any, peak: Any, first_loss: float, info: dict[str, Any]) -> None:

@@ -38,10 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from flanrec import storage
-from flanrec.convert import common
 from flanrec.model import decoding
 from flanrec.model.config import T5Config
 from flanrec.model.network import Transformer
+from flanrec.model.params import check_params, flatten
 from flanrec.peft import params as peft_params
 from flanrec.peft.specs import adapter_specs
 
@@ -73,9 +73,9 @@ class FlanT5Model:
 
     def __init__(self, config: T5Config, params: Any, vocabulary: Any = None) -> None:
         if adapter_specs(config):
-            peft_params.check_params(common.flatten(params), config, "FlanT5Model params")
+            peft_params.check_params(flatten(params), config, "FlanT5Model params")
         else:
-            common.check_params(common.flatten(params), config, "FlanT5Model params")
+            check_params(flatten(params), config, "FlanT5Model params")
         if vocabulary is not None and vocabulary.vocab_size > config.vocab_size:
             raise ValueError(f"vocabulary {vocabulary} has {vocabulary.vocab_size} ids but the "
                              f"model embeds only {config.vocab_size}: it is not this model's")

@@ -36,9 +36,9 @@ from etils import epath
 
 from flanrec import __version__
 from flanrec import checksums as checksums_lib
-from flanrec.convert.common import check_params, flatten, unflatten
 from flanrec.errors import UserError
 from flanrec.model.config import T5Config
+from flanrec.model.params import check_params, flatten, unflatten
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 How a training step is partitioned, in three moves:
 
 1. Every parameter and key activation carries *logical* axis names (`embed`, `mlp`, `heads`,
-   `vocab`, `batch`, …; the table is `flanrec.convert.common.param_specs`).
+   `vocab`, `batch`, …; the table is `flanrec.model.params.param_specs`).
 2. A short list of *rules* maps logical names onto the axes of a device `Mesh` (`data`,
    `model`, optionally `fsdp`). Changing the rules re-partitions the whole model without
    touching model code: data parallel, 2-D data × model (Megatron-style heads/mlp split) or
@@ -33,8 +33,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flanrec.convert import common
 from flanrec.model.config import T5Config
+from flanrec.model.params import param_specs, unflatten
 
 Rules = tuple[tuple[str, Any], ...]
 
@@ -119,8 +119,8 @@ def params_logical_specs(cfg: T5Config) -> dict[str, Any]:
     Derived from the shared table rather than from a model init, so partitioning (and the
     shape check of an initial checkpoint) needs no JAX model at all.
     """
-    return common.unflatten({name: PartitionSpec(*axes)
-                             for name, (_, axes) in common.param_specs(cfg).items()})
+    return unflatten({name: PartitionSpec(*axes)
+                      for name, (_, axes) in param_specs(cfg).items()})
 
 
 def logical_to_shardings(logical_tree: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -137,7 +137,7 @@ def state_logical_specs(state_shapes: Any, cfg: T5Config) -> Any:
     statistics, counters, the step) is small and replicated.
     """
     table = {tuple(name.split("/")): (shape, PartitionSpec(*axes))
-             for name, (shape, axes) in common.param_specs(cfg).items()}
+             for name, (shape, axes) in param_specs(cfg).items()}
     depth = max(len(p) for p in table)
 
     def spec_for(path: tuple[Any, ...], leaf: Any) -> PartitionSpec:

@@ -62,7 +62,6 @@ import numpy as np
 from etils import epath
 
 from flanrec import flops, jobs, losses, optimizers, partitioning, scalars, storage, trainer
-from flanrec.convert import common
 from flanrec.data import length_check
 from flanrec.errors import ConfigError, UserError
 from flanrec.gin_cli import (
@@ -73,6 +72,7 @@ from flanrec.gin_cli import (
 )
 from flanrec.inference.rank_eval import RankEvalConfig
 from flanrec.model.config import T5Config
+from flanrec.model.params import check_finite, check_params, count_params, flatten
 from flanrec.peft import config as peft_config
 from flanrec.peft import params as peft_params
 from flanrec.progress import Progress
@@ -471,7 +471,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     model = Transformer(model_config, remat_policy=remat_policy)
     log.info("mesh %s over %d devices (%d processes); %s: %.1fM parameters; global batch %d "
              "(%d per host, %d microbatches)", dict(mesh.shape), mesh.size,
-             jax.process_count(), model_config.name, common.count_params(model_config) / 1e6,
+             jax.process_count(), model_config.name, count_params(model_config) / 1e6,
              batch, per_host, num_microbatches)
 
     # 3. Data checks (task registered, vocabulary fits) — still nothing compiled.
@@ -545,9 +545,9 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             from flanrec.api import load_params_any
 
             src_cfg, init_params = load_params_any(initial_checkpoint_path)
-            common.check_params(common.flatten(init_params), model_config,
+            check_params(flatten(init_params), model_config,
                                 str(initial_checkpoint_path))
-            common.check_finite(common.flatten(init_params),
+            check_finite(flatten(init_params),
                                 f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path}")
             log.info("initial parameters from %s (%s)", initial_checkpoint_path, src_cfg.name)
         state = trainer.init_state(model, tx, init_rng, shardings, mesh, rules, init_params)
@@ -844,8 +844,8 @@ def _load_backbone(path: str, base: T5Config) -> dict[str, Any]:
     from flanrec.api import load_params_any
 
     src_cfg, params = load_params_any(path)
-    common.check_params(common.flatten(params), base, f"INITIAL_CHECKPOINT_PATH {path}")
-    common.check_finite(common.flatten(params), f"INITIAL_CHECKPOINT_PATH {path}")
+    check_params(flatten(params), base, f"INITIAL_CHECKPOINT_PATH {path}")
+    check_finite(flatten(params), f"INITIAL_CHECKPOINT_PATH {path}")
     log.info("frozen backbone from %s (%s)", path, src_cfg.name)
     return params
 

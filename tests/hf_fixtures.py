@@ -96,11 +96,11 @@ def random_params(cfg, seed: int = 0) -> dict:
     Much cheaper than `Transformer.init` on a busy CPU (each initializer compiles), and it
     gives norms and relative-position tables non-trivial values.
     """
-    from flanrec.convert import common
+    from flanrec.model.params import param_specs, unflatten
 
     rng = np.random.default_rng(seed)
     flat = {}
-    for name, (shape, _) in common.param_specs(cfg).items():
+    for name, (shape, _) in param_specs(cfg).items():
         if name.endswith("/scale"):
             value = rng.normal(1.0, 0.3, shape)
         elif name.endswith("rel_embedding") or name.endswith("embedding"):
@@ -108,4 +108,4 @@ def random_params(cfg, seed: int = 0) -> dict:
         else:
             value = rng.normal(0.0, 1.0 / np.sqrt(shape[0]), shape)
         flat[name] = value.astype(np.float32)
-    return common.unflatten(flat)
+    return unflatten(flat)

@@ -45,9 +45,9 @@ from t5x.examples.t5 import network  # noqa: E402
 
 from flanrec import optimizers  # noqa: E402
 from flanrec.checkpoints import load_optimizer_state, load_params  # noqa: E402
-from flanrec.convert.common import flatten  # noqa: E402
 from flanrec.convert.t5x import import_t5x  # noqa: E402
 from flanrec.convert.t5x_adafactor import optax_moments  # noqa: E402
+from flanrec.model.params import flatten  # noqa: E402
 
 
 def main() -> int:
@@ -115,7 +115,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     grads = {k: (rng.standard_normal(v.shape) * 0.1).astype(np.float32)
              for k, v in fr_flat.items()}
-    from flanrec.convert.common import unflatten
+    from flanrec.model.params import unflatten
 
     new_state = state.apply_gradient(jax.tree.map(jnp.asarray, unflatten(grads)),
                                      learning_rate=args.lr)

@@ -7,7 +7,7 @@ import pytest
 from hf_fixtures import hf_logits, make_hf_t5, padded_batch, shift_right
 
 from flanrec import api
-from flanrec.convert import common
+from flanrec.model.params import flatten
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def hf_dir(tmp_path_factory):
 
 
 def _same_params(a, b):
-    fa, fb = common.flatten(a), common.flatten(b)
+    fa, fb = flatten(a), flatten(b)
     assert set(fa) == set(fb)
     for name in fa:
         np.testing.assert_array_equal(np.asarray(fa[name]), np.asarray(fb[name]), err_msg=name)

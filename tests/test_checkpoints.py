@@ -27,8 +27,8 @@ from flanrec.checkpoints import (  # noqa: E402
     restore_params,
     save_params_checkpoint,
 )
-from flanrec.convert.common import flatten, param_specs, unflatten  # noqa: E402
 from flanrec.model.config import get_preset  # noqa: E402
+from flanrec.model.params import flatten, param_specs, unflatten  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = get_preset("tiny")
@@ -229,7 +229,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from flanrec.checkpoints import TrainCheckpointer, restore_params, save_params_checkpoint
-    from flanrec.convert.common import flatten, param_specs, unflatten
+    from flanrec.model.params import flatten, param_specs, unflatten
     from flanrec.model.config import get_preset
 
     assert jax.device_count() == 4, jax.devices()
@@ -298,7 +298,7 @@ _MULTIPROCESS_SCRIPT = textwrap.dedent("""
                                process_id=pid)
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from flanrec.checkpoints import TrainCheckpointer, load_params
-    from flanrec.convert.common import flatten, param_specs, unflatten
+    from flanrec.model.params import flatten, param_specs, unflatten
     from flanrec.model.config import get_preset
 
     assert jax.device_count() == 4 and jax.local_device_count() == 2

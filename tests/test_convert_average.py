@@ -10,10 +10,10 @@ import pytest
 from hf_fixtures import random_params
 
 from flanrec import checkpoints
-from flanrec.convert import common
 from flanrec.convert.__main__ import main
 from flanrec.convert.average import average_params
 from flanrec.model import get_preset
+from flanrec.model.params import flatten
 
 TINY = get_preset("tiny")
 
@@ -33,8 +33,8 @@ def test_two_identical_checkpoints_average_to_themselves(ckpts, tmp_path, capsys
     assert "average of 2 -> flanrec" in capsys.readouterr().out
     cfg, got = checkpoints.load_params(tmp_path / "s")
     assert cfg == TINY
-    want = common.flatten(a)
-    for name, value in common.flatten(got).items():
+    want = flatten(a)
+    for name, value in flatten(got).items():
         assert np.array_equal(value, want[name]), name
 
 
@@ -46,7 +46,7 @@ def test_two_different_checkpoints_average_elementwise(ckpts, tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     _, got = checkpoints.load_params(out)
-    fa, fb, fg = common.flatten(a), common.flatten(b), common.flatten(got)
+    fa, fb, fg = flatten(a), flatten(b), flatten(got)
     assert set(fg) == set(fa)
     for name in fa:
         want = ((fa[name].astype(np.float64) + fb[name]) / 2).astype(np.float32)

@@ -16,8 +16,8 @@ import transformers
 
 import flanrec.convert.hf as hf
 from flanrec.convert import __main__ as cli
-from flanrec.convert.common import count_params, flatten
 from flanrec.model.config import get_preset
+from flanrec.model.params import count_params, flatten
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

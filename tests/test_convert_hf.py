@@ -13,7 +13,8 @@ import torch
 from hf_fixtures import hf_logits, make_hf_t5, padded_batch, shift_right
 from safetensors.numpy import load_file, save_file
 
-from flanrec.convert import common, hf
+from flanrec.convert import hf
+from flanrec.model.params import check_params, flatten, unflatten
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ _DELETE = object()
 
 
 def _flat(params):
-    return common.flatten(params)
+    return flatten(params)
 
 
 def test_import_maps_every_tensor(hf_model, saved):
@@ -57,7 +58,7 @@ def test_import_maps_every_tensor(hf_model, saved):
     assert (cfg.num_encoder_layers, cfg.num_decoder_layers) == (2, 3)
     assert (cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.d_kv, cfg.vocab_size) == (32, 64, 4, 8, 128)
     flat = _flat(params)
-    common.check_params(flat, cfg, "test")
+    check_params(flat, cfg, "test")
     assert all(v.dtype == np.float32 for v in flat.values())
     sd = {k: v.numpy() for k, v in hf_model.state_dict().items()}
     np.testing.assert_array_equal(flat["token_embedder/embedding"], sd["shared.weight"])
@@ -283,6 +284,6 @@ def test_export_refuses_bad_params_and_non_empty_dir(saved, tmp_path):
     flat = _flat(params)
     flat.pop("decoder/decoder_norm/scale")
     with pytest.raises(ValueError, match="missing parameters.*decoder_norm"):
-        hf.export_hf(cfg, common.unflatten(flat), tmp_path / "other")
+        hf.export_hf(cfg, unflatten(flat), tmp_path / "other")
     assert not (tmp_path / "other").exists()
     assert not list(tmp_path.glob(".*tmp-*"))

@@ -17,10 +17,10 @@ import seqio
 import transformers
 
 from flanrec.convert import hf, hf_tokenizer
-from flanrec.convert.common import param_specs, unflatten
 from flanrec.data.templates import PATTERNS
 from flanrec.data.vocab import ItemTokenVocabulary, train_sentencepiece
 from flanrec.model.config import get_preset
+from flanrec.model.params import param_specs, unflatten
 
 ITEM_TOKENS = [f"<c{i}>" for i in range(24)]
 TITLES = ["Toy Story (1995)", "GoldenEye (1995)", "Four Rooms (1995)", "Star Wars (1977)",

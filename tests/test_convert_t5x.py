@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flanrec.convert.common import flatten, param_specs, unflatten
 from flanrec.convert.t5x import (
     find_t5x_checkpoint,
     import_t5x,
@@ -18,6 +17,7 @@ from flanrec.convert.t5x import (
     write_t5x_checkpoint,
 )
 from flanrec.model.config import T5Config, get_preset
+from flanrec.model.params import flatten, param_specs, unflatten
 
 # Deliberately not a preset: every inferred field differs from the defaults.
 ODD = T5Config(vocab_size=96, d_model=24, d_ff=40, num_heads=3, d_kv=5, num_encoder_layers=2,

@@ -22,10 +22,10 @@ from flax import serialization
 from flanrec import optimizers
 from flanrec.checkpoints import TrainCheckpointer
 from flanrec.convert import __main__ as cli
-from flanrec.convert.common import flatten, param_specs, unflatten
 from flanrec.convert.t5x import write_t5x_checkpoint
 from flanrec.convert.t5x_adafactor import AdafactorLayout, slot_shapes, stored_inline
 from flanrec.model.config import get_preset
+from flanrec.model.params import flatten, param_specs, unflatten
 
 TESTS = Path(__file__).resolve().parent
 

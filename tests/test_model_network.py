@@ -11,10 +11,10 @@ import pytest
 from flax import linen as nn
 from hf_fixtures import padded_batch, random_params, shift_right
 
-from flanrec.convert import common
 from flanrec.model import PRESETS, T5Config, Transformer, get_preset
 from flanrec.model.decoding import init_cache
 from flanrec.model.network import relative_position_bucket
+from flanrec.model.params import count_params, flatten, param_specs
 
 TINY = get_preset("tiny", dropout_rate=0.1)
 
@@ -44,9 +44,9 @@ def tiny_params():
                          ids=["tiny", "tiny-asym"])
 def test_param_tree_matches_param_specs(cfg):
     boxed = _abstract_init(cfg)
-    specs = common.param_specs(cfg)
-    shapes = common.flatten(nn.unbox(boxed))
-    axes = common.flatten(nn.get_partition_spec(boxed))
+    specs = param_specs(cfg)
+    shapes = flatten(nn.unbox(boxed))
+    axes = flatten(nn.get_partition_spec(boxed))
     assert set(shapes) == set(specs)
     for name, (shape, logical) in specs.items():
         assert shapes[name].shape == shape, name
@@ -61,7 +61,7 @@ def test_preset_parameter_counts(name, expected):
     cfg = PRESETS[name]
     count = sum(x.size for x in jax.tree.leaves(nn.unbox(_abstract_init(cfg))))
     assert abs(count - expected) / expected < 0.01, (name, count)
-    assert count == common.count_params(cfg)
+    assert count == count_params(cfg)
 
 
 def test_relative_position_bucket_matches_transformers():
@@ -224,7 +224,7 @@ def test_remat_keeps_names_and_values():
     dec = shift_right(np.asarray(tgt))
     plain, remat = Transformer(cfg), Transformer(cfg, remat_policy="dots")
     abstract = jax.eval_shape(lambda: remat.init(jax.random.key(0), enc, dec))["params"]
-    assert set(common.flatten(nn.unbox(abstract))) == set(common.param_specs(cfg))
+    assert set(flatten(nn.unbox(abstract))) == set(param_specs(cfg))
 
     def loss(model, p):
         logits = model.apply({"params": p}, enc, dec, tgt)

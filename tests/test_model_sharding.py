@@ -17,7 +17,7 @@ _SCRIPT = textwrap.dedent("""
     from flax import linen as nn
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from hf_fixtures import padded_batch, random_params, shift_right
-    from flanrec.convert import common
+    from flanrec.model.params import flatten
     from flanrec.model import Transformer, get_preset
 
     cfg = get_preset("tiny")
@@ -34,7 +34,7 @@ _SCRIPT = textwrap.dedent("""
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), enc, tgt))["params"]
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
     placed = jax.device_put(params, shardings)
-    flat = common.flatten(placed)
+    flat = flatten(placed)
     assert flat["decoder/logits_dense/kernel"].sharding.spec == P(None, "model")
     assert flat["encoder/layers_0/attention/query/kernel"].sharding.spec == P(None, "model")
     batch = NamedSharding(mesh, P("data", None))

@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from flanrec import partitioning
 from flanrec.model.config import get_preset
+from flanrec.model.params import param_specs, unflatten
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def test_state_specs_follow_params_into_the_optimizer_state():
     cfg = get_preset("tiny")
     params = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s[0], np.float32),
-        partitioning.common.unflatten(partitioning.common.param_specs(cfg)),
+        unflatten(param_specs(cfg)),
         is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], tuple))
     state = jax.eval_shape(optax.adamw(1e-3).init, params)
     specs = partitioning.state_logical_specs({"params": params, "opt": state}, cfg)
@@ -86,9 +87,9 @@ _EQUIVALENCE = r"""
 import json, sys
 import jax, numpy as np
 from flanrec import losses, optimizers, partitioning, trainer
-from flanrec.convert.common import flatten
 from flanrec.model.config import get_preset
 from flanrec.model.network import Transformer
+from flanrec.model.params import flatten
 
 out = sys.argv[1]
 assert len(jax.devices()) == 8, jax.devices()

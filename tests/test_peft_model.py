@@ -12,10 +12,10 @@ import pytest
 from flax import linen as nn
 from hf_fixtures import padded_batch, random_params, shift_right
 
-from flanrec.convert import common
 from flanrec.model import Transformer, get_preset
 from flanrec.model.decoding import greedy_decode
 from flanrec.model.network import Dense
+from flanrec.model.params import check_params, flatten, param_specs, unflatten
 from flanrec.peft import LoraConfig, PromptConfig, adapter_specs, with_adapters
 from flanrec.peft.params import merge_lora
 
@@ -36,7 +36,7 @@ def random_adapters(cfg, seed: int = 1, zero_b: bool = False) -> dict:
         if zero_b and name.endswith("lora_b"):
             value = np.zeros(shape)
         flat[name] = value.astype(np.float32)
-    return common.unflatten(flat)
+    return unflatten(flat)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -67,10 +67,10 @@ def test_adapter_params_have_their_own_keys_and_axes():
                         LoraConfig(rank=2, targets=ALL_KERNELS))
     boxed = jax.eval_shape(lambda: Transformer(cfg).init(
         jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 2), jnp.int32)))["params"]
-    shapes = common.flatten(nn.unbox(boxed))
-    axes = common.flatten(nn.get_partition_spec(boxed))
+    shapes = flatten(nn.unbox(boxed))
+    axes = flatten(nn.get_partition_spec(boxed))
     backbone = {k for k in shapes if not k.startswith(("prompt/", "lora/"))}
-    assert backbone == set(common.param_specs(TINY))          # base tree unchanged
+    assert backbone == set(param_specs(TINY))          # base tree unchanged
     specs = adapter_specs(cfg)
     assert set(shapes) - backbone == set(specs)
     for name, (shape, logical) in specs.items():
@@ -196,7 +196,7 @@ def test_merged_lora_equals_unmerged(base, batch):
     unmerged = np.asarray(logits(cfg, params, enc, dec))
     merged_cfg, merged = merge_lora(cfg, params)
     assert type(merged_cfg).__name__ == "T5Config" and "lora" not in merged
-    common.check_params(common.flatten(merged), merged_cfg, "merged")
+    check_params(flatten(merged), merged_cfg, "merged")
     got = np.asarray(logits(merged_cfg, merged, enc, dec))
     np.testing.assert_allclose(got, unmerged, atol=1e-5, rtol=1e-5)
     assert np.max(np.abs(unmerged - np.asarray(logits(TINY, base, enc, dec)))) > 1e-2

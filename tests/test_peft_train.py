@@ -17,8 +17,8 @@ import train_fixtures as tfx
 from hf_fixtures import random_params
 
 from flanrec import api, checkpoints, losses, optimizers, partitioning, trainer
-from flanrec.convert import common
 from flanrec.model import Transformer, get_preset
+from flanrec.model.params import count_params, flatten, unflatten
 from flanrec.peft import LoraConfig, PromptConfig, adapter_specs, with_adapters
 from flanrec.peft import params as peft_params
 from flanrec.peft.checkpoint import read_adapters
@@ -66,13 +66,13 @@ def test_backbone_is_bitwise_frozen_and_optimizer_state_holds_only_adapters(tuni
         state, m = step(state, partitioning.host_to_global(_batch(rng), bsh),
                         jax.random.PRNGKey(1), frozen)
         losses_seen.append(float(m["loss"]))
-    after = common.flatten(jax.device_get(frozen))
-    for name, value in common.flatten(backbone).items():
+    after = flatten(jax.device_get(frozen))
+    for name, value in flatten(backbone).items():
         assert np.array_equal(after[name], value), f"backbone {name} changed"
-    trained = common.flatten(jax.device_get(state.params))
+    trained = flatten(jax.device_get(state.params))
     assert set(trained) == set(adapter_specs(cfg))
     assert any(not np.array_equal(trained[k], v)
-               for k, v in common.flatten(adapters0).items())
+               for k, v in flatten(adapters0).items())
     assert all(np.isfinite(losses_seen))
     # Optimizer state: AdamW's two moments of the adapters, nothing backbone-sized.
     opt_leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(state.opt_state))
@@ -83,13 +83,13 @@ def test_backbone_is_bitwise_frozen_and_optimizer_state_holds_only_adapters(tuni
         if np.size(leaf) > 1:
             assert any(keys[-len(n):] == n for n in adapter_names), keys
     assert sum(np.size(x) for _, x in opt_leaves) <= 2 * n_adapter + 4
-    assert n_adapter < 0.05 * common.count_params(TINY)
+    assert n_adapter < 0.05 * count_params(TINY)
 
 
 def test_masked_optimizer_keeps_no_state_for_frozen_leaves():
     cfg = with_adapters(TINY, lora=LoraConfig(rank=2))
     params = {**random_params(TINY), **{k: jax.tree.map(np.zeros_like, v) for k, v in
-                                        common.unflatten({n: np.ones(s, np.float32) for n, (s, _)
+                                        unflatten({n: np.ones(s, np.float32) for n, (s, _)
                                                           in adapter_specs(cfg).items()}).items()}}
     tx = peft_params.masked_optimizer(optax.adam(0.1), params, "lora")
     opt = tx.init(params)
@@ -136,7 +136,7 @@ def test_prompt_run_writes_small_checkpoints_and_resumes_exactly(setup, capsys):
     assert "TUNING=prompt: 160 trainable parameters" in out
     ckpt = setup["root"] / "interrupted" / "checkpoint_4"
     cfg, adapters, meta = read_adapters(ckpt)
-    assert list(common.flatten(adapters)) == ["prompt/all"]
+    assert list(flatten(adapters)) == ["prompt/all"]
     assert adapters["prompt"]["all"].shape == (5, 32)
     assert meta["tuning"] == "prompt" and meta["backbone"] == str(setup["backbone"])
     assert meta["peft"]["prompt"]["length"] == 5 and meta["peft"]["lora"] is None
@@ -153,9 +153,9 @@ def test_prompt_run_writes_small_checkpoints_and_resumes_exactly(setup, capsys):
     # Loading: backbone (from the pointer, unchanged) + prompt = a usable model.
     model = api.load(setup["root"] / "interrupted")
     assert model.config.prompt.length == 5
-    backbone = common.flatten(checkpoints.load_params(setup["backbone"])[1])
+    backbone = flatten(checkpoints.load_params(setup["backbone"])[1])
     for name, value in backbone.items():
-        assert np.array_equal(np.asarray(common.flatten(model.params)[name]), value), name
+        assert np.array_equal(np.asarray(flatten(model.params)[name]), value), name
     enc = np.array([[5, 9, 14, 1, 0]])
     plain = api.load(setup["backbone"])
     dec = np.array([[0, 7, 3]])
@@ -176,8 +176,8 @@ def test_lora_run_merges_and_exports_to_hf(setup, capsys):
     run = setup["root"] / "lora"
     cfg, adapters, meta = read_adapters(run)
     assert meta["tuning"] == "lora" and cfg.lora.rank == 2
-    assert all(k.startswith("lora/") for k in common.flatten(adapters))
-    assert any(np.any(v) for k, v in common.flatten(adapters).items() if k.endswith("lora_b"))
+    assert all(k.startswith("lora/") for k in flatten(adapters))
+    assert any(np.any(v) for k, v in flatten(adapters).items() if k.endswith("lora_b"))
     # Unmerged (LoRA applied in the forward pass) vs merged and exported to HF and re-read.
     unmerged = api.load(run, merge_lora=False)
     assert unmerged.config.lora.rank == 2

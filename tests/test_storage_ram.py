@@ -27,8 +27,8 @@ import pytest
 from hf_fixtures import random_params
 
 from flanrec import storage
-from flanrec.convert.common import flatten
 from flanrec.model.config import T5Config
+from flanrec.model.params import flatten
 
 REPO = Path(__file__).resolve().parents[1]
 USERS, ITEMS = 24, 30

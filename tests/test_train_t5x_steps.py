@@ -13,10 +13,10 @@ import pytest
 import train_fixtures as tfx
 
 from flanrec import jobs, train
-from flanrec.convert.common import param_specs, unflatten
 from flanrec.convert.t5x import checkpoint_step, write_t5x_checkpoint
 from flanrec.errors import UserError
 from flanrec.model.config import get_preset
+from flanrec.model.params import param_specs, unflatten
 
 T5X_STEP = 1000
 

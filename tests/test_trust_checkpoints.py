@@ -30,8 +30,8 @@ from flanrec.checkpoints import (
     save_params_checkpoint,
 )
 from flanrec.convert import __main__ as convert_cli
-from flanrec.convert.common import flatten, param_specs, unflatten
 from flanrec.model.config import get_preset
+from flanrec.model.params import flatten, param_specs, unflatten
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = get_preset("tiny")

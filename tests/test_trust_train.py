@@ -18,9 +18,9 @@ import train_fixtures as tfx
 
 from flanrec import train
 from flanrec.checkpoints import load_params, save_params_checkpoint
-from flanrec.convert.common import NonFiniteParamsError, flatten, param_specs, unflatten
 from flanrec.errors import UserError
 from flanrec.model.config import get_preset
+from flanrec.model.params import NonFiniteParamsError, flatten, param_specs, unflatten
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,7 @@ def read_scalars(logdir: Path, tag: str) -> dict[int, float]:
 def params_of(model_dir: Path) -> dict[str, np.ndarray]:
     """Flat float32 params of the latest complete checkpoint (real Orbax restore)."""
     from flanrec.checkpoints import load_params
-    from flanrec.convert.common import flatten
+    from flanrec.model.params import flatten
 
     return flatten(load_params(str(model_dir))[1])
 

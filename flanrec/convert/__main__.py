@@ -17,10 +17,11 @@ tokenizer files, so `AutoTokenizer` gives the task's ids (`--vocab` names anothe
 output holds T5X's whole Adafactor train state (the run's moments where it trained with
 Adafactor) at the flanrec checkpoint's step, so T5X's stock fine-tuning restores it.
 
-Every conversion goes through the one parameter table (`common.param_specs`), so the output
-is checked before it is written. Output is assembled in a scratch directory and published by
-`flanrec.storage.staged_dir` (one rename locally; uploaded with its ownership marker last on
-gs://): an interrupted run leaves nothing at `--out`. A non-empty `--out` is replaced only with
+Every conversion goes through the model's one parameter table
+(`flanrec.model.params.param_specs`), so the output is checked before it is written. Output is
+assembled in a scratch directory and published by `flanrec.storage.staged_dir` (one rename
+locally; uploaded with its ownership marker last on gs://): an interrupted run leaves nothing
+at `--out`. A non-empty `--out` is replaced only with
 `--overwrite` and only when flanrec.convert wrote it; `--src`/`--out` may be URLs (gs://).
 """
 
@@ -35,8 +36,9 @@ from typing import Any
 
 from flanrec import jobs, storage
 from flanrec.convert import vocabulary as vocab_files
-from flanrec.convert.common import check_finite, count_params, flatten, make_readable
+from flanrec.convert.exports import make_readable
 from flanrec.model.config import T5Config
+from flanrec.model.params import check_finite, count_params, flatten
 
 SOURCES = ("hf", "t5x", "flanrec")
 TARGETS = ("flanrec", "hf", "t5x")

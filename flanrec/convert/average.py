@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from flanrec.convert import common
 from flanrec.model.config import T5Config
+from flanrec.model.params import check_finite, flatten, unflatten
 
 
 def average_params(trees: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None,
@@ -27,7 +27,7 @@ def average_params(trees: Sequence[Mapping[str, Any]], names: Sequence[str] | No
     if not trees:
         raise ValueError("nothing to average: give at least one checkpoint")
     names = list(names) if names is not None else [f"#{i}" for i in range(len(trees))]
-    flats = [common.flatten(t) for t in trees]
+    flats = [flatten(t) for t in trees]
     ref = flats[0]
     for flat, name in zip(flats[1:], names[1:], strict=True):
         missing, extra = sorted(set(ref) - set(flat)), sorted(set(flat) - set(ref))
@@ -44,7 +44,7 @@ def average_params(trees: Sequence[Mapping[str, Any]], names: Sequence[str] | No
         for flat in flats:
             acc += np.asarray(flat[k], np.float64)
         out[k] = (acc / len(flats)).astype(np.float32)
-    return common.unflatten(out)
+    return unflatten(out)
 
 
 def load_for_average(paths: Sequence[str]) -> tuple[T5Config, dict[str, Any]]:
@@ -57,7 +57,7 @@ def load_for_average(paths: Sequence[str]) -> tuple[T5Config, dict[str, Any]]:
     cfgs, trees = [], []
     for p in paths:
         cfg, params = load_params_any(p, merge_lora=True)
-        common.check_finite(common.flatten(params), f"--average {p}")
+        check_finite(flatten(params), f"--average {p}")
         if prompt_of(cfg) is not None:
             raise ValueError(f"{p}: a soft-prompt checkpoint cannot be averaged into a plain "
                              "T5 checkpoint")

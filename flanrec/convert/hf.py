@@ -2,9 +2,10 @@
 
 HF stores PyTorch `Linear` weights as [out, in]; T5X/flanrec kernels are [in, out]. The whole
 mapping is the renaming table `_hf_names` plus a transpose for kernels and the relative
-position tables. Everything is validated against `common.param_specs` before it is returned,
-so a checkpoint that does not fit is refused with the offending name and shapes instead of
-being half-loaded (no parameter is ever random-initialised).
+position tables. Everything is validated against the model's parameter table
+(`flanrec.model.params.param_specs`) before it is returned, so a checkpoint that does not fit
+is refused with the offending name and shapes instead of being half-loaded (no parameter is
+ever random-initialised).
 
 Only the T5 v1.1 family (gated-GELU, untied logits) is accepted: loading a T5 v1.0 (ReLU,
 tied, scaled logits) checkpoint into this architecture would "work" and silently give wrong
@@ -33,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from flanrec.convert import common
+from flanrec.convert.exports import make_readable
 from flanrec.errors import UserError
 from flanrec.model.config import T5Config
+from flanrec.model.params import check_params, flatten, param_specs, unflatten
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -235,7 +237,7 @@ def import_hf(src_dir: str | os.PathLike[str]) -> tuple[T5Config, dict[str, Any]
                                     f"embedding table for encoder and decoder inputs")
     flat: dict[str, np.ndarray] = {}
     used = set(_EMBED_COPIES)
-    specs = common.param_specs(cfg)
+    specs = param_specs(cfg)
     for ours, theirs, transpose in _hf_names(cfg):
         if theirs not in tensors:
             continue  # reported by check_params as missing, under our name
@@ -253,10 +255,10 @@ def import_hf(src_dir: str | os.PathLike[str]) -> tuple[T5Config, dict[str, Any]
                                 f"is this really a T5 v1.1 checkpoint with the layer counts of "
                                 f"config.json?")
     try:
-        common.check_params(flat, cfg, str(src))
+        check_params(flat, cfg, str(src))
     except ValueError as e:
         raise HFCheckpointError(str(e)) from None
-    return cfg, common.unflatten(flat)
+    return cfg, unflatten(flat)
 
 
 def hf_config_dict(cfg: T5Config) -> dict[str, Any]:
@@ -313,8 +315,8 @@ def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLi
     from flanrec.convert import hf_tokenizer
     from flanrec.convert import vocabulary as vocab_files
 
-    flat = common.flatten(_unbox(params))
-    common.check_params(flat, cfg, "export_hf params")
+    flat = flatten(_unbox(params))
+    check_params(flat, cfg, "export_hf params")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an empty directory; refusing to "
@@ -341,7 +343,7 @@ def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLi
             vocab_files.write_vocabulary(vocabulary, tmp)
             for name, text in hf_tokenizer.tokenizer_files(vocabulary).items():
                 (tmp / name).write_text(text, encoding="utf-8")
-        common.make_readable(tmp)
+        make_readable(tmp)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)

@@ -1,9 +1,9 @@
 """Read T5X checkpoints into flanrec parameters, and write flanrec parameters as T5X checkpoints.
 
 T5X stores no model config next to its weights, so the config is inferred from the array
-shapes and then checked against the one parameter table (`common.param_specs`): a checkpoint
-that is not exactly a T5 v1.1 / Flan-T5 encoder-decoder is refused with the reason, never
-half-loaded.
+shapes and then checked against the model's one parameter table
+(`flanrec.model.params.param_specs`): a checkpoint that is not exactly a T5 v1.1 / Flan-T5
+encoder-decoder is refused with the reason, never half-loaded.
 
 Two on-disk layouts exist, both under `MODEL_DIR/checkpoint_N/`:
 
@@ -49,9 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from flanrec.convert.common import check_params, flatten, make_readable, unflatten
+from flanrec.convert.exports import make_readable
 from flanrec.convert.t5x_adafactor import AdafactorLayout, stored_inline
 from flanrec.model.config import PRESETS, T5Config
+from flanrec.model.params import check_params, flatten, unflatten
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def _is_ts_spec(x: Any) -> bool:
 
 
 def _flatten_target(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Like `common.flatten`, but a TensorStore spec dict is a leaf, not a subtree."""
+    """Like `flanrec.model.params.flatten`, but a TensorStore spec dict is a leaf, not a subtree."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}/{key}" if prefix else str(key)
@@ -363,9 +364,10 @@ def import_t5x(path: str | os.PathLike) -> tuple[T5Config, dict[str, Any]]:
 
     `path` is a `checkpoint_N` dir (or its msgpack file), or a model dir whose highest
     complete `checkpoint_N` is taken. Returns `(config, nested dict of float32 numpy arrays)`
-    keyed by the T5X names of `common.param_specs`. Optimizer state in the checkpoint is
-    ignored (params only). Raises ValueError/FileNotFoundError naming the problem for a missing
-    msgpack file or array dir, T5 v1.0, tied embeddings, decoder-only or mis-shaped checkpoints.
+    keyed by the T5X names of `flanrec.model.params.param_specs`. Optimizer state in the
+    checkpoint is ignored (params only). Raises ValueError/FileNotFoundError naming the
+    problem for a missing msgpack file or array dir, T5 v1.0, tied embeddings, decoder-only or
+    mis-shaped checkpoints.
     """
     ckpt_dir = find_t5x_checkpoint(path)
     if (ckpt_dir / _MSGPACK_FILE).is_file():

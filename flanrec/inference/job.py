@@ -72,7 +72,7 @@ class CheckpointIdentity:
 
 def params_sha256(params: Any) -> str:
     """sha256 over every parameter's name, dtype, shape and bytes, in name order."""
-    from flanrec.convert.common import flatten
+    from flanrec.model.params import flatten
 
     h = hashlib.sha256()
     for name, value in sorted(flatten(params).items()):

@@ -7,7 +7,7 @@ flaxformer) is linen. Writing the model in linen lets every parameter carry
 one and the partitioner reuses linen's mature logical-axis helpers (`nn.get_partition_spec`,
 `nn.logical_to_mesh_sharding`, `nn.with_logical_constraint`).
 
-Names, shapes and logical axes of parameters are fixed by `flanrec.convert.common.param_specs`;
+Names, shapes and logical axes of parameters are fixed by `flanrec.model.params.param_specs`;
 a test checks `Transformer.init` against that table. Attention kernels are stored 2-D
 (`[embed, joined_kv]`), which is T5X's `DenseGeneral` kernel flattened.
 

@@ -16,8 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from flanrec.checkpoints import META, PARAMS, resolve_checkpoint
-from flanrec.convert import common
 from flanrec.model.config import T5Config
+from flanrec.model.params import check_params, flatten, unflatten
 from flanrec.peft import config as peft_config
 from flanrec.peft import params as peft_params
 
@@ -64,13 +64,13 @@ def read_adapters(path: str | os.PathLike[str]) -> tuple[T5Config, dict[str, Any
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
     tree = _restore(ckpt / PARAMS, ocp.PyTreeCheckpointHandler(),
                     ocp.args.PyTreeRestore(item=stored, restore_args=restore_args))
-    flat = {k: np.asarray(v, np.float32) for k, v in common.flatten(tree).items()}
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten(tree).items()}
     want = set(peft_config.adapters_to_dict(cfg))  # {'prompt', 'lora'}
     stray = sorted(k for k in flat if k.split("/", 1)[0] not in want)
     if stray:
         raise ValueError(f"{ckpt}/{PARAMS}: adapter checkpoint holds non-adapter "
                          f"parameters {stray[:5]}")
-    return cfg, common.unflatten(flat), meta
+    return cfg, unflatten(flat), meta
 
 
 def load(path: str | os.PathLike[str], *, merge_lora: bool = True,
@@ -89,10 +89,10 @@ def load(path: str | os.PathLike[str], *, merge_lora: bool = True,
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{path}: its frozen backbone {source} is gone ({e}); pass "
                                 "backbone= (flanrec.api.load(..., backbone=...))") from e
-    common.check_params(common.flatten(base_params), peft_config.base_config(cfg),
+    check_params(flatten(base_params), peft_config.base_config(cfg),
                         f"backbone {source} of {path}")
     params = peft_params.combine(base_params, adapters)
-    peft_params.check_params(common.flatten(params), cfg, str(path))
+    peft_params.check_params(flatten(params), cfg, str(path))
     if merge_lora:
         cfg, params = peft_params.merge_lora(cfg, params)
     return cfg, params

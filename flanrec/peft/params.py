@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from flanrec.convert import common
+from flanrec.model import params as model_params
 from flanrec.model.config import T5Config
 from flanrec.peft.config import TUNINGS, base_config, lora_of, prompt_of
 from flanrec.peft.specs import ADAPTER_KEYS, LORA_KEY, PROMPT_KEY, all_param_specs
@@ -103,7 +103,7 @@ def check_params(flat: Mapping[str, Any], cfg: T5Config, source: str) -> None:
 
 def params_logical_specs(cfg: T5Config) -> dict[str, Any]:
     """Nested `PartitionSpec`s of logical names for backbone + adapters."""
-    return common.unflatten({n: PartitionSpec(*axes)
+    return model_params.unflatten({n: PartitionSpec(*axes)
                              for n, (_, axes) in all_param_specs(cfg).items()})
 
 
@@ -135,7 +135,7 @@ def merge_lora(cfg: T5Config, params: Params) -> tuple[T5Config, dict[str, Any]]
     lora = lora_of(cfg)
     if lora is None:
         return cfg, dict(params)
-    flat = common.flatten(params)
+    flat = model_params.flatten(params)
     merged: dict[str, Any] = {}
     for name, value in flat.items():
         if name.startswith(LORA_KEY + "/"):
@@ -153,7 +153,7 @@ def merge_lora(cfg: T5Config, params: Params) -> tuple[T5Config, dict[str, Any]]
                           + np.float32(lora.scale) * (a @ b)).astype(np.float32)
     from flanrec.peft.config import with_adapters
 
-    return with_adapters(base_config(cfg), prompt_of(cfg), None), common.unflatten(merged)
+    return with_adapters(base_config(cfg), prompt_of(cfg), None), model_params.unflatten(merged)
 
 
 def init_prompt_from_vocab(cfg: T5Config, params: Params, rng: jax.Array) -> dict[str, Any]:

@@ -15,8 +15,8 @@ columns; `lora_rank` and `prompt_length` are small and stay unsharded (no rule n
 
 from __future__ import annotations
 
-from flanrec.convert import common
 from flanrec.model.config import T5Config
+from flanrec.model.params import ParamSpec, param_specs
 from flanrec.peft.config import lora_of, prompt_of
 
 PROMPT_KEY, LORA_KEY = "prompt", "lora"
@@ -30,7 +30,7 @@ def lora_target_kernels(cfg: T5Config) -> list[str]:
     if lora is None:
         return []
     out = []
-    for name in common.param_specs(cfg):
+    for name in param_specs(cfg):
         parts = name.split("/")
         if len(parts) < 3 or parts[-1] != "kernel" or parts[-2] not in lora.targets:
             continue
@@ -39,9 +39,9 @@ def lora_target_kernels(cfg: T5Config) -> list[str]:
     return out
 
 
-def adapter_specs(cfg: T5Config) -> dict[str, common.ParamSpec]:
+def adapter_specs(cfg: T5Config) -> dict[str, ParamSpec]:
     """Every adapter parameter of `cfg`: '/'-joined name → (shape, logical axes)."""
-    specs: dict[str, common.ParamSpec] = {}
+    specs: dict[str, ParamSpec] = {}
     prompt = prompt_of(cfg)
     if prompt is not None:
         for family in prompt.families:
@@ -49,7 +49,7 @@ def adapter_specs(cfg: T5Config) -> dict[str, common.ParamSpec]:
                                                ("prompt_length", "embed"))
     lora = lora_of(cfg)
     if lora is not None:
-        base = common.param_specs(cfg)
+        base = param_specs(cfg)
         for kernel in lora_target_kernels(cfg):
             (d_in, d_out), (ax_in, ax_out) = base[kernel]
             stem = f"{LORA_KEY}/{kernel[:-len('/kernel')]}"
@@ -58,6 +58,6 @@ def adapter_specs(cfg: T5Config) -> dict[str, common.ParamSpec]:
     return specs
 
 
-def all_param_specs(cfg: T5Config) -> dict[str, common.ParamSpec]:
+def all_param_specs(cfg: T5Config) -> dict[str, ParamSpec]:
     """Backbone and adapter parameters together: the full tree of `Transformer(cfg)`."""
-    return {**common.param_specs(cfg), **adapter_specs(cfg)}
+    return {**param_specs(cfg), **adapter_specs(cfg)}

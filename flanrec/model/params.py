@@ -1,16 +1,16 @@
-"""The one table of Flan-T5 parameter names, shapes and logical axes that every converter,
-the model and the partitioner agree on.
+"""The model's parameter contract: the one table of Flan-T5 parameter names, shapes and
+logical axes that the network, every converter, the partitioner and the checkpoints agree on.
 
 Names follow T5X (`encoder/layers_0/attention/query/kernel`, …) so T5X checkpoints map one to
-one; the HF mapping is then a single renaming table in `hf.py`. Keeping the table here, in
-plain Python, lets converters validate a checkpoint before any JAX model is built.
+one; the HF mapping is then a single renaming table in `flanrec.convert.hf`. The table lives
+with the model (it *is* the model's parameter tree; a test checks `Transformer.init` against
+it) but is plain Python, so converters validate a checkpoint before any JAX model is built.
+Adapters add their own entries under separate top-level keys: `flanrec.model.adapters`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -139,15 +139,3 @@ def check_finite(flat: Mapping[str, Any], source: str) -> None:
 def count_params(cfg: T5Config) -> int:
     """Number of parameters implied by the table (no arrays allocated)."""
     return sum(int(np.prod(shape)) for shape, _ in param_specs(cfg).values())
-
-
-def make_readable(root: str | os.PathLike[str]) -> None:
-    """chmod an export for others to read: directories 0755, files 0644.
-
-    Exports are assembled in `tempfile.mkdtemp` dirs (0700) and some writers create 0600
-    files; a checkpoint handed to another user or a serving job must not need root."""
-    top = Path(root)
-    for path in [top, *top.rglob("*")]:
-        if path.is_symlink():
-            continue
-        path.chmod(0o755 if path.is_dir() else 0o644)
