@@ -25,25 +25,21 @@ kernels unless `merge_lora=False`, a soft prompt stays part of the model's confi
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import os
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flanrec import storage
+from flanrec.checkpoints.loading import load_params_any
 from flanrec.model import decoding
+from flanrec.model.adapters import adapter_specs, check_all_params
 from flanrec.model.config import T5Config
 from flanrec.model.network import Transformer
 from flanrec.model.params import check_params, flatten
-from flanrec.peft import params as peft_params
-from flanrec.peft.specs import adapter_specs
 
 
 def shift_right(targets: np.ndarray | jax.Array, start_token: int = 0) -> jax.Array:
@@ -73,7 +69,7 @@ class FlanT5Model:
 
     def __init__(self, config: T5Config, params: Any, vocabulary: Any = None) -> None:
         if adapter_specs(config):
-            peft_params.check_params(flatten(params), config, "FlanT5Model params")
+            check_all_params(flatten(params), config, "FlanT5Model params")
         else:
             check_params(flatten(params), config, "FlanT5Model params")
         if vocabulary is not None and vocabulary.vocab_size > config.vocab_size:
@@ -178,151 +174,6 @@ def _tokens(x: Any) -> jax.Array:
         raise ValueError(f"expected integer tokens of shape [batch, length], got "
                          f"{arr.dtype} {arr.shape}")
     return jnp.asarray(arr, jnp.int32)
-
-
-def _t5x_step_dir(path: str) -> bool:
-    # Legacy T5X: msgpack file `checkpoint`; newer T5X: Orbax item `state/`. A flanrec step
-    # dir has `params/` and `meta/` instead.
-    return storage.isfile(storage.join(path, "checkpoint")) or \
-        storage.isdir(storage.join(path, "state"))
-
-
-def _step_children(path: str) -> list[tuple[int, str]]:
-    """(step, name) of the `checkpoint_N` directories in `path`, highest step first."""
-    steps = [(int(m.group(1)), n) for n in storage.listdir(path)
-             if (m := _STEP_NAME.fullmatch(n))]
-    return sorted(steps, reverse=True)
-
-
-def _is_t5x_checkpoint(path: str) -> bool:
-    if _t5x_step_dir(path):
-        return True
-    return any(_t5x_step_dir(storage.join(path, n)) for _, n in _step_children(path))
-
-
-_STEP_NAME = re.compile(r"checkpoint_(\d+)")
-_COMMITTED = ("checkpoint", "state", "commit_success.txt", "_CHECKPOINT_METADATA")
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointRef:
-    """Which checkpoint a path named: exactly what `load_checkpoint` read.
-
-    `path` is the path as given (normalized), `resolved` the directory the parameters came
-    from (a MODEL_DIR resolves to its best, else latest complete `checkpoint_N`), `step` the
-    N of that directory (None for HF and params-only checkpoints).
-    """
-
-    path: str
-    resolved: str
-    format: str  # "flanrec" | "hf" | "t5x"
-    step: int | None
-
-
-def checkpoint_format(path: str | os.PathLike[str]) -> str:
-    """'hf' (config.json), 't5x' (a `checkpoint` file or `state/`, or such checkpoint_N
-    dirs) or 'flanrec' (everything else, checked when it is read)."""
-    p = storage.fspath(path)
-    if not storage.isdir(p):
-        return "flanrec"
-    if storage.isfile(storage.join(p, "config.json")):
-        return "hf"
-    return "t5x" if _is_t5x_checkpoint(p) else "flanrec"
-
-
-def _step_of(directory: str) -> int | None:
-    m = _STEP_NAME.fullmatch(storage.basename(directory))
-    return int(m.group(1)) if m else None
-
-
-def load_checkpoint(path: str | os.PathLike[str], *, merge_lora: bool = True,
-                    backbone: str | os.PathLike[str] | None = None
-                    ) -> tuple[CheckpointRef, T5Config, Any]:
-    """(what was read, T5Config, params) from an HF directory, a T5X checkpoint or a flanrec
-    checkpoint, on a local disk or any file system `flanrec.storage` reaches.
-
-    HF: a directory with config.json. T5X: a directory with a `checkpoint` file or `state/`,
-    or holding such `checkpoint_N` dirs. Anything else is a flanrec checkpoint
-    (`flanrec.checkpoints.load_params`), or an adapter checkpoint (prompt/LoRA runs): backbone
-    + adapters via `flanrec.peft.checkpoint.load` (config then a `PeftT5Config` if a prompt
-    remains). Orbax reads flanrec checkpoints on gs:// in place; everything else on a URL
-    (HF, T5X, or any checkpoint on ram://) is read from a local copy of the one directory
-    needed (the latest committed `checkpoint_N` of a model dir).
-    """
-    given = storage.normalize(path)
-    if not storage.exists(given):
-        raise FileNotFoundError(f"{given}: no such checkpoint")
-    fmt = checkpoint_format(given)
-    if _needs_local_copy(given, fmt):
-        with local_checkpoint(given) as local:
-            ref, cfg, params = load_checkpoint(local, merge_lora=merge_lora, backbone=backbone)
-            rel = ref.resolved[len(local):].lstrip("/")
-        return (CheckpointRef(given, storage.join(given, rel) if rel else given, ref.format,
-                              ref.step), cfg, params)
-    if fmt == "hf":
-        from flanrec.convert import hf
-
-        cfg, params = hf.import_hf(given)
-        return CheckpointRef(given, given, fmt, None), cfg, params
-    if fmt == "t5x":
-        from flanrec.convert import t5x
-
-        resolved = os.fspath(t5x.find_t5x_checkpoint(given))
-        cfg, params = t5x.import_t5x(resolved)
-        return CheckpointRef(given, resolved, fmt, _step_of(resolved)), cfg, params
-    from flanrec import checkpoints
-    from flanrec.peft import checkpoint as peft_checkpoint
-
-    resolved = str(checkpoints.resolve_checkpoint(given))
-    if peft_checkpoint.is_adapter_checkpoint(resolved):
-        cfg, params = peft_checkpoint.load(resolved, merge_lora=merge_lora, backbone=backbone)
-    else:
-        cfg, params = checkpoints.load_params(resolved)
-    return CheckpointRef(given, resolved, fmt, _step_of(resolved)), cfg, params
-
-
-def _needs_local_copy(path: str, fmt: str) -> bool:
-    return storage.is_url(path) and not (fmt == "flanrec"
-                                         and storage.scheme(path) in storage.ORBAX_SCHEMES)
-
-
-@contextlib.contextmanager
-def local_checkpoint(path: str | os.PathLike[str]) -> Iterator[str]:
-    """A path the checkpoint readers can open: `path` itself when local (or a flanrec
-    checkpoint on gs://, which Orbax reads in place), else a temporary local copy of the one
-    directory needed (a model dir's latest committed `checkpoint_N`, not all of them)."""
-    given = storage.normalize(path)
-    if not _needs_local_copy(given, checkpoint_format(given)):
-        yield given
-        return
-    only = None
-    if storage.isdir(given) and not _t5x_step_dir(given) and not \
-            storage.isdir(storage.join(given, "params")):
-        only = _best_step_name(given) or next(
-            (n for _, n in _step_children(given)
-             if any(storage.exists(storage.join(given, n, m)) for m in _COMMITTED)), None)
-    with storage.local_copy(given, only=only) as local:
-        yield local
-
-
-def _best_step_name(model_dir: str) -> str | None:
-    """`checkpoint_N` of the step a flanrec MODEL_DIR's best_checkpoint.json names (what
-    `flanrec.checkpoints.resolve_checkpoint` prefers), if that directory is there."""
-    from flanrec.checkpoints import BEST_FILE
-
-    path = storage.join(model_dir, BEST_FILE)
-    try:
-        name = f"checkpoint_{int(storage.read_json(path)['step'])}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return name if storage.isdir(storage.join(model_dir, name)) else None
-
-
-def load_params_any(path: str | os.PathLike[str], *, merge_lora: bool = True,
-                    backbone: str | os.PathLike[str] | None = None) -> tuple[T5Config, Any]:
-    """(T5Config, params) of `load_checkpoint` (HF, T5X or flanrec; local, gs://, ...)."""
-    _, config, params = load_checkpoint(path, merge_lora=merge_lora, backbone=backbone)
-    return config, params
 
 
 def load(path: str | os.PathLike[str], dtype: str | None = None, *, merge_lora: bool = True,

@@ -3,7 +3,8 @@
 How a training step is partitioned, in three moves:
 
 1. Every parameter and key activation carries *logical* axis names (`embed`, `mlp`, `heads`,
-   `vocab`, `batch`, …; the table is `flanrec.model.params.param_specs`).
+   `vocab`, `batch`, …; the table is `flanrec.model.params.param_specs`, adapters'
+   `flanrec.model.adapters.adapter_specs`).
 2. A short list of *rules* maps logical names onto the axes of a device `Mesh` (`data`,
    `model`, optionally `fsdp`). Changing the rules re-partitions the whole model without
    touching model code: data parallel, 2-D data × model (Megatron-style heads/mlp split) or
@@ -33,8 +34,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flanrec.model.adapters import all_param_specs
 from flanrec.model.config import T5Config
-from flanrec.model.params import param_specs, unflatten
+from flanrec.model.params import unflatten
 
 Rules = tuple[tuple[str, Any], ...]
 
@@ -114,13 +116,14 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1),
 
 
 def params_logical_specs(cfg: T5Config) -> dict[str, Any]:
-    """Nested dict of `PartitionSpec(logical names…)` for every parameter of `cfg`.
+    """Nested dict of `PartitionSpec(logical names…)` for every parameter of `cfg`, its
+    adapters (soft prompt, LoRA) included.
 
     Derived from the shared table rather than from a model init, so partitioning (and the
     shape check of an initial checkpoint) needs no JAX model at all.
     """
     return unflatten({name: PartitionSpec(*axes)
-                      for name, (_, axes) in param_specs(cfg).items()})
+                      for name, (_, axes) in all_param_specs(cfg).items()})
 
 
 def logical_to_shardings(logical_tree: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -129,15 +132,18 @@ def logical_to_shardings(logical_tree: Any, mesh: Mesh, rules: Rules) -> Any:
 
 
 def state_logical_specs(state_shapes: Any, cfg: T5Config) -> Any:
-    """Logical specs for a whole train state (params + optimizer state + scalars).
+    """Logical specs for a whole train state (params + optimizer state + scalars), or for
+    any tree holding parameters of `cfg` (the frozen backbone of an adapter run).
 
     Optimizer states mirror the parameter tree (Adam's `mu`/`nu`, Adafactor's `v_row`,
     `v_col`, `v`): a leaf whose key path ends in a parameter's path *and* has that parameter's
     shape takes the parameter's spec. Everything else (Adafactor's factored row/column
-    statistics, counters, the step) is small and replicated.
+    statistics, counters, the step) is small and replicated. The table holds the adapters
+    too, so full fine-tuning and TUNING='prompt'|'lora' (whose state holds only `prompt/…` or
+    `lora/…`) are one rule: with a plain `T5Config` it is exactly the backbone's table.
     """
     table = {tuple(name.split("/")): (shape, PartitionSpec(*axes))
-             for name, (shape, axes) in param_specs(cfg).items()}
+             for name, (shape, axes) in all_param_specs(cfg).items()}
     depth = max(len(p) for p in table)
 
     def spec_for(path: tuple[Any, ...], leaf: Any) -> PartitionSpec:

@@ -71,9 +71,9 @@ from flanrec.gin_cli import (
     split_search_paths,
 )
 from flanrec.inference.rank_eval import RankEvalConfig
+from flanrec.model import adapters as peft_config
 from flanrec.model.config import T5Config
 from flanrec.model.params import check_finite, check_params, count_params, flatten
-from flanrec.peft import config as peft_config
 from flanrec.peft import params as peft_params
 from flanrec.progress import Progress
 
@@ -542,7 +542,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     else:
         init_params = None
         if initial_checkpoint_path:
-            from flanrec.api import load_params_any
+            from flanrec.checkpoints import load_params_any
 
             src_cfg, init_params = load_params_any(initial_checkpoint_path)
             check_params(flatten(init_params), model_config,
@@ -841,7 +841,7 @@ def _with_tuning(cfg: T5Config, tuning: str, prompt: peft_config.PromptConfig | 
 
 
 def _load_backbone(path: str, base: T5Config) -> dict[str, Any]:
-    from flanrec.api import load_params_any
+    from flanrec.checkpoints import load_params_any
 
     src_cfg, params = load_params_any(path)
     check_params(flatten(params), base, f"INITIAL_CHECKPOINT_PATH {path}")

@@ -30,7 +30,6 @@ from flanrec import losses, partitioning
 from flanrec.model import hash_prng
 from flanrec.model.config import T5Config
 from flanrec.peft import params as peft_params
-from flanrec.peft.specs import adapter_specs
 
 Batch = Mapping[str, jax.Array]
 _norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
@@ -73,18 +72,15 @@ def abstract_frozen(model: nn.Module, tuning: str) -> Any:
 def state_shardings(abstract: TrainState, cfg: T5Config, mesh: Mesh,
                     rules: partitioning.Rules) -> TrainState:
     """`NamedSharding` for every leaf of the train state (optimizer state follows params)."""
-    if adapter_specs(cfg):
-        logical = peft_params.state_logical_specs(abstract, cfg)
-    else:
-        logical = partitioning.state_logical_specs(abstract, cfg)
-    return partitioning.logical_to_shardings(logical, mesh, rules)
+    return partitioning.logical_to_shardings(partitioning.state_logical_specs(abstract, cfg),
+                                             mesh, rules)
 
 
 def frozen_shardings(abstract: Any, cfg: T5Config, mesh: Mesh, rules: partitioning.Rules
                      ) -> Any:
     """`NamedSharding`s of the frozen backbone: the same layout full fine-tuning uses."""
     return partitioning.logical_to_shardings(
-        peft_params.state_logical_specs(abstract, cfg), mesh, rules)
+        partitioning.state_logical_specs(abstract, cfg), mesh, rules)
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,

@@ -52,18 +52,19 @@ def test_load_bfloat16(hf_dir):
 
 
 def test_load_params_any_dispatches_t5x_and_flanrec(hf_dir, tmp_path):
-    _, path = hf_dir
-    cfg, params = api.load_params_any(path)
     from flanrec import checkpoints
     from flanrec.convert import t5x
 
+    _, path = hf_dir
+    cfg, params = checkpoints.load_params_any(path)
+
     t5x_dir = t5x.write_t5x_checkpoint(params, tmp_path / "t5x_model", step=7)
     for where in (t5x_dir, tmp_path / "t5x_model"):
-        cfg2, params2 = api.load_params_any(where)
+        cfg2, params2 = checkpoints.load_params_any(where)
         assert cfg2.d_model == cfg.d_model and cfg2.num_decoder_layers == cfg.num_decoder_layers
         _same_params(params, params2)
     ours = checkpoints.save_params_checkpoint(cfg, params, tmp_path / "flanrec_params")
-    cfg3, params3 = api.load_params_any(ours)
+    cfg3, params3 = checkpoints.load_params_any(ours)
     assert cfg3 == cfg
     _same_params(params, params3)
 

@@ -13,11 +13,16 @@ from flax import linen as nn
 from hf_fixtures import padded_batch, random_params, shift_right
 
 from flanrec.model import Transformer, get_preset
+from flanrec.model.adapters import (
+    LoraConfig,
+    PromptConfig,
+    adapter_specs,
+    merge_lora,
+    with_adapters,
+)
 from flanrec.model.decoding import greedy_decode
 from flanrec.model.network import Dense
 from flanrec.model.params import check_params, flatten, param_specs, unflatten
-from flanrec.peft import LoraConfig, PromptConfig, adapter_specs, with_adapters
-from flanrec.peft.params import merge_lora
 
 # One layer per stack: every block kind (encoder self-, decoder self- and cross-attention, MLP)
 # is still there, at half the compile time of the 2-layer preset.

@@ -17,11 +17,11 @@ import train_fixtures as tfx
 from hf_fixtures import random_params
 
 from flanrec import api, checkpoints, losses, optimizers, partitioning, trainer
+from flanrec.checkpoints import read_adapters
 from flanrec.model import Transformer, get_preset
+from flanrec.model.adapters import LoraConfig, PromptConfig, adapter_specs, with_adapters
 from flanrec.model.params import count_params, flatten, unflatten
-from flanrec.peft import LoraConfig, PromptConfig, adapter_specs, with_adapters
 from flanrec.peft import params as peft_params
-from flanrec.peft.checkpoint import read_adapters
 
 # One layer per stack (every block kind is still there) halves XLA compile time.
 TINY = get_preset("tiny", dropout_rate=0.1, num_encoder_layers=1, num_decoder_layers=1)
@@ -221,7 +221,7 @@ import jax, numpy as np
 from flanrec import losses, optimizers, partitioning, trainer
 from flanrec.model.config import get_preset
 from flanrec.model.network import Transformer
-from flanrec.peft import LoraConfig, with_adapters
+from flanrec.model.adapters import LoraConfig, with_adapters
 sys.path.insert(0, "tests")
 from hf_fixtures import random_params
 

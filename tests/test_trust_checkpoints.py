@@ -27,6 +27,7 @@ from flanrec.checkpoints import (
     DamagedCheckpointError,
     TrainCheckpointer,
     load_params,
+    load_params_any,
     save_params_checkpoint,
 )
 from flanrec.convert import __main__ as convert_cli
@@ -131,7 +132,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, caplog
     assert f"{bad} is damaged" in warned and rel in warned and WHAT[damage] in warned
     assert "using checkpoint_1, the newest checkpoint that verifies" in warned
     # The same through the notebook API and load_params_any (what flanrec.infer calls).
-    assert_params_equal(api.load_params_any(tmp_path / "run")[1], saved[1])
+    assert_params_equal(load_params_any(tmp_path / "run")[1], saved[1])
     assert_params_equal(jax.device_get(api.load(tmp_path / "run").params), saved[1])
     # Named explicitly: one clear error, no fallback.
     with pytest.raises(DamagedCheckpointError, match=rf"checkpoint {bad} is damaged: file "

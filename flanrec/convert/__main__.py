@@ -58,19 +58,23 @@ def read_source(kind: str, src: str, merge_lora: bool = False) -> tuple[T5Config
 
         return import_t5x(src)
     if kind == "flanrec":
-        from flanrec.checkpoints import load_params
-        from flanrec.peft import checkpoint as peft_checkpoint
-        from flanrec.peft.config import lora_of, prompt_of
+        from flanrec.checkpoints import (
+            is_adapter_checkpoint,
+            load_adapter_checkpoint,
+            load_params,
+            read_adapters,
+        )
+        from flanrec.model.adapters import lora_of, prompt_of
 
-        if peft_checkpoint.is_adapter_checkpoint(src):
-            adapted, _, _ = peft_checkpoint.read_adapters(src)
+        if is_adapter_checkpoint(src):
+            adapted, _, _ = read_adapters(src)
             if prompt_of(adapted) is not None:
                 raise ValueError(f"{src}: a soft-prompt checkpoint cannot be written as a plain "
                                  "T5 checkpoint; load it with flanrec.api.load instead")
             if lora_of(adapted) is not None and not merge_lora:
                 raise ValueError(f"{src}: a LoRA checkpoint (adapters only): pass --merge_lora "
                                  "to fold them into the backbone")
-            return peft_checkpoint.load(src, merge_lora=True)
+            return load_adapter_checkpoint(src, merge_lora=True)
         return load_params(src)
     raise ValueError(f"unknown source kind {kind!r}; expected one of {SOURCES}")
 
@@ -98,10 +102,9 @@ def source_optimizer_state(kind: str, src: str) -> tuple[int | None, Any]:
     None) for anything else."""
     if kind != "flanrec":
         return None, None
-    from flanrec.checkpoints import load_optimizer_state
-    from flanrec.peft import checkpoint as peft_checkpoint
+    from flanrec.checkpoints import is_adapter_checkpoint, load_optimizer_state
 
-    if peft_checkpoint.is_adapter_checkpoint(src):
+    if is_adapter_checkpoint(src):
         return None, None  # adapters' moments: no place in a plain T5X state
     return load_optimizer_state(src)
 
@@ -138,7 +141,7 @@ def convert(src_kind: str, src: str, out: str, dst_kind: str = "flanrec", *,
 
     `step` (T5X output): default the source's own step for a flanrec training checkpoint,
     else 0. `vocab`: see `vocabulary.from_path`; default the vocabulary the source carries."""
-    from flanrec.api import local_checkpoint
+    from flanrec.checkpoints import local_checkpoint
 
     out_path = _check_out(out, [src], overwrite)
     with local_checkpoint(src) as local_src:  # a URL source is read from a local copy
@@ -157,7 +160,7 @@ def convert(src_kind: str, src: str, out: str, dst_kind: str = "flanrec", *,
 def average(srcs: list[str], out: str, dst_kind: str = "flanrec", *, overwrite: bool = False,
             step: int | None = None, vocab: str | None = None) -> tuple[T5Config, str]:
     """Write the elementwise mean of the checkpoints `srcs` to `out` (of `dst_kind`)."""
-    from flanrec.api import local_checkpoint
+    from flanrec.checkpoints import local_checkpoint
     from flanrec.convert.average import load_for_average
 
     out_path = _check_out(out, srcs, overwrite)

@@ -3,11 +3,11 @@ parameters of several fine-tuned checkpoints of one architecture.
 
     python -m flanrec.convert --average runs/a runs/b/checkpoint_3000 --out ckpt/soup [--to hf]
 
-Any source `flanrec.api.load_params_any` reads works (flanrec MODEL_DIR or checkpoint_N, HF
-dir, T5X checkpoint, LoRA runs — merged into their backbone first), as long as all share one
-config. Means are accumulated in float64 and stored as float32, so averaging N copies of the
-same checkpoint returns it bit for bit. Soft-prompt checkpoints are refused: a plain T5
-checkpoint has no place for the prompt.
+Any source `flanrec.checkpoints.load_params_any` reads works (flanrec MODEL_DIR or
+checkpoint_N, HF dir, T5X checkpoint, LoRA runs — merged into their backbone first), as long
+as all share one config. Means are accumulated in float64 and stored as float32, so averaging
+N copies of the same checkpoint returns it bit for bit. Soft-prompt checkpoints are refused: a
+plain T5 checkpoint has no place for the prompt.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def average_params(trees: Sequence[Mapping[str, Any]], names: Sequence[str] | No
 
 def load_for_average(paths: Sequence[str]) -> tuple[T5Config, dict[str, Any]]:
     """Load every checkpoint, check they share one config, return (config, mean params)."""
-    from flanrec.api import load_params_any
-    from flanrec.peft.config import base_config, prompt_of
+    from flanrec.checkpoints import load_params_any
+    from flanrec.model.adapters import base_config, prompt_of
 
     if len(paths) < 2:
         raise ValueError(f"--average needs at least two checkpoints, got {list(paths)}")

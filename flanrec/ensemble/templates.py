@@ -47,7 +47,7 @@ class _Resources:
     """The model, vocabulary, trie and split of one prepared dir, loaded once."""
 
     def __init__(self, checkpoint: str, data_dir: str, index_method: str | None):
-        from flanrec.api import load_params_any
+        from flanrec.checkpoints import load_params_any
         from flanrec.data import prepared
         from flanrec.data import vocab as vocab_lib
         from flanrec.data.indexing import ItemIndex

@@ -504,7 +504,7 @@ def run_inference(checkpoint_path: str, task_name: str, opts: InferenceOptions,
     """
     import jax
 
-    from flanrec.api import load_checkpoint
+    from flanrec.checkpoints import load_checkpoint
 
     validate_options(opts)
     infos = resolve_tasks(task_name, opts.split, opts.mode, list(data_dirs))

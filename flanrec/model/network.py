@@ -18,10 +18,10 @@ shared by all its layers); no 1/sqrt(d_kv) in attention (T5 folds it into the qu
 untied, unscaled output logits. Parameters are float32; activations use `config.dtype`;
 attention softmax, norms and logits are float32.
 
-Adapters (`flanrec.peft`): when the config is a `PeftT5Config` carrying a soft prompt and/or
-LoRA, the model declares them under their own top-level keys (`prompt`, `lora`; table in
-`flanrec.peft.specs`) and threads them down as plain arrays. With a plain `T5Config` none of
-that code runs: parameter tree and numerics are exactly Flan-T5's.
+Adapters (`flanrec.model.adapters`): when the config is a `PeftT5Config` carrying a soft
+prompt and/or LoRA, the model declares them under their own top-level keys (`prompt`, `lora`;
+table in `flanrec.model.adapters.adapter_specs`) and threads them down as plain arrays. With a
+plain `T5Config` none of that code runs: parameter tree and numerics are exactly Flan-T5's.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
+from flanrec.model.adapters import LORA_KEY, PROMPT_KEY, adapter_specs
 from flanrec.model.config import T5Config
-from flanrec.peft.specs import LORA_KEY, PROMPT_KEY, adapter_specs
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -70,7 +70,8 @@ def _init_adapters(rng: Array, specs: dict[str, tuple[tuple[int, ...], tuple[str
 
     LoRA A: fan-in normal; LoRA B: zeros (a fresh adapter is the base model). Prompts:
     U(-0.5, 0.5) as in Lester et al., or zeros; 'vocab' initialisation needs the backbone's
-    embedding and is done by the trainer after loading it (`flanrec.peft.init_prompt_from_vocab`).
+    embedding and is done by the trainer after loading it
+    (`flanrec.peft.params.init_prompt_from_vocab`).
     """
     leaves = {}
     for i, (name, (shape, axes)) in enumerate(sorted(specs.items())):
@@ -501,7 +502,7 @@ class Transformer(nn.Module):
     Positions are accepted for T5X call compatibility but unused: relative attention only
     depends on position differences, which are identical within a packed segment.
 
-    Soft prompt (`config.prompt`, see `flanrec.peft.config.PromptConfig`):
+    Soft prompt (`config.prompt`, see `flanrec.model.adapters.PromptConfig`):
     - `concat`: the P prompt vectors become encoder positions 0..P-1 and the input moves to
       P..P+L-1, as in Lester et al. (2021): one bidirectional encoder over prompt + input,
       prompt keys always visible, and the decoder cross-attends to the prompt's encodings

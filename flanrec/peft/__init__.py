@@ -1,21 +1,7 @@
-"""Parameter-efficient tuning: soft prompts and LoRA on a frozen Flan-T5 backbone.
+"""Parameter-efficient tuning on a frozen Flan-T5 backbone: which parameters train.
 
-`config` (what the adapters are), `specs` (their names, shapes, logical axes), `params`
-(trainable split, optax masks, LoRA merge), `checkpoint` (adapter-only checkpoints that point
-at their backbone). Only `config` and `specs` are imported here: `flanrec.model.network`
-depends on them, and the rest depends on the network.
+`params` splits the tree into trainable adapters and frozen backbone, masks optimizers and
+initialises a soft prompt from the vocabulary. What the adapters *are* (soft prompt and LoRA
+configs, their parameter names/shapes/logical axes, the LoRA merge) is part of the model,
+`flanrec.model.adapters`; adapter checkpoints are read by `flanrec.checkpoints.loading`.
 """
-
-from flanrec.peft.config import (
-    FUSIONS,
-    TUNINGS,
-    LoraConfig,
-    PeftT5Config,
-    PromptConfig,
-    base_config,
-    with_adapters,
-)
-from flanrec.peft.specs import ADAPTER_KEYS, adapter_specs, all_param_specs
-
-__all__ = ["ADAPTER_KEYS", "FUSIONS", "TUNINGS", "LoraConfig", "PeftT5Config", "PromptConfig",
-           "adapter_specs", "all_param_specs", "base_config", "with_adapters"]

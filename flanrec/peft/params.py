@@ -6,6 +6,9 @@ differentiates only with respect to the trainable part, so no backbone-sized gra
 optimizer statistic ever exists. `trainable_mask` / `masked_optimizer` give the same
 guarantee to callers that keep one whole tree (optax.multi_transform with a stateless
 `set_to_zero` branch for the frozen leaves).
+
+What the adapters are (config, parameter names/shapes/axes, LoRA merge) belongs to the model:
+`flanrec.model.adapters`; how their train state is sharded: `flanrec.partitioning`.
 """
 
 from __future__ import annotations
@@ -17,12 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import PartitionSpec
 
-from flanrec.model import params as model_params
+from flanrec.model.adapters import LORA_KEY, PROMPT_KEY, TUNINGS, prompt_of
 from flanrec.model.config import T5Config
-from flanrec.peft.config import TUNINGS, base_config, lora_of, prompt_of
-from flanrec.peft.specs import ADAPTER_KEYS, LORA_KEY, PROMPT_KEY, all_param_specs
 
 Params = Mapping[str, Any]
 
@@ -82,80 +82,7 @@ def count(params: Params) -> int:
     return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
 
 
-# -------------------------------------------------------------------------- checks / specs
-def check_params(flat: Mapping[str, Any], cfg: T5Config, source: str) -> None:
-    """`common.check_params` over backbone *and* adapters of `cfg` (names and shapes)."""
-    specs = all_param_specs(cfg)
-    missing = sorted(set(specs) - set(flat))
-    unexpected = sorted(set(flat) - set(specs))
-    problems = []
-    if missing:
-        problems.append(f"missing parameters {missing[:5]} ({len(missing)} in all)")
-    if unexpected:
-        problems.append(f"unexpected parameters {unexpected[:5]} ({len(unexpected)} in all)")
-    problems += [f"parameter {n} has shape {tuple(np.shape(flat[n]))}, expected {specs[n][0]}"
-                 for n in sorted(set(specs) & set(flat))
-                 if tuple(np.shape(flat[n])) != specs[n][0]]
-    if problems:
-        raise ValueError(f"{source}: parameters do not fit the model config: "
-                         + "; ".join(problems))
-
-
-def params_logical_specs(cfg: T5Config) -> dict[str, Any]:
-    """Nested `PartitionSpec`s of logical names for backbone + adapters."""
-    return model_params.unflatten({n: PartitionSpec(*axes)
-                             for n, (_, axes) in all_param_specs(cfg).items()})
-
-
-def state_logical_specs(state_shapes: Any, cfg: T5Config) -> Any:
-    """`partitioning.state_logical_specs` with the adapters in the table: a leaf whose key
-    path ends in a parameter's path and has its shape takes its spec; the rest replicate."""
-    table = {tuple(n.split("/")): (shape, PartitionSpec(*axes))
-             for n, (shape, axes) in all_param_specs(cfg).items()}
-    depth = max(len(p) for p in table)
-
-    def spec_for(path: tuple[Any, ...], leaf: Any) -> PartitionSpec:
-        keys = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-        for n in range(min(depth, len(keys)), 0, -1):
-            hit = table.get(keys[-n:])
-            if hit is not None:
-                return hit[1] if tuple(leaf.shape) == hit[0] else PartitionSpec()
-        return PartitionSpec()
-
-    return jax.tree_util.tree_map_with_path(spec_for, state_shapes)
-
-
-# ------------------------------------------------------------------------- LoRA merge, init
-def merge_lora(cfg: T5Config, params: Params) -> tuple[T5Config, dict[str, Any]]:
-    """Fold every adapter into its kernel, W + (alpha / rank) · A B, and drop `lora/…`.
-
-    Returns a config without LoRA (a plain `T5Config` unless a prompt remains) and params
-    that every exporter reads unchanged. Computed in float32 on the host.
-    """
-    lora = lora_of(cfg)
-    if lora is None:
-        return cfg, dict(params)
-    flat = model_params.flatten(params)
-    merged: dict[str, Any] = {}
-    for name, value in flat.items():
-        if name.startswith(LORA_KEY + "/"):
-            continue
-        merged[name] = value
-    stems = sorted({n[len(LORA_KEY) + 1:].rsplit("/", 1)[0] for n in flat
-                    if n.startswith(LORA_KEY + "/")})
-    for stem in stems:
-        kernel = f"{stem}/kernel"
-        if kernel not in merged:
-            raise ValueError(f"LoRA adapter {LORA_KEY}/{stem} has no kernel {kernel} to merge into")
-        a = np.asarray(flat[f"{LORA_KEY}/{stem}/lora_a"], np.float32)
-        b = np.asarray(flat[f"{LORA_KEY}/{stem}/lora_b"], np.float32)
-        merged[kernel] = (np.asarray(merged[kernel], np.float32)
-                          + np.float32(lora.scale) * (a @ b)).astype(np.float32)
-    from flanrec.peft.config import with_adapters
-
-    return with_adapters(base_config(cfg), prompt_of(cfg), None), model_params.unflatten(merged)
-
-
+# ------------------------------------------------------------------------- prompt init
 def init_prompt_from_vocab(cfg: T5Config, params: Params, rng: jax.Array) -> dict[str, Any]:
     """Prompt rows copied from the embeddings of random tokens of the first
     `init_vocab_size` ids (Lester et al.: better than random init), one draw per family."""
@@ -169,6 +96,5 @@ def init_prompt_from_vocab(cfg: T5Config, params: Params, rng: jax.Array) -> dic
     return {**params, PROMPT_KEY: out}
 
 
-__all__ = ["ADAPTER_KEYS", "check_params", "combine", "count", "init_prompt_from_vocab",
-           "masked_optimizer", "merge_lora", "params_logical_specs", "split",
-           "state_logical_specs", "trainable_keys", "trainable_mask"]
+__all__ = ["combine", "count", "init_prompt_from_vocab", "masked_optimizer", "split",
+           "trainable_keys", "trainable_mask"]

@@ -1,4 +1,5 @@
-"""What a parameter-efficient run adds to a T5 model: a soft prompt, LoRA adapters, or both.
+"""What a parameter-efficient run adds to a T5 model: a soft prompt, LoRA adapters, or both —
+their config, their parameters (names, shapes, logical axes) and how LoRA folds back in.
 
 The adapters are part of the *model config* (`PeftT5Config`, a `T5Config` subclass), not a
 side argument, because they change the model's parameter tree and its computation (a concat
@@ -6,16 +7,34 @@ prompt lengthens the encoder sequence). Everything that builds `Transformer(conf
 config — `flanrec.model.decoding`, `flanrec.api` — therefore applies a soft prompt without
 knowing about it, and a plain `T5Config` (no adapters) keeps the exact Flan-T5 model.
 
-Pure Python on purpose: `flanrec.model.network` reads these fields by duck typing, and
-checkpoint metadata stores them as JSON.
+Adapters live under their own top-level keys of the parameter tree, so the backbone's names
+(`flanrec.model.params.param_specs`) never change and a checkpoint of only the adapters is one
+subtree:
+
+    prompt/<family>               [P, d_model]   (prompt_length, embed)
+    lora/<kernel path>/lora_a     [d_in, rank]   (<kernel's in axis>, lora_rank)
+    lora/<kernel path>/lora_b     [rank, d_out]  (lora_rank, <kernel's out axis>)
+
+e.g. `lora/encoder/layers_0/attention/query/lora_a` adapts
+`encoder/layers_0/attention/query/kernel`. LoRA factors take the logical axes of the kernel
+they adapt, so under model parallelism A is split like the kernel's rows and B like its
+columns; `lora_rank` and `prompt_length` are small and stay unsharded (no rule names them).
+
+Pure Python and numpy on purpose: `flanrec.model.network` reads the config fields by duck
+typing, checkpoint metadata stores them as JSON, and loaders check and merge adapters on the
+host. Which parameters *train* under TUNING is the trainer's business (`flanrec.peft.params`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from flanrec.model.config import T5Config
+from flanrec.model.params import ParamSpec, flatten, param_specs, unflatten
 
 TUNINGS = ("full", "prompt", "lora")
 FUSIONS = ("concat", "add")
@@ -152,3 +171,96 @@ def adapters_from_dict(base: T5Config, d: dict[str, Any]) -> T5Config:
     p, lo = d.get("prompt"), d.get("lora")
     return with_adapters(base, None if p is None else PromptConfig(**p),
                          None if lo is None else LoraConfig(**lo))
+
+
+# ------------------------------------------------------------- adapter parameters
+PROMPT_KEY, LORA_KEY = "prompt", "lora"
+ADAPTER_KEYS = (PROMPT_KEY, LORA_KEY)
+_ATTENTION_BLOCKS = ("attention", "self_attention", "encoder_decoder_attention")
+
+
+def lora_target_kernels(cfg: T5Config) -> list[str]:
+    """Backbone kernel names (`.../kernel`) that get a LoRA adapter under `cfg`."""
+    lora = lora_of(cfg)
+    if lora is None:
+        return []
+    out = []
+    for name in param_specs(cfg):
+        parts = name.split("/")
+        if len(parts) < 3 or parts[-1] != "kernel" or parts[-2] not in lora.targets:
+            continue
+        if parts[-3] in _ATTENTION_BLOCKS or parts[-3] == "mlp":
+            out.append(name)
+    return out
+
+
+def adapter_specs(cfg: T5Config) -> dict[str, ParamSpec]:
+    """Every adapter parameter of `cfg`: '/'-joined name → (shape, logical axes)."""
+    specs: dict[str, ParamSpec] = {}
+    prompt = prompt_of(cfg)
+    if prompt is not None:
+        for family in prompt.families:
+            specs[f"{PROMPT_KEY}/{family}"] = ((prompt.length, cfg.d_model),
+                                               ("prompt_length", "embed"))
+    lora = lora_of(cfg)
+    if lora is not None:
+        base = param_specs(cfg)
+        for kernel in lora_target_kernels(cfg):
+            (d_in, d_out), (ax_in, ax_out) = base[kernel]
+            stem = f"{LORA_KEY}/{kernel[:-len('/kernel')]}"
+            specs[f"{stem}/lora_a"] = ((d_in, lora.rank), (ax_in, "lora_rank"))
+            specs[f"{stem}/lora_b"] = ((lora.rank, d_out), ("lora_rank", ax_out))
+    return specs
+
+
+def all_param_specs(cfg: T5Config) -> dict[str, ParamSpec]:
+    """Backbone and adapter parameters together: the full tree of `Transformer(cfg)`."""
+    return {**param_specs(cfg), **adapter_specs(cfg)}
+
+
+def check_all_params(flat: Mapping[str, Any], cfg: T5Config, source: str) -> None:
+    """`flanrec.model.params.check_params` over backbone *and* adapters of `cfg` (names and
+    shapes)."""
+    specs = all_param_specs(cfg)
+    missing = sorted(set(specs) - set(flat))
+    unexpected = sorted(set(flat) - set(specs))
+    problems = []
+    if missing:
+        problems.append(f"missing parameters {missing[:5]} ({len(missing)} in all)")
+    if unexpected:
+        problems.append(f"unexpected parameters {unexpected[:5]} ({len(unexpected)} in all)")
+    problems += [f"parameter {n} has shape {tuple(np.shape(flat[n]))}, expected {specs[n][0]}"
+                 for n in sorted(set(specs) & set(flat))
+                 if tuple(np.shape(flat[n])) != specs[n][0]]
+    if problems:
+        raise ValueError(f"{source}: parameters do not fit the model config: "
+                         + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------- LoRA merge
+def merge_lora(cfg: T5Config, params: Mapping[str, Any]) -> tuple[T5Config, dict[str, Any]]:
+    """Fold every adapter into its kernel, W + (alpha / rank) · A B, and drop `lora/…`.
+
+    Returns a config without LoRA (a plain `T5Config` unless a prompt remains) and params
+    that every exporter reads unchanged. Computed in float32 on the host.
+    """
+    lora = lora_of(cfg)
+    if lora is None:
+        return cfg, dict(params)
+    flat = flatten(params)
+    merged: dict[str, Any] = {}
+    for name, value in flat.items():
+        if name.startswith(LORA_KEY + "/"):
+            continue
+        merged[name] = value
+    stems = sorted({n[len(LORA_KEY) + 1:].rsplit("/", 1)[0] for n in flat
+                    if n.startswith(LORA_KEY + "/")})
+    for stem in stems:
+        kernel = f"{stem}/kernel"
+        if kernel not in merged:
+            raise ValueError(f"LoRA adapter {LORA_KEY}/{stem} has no kernel {kernel} to merge into")
+        a = np.asarray(flat[f"{LORA_KEY}/{stem}/lora_a"], np.float32)
+        b = np.asarray(flat[f"{LORA_KEY}/{stem}/lora_b"], np.float32)
+        merged[kernel] = (np.asarray(merged[kernel], np.float32)
+                          + np.float32(lora.scale) * (a @ b)).astype(np.float32)
+    return with_adapters(base_config(cfg), prompt_of(cfg), None), unflatten(merged)
