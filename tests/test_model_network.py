@@ -13,7 +13,7 @@ from hf_fixtures import padded_batch, random_params, shift_right
 
 from flanrec.model import PRESETS, T5Config, Transformer, get_preset
 from flanrec.model.decoding import init_cache
-from flanrec.model.network import relative_position_bucket
+from flanrec.model.layers import relative_position_bucket
 from flanrec.model.params import count_params, flatten, param_specs
 
 TINY = get_preset("tiny", dropout_rate=0.1)

@@ -21,7 +21,7 @@ from flanrec.model.adapters import (
     with_adapters,
 )
 from flanrec.model.decoding import greedy_decode
-from flanrec.model.network import Dense
+from flanrec.model.layers import Dense
 from flanrec.model.params import check_params, flatten, param_specs, unflatten
 
 # One layer per stack: every block kind (encoder self-, decoder self- and cross-attention, MLP)
