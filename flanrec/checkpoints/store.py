@@ -259,13 +259,6 @@ class TrainCheckpointer:
         self._recorders.clear()
         self._stop_recorders.clear()
 
-    def should_save(self, step: int) -> bool:
-        return bool(self._manager.should_save(int(step)))
-
-    def reached_preemption(self, step: int) -> bool:
-        """True when the job was told to stop (e.g. TPU maintenance): save now, then exit."""
-        return bool(self._manager.reached_preemption(int(step)))
-
     def all_steps(self) -> list[int]:
         """Complete steps on disk (a save still in flight is not one)."""
         return complete_steps(self.model_dir)
