@@ -71,7 +71,7 @@ from flanrec.gin_cli import (
     split_search_paths,
 )
 from flanrec.inference.rank_eval import RankEvalConfig
-from flanrec.model import adapters as peft_config
+from flanrec.model import adapters
 from flanrec.model.config import T5Config
 from flanrec.model.params import check_finite, check_params, count_params, flatten
 from flanrec.peft import params as peft_params
@@ -82,8 +82,8 @@ log = logging.getLogger("flanrec.train")
 # T5Config is a plain frozen dataclass; registering (not decorating) it keeps instances of the
 # real class while gin checks every field name (`T5Config.d_modle = …` fails at parse time).
 gin.register(T5Config, module="flanrec.model.config")
-gin.register(peft_config.PromptConfig, module="flanrec.peft")
-gin.register(peft_config.LoraConfig, module="flanrec.peft")
+gin.register(adapters.PromptConfig, module="flanrec.peft")
+gin.register(adapters.LoraConfig, module="flanrec.peft")
 gin.register(RankEvalConfig, module="flanrec.inference")
 
 
@@ -404,8 +404,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
           rules: partitioning.Rules | None = None, remat_policy: str = "none",
           async_checkpointing: bool = True, tuning: str = "full",
           train_steps_relative: int | None = None,
-          prompt: peft_config.PromptConfig | None = None,
-          lora: peft_config.LoraConfig | None = None,
+          prompt: adapters.PromptConfig | None = None,
+          lora: adapters.LoraConfig | None = None,
           rank_eval: RankEvalConfig | None = None, early_stopping_patience: int = 0,
           devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
     """Run (or resume) one training job; returns the last logged train/validation metrics.
@@ -582,7 +582,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                                        peft_params.combine(frozen_sh, shardings.params),
                                        bsh, mesh, rules)
     lengths = train_dataset.task_feature_lengths
-    prompt_cfg = peft_config.prompt_of(model_config)
+    prompt_cfg = adapters.prompt_of(model_config)
     extra_inputs = prompt_cfg.length if prompt_cfg and prompt_cfg.fusion == "concat" else 0
     step_flops = flops.train_flops_per_step(base_config, batch,
                                             lengths["inputs"] + extra_inputs,
@@ -605,7 +605,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                                   "per_host_batch": per_host,
                                   "process_count": jax.process_count()}}
         if efficient:  # adapters only: the backbone is named, not copied
-            meta.update(tuning=tuning, peft=peft_config.adapters_to_dict(model_config),
+            meta.update(tuning=tuning, peft=adapters.adapters_to_dict(model_config),
                         backbone=_abs_path(initial_checkpoint_path))
         ckpt.save(step, state.params, state.opt_state, meta=meta, force=True,
                   metrics={BEST_METRIC: metrics[BEST_METRIC]} if metrics else None)
@@ -820,24 +820,24 @@ def _abs_path(path: str | None) -> str | None:
     return None if path is None else storage.normalize(path)
 
 
-def _with_tuning(cfg: T5Config, tuning: str, prompt: peft_config.PromptConfig | None,
-                 lora: peft_config.LoraConfig | None, train_dataset: DatasetConfig,
+def _with_tuning(cfg: T5Config, tuning: str, prompt: adapters.PromptConfig | None,
+                 lora: adapters.LoraConfig | None, train_dataset: DatasetConfig,
                  initial_checkpoint_path: str | None) -> T5Config:
     """The model config of this TUNING, refusing settings that cannot work, by name."""
-    if tuning not in peft_config.TUNINGS:
-        raise ConfigError(f"TUNING must be one of {peft_config.TUNINGS}, got {tuning!r}")
+    if tuning not in adapters.TUNINGS:
+        raise ConfigError(f"TUNING must be one of {adapters.TUNINGS}, got {tuning!r}")
     if tuning == "full":
         return cfg
     if not initial_checkpoint_path:
         raise ConfigError(f"TUNING={tuning!r} freezes the backbone: set INITIAL_CHECKPOINT_PATH "
                           "to the pretrained model (a frozen random backbone learns nothing)")
     if tuning == "prompt":
-        prompt = prompt or peft_config.PromptConfig()
+        prompt = prompt or adapters.PromptConfig()
         if prompt.fusion == "concat" and train_dataset.pack:
             raise ConfigError("PROMPT_FUSION='concat' needs unpacked inputs (PACK = False): "
                               "one prompt per row cannot serve several packed examples")
-        return peft_config.with_adapters(cfg, prompt=prompt)
-    return peft_config.with_adapters(cfg, lora=lora or peft_config.LoraConfig())
+        return adapters.with_adapters(cfg, prompt=prompt)
+    return adapters.with_adapters(cfg, lora=lora or adapters.LoraConfig())
 
 
 def _load_backbone(path: str, base: T5Config) -> dict[str, Any]:
@@ -853,7 +853,7 @@ def _load_backbone(path: str, base: T5Config) -> dict[str, Any]:
 def _check_resumed_adapters(meta: Mapping[str, Any], cfg: T5Config, tuning: str,
                             initial_checkpoint_path: str, where: Any) -> None:
     """A resumed adapter run must continue on the same backbone with the same adapters."""
-    want = {"tuning": tuning, "peft": peft_config.adapters_to_dict(cfg),
+    want = {"tuning": tuning, "peft": adapters.adapters_to_dict(cfg),
             "backbone": _abs_path(initial_checkpoint_path)}
     got = {k: meta.get(k) for k in want}
     norm = json.loads(json.dumps(want))  # tuples → lists, as stored
