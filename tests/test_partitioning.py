@@ -83,6 +83,31 @@ def test_state_specs_follow_params_into_the_optimizer_state():
     assert specs["opt"][0].count == P()
 
 
+def test_state_specs_of_an_adapter_run_come_from_the_same_table():
+    """One `state_logical_specs` for full fine-tuning and adapters: a LoRA run's state holds
+    only `lora/…` (and the frozen backbone its own tree); both take the table's axes."""
+    import optax
+
+    from flanrec.model.adapters import LoraConfig, all_param_specs, with_adapters
+
+    cfg = with_adapters(get_preset("tiny"), lora=LoraConfig(rank=2, targets=("query", "wo")))
+    shapes = {n: jax.ShapeDtypeStruct(shape, np.float32)
+              for n, (shape, _) in all_param_specs(cfg).items()}
+    lora = unflatten({n: v for n, v in shapes.items() if n.startswith("lora/")})["lora"]
+    backbone = unflatten({n: v for n, v in shapes.items() if not n.startswith("lora/")})
+    trainable = {"lora": lora}  # what peft.params.split keeps: the top-level key included
+    state = {"params": trainable, "opt": jax.eval_shape(optax.adam(1e-3).init, trainable)}
+    specs = partitioning.state_logical_specs(state, cfg)
+    q = specs["params"]["lora"]["encoder"]["layers_0"]["attention"]["query"]
+    assert q["lora_a"] == P("embed", "lora_rank") and q["lora_b"] == P("lora_rank", "joined_kv")
+    wo = specs["opt"][0].nu["lora"]["decoder"]["layers_1"]["mlp"]["wo"]
+    assert wo["lora_a"] == P("mlp", "lora_rank") and wo["lora_b"] == P("lora_rank", "embed")
+    frozen = partitioning.state_logical_specs(backbone, cfg)
+    assert frozen["token_embedder"]["embedding"] == P("vocab", "embed")
+    assert partitioning.params_logical_specs(cfg)["lora"]["encoder"]["layers_0"]["attention"][
+        "query"]["lora_a"] == P("embed", "lora_rank")
+
+
 _EQUIVALENCE = r"""
 import json, sys
 import jax, numpy as np
