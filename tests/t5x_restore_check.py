@@ -121,7 +121,8 @@ def main() -> int:
                                      learning_rate=args.lr)
     tx = optimizers.adafactor(optimizers.constant_schedule(args.lr),
                               min_dim_size_to_factor=args.min_dim)
-    from flanrec.checkpoints.store import _restore_items, resolve_checkpoint
+    from flanrec.checkpoints import resolve_checkpoint
+    from flanrec.checkpoints.store import _restore_items
 
     abstract = jax.eval_shape(tx.init, jax.tree.map(jnp.asarray, fr_params))
     _, opt_state, _ = _restore_items(resolve_checkpoint(args.flanrec_ckpt), None, abstract,
