@@ -57,7 +57,7 @@ import gin
 from flanrec import eval_truth, jobs, paired, report, storage
 from flanrec import metrics as M
 from flanrec.errors import ConfigError, UserError
-from flanrec.gin_cli import add_gin_flags, bindings_from_flags
+from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
 from flanrec.report import write_atomic
 
 FILE_RE = re.compile(
@@ -586,10 +586,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--allow_partial", action="store_true",
                         help="score a predictions file that covers only part of the split's "
                              "users (an error otherwise); the table says how many were scored")
-    add_gin_flags(parser, job="evaluate")
-    jobs.add_verbose_flag(parser)
-    args, rest = parser.parse_known_args(argv)
-    bindings = bindings_from_flags(parser, rest, args.gin_bindings)
+    add_gin_job_flags(parser, job="evaluate")
+    args, bindings = parse_gin_job_args(parser, argv)
     if not args.gin_file and not bindings and (args.predictions is None or args.out is None):
         parser.error("--predictions and --out are required (or --gin_file=gin/runs/eval.gin)")
     return args, bindings
@@ -615,17 +613,21 @@ def _macro(name: str, default: Any = None) -> Any:
 
 def evaluate_from_gin(files: Sequence[str], bindings: Sequence[str],
                       search_paths: Sequence[str] = (), verbose: bool = False,
-                      allow_partial: bool = False) -> dict[str, float]:
+                      allow_partial: bool = False,
+                      distributed: argparse.Namespace | None = None) -> dict[str, float]:
     """The gin form of the job, with T5X's eval role: CHECKPOINT_PATH set → infer, then score.
 
-    Configured exactly as `flanrec.train` / `flanrec.infer` are (same search paths, task
-    module import, misspelled-macro check), so one set of gin files serves all three.
+    Configured exactly as `flanrec.train` / `flanrec.infer` are (`gin_cli.configure_gin`:
+    same search paths, task module import, misspelled-macro check), so one set of gin files
+    serves all three. `distributed`: the parsed multi-process flags, for the inference.
     """
     jobs.load_tensorflow(verbose)  # the task module and inference read data through TF
     from flanrec import infer as infer_job  # registers `infer`, whose bindings eval.gin holds
-    from flanrec.train import configure_gin
+    from flanrec import train  # noqa: F401 - the model configurables, as for infer
 
     configure_gin(files, bindings, search_paths)
+    if distributed is not None:
+        jobs.init_distributed(distributed)
     partial = {"allow_partial": True} if allow_partial else {}  # else gin's binding holds
     checkpoint = _macro("CHECKPOINT_PATH")
     if not checkpoint:
@@ -653,7 +655,7 @@ def cli(argv: Sequence[str]) -> int:
     if args.gin_file or bindings:
         try:
             evaluate_from_gin(args.gin_file, bindings, args.gin_search_paths, args.verbose,
-                              allow_partial=args.allow_partial)
+                              allow_partial=args.allow_partial, distributed=args)
         except ValueError as e:
             if "gin.REQUIRED" in str(e):  # a macro left unset
                 raise ConfigError(str(e)) from e

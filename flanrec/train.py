@@ -49,7 +49,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -66,9 +65,9 @@ from flanrec.convert import common
 from flanrec.data import length_check
 from flanrec.errors import ConfigError, UserError
 from flanrec.gin_cli import (
-    add_search_paths,
-    bindings_from_flags,
-    resolve_gin_files,
+    add_gin_job_flags,
+    configure_gin,
+    parse_gin_job_args,
     split_search_paths,
 )
 from flanrec.inference.rank_eval import RankEvalConfig
@@ -870,86 +869,12 @@ def _check_resumed_adapters(meta: Mapping[str, Any], cfg: T5Config, tuning: str,
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = jobs.JobArgumentParser(prog="python -m flanrec.train", description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="gin file (repeatable; later files override earlier ones)")
-    parser.add_argument("--gin_bindings", action="append", default=[],
-                        help="raw gin binding, e.g. 'train.log_period = 10' (repeatable)")
-    parser.add_argument("--gin_search_paths", action="append", default=[],
-                        help="directories searched for gin files and includes "
-                             "(comma-separated or repeated; the cwd and flanrec's own gin "
-                             "configs are added, so runs/finetune.gin works from anywhere)")
-    parser.add_argument("--coordinator_address", default=None,
-                        help="host:port of process 0, for multi-process runs outside TPU pods")
-    parser.add_argument("--num_processes", type=int, default=None)
-    parser.add_argument("--process_id", type=int, default=None)
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() with auto-detection "
-                             "(TPU pod slices: run the same command on every worker)")
+    add_gin_job_flags(parser, job="train")
     parser.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
                         help="directories holding seqio caches (seqio.scripts.cache_tasks_main "
                              "output), searched when USE_CACHED_TASKS = True (comma-separated "
                              "or repeated; T5X's flag)")
-    jobs.add_verbose_flag(parser)
-    args, rest = parser.parse_known_args(argv)
-    bindings = bindings_from_flags(parser, rest, args.gin_bindings)
-    return args, bindings
-
-
-def configure_gin(files: Sequence[str], bindings: Sequence[str],
-                  search_paths: Sequence[str] = ()) -> None:
-    """Parse gin files and bindings, import MIXTURE_OR_TASK_MODULE, then lock the config.
-
-    Every configurable is registered by the imports at the top of this module, so a
-    misspelled name fails here with gin's own message, before anything is compiled.
-    """
-    gin.clear_config()
-    files = resolve_gin_files(files, add_search_paths(search_paths))
-    try:
-        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
-    except (ValueError, OSError) as e:  # a misspelled name, a missing file: gin's own message
-        raise ConfigError(str(e)) from e
-    _check_macros_used(bindings)
-    try:
-        module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
-    except ValueError:
-        module = None
-    if module:
-        import importlib
-
-        importlib.import_module(module)
-    from flanrec.data import vocab  # noqa: F401 - its configurables must exist before the lock
-
-    gin.finalize()
-
-
-# Read by `configure_gin` itself, or by the task modules it imports (vocab.gin_macro).
-_DRIVER_MACROS = {"MIXTURE_OR_TASK_MODULE", "FLANREC_DATA_DIR", "FLANREC_AMAZON_DATA_DIR",
-                  "FLANREC_VOCAB", "FLANREC_FLAN_DATA"}
-
-
-def _check_macros_used(bindings: Sequence[str]) -> None:
-    """gin accepts any new macro silently, so `--gin.TRAIN_STEP=5` would be ignored; refuse
-    a command-line macro that no gin binding references."""
-    config = gin.config_str()
-    for binding in bindings:
-        name = binding.split("=", 1)[0].strip()
-        used = re.search(rf"%{re.escape(name)}\b", config)
-        if name.isupper() and name not in _DRIVER_MACROS and not used:
-            raise ConfigError(f"gin macro {name} is set on the command line but no gin file "
-                              f"uses it (misspelled? known macros are in the --gin_file "
-                              "files, e.g. gin/runs/finetune.gin)")
-
-
-def _init_distributed(args: argparse.Namespace) -> None:
-    if args.coordinator_address:
-        # CPU collectives across processes (no effect on TPU/GPU backends); must be set
-        # before the backend starts, so no device query may precede it.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                                   num_processes=args.num_processes,
-                                   process_id=args.process_id)
-    elif args.distributed:
-        jax.distributed.initialize()
+    return parse_gin_job_args(parser, argv)
 
 
 def cli(argv: Sequence[str]) -> int:
@@ -961,7 +886,7 @@ def cli(argv: Sequence[str]) -> int:
     from flanrec.data import seqio_cache
 
     seqio_cache.add_cache_dirs(split_search_paths(args.seqio_additional_cache_dirs))
-    _init_distributed(args)
+    jobs.init_distributed(args)
     if jax.process_count() > 1:
         log.info("process %d of %d", jax.process_index(), jax.process_count())
     try:
