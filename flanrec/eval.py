@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -59,7 +58,6 @@ from flanrec import metrics as M
 from flanrec.errors import ConfigError
 from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
 from flanrec.predictions import PredictionsError, Record, find_prediction_files, read_records
-from flanrec.report import write_atomic
 
 EvalInputError = PredictionsError
 """A predictions file is missing, incomplete or malformed (the message names file:line).
@@ -363,14 +361,14 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
         flat.update({f"{key}_diff": row["diff"], f"{key}_lo": row["lo"],
                      f"{key}_hi": row["hi"], f"{key}_p": row["p_value"]})
     out_dir = storage.claim_dir(out_dir, "eval", what="--out")
-    write_atomic(storage.join(out_dir, METRICS_FILE),
-                 json.dumps(_json_safe(flat), indent=1, sort_keys=True) + "\n")
+    storage.write_json_atomic(storage.join(out_dir, METRICS_FILE), _json_safe(flat),
+                              sort_keys=True, ensure_ascii=True)
     names = section_names(model) + section_names(base)
     systems = list(zip(names, [*model, *base], strict=True))
     table = report.markdown(systems, ks)
     if comparisons:
         table += "\n" + report.paired_markdown(comparisons)
-    write_atomic(storage.join(out_dir, TABLE_FILE), table)
+    storage.write_atomic(storage.join(out_dir, TABLE_FILE), table)
     if plot:
         report.plot_at_k(systems, ks, storage.join(out_dir, PLOT_FILE))
     if echo:

@@ -313,10 +313,6 @@ def _prepare_model_dir(model_dir: str) -> epath.Path:
     return path
 
 
-def _write_atomic(path: epath.Path, text: str) -> None:
-    storage.write_atomic(os.fspath(path), text)
-
-
 def _format_eta(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -448,7 +444,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     # 1. Output directory and effective config, before any compilation.
     out = _prepare_model_dir(model_dir)
     if jax.process_index() == 0:
-        _write_atomic(out / "config.gin", gin.config_str())
+        storage.write_atomic(os.fspath(out / "config.gin"), gin.config_str())
 
     # 2. Mesh, model, sizes.
     mesh = partitioning.make_mesh(mesh_shape, mesh_axes, devices)
@@ -622,7 +618,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             best.update(step=step, value=m[BEST_METRIC], metric=f"validation/{BEST_METRIC}",
                         task=ranker.info.name, split=ranker.cfg.split)
         if jax.process_index() == 0:
-            _write_atomic(out / BEST_FILE, json.dumps(best, indent=1) + "\n")
+            storage.write_json_atomic(os.fspath(out / BEST_FILE), best, ensure_ascii=True)
         log.info("rank validation @ step %d | %s | %d users, %.1fs%s", step,
                  format_metrics(m, [f"{k}@{n}" for n in ranker.cfg.ks for k in
                                     ("hr", "ndcg")]), m["num_users"], m["seconds"],

@@ -98,12 +98,6 @@ def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
     return fused
 
 
-def write_jsonl_atomic(records: Sequence[dict[str, Any]], path: str) -> None:
-    """Write all records, then rename (`flanrec.storage.write_atomic`): a reader never sees
-    half a file."""
-    storage.write_atomic(path, record_lines(records))
-
-
 def fuse_prediction_dirs(specs: Sequence[str], out_dir: str, method: str = "rrf",
                          weights: Sequence[float] | None = None, top_k: int | None = None
                          ) -> list[str]:
@@ -125,6 +119,6 @@ def fuse_prediction_dirs(specs: Sequence[str], out_dir: str, method: str = "rrf"
     out_dir = claim_output(out_dir)
     for task, recs in sorted(by_task.items()):
         path = storage.join(out_dir, shard_name(task, "predict"))
-        write_jsonl_atomic(recs, path)
+        storage.write_atomic(path, record_lines(recs))
         paths.append(path)
     return paths

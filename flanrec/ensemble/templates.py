@@ -24,8 +24,8 @@ import numpy as np
 from flanrec import metrics as metrics_lib
 from flanrec import storage
 from flanrec.ensemble import fusion
-from flanrec.ensemble.files import check_output, claim_output, write_jsonl_atomic
-from flanrec.predictions import shard_name
+from flanrec.ensemble.files import check_output, claim_output
+from flanrec.predictions import record_lines, shard_name
 from flanrec.progress import Progress
 
 
@@ -216,7 +216,8 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
     for t, member in zip(opts.templates, members, strict=True):
         for r in member:
             r["task"] = f"{task}-t{t}"
-        write_jsonl_atomic(member, storage.join(out_dir, shard_name(f"{task}-t{t}", "predict")))
+        storage.write_atomic(storage.join(out_dir, shard_name(f"{task}-t{t}", "predict")),
+                             record_lines(member))
     if opts.method in ("mean", "weighted"):
         tables = rescore_union(res, opts, opts.split, opts.templates, members)
     fused = []
@@ -235,6 +236,6 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
                    duplicates=sum(m[u]["duplicates"] for m in members))
         fused.append(rec)
     path = storage.join(out_dir, shard_name(f"{task}-{opts.method}", "predict"))
-    write_jsonl_atomic(fused, path)
+    storage.write_atomic(path, record_lines(fused))
     summary["path"] = path
     return summary
