@@ -15,7 +15,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -148,7 +147,7 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
 
 
 def append_result(record: dict[str, Any], path: Path | None = None) -> Path:
-    """Append one JSON line to the results file, atomically (temp file + os.replace), so an
+    """Append one JSON line to the results file, atomically (`flanrec.storage.write_atomic`), so an
     interrupted run never leaves a half-written line behind."""
     path = Path(path or os.environ.get("FLANREC_BENCH_RESULTS") or RESULTS)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,14 +156,9 @@ def append_result(record: dict[str, Any], path: Path | None = None) -> Path:
     old = path.read_text() if path.exists() else ""
     if old and not old.endswith("\n"):
         old += "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(old + json.dumps(record, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from flanrec import storage
+
+    storage.write_atomic(path, old + json.dumps(record, sort_keys=True) + "\n")
     return path
 
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -81,9 +80,9 @@ def record(ckpt_dir: PathLike) -> epath.Path:
     root = _path(ckpt_dir)
     doc = {"format": FORMAT, "version": 1, "algorithm": "sha256", "files": compute(root)}
     target = root / CHECKSUMS_FILE
-    tmp = root / f".{CHECKSUMS_FILE}.tmp-{os.getpid()}-{threading.get_ident()}"
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    tmp.replace(target)
+    from flanrec import storage
+
+    storage.write_json_atomic(os.fspath(target), doc, sort_keys=True, ensure_ascii=True)
     return target
 
 

@@ -13,10 +13,11 @@ into INFER_OUTPUT_DIR (default EVAL_OUTPUT_DIR/infer; a rerun resumes it), then 
 The gin flags are train's and infer's: `--gin_file`, `--gin.NAME=VALUE`, `--gin_bindings`,
 `--gin_search_paths` (comma-separated).
 
-Reads the JSONL shards `flanrec.infer` writes (`{task}-{mode}.jsonl-{i:05d}-of-{n:05d}`; the
-baselines write the same format under task names `popularity` / `sasrec`), computes per
-task and mode the metrics that fit it, and writes into the output dir (each file to a temp
-name, then renamed, so a reader never sees half a file):
+Reads the JSONL shards `flanrec.infer` writes (`{task}-{mode}.jsonl-{i:05d}-of-{n:05d}`, the
+contract of `flanrec.predictions`; the baselines write the same format under task names
+`popularity` / `sasrec`), computes per task and mode the metrics that fit it, and writes
+into the output dir (each file to a temp name, then renamed, so a reader never sees half a
+file):
 
 * `metrics.json` — one flat object of floats: `hr@10`, `ndcg@10`, ... for the model when it
   has one task, else `{task}/hr@10` per task (plus flat keys for `--primary_task`);
@@ -44,10 +45,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -56,198 +55,17 @@ import gin
 
 from flanrec import eval_truth, jobs, paired, report, storage
 from flanrec import metrics as M
-from flanrec.errors import ConfigError, UserError
-from flanrec.gin_cli import add_gin_flags, bindings_from_flags
-from flanrec.report import write_atomic
+from flanrec.errors import ConfigError
+from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
+from flanrec.predictions import PredictionsError, Record, find_prediction_files, read_records
 
-FILE_RE = re.compile(
-    r"^(?P<task>.+)-(?P<mode>predict|score|rating)\.jsonl-(?P<shard>\d{5})-of-(?P<num>\d{5})$")
-MODES = ("predict", "score", "rating")
-COMMON_FIELDS = ("task", "split", "mode", "index", "user")
-MODE_FIELDS = {
-    "predict": ("items",),
-    "score": ("candidates", "scores"),
-    "rating": ("expected_rating",),  # target_rating: from the split (or the record)
-}
+EvalInputError = PredictionsError
+"""A predictions file is missing, incomplete or malformed (the message names file:line).
+The contract's own error (`flanrec.predictions`), under the name eval has always raised."""
+
 METRICS_FILE = "metrics.json"
 TABLE_FILE = "metrics.md"
 PLOT_FILE = "hr_ndcg_at_k.png"
-
-
-class EvalInputError(UserError, ValueError):
-    """A predictions file is missing, incomplete or malformed (the message names file:line)."""
-
-
-# ------------------------------------------------------------------------------ reading
-
-
-@dataclasses.dataclass
-class Record:
-    """One parsed JSONL line and where it came from (for error messages)."""
-
-    data: dict[str, Any]
-    where: str
-
-
-def find_prediction_files(spec: str) -> dict[tuple[str, str], list[str]]:
-    """(task, mode) -> its shard files, in shard order, from a directory or a glob.
-
-    Temp files and anything not named like a shard are ignored; a (task, mode) whose shards
-    are not all present (an unfinished inference run) is an error, since scoring a part of
-    the users would give numbers that look complete but are not.
-    """
-    if storage.isdir(spec):
-        paths = storage.glob(storage.join(spec, "*.jsonl-*"))
-    else:
-        paths = storage.glob(spec)
-    groups: dict[tuple[str, str], dict[int, str]] = {}
-    totals: dict[tuple[str, str], set[int]] = {}
-    for path in sorted(paths):
-        m = FILE_RE.match(storage.basename(path))
-        if not m or not storage.isfile(path):
-            continue
-        key = (m["task"], m["mode"])
-        groups.setdefault(key, {})[int(m["shard"])] = path
-        totals.setdefault(key, set()).add(int(m["num"]))
-    if not groups:
-        raise EvalInputError(f"{spec}: no prediction files named "
-                             "'{task}-{predict|score|rating}.jsonl-NNNNN-of-NNNNN'")
-    out = {}
-    for key, shards in sorted(groups.items()):
-        nums = totals[key]
-        if len(nums) != 1:
-            raise EvalInputError(f"{spec}: {key[0]}-{key[1]} shards disagree on the shard "
-                                 f"count ({sorted(nums)})")
-        (num,) = nums
-        missing = sorted(set(range(num)) - set(shards))
-        if missing or max(shards) >= num:
-            raise EvalInputError(
-                f"{spec}: {key[0]}-{key[1]} has shards {sorted(shards)} of {num}; missing "
-                f"{missing} (is inference still running or was it interrupted?)")
-        out[key] = [shards[i] for i in range(num)]
-    return out
-
-
-def _check_type(obj: Mapping[str, Any], field: str, kinds: tuple[type, ...], what: str,
-                where: str) -> Any:
-    if field not in obj:
-        raise EvalInputError(f"{where}: field {field!r} missing (expected {what})")
-    value = obj[field]
-    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
-        raise EvalInputError(f"{where}: field {field!r} should be {what}, "
-                             f"got {type(value).__name__}: {str(value)[:60]!r}")
-    return value
-
-
-def _check_str_list(obj: Mapping[str, Any], field: str, where: str) -> list[str]:
-    value = _check_type(obj, field, (list,), "a list of strings", where)
-    if not all(isinstance(v, str) for v in value):
-        raise EvalInputError(f"{where}: field {field!r} should hold only strings")
-    return value
-
-
-def _check_num_list(obj: Mapping[str, Any], field: str, where: str) -> list[float]:
-    value = _check_type(obj, field, (list,), "a list of numbers", where)
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-        raise EvalInputError(f"{where}: field {field!r} should hold only numbers")
-    return value
-
-
-def validate_record(obj: Any, mode: str, task: str, where: str,
-                    targets_required: bool = True) -> None:
-    """Raise EvalInputError naming ``where`` (file:line) if ``obj`` breaks the contract.
-
-    ``targets_required=False`` (the targets come from the split) accepts records without
-    ``target_item`` / ``target_rating`` / ``label``; present ones are still type-checked."""
-    if not isinstance(obj, dict):
-        raise EvalInputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    for field in COMMON_FIELDS + MODE_FIELDS[mode]:
-        if field not in obj:
-            raise EvalInputError(f"{where}: field {field!r} missing (mode {mode!r} needs "
-                                 f"{', '.join(COMMON_FIELDS + MODE_FIELDS[mode])})")
-    if obj["task"] != task or obj["mode"] != mode:
-        raise EvalInputError(f"{where}: task/mode {obj['task']!r}/{obj['mode']!r} do not "
-                             f"match the file name ({task!r}/{mode!r})")
-    _check_type(obj, "index", (int,), "an integer", where)
-    _check_type(obj, "split", (str,), "a string", where)
-    _check_type(obj, "user", (str,), "a string", where)
-    if mode == "predict":
-        _check_str_list(obj, "items", where)
-        for field in ("invalid", "duplicates"):
-            if field in obj:
-                _check_type(obj, field, (int,), "an integer", where)
-        if targets_required or obj.get("target_item") not in (None, ""):
-            _check_target(obj, where)
-    elif mode == "score":
-        cands = _check_str_list(obj, "candidates", where)
-        scores = _check_num_list(obj, "scores", where)
-        if len(cands) != len(scores):
-            raise EvalInputError(f"{where}: {len(cands)} candidates but {len(scores)} scores")
-        if "label" in obj or "p_yes" in obj:
-            if targets_required or "label" in obj:
-                label = _check_type(obj, "label", (int,), "0 or 1", where)
-                if label not in (0, 1):
-                    raise EvalInputError(f"{where}: field 'label' should be 0 or 1, got "
-                                         f"{label}")
-            p = _check_type(obj, "p_yes", (int, float), "a probability", where)
-            if not 0.0 <= p <= 1.0:
-                raise EvalInputError(f"{where}: field 'p_yes' should be in [0, 1], got {p}")
-        elif targets_required or obj.get("target_item") not in (None, ""):
-            _check_target(obj, where)
-    else:
-        _check_type(obj, "expected_rating", (int, float), "a number", where)
-        if targets_required or obj.get("target_rating") is not None:
-            _check_type(obj, "target_rating", (int, float, str), "a number", where)
-            try:
-                float(obj["target_rating"])
-            except ValueError:
-                raise EvalInputError(f"{where}: field 'target_rating' is not a number: "
-                                     f"{obj['target_rating']!r}") from None
-
-
-def _check_target(obj: Mapping[str, Any], where: str) -> None:
-    target = obj.get("target_item")
-    ok = (isinstance(target, str) and target != "") or (
-        isinstance(target, list) and target and all(isinstance(t, str) and t for t in target))
-    if not ok:
-        raise EvalInputError(f"{where}: field 'target_item' should be a non-empty item id "
-                             f"(or list of ids) to rank, got {target!r}")
-
-
-def read_records(paths: Sequence[str], task: str, mode: str,
-                 targets_required: bool = True) -> list[Record]:
-    """Every line of a (task, mode)'s shards, validated; blank lines are skipped.
-
-    The same example index twice (e.g. a chunk written twice by a resumed run) is an error
-    naming both places.
-    """
-    records: list[Record] = []
-    seen: dict[tuple[str, int], str] = {}
-    for path in paths:
-        with storage.open(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EvalInputError(f"{where}: not valid JSON ({e.msg} at column "
-                                         f"{e.colno})") from None
-                validate_record(obj, mode, task, where, targets_required)
-                key = (obj["split"], obj["index"])
-                if key in seen:
-                    raise EvalInputError(f"{where}: example {key[1]} of split {key[0]!r} "
-                                         f"already appeared at {seen[key]}")
-                seen[key] = where
-                records.append(Record(obj, where))
-    if not records:
-        raise EvalInputError(f"{task}-{mode}: the files {list(paths)} hold no records")
-    splits = sorted({r.data["split"] for r in records})
-    if len(splits) != 1:
-        raise EvalInputError(f"{task}-{mode}: records from several splits {splits}; "
-                             "evaluate one split at a time")
-    return records
 
 
 # ------------------------------------------------------------------------------ context
@@ -543,14 +361,14 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
         flat.update({f"{key}_diff": row["diff"], f"{key}_lo": row["lo"],
                      f"{key}_hi": row["hi"], f"{key}_p": row["p_value"]})
     out_dir = storage.claim_dir(out_dir, "eval", what="--out")
-    write_atomic(storage.join(out_dir, METRICS_FILE),
-                 json.dumps(_json_safe(flat), indent=1, sort_keys=True) + "\n")
+    storage.write_json_atomic(storage.join(out_dir, METRICS_FILE), _json_safe(flat),
+                              sort_keys=True, ensure_ascii=True)
     names = section_names(model) + section_names(base)
     systems = list(zip(names, [*model, *base], strict=True))
     table = report.markdown(systems, ks)
     if comparisons:
         table += "\n" + report.paired_markdown(comparisons)
-    write_atomic(storage.join(out_dir, TABLE_FILE), table)
+    storage.write_atomic(storage.join(out_dir, TABLE_FILE), table)
     if plot:
         report.plot_at_k(systems, ks, storage.join(out_dir, PLOT_FILE))
     if echo:
@@ -586,10 +404,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--allow_partial", action="store_true",
                         help="score a predictions file that covers only part of the split's "
                              "users (an error otherwise); the table says how many were scored")
-    add_gin_flags(parser, job="evaluate")
-    jobs.add_verbose_flag(parser)
-    args, rest = parser.parse_known_args(argv)
-    bindings = bindings_from_flags(parser, rest, args.gin_bindings)
+    add_gin_job_flags(parser, job="evaluate")
+    args, bindings = parse_gin_job_args(parser, argv)
     if not args.gin_file and not bindings and (args.predictions is None or args.out is None):
         parser.error("--predictions and --out are required (or --gin_file=gin/runs/eval.gin)")
     return args, bindings
@@ -615,17 +431,21 @@ def _macro(name: str, default: Any = None) -> Any:
 
 def evaluate_from_gin(files: Sequence[str], bindings: Sequence[str],
                       search_paths: Sequence[str] = (), verbose: bool = False,
-                      allow_partial: bool = False) -> dict[str, float]:
+                      allow_partial: bool = False,
+                      distributed: argparse.Namespace | None = None) -> dict[str, float]:
     """The gin form of the job, with T5X's eval role: CHECKPOINT_PATH set → infer, then score.
 
-    Configured exactly as `flanrec.train` / `flanrec.infer` are (same search paths, task
-    module import, misspelled-macro check), so one set of gin files serves all three.
+    Configured exactly as `flanrec.train` / `flanrec.infer` are (`gin_cli.configure_gin`:
+    same search paths, task module import, misspelled-macro check), so one set of gin files
+    serves all three. `distributed`: the parsed multi-process flags, for the inference.
     """
     jobs.load_tensorflow(verbose)  # the task module and inference read data through TF
     from flanrec import infer as infer_job  # registers `infer`, whose bindings eval.gin holds
-    from flanrec.train import configure_gin
+    from flanrec import train  # noqa: F401 - the model configurables, as for infer
 
     configure_gin(files, bindings, search_paths)
+    if distributed is not None:
+        jobs.init_distributed(distributed)
     partial = {"allow_partial": True} if allow_partial else {}  # else gin's binding holds
     checkpoint = _macro("CHECKPOINT_PATH")
     if not checkpoint:
@@ -653,7 +473,7 @@ def cli(argv: Sequence[str]) -> int:
     if args.gin_file or bindings:
         try:
             evaluate_from_gin(args.gin_file, bindings, args.gin_search_paths, args.verbose,
-                              allow_partial=args.allow_partial)
+                              allow_partial=args.allow_partial, distributed=args)
         except ValueError as e:
             if "gin.REQUIRED" in str(e):  # a macro left unset
                 raise ConfigError(str(e)) from e

@@ -1,5 +1,6 @@
-"""T5X-style gin flags, shared by the train, infer and eval jobs: `--gin.NAME=VALUE` bindings
-and the search path behind `--gin_file` / `include`.
+"""T5X-style gin flags, shared by the train, infer and eval jobs: `--gin.NAME=VALUE` bindings,
+the search path behind `--gin_file` / `include`, and `configure_gin`, the one gin set-up
+those three jobs run (so a misspelled macro is refused the same way by each of them).
 
 Search path, as in T5X: the user's `--gin_search_paths` (comma-separated and/or repeated),
 then the working directory, then flanrec's own gin configs twice: as the directory that holds
@@ -15,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import gin
+
+from flanrec.errors import ConfigError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -118,3 +123,66 @@ def add_gin_flags(parser: argparse.ArgumentParser, job: str = "train") -> None:
                         help="directories searched for gin files and includes "
                              "(comma-separated or repeated; the cwd and flanrec's own gin "
                              "configs are added)")
+
+
+def add_gin_job_flags(parser: argparse.ArgumentParser, job: str) -> None:
+    """Every flag a gin job (train, infer, eval) shares: the gin flags, the multi-process
+    flags and --verbose. One place, so the three jobs cannot drift apart."""
+    from flanrec import jobs
+
+    add_gin_flags(parser, job=job)
+    jobs.add_distributed_flags(parser)
+    jobs.add_verbose_flag(parser)
+
+
+def parse_gin_job_args(parser: argparse.ArgumentParser, argv: Sequence[str]
+                       ) -> tuple[argparse.Namespace, list[str]]:
+    """(flags, gin bindings) of a gin job's command line: `--gin_bindings` plus one binding
+    per `--gin.NAME=VALUE`; any other unknown argument is a usage error (exit 2)."""
+    args, rest = parser.parse_known_args(argv)
+    return args, bindings_from_flags(parser, rest, args.gin_bindings)
+
+
+# Read by `configure_gin` itself, or by the task modules it imports (vocab.gin_macro), so no
+# gin binding references them and yet they are not misspelled.
+DRIVER_MACROS = frozenset({"MIXTURE_OR_TASK_MODULE", "FLANREC_DATA_DIR",
+                           "FLANREC_AMAZON_DATA_DIR", "FLANREC_VOCAB", "FLANREC_FLAN_DATA"})
+
+
+def check_macros_used(bindings: Sequence[str]) -> None:
+    """gin accepts any new macro silently, so `--gin.TRAIN_STEP=5` would be ignored; refuse
+    a command-line macro that no gin binding references."""
+    config = gin.config_str()
+    for binding in bindings:
+        name = binding.split("=", 1)[0].strip()
+        used = re.search(rf"%{re.escape(name)}\b", config)
+        if name.isupper() and name not in DRIVER_MACROS and not used:
+            raise ConfigError(f"gin macro {name} is set on the command line but no gin file "
+                              f"uses it (misspelled? known macros are in the --gin_file "
+                              "files, e.g. gin/runs/finetune.gin)")
+
+
+def configure_gin(files: Sequence[str], bindings: Sequence[str],
+                  search_paths: Sequence[str] = ()) -> None:
+    """Parse gin files and bindings, import MIXTURE_OR_TASK_MODULE, then lock the config.
+
+    The caller imports the modules whose configurables its gin files bind first (train,
+    infer, eval each do at import), so a misspelled name fails here with gin's own message,
+    before anything is compiled; a command-line macro no file uses fails too.
+    """
+    gin.clear_config()
+    files = resolve_gin_files(files, add_search_paths(search_paths))
+    try:
+        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+    except (ValueError, OSError) as e:  # a misspelled name, a missing file: gin's own message
+        raise ConfigError(str(e)) from e
+    check_macros_used(bindings)
+    try:
+        module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
+    except ValueError:
+        module = None
+    if module:
+        importlib.import_module(module)
+    from flanrec.data import vocab  # noqa: F401 - its configurables must exist before the lock
+
+    gin.finalize()

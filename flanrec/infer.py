@@ -47,7 +47,7 @@ import gin
 
 from flanrec import jobs, storage
 from flanrec.errors import ConfigError
-from flanrec.gin_cli import bindings_from_flags
+from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
 from flanrec.inference.job import InferenceOptions, run_inference
 from flanrec.inference.taskinfo import InferenceConfigError
 
@@ -107,23 +107,8 @@ def infer(*, checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = jobs.JobArgumentParser(prog="python -m flanrec.infer", description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="gin file (repeatable; later files override earlier ones)")
-    parser.add_argument("--gin_bindings", action="append", default=[],
-                        help="raw gin binding, e.g. 'infer.chunk_size = 64' (repeatable)")
-    parser.add_argument("--gin_search_paths", action="append", default=[],
-                        help="directories searched for gin files (comma-separated or "
-                             "repeated; the cwd and flanrec's own gin configs are added, so "
-                             "runs/infer.gin works from anywhere)")
-    parser.add_argument("--coordinator_address", default=None,
-                        help="host:port of process 0, for multi-process runs outside TPU pods")
-    parser.add_argument("--num_processes", type=int, default=None)
-    parser.add_argument("--process_id", type=int, default=None)
-    parser.add_argument("--distributed", action="store_true",
-                        help="jax.distributed.initialize() with auto-detection (TPU pods)")
-    jobs.add_verbose_flag(parser)
-    args, rest = parser.parse_known_args(argv)
-    bindings = bindings_from_flags(parser, rest, args.gin_bindings)
+    add_gin_job_flags(parser, job="infer")
+    args, bindings = parse_gin_job_args(parser, argv)
     if not args.gin_file:
         args.gin_file = ["runs/infer.gin"]  # flanrec's own, found on the gin search path
     return args, bindings
@@ -131,11 +116,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def cli(argv: Sequence[str]) -> int:
     """The job: parse, configure gin, infer. Raises UserError for what the user can fix."""
-    from flanrec.train import _init_distributed, configure_gin
+    # Registers the model's configurables (T5Config, ...): a gin/models/*.gin file, which
+    # tpu_scripts/launch.sh passes to every job, must parse here as it does for train.
+    from flanrec import train  # noqa: F401
 
     args, bindings = parse_args(argv)
     configure_gin(args.gin_file, bindings, args.gin_search_paths)
-    _init_distributed(args)
+    jobs.init_distributed(args)
     try:
         summaries = infer()
     except (ValueError, RuntimeError) as e:

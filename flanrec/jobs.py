@@ -100,6 +100,35 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
                         help="show TensorFlow/JAX/absl logs and the traceback of errors")
 
 
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """The multi-process flags of the JAX jobs (train, infer, eval's inference)."""
+    parser.add_argument("--coordinator_address", default=None,
+                        help="host:port of process 0, for multi-process runs outside TPU pods")
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() with auto-detection "
+                             "(TPU pod slices: run the same command on every worker)")
+
+
+def init_distributed(args: argparse.Namespace) -> None:
+    """`jax.distributed.initialize` as the flags of `add_distributed_flags` ask; nothing
+    without them. Call it after gin is configured and before any JAX device query."""
+    if not (getattr(args, "coordinator_address", None) or getattr(args, "distributed", False)):
+        return
+    import jax
+
+    if args.coordinator_address:
+        # CPU collectives across processes (no effect on TPU/GPU backends); must be set
+        # before the backend starts, so no device query may precede it.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    else:
+        jax.distributed.initialize()
+
+
 def quiet_environment(verbose: bool) -> None:
     """Set what TF/XLA read at start-up. A value the user exported is kept, except that
     `--verbose` asks for everything."""

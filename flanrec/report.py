@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from flanrec import storage
+
 # (header, metrics key, format): the protocol's headline numbers first, then the
 # multi-target and diagnostic columns. "{k}" marks the K-dependent keys.
 RANKING_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -38,14 +40,6 @@ OTHER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("F1", "f1", ".4f"),
     ("examples", "num_examples", ".0f"),
 )
-
-
-def write_atomic(path: str, data: str | bytes) -> None:
-    """`flanrec.storage.write_atomic`: a reader (or a crash) never sees half a metrics file,
-    on a local disk or gs://."""
-    from flanrec import storage
-
-    storage.write_atomic(path, data)
 
 
 def _cell(metrics: Mapping[str, float], key: str, fmt: str) -> str:
@@ -114,7 +108,7 @@ def plot_at_k(systems: Sequence[tuple[str, Any]], ks: Sequence[int], path: str) 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    storage.write_atomic(path, buf.getvalue())  # never half a plot, local or gs://
 
 
 def paired_markdown(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -16,7 +16,11 @@ taken as a string, so `--gin.MODEL_DIR=/tmp/run` needs no quotes. `--gin_file=ru
 finds flanrec's own gin files from any directory (`flanrec.gin_cli`).
 
 The job reads top to bottom in `train()`: output dir → mesh → data → state (resume, initial
-checkpoint or scratch) → compiled steps → loop (log, validate, checkpoint) → final save.
+checkpoint or scratch) → compiled steps → loop (log, validate, checkpoint) → final save. What
+it calls lives next to it: the input streams in `flanrec.train_inputs`, the settings checks
+and step counting in `flanrec.train_settings`, the loop's watchers (metric window, SIGTERM,
+best-checkpoint record) in `flanrec.train_monitor`, the gin and multi-host flags in
+`flanrec.gin_cli` / `flanrec.jobs`.
 
 Exact resume. The training input is a *deterministic* function of (seed, host shard): seqio
 shuffles with a fixed seed and repeats, and `data_position` (batches consumed, stored in the
@@ -44,16 +48,12 @@ if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.
 
 import argparse
 import dataclasses
-import datetime
 import json
 import logging
-import math
 import os
-import re
-import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
@@ -65,9 +65,9 @@ from flanrec import flops, jobs, losses, optimizers, partitioning, scalars, stor
 from flanrec.data import length_check
 from flanrec.errors import ConfigError, UserError
 from flanrec.gin_cli import (
-    add_search_paths,
-    bindings_from_flags,
-    resolve_gin_files,
+    add_gin_job_flags,
+    configure_gin,
+    parse_gin_job_args,
     split_search_paths,
 )
 from flanrec.inference.rank_eval import RankEvalConfig
@@ -76,6 +76,19 @@ from flanrec.model.config import T5Config
 from flanrec.model.params import check_finite, check_params, count_params, flatten
 from flanrec.peft import params as peft_params
 from flanrec.progress import Progress
+from flanrec.train_inputs import DatasetConfig, check_task, eval_batches, train_batches
+from flanrec.train_monitor import (
+    BEST_FILE,
+    BEST_METRIC,
+    NonFiniteLossError,
+    Preemption,
+    Window,
+    format_eta,
+    format_metrics,
+    rank_better,
+    read_best,
+)
+from flanrec.train_settings import check_gin_settings, check_settings, start_step_of, total_steps
 
 log = logging.getLogger("flanrec.train")
 
@@ -87,213 +100,8 @@ gin.register(adapters.LoraConfig, module="flanrec.peft")
 gin.register(RankEvalConfig, module="flanrec.inference")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN/inf; nothing from that step on is checkpointed."""
-
-
 class ModelDirError(UserError, PermissionError):
     """MODEL_DIR cannot be created or written (checked before anything compiles)."""
-
-
-# ---------------------------------------------------------------------------------- data
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class DatasetConfig:
-    """One seqio input: which task, which split, how long, how many per step (global)."""
-
-    mixture_or_task_name: str = ""
-    task_feature_lengths: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    split: str = "train"
-    batch_size: int = 0
-    shuffle: bool = True
-    seed: int | None = None
-    pack: bool = True
-    use_cached: bool = False
-
-
-def _seqio_dataset(cfg: DatasetConfig, *, repeat: bool, shuffle: bool) -> Any:
-    import seqio
-
-    if cfg.use_cached:
-        from flanrec.data import seqio_cache
-
-        seqio_cache.add_cache_dirs()
-    shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
-    # seqio.get_dataset, minus its in-memory cache of small tasks: a cache filled by an
-    # endless stream is never complete when training stops (tf.data then warns that the
-    # partial cache is discarded), and local TFRecords are cheap to read again.
-    provider = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
-    ds = provider.get_dataset(
-        dict(cfg.task_feature_lengths), split=cfg.split, use_cached=cfg.use_cached,
-        shuffle=shuffle, seed=cfg.seed, shard_info=shard, num_epochs=None if repeat else 1,
-        trim_output_features=True, try_in_mem_cache=False)
-    converter = seqio.EncDecFeatureConverter(pack=cfg.pack)
-    return converter(ds, task_feature_lengths=dict(cfg.task_feature_lengths))
-
-
-def check_task(cfg: DatasetConfig, model_vocab: int) -> None:
-    """Fail early, by name, on an unknown task/split or a vocabulary the model cannot embed."""
-    import seqio
-
-    try:
-        provider = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
-    except ValueError as e:
-        raise ConfigError(f"MIXTURE_OR_TASK_NAME {cfg.mixture_or_task_name!r} is not registered "
-                          "(is MIXTURE_OR_TASK_MODULE set to the module that registers it?)"
-                          ) from e
-    if cfg.split not in provider.splits:
-        raise ConfigError(f"{cfg.mixture_or_task_name}: no split {cfg.split!r}; it has "
-                          f"{sorted(provider.splits)}")
-    for name, feature in provider.output_features.items():
-        if name not in ("inputs", "targets"):
-            continue
-        if name not in cfg.task_feature_lengths:
-            raise ConfigError(f"TASK_FEATURE_LENGTHS has no length for feature {name!r}")
-        size = feature.vocabulary.vocab_size
-        if size > model_vocab:
-            raise ConfigError(f"{cfg.mixture_or_task_name}: feature {name!r} uses a vocabulary "
-                              f"of {size} ids, but the model embeds only {model_vocab}")
-    if cfg.use_cached:
-        from flanrec.data import seqio_cache
-
-        seqio_cache.check_cached(cfg.mixture_or_task_name, cfg.split)
-
-
-def train_batches(cfg: DatasetConfig, per_host_batch: int, skip_batches: int
-                  ) -> Iterator[dict[str, np.ndarray]]:
-    """This host's endless stream of training batches, starting after `skip_batches`."""
-    import tensorflow as tf
-
-    ds = _seqio_dataset(cfg, repeat=True, shuffle=cfg.shuffle)
-    ds = ds.batch(per_host_batch, drop_remainder=True).skip(skip_batches)
-    return iter(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
-
-
-def _eval_dataset(cfg: DatasetConfig) -> Any:
-    """Every example of the split once: a mixture's tasks one after another, each in full.
-
-    A seqio Mixture samples its tasks and stops when the first one runs out, so one "pass"
-    over a mixture scores a random part of the other tasks (and leaves their in-memory
-    caches half read, tf.data's `cache_dataset_ops` warning); T5X evaluates every task in
-    full, and so does this.
-    """
-    import seqio
-
-    provider = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
-    if not isinstance(provider, seqio.Mixture):
-        return _seqio_dataset(cfg, repeat=False, shuffle=False)
-    parts = [_seqio_dataset(dataclasses.replace(cfg, mixture_or_task_name=task.name),
-                            repeat=False, shuffle=False)
-             for task in provider.tasks if cfg.split in task.splits]
-    ds = parts[0]
-    for part in parts[1:]:
-        ds = ds.concatenate(part)
-    return ds
-
-
-def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.ndarray]]:
-    """One full pass over the split on this host, padded so every host runs as many steps.
-
-    Padding rows are all zeros (target id 0 = weight 0), so they change no metric; hosts
-    agree on the number of batches through an allgather, since an uneven split would leave
-    one host waiting in a collective forever.
-    """
-    ds = _eval_dataset(cfg).batch(per_host_batch)
-    batches = []
-    for b in ds.as_numpy_iterator():
-        rows = next(iter(b.values())).shape[0]
-        if rows < per_host_batch:
-            b = {k: np.pad(v, [(0, per_host_batch - rows)] + [(0, 0)] * (v.ndim - 1))
-                 for k, v in b.items()}
-        batches.append(b)
-    count = len(batches)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
-    if not batches and count:
-        raise ConfigError(f"{cfg.mixture_or_task_name}/{cfg.split}: this host's shard is empty")
-    if not count:
-        raise ConfigError(f"{cfg.mixture_or_task_name}/{cfg.split}: the split is empty")
-    batches += [{k: np.zeros_like(v) for k, v in batches[0].items()}] * (count - len(batches))
-    return batches
-
-
-# ------------------------------------------------------------------------- settings check
-# (macro, minimum or None for "any integer", what it means): each must be an int (not a bool,
-# not a string gin took from `--gin.X=abc`). Checked against the parsed gin config before
-# anything is built, since a bad value otherwise surfaces after the pipeline set-up (as a
-# TypeError deep in optax) or never (`TRAIN_STEPS=-5`: rc 0 and nothing trained).
-_INT_SETTINGS: tuple[tuple[str, int | None, str], ...] = (
-    ("TRAIN_STEPS", 1, "the total number of steps (from a T5X checkpoint: including its "
-     "step, as in T5X)"),
-    ("TRAIN_STEPS_RELATIVE", 1, "steps past the step the run started from"),
-    ("BATCH_SIZE", 1, "the global batch size"),
-    ("EVAL_BATCH_SIZE", 1, "the global validation batch size"),
-    ("NUM_MICROBATCHES", 1, "gradient-accumulation microbatches per step"),
-    ("LOG_PERIOD", 1, "steps between log lines"),
-    ("EVAL_PERIOD", 0, "steps between validations (0: never)"),
-    ("CHECKPOINT_PERIOD", 0, "steps between checkpoints (0: only the last)"),
-    ("RANDOM_SEED", None, "the seed"),
-)
-
-
-def _bad_int(value: Any, minimum: int | None) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        return True
-    return minimum is not None and value < minimum
-
-
-def check_settings(values: Mapping[str, Any]) -> None:
-    """Refuse, by name, run settings of the wrong type or range (UserError).
-
-    `values` maps T5X macro names (TRAIN_STEPS, BATCH_SIZE, ..., TASK_FEATURE_LENGTHS,
-    KEEP_CHECKPOINTS, LEARNING_RATE, DROPOUT_RATE) to their values; absent names are skipped.
-    """
-    relative = values.get("TRAIN_STEPS_RELATIVE") is not None
-    for name, minimum, meaning in _INT_SETTINGS:
-        if name == "TRAIN_STEPS_RELATIVE" and not relative:
-            continue  # None: unused, TRAIN_STEPS counts
-        if name == "TRAIN_STEPS" and relative and values.get(name) is None:
-            continue  # TRAIN_STEPS_RELATIVE counts instead
-        if name in values and _bad_int(values[name], minimum):
-            want = "an integer" if minimum is None else (
-                "a positive integer" if minimum == 1 else f"an integer >= {minimum}")
-            raise UserError(f"{name} must be {want} ({meaning}), got {values[name]!r}")
-    keep = values.get("KEEP_CHECKPOINTS")
-    if "KEEP_CHECKPOINTS" in values and keep is not None and _bad_int(keep, 1):
-        raise UserError(f"KEEP_CHECKPOINTS must be a positive integer or None (keep all), "
-                        f"got {keep!r}")
-    if "TASK_FEATURE_LENGTHS" in values:
-        lengths = values["TASK_FEATURE_LENGTHS"]
-        if not isinstance(lengths, Mapping) or not lengths or any(
-                not isinstance(k, str) or _bad_int(v, 1) for k, v in lengths.items()):
-            raise UserError("TASK_FEATURE_LENGTHS must be a dict of feature name -> positive "
-                            f"integer, e.g. {{'inputs': 512, 'targets': 16}}, got {lengths!r}")
-    for name, low, high in (("LEARNING_RATE", 0.0, math.inf), ("DROPOUT_RATE", 0.0, 1.0)):
-        if name not in values:
-            continue
-        v = values[name]
-        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) \
-            and low <= v and (v < high or high == math.inf)
-        if not ok:
-            span = ">= 0" if high == math.inf else f"in [{low:g}, {high:g})"
-            raise UserError(f"{name} must be a number {span}, got {v!r}")
-
-
-def check_gin_settings() -> None:
-    """`check_settings` on the macros of the parsed gin config (call before `train()`:
-    other configurables, e.g. a schedule's total_steps, read the same macros)."""
-    names = [n for n, _, _ in _INT_SETTINGS] + ["KEEP_CHECKPOINTS", "TASK_FEATURE_LENGTHS",
-                                                 "LEARNING_RATE", "DROPOUT_RATE"]
-    values = {}
-    for name in names:
-        try:
-            values[name] = gin.query_parameter(f"%{name}")
-        except ValueError:  # macro not defined by these gin files
-            continue
-    check_settings({k: v for k, v in values.items()
-                    if not isinstance(v, gin.config.ConfigurableReference)})
 
 
 # ------------------------------------------------------------------------- small helpers
@@ -312,80 +120,6 @@ def _prepare_model_dir(model_dir: str) -> epath.Path:
         except OSError as e:
             raise ModelDirError(f"MODEL_DIR {model_dir} is not writable: {e}") from e
     return path
-
-
-def _write_atomic(path: epath.Path, text: str) -> None:
-    storage.write_atomic(os.fspath(path), text)
-
-
-def _format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    return f"{seconds:.1f}s" if seconds < 60 else str(datetime.timedelta(seconds=int(seconds)))
-
-
-class _Preemption:
-    """SIGTERM → stop at the next step boundary, after saving a checkpoint.
-
-    Single process: our own handler sets a flag. Multi-process: jax's preemption sync
-    manager (installed by `jax.distributed.initialize`) catches the signal on any host and
-    makes every host agree on the same step; we leave its handler alone.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.multi = jax.process_count() > 1
-        self._previous = None if self.multi else signal.signal(signal.SIGTERM, self._handle)
-
-    def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        del frame
-        log.warning("received signal %d: will save a checkpoint and stop at the next step",
-                    signum)
-        self.requested = True
-
-    def reached(self, step: int) -> bool:
-        if self.multi:
-            from jax.experimental import multihost_utils
-
-            try:
-                return bool(multihost_utils.reached_preemption_sync_point(step))
-            except RuntimeError as e:  # preemption service disabled in this jax config
-                log.warning("no preemption sync across hosts: %s", e)
-                self.multi = False
-        return self.requested
-
-
-class _Window:
-    """Averages of the step metrics between two log lines, with the NaN check."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.count = 0
-        self.last: dict[str, float] = {}
-
-    def add(self, step: int, metrics: Mapping[str, Any]) -> float:
-        values = {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
-        if not (math.isfinite(values["loss"]) and math.isfinite(values["param_norm"])):
-            raise NonFiniteLossError(
-                f"non-finite training at step {step}: loss {values['loss']}, grad norm "
-                f"{values['grad_norm']}, parameter norm after the update "
-                f"{values['param_norm']}; stopping without checkpointing this or any later "
-                "step. Lower LEARNING_RATE, enable clipping or check this step's data.")
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.count += 1
-        self.last = values
-        return values["target_tokens"]
-
-    def pop(self) -> dict[str, float]:
-        out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
-        out["learning_rate"] = self.last.get("learning_rate", float("nan"))
-        self.sums, self.count = {}, 0
-        return out
 
 
 # ------------------------------------------------------------------------------ the job
@@ -449,7 +183,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     # 1. Output directory and effective config, before any compilation.
     out = _prepare_model_dir(model_dir)
     if jax.process_index() == 0:
-        _write_atomic(out / "config.gin", gin.config_str())
+        storage.write_atomic(os.fspath(out / "config.gin"), gin.config_str())
 
     # 2. Mesh, model, sizes.
     mesh = partitioning.make_mesh(mesh_shape, mesh_axes, devices)
@@ -553,10 +287,10 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         state = trainer.init_state(model, tx, init_rng, shardings, mesh, rules, init_params)
         skip = 0
     if resume_step is None and initial_checkpoint_path:
-        initial_step = _initial_step(initial_checkpoint_path)
+        initial_step = start_step_of(initial_checkpoint_path)
         if initial_step:
             state = state.replace(step=jax.device_put(np.int32(initial_step), shardings.step))
-    train_steps, steps_basis = _total_steps(train_steps, train_steps_relative, initial_step,
+    train_steps, steps_basis = total_steps(train_steps, train_steps_relative, initial_step,
                                             initial_checkpoint_path, resume_step)
     start_step = int(jax.device_get(state.step))
 
@@ -574,7 +308,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         assert rank_eval is not None
         ranker = RankValidator(rank_eval, model_config.replace(dropout_rate=0.0),
                                train_dataset.task_feature_lengths)
-    best = _read_best(out, start_step) if ranking else {}
+    best = read_best(out, start_step) if ranking else {}
     bsh = partitioning.batch_sharding(mesh, rules)
     train_step = trainer.make_train_step(model, tx, schedule, loss_cfg, shardings, bsh, mesh,
                                          rules, num_microbatches, frozen_sh)
@@ -596,7 +330,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     writers = {name: metric_writers.create_default_writer(os.fspath(out / name),
                                                           just_logging=quiet)
                for name in ("train", "validation")}
-    preemption = _Preemption()
+    preemption = Preemption()
 
     def save(step: int, metrics: Mapping[str, float] | None = None) -> None:
         meta = {"model_config": base_config.to_dict(), "rng": dropout_rng,
@@ -623,7 +357,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             best.update(step=step, value=m[BEST_METRIC], metric=f"validation/{BEST_METRIC}",
                         task=ranker.info.name, split=ranker.cfg.split)
         if jax.process_index() == 0:
-            _write_atomic(out / BEST_FILE, json.dumps(best, indent=1) + "\n")
+            storage.write_json_atomic(os.fspath(out / BEST_FILE), best, ensure_ascii=True)
         log.info("rank validation @ step %d | %s | %d users, %.1fs%s", step,
                  format_metrics(m, [f"{k}@{n}" for n in ranker.cfg.ks for k in
                                     ("hr", "ndcg")]), m["num_users"], m["seconds"],
@@ -651,7 +385,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
 
     # 6. The loop. Metrics of step s are read after step s+1 is queued, so the device never
     # idles waiting for the host; a NaN is still caught before any checkpoint of it is made.
-    window, last_train, last_eval = _Window(), {}, {}
+    window, last_train, last_eval = Window(), {}, {}
     pending: tuple[int, Any] | None = None
     step = start_step
     stopped_early = False
@@ -698,7 +432,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                              last_train.get("examples_per_sec", float("nan")),
                              last_train.get("target_tokens_per_sec", float("nan")),
                              100 * last_train.get("mfu", float("nan")),
-                             _format_eta(last_train.get("eta_sec", float("nan"))))
+                             format_eta(last_train.get("eta_sec", float("nan"))))
             ranked: dict[str, float] = {}
             if eval_now:
                 last_eval = validate(step) if evals is not None else {}
@@ -735,39 +469,6 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
 
 
 # ------------------------------------------------------------------ steps and vocabulary
-def _initial_step(initial_checkpoint_path: str) -> int:
-    """The step a fresh run starts at: a T5X checkpoint's own step (T5X restores it into the
-    train state), 0 for HF and flanrec checkpoints (params only, fresh optimizer)."""
-    from flanrec.convert.t5x import checkpoint_step
-
-    return int(checkpoint_step(initial_checkpoint_path) or 0)
-
-
-def _total_steps(train_steps: int | None, relative: int | None, initial_step: int,
-                 initial_checkpoint_path: str | None, resume_step: int | None
-                 ) -> tuple[int, str]:
-    """(the step to stop at, how it was counted — for the log line)."""
-    if relative is not None:
-        if relative < 1:
-            raise UserError(f"TRAIN_STEPS_RELATIVE must be >= 1, got {relative}")
-        ignored = "" if train_steps is None else f"; TRAIN_STEPS={train_steps} is ignored"
-        return initial_step + relative, (f"TRAIN_STEPS_RELATIVE={relative} steps after step "
-                                         f"{initial_step}{ignored}")
-    if train_steps is None:
-        raise UserError("TRAIN_STEPS is None and TRAIN_STEPS_RELATIVE is not set: set one of "
-                        "them (the step to stop at, or how many steps to train)")
-    if not initial_step:
-        return train_steps, "TRAIN_STEPS counted from step 0"
-    if train_steps <= initial_step and resume_step is None:
-        raise UserError(
-            f"TRAIN_STEPS={train_steps} is not above step {initial_step} of the T5X "
-            f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path}: as in T5X, TRAIN_STEPS counts "
-            f"the pretrained steps too. Set TRAIN_STEPS={initial_step + train_steps} (or "
-            f"TRAIN_STEPS_RELATIVE={train_steps}) for {train_steps} steps of fine-tuning")
-    return train_steps, (f"TRAIN_STEPS counts the {initial_step} steps of the T5X initial "
-                         "checkpoint, as in T5X")
-
-
 def _save_task_vocabulary(model_dir: Any, task_name: str) -> None:
     """MODEL_DIR/spiece.model + flanrec_vocabulary.json: the ids' meaning, for
     `flanrec.load(...).generate_text` and `convert --to hf` (`flanrec.convert.vocabulary`)."""
@@ -780,42 +481,6 @@ def _save_task_vocabulary(model_dir: Any, task_name: str) -> None:
 
 
 # ------------------------------------------------------------ parameter-efficient tuning
-BEST_METRIC = "ndcg@10"
-BEST_FILE = "best_checkpoint.json"  # flanrec.checkpoints.BEST_FILE
-
-
-def _read_best(out: epath.Path, start_step: int) -> dict[str, Any]:
-    """The best-checkpoint record of a resumed run (empty for a new one).
-
-    Evaluations after `start_step` (the checkpoint resumed from) belong to a part of the run
-    that is about to be redone: they are dropped, and the best is recomputed without them.
-    """
-    f = out / BEST_FILE
-    if not f.exists():
-        return {}
-    try:
-        doc = json.loads(f.read_text())
-    except ValueError as e:
-        raise ValueError(f"{f}: not valid JSON ({e}); move it aside to start the record "
-                         "afresh") from None
-    history = [h for h in doc.get("history", []) if h["step"] <= start_step]
-    out_doc = {k: v for k, v in doc.items() if k not in ("history", "step", "value")}
-    out_doc["history"] = history
-    if history:
-        top = max(history, key=lambda h: (h[BEST_METRIC], -h["step"]))
-        out_doc.update(step=top["step"], value=top[BEST_METRIC])
-    return out_doc
-
-
-def rank_better(value: float, best: float | None) -> bool:
-    """Strictly higher is better (a tie keeps the earlier checkpoint)."""
-    return best is None or value > best
-
-
-def format_metrics(metrics: Mapping[str, float], keys: Sequence[str]) -> str:
-    return " | ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
-
-
 def _abs_path(path: str | None) -> str | None:
     return None if path is None else storage.normalize(path)
 
@@ -870,86 +535,12 @@ def _check_resumed_adapters(meta: Mapping[str, Any], cfg: T5Config, tuning: str,
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = jobs.JobArgumentParser(prog="python -m flanrec.train", description=__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="gin file (repeatable; later files override earlier ones)")
-    parser.add_argument("--gin_bindings", action="append", default=[],
-                        help="raw gin binding, e.g. 'train.log_period = 10' (repeatable)")
-    parser.add_argument("--gin_search_paths", action="append", default=[],
-                        help="directories searched for gin files and includes "
-                             "(comma-separated or repeated; the cwd and flanrec's own gin "
-                             "configs are added, so runs/finetune.gin works from anywhere)")
-    parser.add_argument("--coordinator_address", default=None,
-                        help="host:port of process 0, for multi-process runs outside TPU pods")
-    parser.add_argument("--num_processes", type=int, default=None)
-    parser.add_argument("--process_id", type=int, default=None)
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() with auto-detection "
-                             "(TPU pod slices: run the same command on every worker)")
+    add_gin_job_flags(parser, job="train")
     parser.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
                         help="directories holding seqio caches (seqio.scripts.cache_tasks_main "
                              "output), searched when USE_CACHED_TASKS = True (comma-separated "
                              "or repeated; T5X's flag)")
-    jobs.add_verbose_flag(parser)
-    args, rest = parser.parse_known_args(argv)
-    bindings = bindings_from_flags(parser, rest, args.gin_bindings)
-    return args, bindings
-
-
-def configure_gin(files: Sequence[str], bindings: Sequence[str],
-                  search_paths: Sequence[str] = ()) -> None:
-    """Parse gin files and bindings, import MIXTURE_OR_TASK_MODULE, then lock the config.
-
-    Every configurable is registered by the imports at the top of this module, so a
-    misspelled name fails here with gin's own message, before anything is compiled.
-    """
-    gin.clear_config()
-    files = resolve_gin_files(files, add_search_paths(search_paths))
-    try:
-        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
-    except (ValueError, OSError) as e:  # a misspelled name, a missing file: gin's own message
-        raise ConfigError(str(e)) from e
-    _check_macros_used(bindings)
-    try:
-        module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
-    except ValueError:
-        module = None
-    if module:
-        import importlib
-
-        importlib.import_module(module)
-    from flanrec.data import vocab  # noqa: F401 - its configurables must exist before the lock
-
-    gin.finalize()
-
-
-# Read by `configure_gin` itself, or by the task modules it imports (vocab.gin_macro).
-_DRIVER_MACROS = {"MIXTURE_OR_TASK_MODULE", "FLANREC_DATA_DIR", "FLANREC_AMAZON_DATA_DIR",
-                  "FLANREC_VOCAB", "FLANREC_FLAN_DATA"}
-
-
-def _check_macros_used(bindings: Sequence[str]) -> None:
-    """gin accepts any new macro silently, so `--gin.TRAIN_STEP=5` would be ignored; refuse
-    a command-line macro that no gin binding references."""
-    config = gin.config_str()
-    for binding in bindings:
-        name = binding.split("=", 1)[0].strip()
-        used = re.search(rf"%{re.escape(name)}\b", config)
-        if name.isupper() and name not in _DRIVER_MACROS and not used:
-            raise ConfigError(f"gin macro {name} is set on the command line but no gin file "
-                              f"uses it (misspelled? known macros are in the --gin_file "
-                              "files, e.g. gin/runs/finetune.gin)")
-
-
-def _init_distributed(args: argparse.Namespace) -> None:
-    if args.coordinator_address:
-        # CPU collectives across processes (no effect on TPU/GPU backends); must be set
-        # before the backend starts, so no device query may precede it.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                                   num_processes=args.num_processes,
-                                   process_id=args.process_id)
-    elif args.distributed:
-        jax.distributed.initialize()
+    return parse_gin_job_args(parser, argv)
 
 
 def cli(argv: Sequence[str]) -> int:
@@ -961,7 +552,7 @@ def cli(argv: Sequence[str]) -> int:
     from flanrec.data import seqio_cache
 
     seqio_cache.add_cache_dirs(split_search_paths(args.seqio_additional_cache_dirs))
-    _init_distributed(args)
+    jobs.init_distributed(args)
     if jax.process_count() > 1:
         log.info("process %d of %d", jax.process_index(), jax.process_count())
     try:

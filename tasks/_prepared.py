@@ -11,6 +11,7 @@ import json
 import logging
 import os
 
+import seqio
 import tensorflow as tf
 
 from flanrec.data import seqio_tasks
@@ -32,8 +33,8 @@ def task_prefix(data_dir: str) -> str:
     return prefix
 
 
-def register_prepared(data_dir: str, prefix: str | None = None, vocabulary=None,  # noqa: ANN001
-                      ) -> list[str]:
+def register_prepared(data_dir: str, prefix: str | None = None,
+                      vocabulary: seqio.Vocabulary | None = None) -> list[str]:
     """Register the tasks and `{prefix}_rec_mix` mixtures of a prepared dir; returns names.
 
     `prefix` defaults to the one prepare.json records (`ml100k` for ml-100k); `vocabulary`

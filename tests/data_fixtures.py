@@ -1,8 +1,6 @@
 """Session fixtures with the real MovieLens-100K, for any test module that needs it.
 
-Import them into a test module (pytest picks up fixtures from the module namespace)::
-
-    from tests.data_fixtures import ml100k_dataset, ml100k_dir, ml100k_split  # noqa: F401
+tests/conftest.py makes them visible to every test module: name one as an argument.
 
 The first run fetches the ``recbole==1.2.1`` wheel from PyPI (about a second) and keeps the
 three RecBole atomic files under ``$FLANREC_CACHE`` (default ``~/.cache/flanrec``); later

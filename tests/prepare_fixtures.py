@@ -1,11 +1,6 @@
 """One real `flanrec.prepare` run on MovieLens-100K per test session, shared by the
-test_prepare_* and test_tasks_* modules (import the fixture into a test module)::
-
-    from tests.data_fixtures import ml100k_dir  # noqa: F401
-    from tests.prepare_fixtures import prepared_ml100k  # noqa: F401
-
-Without a root conftest.py, every importing module gets its own fixture instance; they
-share the output through a fixed path under the session's base temp dir.
+test_prepare_* and test_tasks_* modules (tests/conftest.py makes it visible to all). The
+output sits at a fixed path under the session's base temp dir.
 
 It trains a small SentencePiece vocabulary (--train_vocab), because the Flan-T5 one is not
 available offline; every task then tokenizes with it.

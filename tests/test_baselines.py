@@ -14,7 +14,6 @@ from flanrec import metrics as M
 from flanrec.baselines import popularity, sasrec
 from flanrec.baselines.__main__ import main as baselines_main
 from flanrec.data import splits, types
-from tests.data_fixtures import ml100k_dataset, ml100k_dir, ml100k_split  # noqa: F401
 
 
 def random_split(seed: int, n_users: int = 40, n_items: int = 30) -> types.Split:
@@ -83,7 +82,7 @@ def test_popularity_cli_and_eval_equal_numpy(tmp_path: Path, stage: str, seed: i
     assert section.metrics["masked"] == 0  # the baseline masked seen items itself
 
 
-def test_popularity_ml100k_equals_numpy(ml100k_split: types.Split):  # noqa: F811
+def test_popularity_ml100k_equals_numpy(ml100k_split: types.Split):
     examples, ranked, _ = popularity.recommend(ml100k_split, "test", k=10)
     got = M.ranking_metrics(ranked, [e.target for e in examples], ks=(10,),
                             exclude=[set(e.seen) for e in examples])

@@ -58,7 +58,7 @@ def test_decode_throughput_smoke(tmp_path: Path) -> None:
 
 
 def test_input_pipeline_smoke(tmp_path: Path) -> None:
-    from tests.train_fixtures import make_task
+    from train_fixtures import make_task
 
     task = make_task(tmp_path / "task")
     results = tmp_path / "r.jsonl"

@@ -1,4 +1,3 @@
-# ruff: noqa: F811
 """Semantic IDs from a T5 encoder: embeddings checked against HF transformers, then used.
 
 A random tiny HF T5 checkpoint (tests/hf_fixtures.py) with a small SentencePiece model
@@ -15,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import transformers  # noqa: F401
+from hf_fixtures import hf_encoder, make_hf_t5  # noqa: E402
 
 from flanrec.errors import UserError
-from tests.hf_fixtures import hf_encoder, make_hf_t5  # noqa: E402
 
 TITLES = [
     "Toy Story", "A Bug's Life", "Heat", "Casino", "Fargo", "Babe", "Jumanji", "Balto",

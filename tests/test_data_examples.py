@@ -12,7 +12,6 @@ import pytest
 from flanrec.data import examples as ex
 from flanrec.data import types
 from flanrec.data.indexing import ItemIndex, fit_index
-from tests.data_fixtures import ml100k_dataset, ml100k_dir, ml100k_split  # noqa: F401
 
 FAMILIES = ("seq", "direct", "rating", "binary", "grounding", "profile_attr", "profile_rec")
 OCCUPATIONS = ("artist", "doctor", "writer")
@@ -195,7 +194,7 @@ def test_grounding_and_profile():
         all_examples("poetry", split, index, meta, feats)
 
 
-def test_ml100k_windows_and_protocol(ml100k_split, ml100k_dataset):  # noqa: F811
+def test_ml100k_windows_and_protocol(ml100k_split, ml100k_dataset):
     split, data = ml100k_split, ml100k_dataset
     index = fit_index("sequential", split, split.all_items, data.items)
     n = sum(1 for _ in ex.seq_examples(split, index, data.items))
@@ -240,7 +239,7 @@ ML100K_DIRECT_SHA256 = {
 }
 
 
-def test_ml100k_direct_examples_are_pinned(ml100k_split, ml100k_dataset):  # noqa: F811
+def test_ml100k_direct_examples_are_pinned(ml100k_split, ml100k_dataset):
     split, data = ml100k_split, ml100k_dataset
     index = fit_index("sequential", split, split.all_items, data.items, seed=0)
     for (split_name, n), want in ML100K_DIRECT_SHA256.items():

@@ -22,7 +22,6 @@ import pytest
 from flanrec.data import fetch as fetch_mod
 from flanrec.data.fetch import MARKER, Fetched, FetchError, ZipSpec, fetch
 from flanrec.data.sources import read_dataset
-from tests.data_fixtures import ml100k_dir  # noqa: F401
 
 DATA = Path(__file__).parent / "data"
 
@@ -70,14 +69,14 @@ def _zip(path: Path, files: dict[str, bytes]) -> str:
 # --------------------------------------------------------------------------- ml-100k / wheel
 
 
-def test_ml100k_cache_holds_the_pinned_wheel_files(ml100k_dir):  # noqa: F811
+def test_ml100k_cache_holds_the_pinned_wheel_files(ml100k_dir):
     for name, digest in fetch_mod.RECBOLE_ML100K_SHA256.items():
         assert hashlib.sha256((ml100k_dir / name).read_bytes()).hexdigest() == digest
     info = json.loads((ml100k_dir / MARKER).read_text())
     assert info["kind"] == "recbole" and info["sha256"] == fetch_mod.RECBOLE_ML100K_SHA256
 
 
-def test_second_call_does_no_work(ml100k_dir, monkeypatch):  # noqa: F811
+def test_second_call_does_no_work(ml100k_dir, monkeypatch):
     def boom(*a, **kw):
         raise AssertionError("a cached fetch must not download")
 
@@ -117,7 +116,7 @@ def _fake_wheel(path: Path, src: Path, tamper: bool = False) -> Path:
     return path
 
 
-def test_local_wheel_offline_and_tampered_wheel_refused(ml100k_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_local_wheel_offline_and_tampered_wheel_refused(ml100k_dir, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("FLANREC_RECBOLE_WHEEL",
                        str(_fake_wheel(tmp_path / "bad.whl", ml100k_dir, tamper=True)))
@@ -131,7 +130,7 @@ def test_local_wheel_offline_and_tampered_wheel_refused(ml100k_dir, tmp_path, mo
     assert len(read_dataset(got.kind, got.path).interactions) == 100_000
 
 
-def test_raw_dir_wins_and_missing_files_are_named(ml100k_dir, tmp_path):  # noqa: F811
+def test_raw_dir_wins_and_missing_files_are_named(ml100k_dir, tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     for f in ("u.data", "u.item", "u.user"):
@@ -284,7 +283,7 @@ def test_amazon_2018_download_gzip_checked(http_root, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_check_prints_matching_fingerprints(ml100k_dir, capsys, monkeypatch):  # noqa: F811
+def test_cli_check_prints_matching_fingerprints(ml100k_dir, capsys, monkeypatch):
     monkeypatch.setattr(fetch_mod, "_pip_download_recbole", None)  # must stay offline
     rc = fetch_mod.main(["ml-100k", "--cache-dir", str(ml100k_dir.parent), "--offline",
                          "--check"])

@@ -19,7 +19,6 @@ from flanrec.data.indexing import (
     load_slot_map,
     token_slot_map,
 )
-from tests.data_fixtures import ml100k_dataset, ml100k_dir, ml100k_split  # noqa: F401
 
 
 def make_split(seed: int = 0, n_users: int = 30, n_items: int = 60,
@@ -287,7 +286,7 @@ def test_token_slot_map_follows_flan_t5_layout():
         token_slot_map(["<a0>"], reserved_extra_ids=[100])
 
 
-def test_ml100k_indexes_and_trie(ml100k_split, ml100k_dataset):  # noqa: F811
+def test_ml100k_indexes_and_trie(ml100k_split, ml100k_dataset):
     """The real catalogue: train-only fitting, unique collaborative IDs that fit Flan-T5's
     free rows, and a trie over their token ids that accepts every item."""
     import dataclasses

@@ -14,7 +14,6 @@ import pytest
 
 from flanrec.data import splits, types
 from flanrec.data.sources._common import make_interactions
-from tests.data_fixtures import ml100k_dataset, ml100k_dir, ml100k_split  # noqa: F401
 
 
 def _inter(rows, source="mem"):
@@ -135,7 +134,7 @@ def test_fingerprint_text_format():
 # --------------------------------------------------------------------------- real ml-100k
 
 
-def test_ml100k_protocol_exact(ml100k_split):  # noqa: F811
+def test_ml100k_protocol_exact(ml100k_split):
     split = ml100k_split
     assert len(split.users) == 943 and len(split.all_items) == 1682
     assert split.max_history == 50
@@ -163,7 +162,7 @@ def test_ml100k_protocol_exact(ml100k_split):  # noqa: F811
     assert int(vmask.sum()) == 100_000 - 2 * 943 and int(tmask.sum()) == 100_000 - 943
 
 
-def test_ml100k_protocol_facts_that_make_the_details_matter(ml100k_dataset, ml100k_split):  # noqa: F811
+def test_ml100k_protocol_facts_that_make_the_details_matter(ml100k_dataset, ml100k_split):
     inter = ml100k_dataset.interactions
     # 75,772 rows share a timestamp with another row of the same user
     pairs = np.stack([inter.user.astype(np.int64), inter.timestamp])
@@ -186,7 +185,7 @@ def test_ml100k_protocol_facts_that_make_the_details_matter(ml100k_dataset, ml10
     assert splits.fingerprints(bad)["targets"] != splits.ML100K_FINGERPRINTS["targets"]
 
 
-def test_ml100k_grouplens_format_gives_the_same_split(ml100k_dir, tmp_path):  # noqa: F811
+def test_ml100k_grouplens_format_gives_the_same_split(ml100k_dir, tmp_path):
     from flanrec.data.sources import read_dataset
 
     lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()[1:]

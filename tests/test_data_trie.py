@@ -248,11 +248,11 @@ def test_trie_constraint_in_the_models_beam_search():
     item the row may see, and per-user exclusion holds before any cut to K."""
     import jax
     import jax.numpy as jnp
+    from hf_fixtures import random_params
 
     from flanrec.data.trie_jax import TrieConstraint
     from flanrec.model import decoding
     from flanrec.model.config import get_preset
-    from tests.hf_fixtures import random_params
 
     cfg = get_preset("tiny")
     rng = np.random.default_rng(0)

@@ -1,4 +1,3 @@
-# ruff: noqa: F811
 """`prepare --dataset csv` with collaborative indexing: new ID tokens on reserved rows.
 
 A generic interaction CSV goes through the same path as ml-100k. Collaborative IDs

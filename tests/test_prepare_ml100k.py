@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests/*_fixtures.py are used as arguments)
 """`flanrec.prepare` end to end on the real MovieLens-100K (offline, once per session).
 
 Checks the on-disk contract the seqio tasks and the trainer read: shard counts, exact
@@ -15,8 +14,6 @@ from pathlib import Path
 import pytest
 
 from flanrec.errors import UserError
-from tests.data_fixtures import ml100k_dir  # noqa: F401  (fixture)
-from tests.prepare_fixtures import prepared_ml100k  # noqa: F401  (fixture)
 
 ML100K_SEQUENCES_SHA = "148274ebc6f53f91a884ee9c1e87db45ffc42d4e1bbc53ad9a21242ba6c524e7"
 

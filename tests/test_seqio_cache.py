@@ -143,7 +143,7 @@ def _equal(a: list[dict], b: list[dict]) -> bool:
 
 
 def test_training_stream_from_the_cache_is_deterministic_and_resumes(cached):
-    from flanrec import train
+    from flanrec import train, train_inputs
 
     cfg = train.DatasetConfig(mixture_or_task_name=f"{PREFIX}_rec_mix",
                               task_feature_lengths=LENGTHS, split="train", batch_size=4,
@@ -159,7 +159,7 @@ def test_training_stream_from_the_cache_is_deterministic_and_resumes(cached):
     def rows(use_cached: bool) -> list[bytes]:
         c = dataclasses.replace(cfg, use_cached=use_cached, shuffle=False,
                                 mixture_or_task_name=TASKS[0])
-        ds = train._seqio_dataset(c, repeat=False, shuffle=False)
+        ds = train_inputs.seqio_dataset(c, repeat=False, shuffle=False)
         return sorted(b"|".join(np.asarray(ex[k]).tobytes() for k in sorted(ex))
                       for ex in ds.as_numpy_iterator())
 

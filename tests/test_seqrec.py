@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from data_fixtures import ml100k_dataset, ml100k_dir, ml100k_split  # noqa: F401
 from hf_fixtures import random_params
 
 from flanrec.data import examples as ex_lib
@@ -49,7 +48,7 @@ def test_eval_split_keeps_an_encoder_item_and_a_bounded_prefix():
     assert enc == ["a"] and prefix == []
 
 
-def test_ml100k_seqrec_examples_follow_the_protocol(ml100k_split):  # noqa: F811
+def test_ml100k_seqrec_examples_follow_the_protocol(ml100k_split):
     split = ml100k_split
     index = fit_index("sequential", split, split.all_items)
     id_of = index.item_to_id

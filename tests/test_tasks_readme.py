@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests/*_fixtures.py are used as arguments)
 """The README's "Add your own instruction task" example runs, verbatim, on prepared ml-100k.
 
 EXAMPLE is the README's code block; when README.md carries the section, the test also checks
@@ -13,9 +12,6 @@ from pathlib import Path
 
 import pytest
 import seqio
-
-from tests.data_fixtures import ml100k_dir  # noqa: F401  (fixture)
-from tests.prepare_fixtures import prepared_ml100k  # noqa: F401  (fixture)
 
 SECTION = "### Add your own instruction task"
 EXAMPLE = '''import seqio

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests/*_fixtures.py are used as arguments)
 """The SeqIO registrations over a real prepared MovieLens-100K: plain seqio all the way.
 
 Every task and the mixture go through `seqio.get_dataset` with a packing
@@ -15,9 +14,6 @@ from pathlib import Path
 
 import pytest
 import seqio
-
-from tests.data_fixtures import ml100k_dir  # noqa: F401  (fixture)
-from tests.prepare_fixtures import prepared_ml100k  # noqa: F401  (fixture)
 
 TASKS = ["ml100k_binary", "ml100k_direct_seqidx", "ml100k_grounding_seqidx", "ml100k_profile",
          "ml100k_rating", "ml100k_seq_seqidx", "ml100k_seqrec_seqidx"]

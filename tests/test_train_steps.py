@@ -13,7 +13,7 @@ import optax
 import pytest
 import train_fixtures as tfx
 
-from flanrec import losses, optimizers, partitioning, train, trainer
+from flanrec import losses, optimizers, partitioning, train, train_monitor, trainer
 from flanrec.model.config import get_preset
 
 
@@ -186,7 +186,7 @@ def test_initial_checkpoint_of_another_shape_is_refused_before_training(task, tm
 
 def test_non_finite_loss_or_params_stop_naming_the_step():
     # The guard every step's metrics pass through before any checkpoint of that step.
-    window = train._Window()
+    window = train_monitor.Window()
     ok = {"loss": 2.0, "grad_norm": 1.0, "param_norm": 3.0, "accuracy": 0.5,
           "learning_rate": 1e-3, "target_tokens": 10.0, "z_loss": 0.0}
     assert window.add(3, ok) == 10.0

@@ -18,7 +18,9 @@ FORCE=0
 while [[ $# -gt 0 ]]; do
   if parse_common "$@"; then shift "$SHIFT"; continue; fi
   case "$1" in
-    --job=*) JOB="${1#*=}" ;;
+    --job=*)
+      # shellcheck disable=SC2034  # not unused: check_job, stop_command (_common.sh) read it
+      JOB="${1#*=}" ;;
     --worker=*) WORKER="${1#*=}" ;;
     --timeout=*) TIMEOUT="${1#*=}" ;;
     --force) FORCE=1 ;;

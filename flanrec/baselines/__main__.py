@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from flanrec import jobs, storage
 from flanrec import metrics as metrics_lib
 from flanrec.baselines import common
-from flanrec.data import locations, prepared
+from flanrec.data import locations, prepared, splits
 from flanrec.errors import ConfigError
 
 MODELS = ("popularity", "sasrec", "families")
@@ -63,7 +63,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _summary(name: str, examples, ranked) -> dict[str, float]:  # noqa: ANN001
+def _summary(name: str, examples: Sequence[splits.EvalExample],
+             ranked: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Print one system's headline ranking metrics (raw lists, unmasked) and return them all."""
     m = metrics_lib.ranking_metrics(ranked, [e.target for e in examples])
     keys = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr@10")
     print(f"{name:10s} " + "  ".join(f"{k.upper()} {m[k]:.4f}" for k in keys), flush=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from flanrec import storage
 from flanrec.data import splits, types
+from flanrec.predictions import record_lines, shard_name, shard_prefix
 
 STAGES = ("validation", "test")
 
@@ -38,10 +38,6 @@ def prediction_rows(task: str, stage: str, examples: Sequence[splits.EvalExample
     return rows
 
 
-def shard_name(task: str, mode: str = "predict", shard: int = 0, num_shards: int = 1) -> str:
-    return f"{task}-{mode}.jsonl-{shard:05d}-of-{num_shards:05d}"
-
-
 def write_predictions(out_dir: str, task: str, rows: Sequence[dict], mode: str = "predict"
                       ) -> str:
     """Write one shard atomically (temp name, then rename); returns its path.
@@ -52,7 +48,7 @@ def write_predictions(out_dir: str, task: str, rows: Sequence[dict], mode: str =
     out_dir = storage.claim_dir(out_dir, "baselines", what="--out")
     path = storage.join(out_dir, shard_name(task, mode))
     for name in storage.listdir(out_dir):
-        if name.startswith(f"{task}-{mode}.jsonl-") and name != storage.basename(path):
+        if name.startswith(shard_prefix(task, mode)) and name != storage.basename(path):
             storage.remove(storage.join(out_dir, name))
-    storage.write_atomic(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    storage.write_atomic(path, record_lines(rows))
     return path

@@ -95,13 +95,10 @@ def write_vocabulary(vocab: Any, out_dir: str | os.PathLike[str]) -> bool:
         if old is not None:
             return True
     gfile.makedirs(out)
+    from flanrec import storage
+
     for path, data in ((spm_path, model), (json_path, text.encode())):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with gfile.GFile(tmp, "wb") as f:
-            f.write(data)
-        gfile.rename(tmp, path, overwrite=True)
-        if "://" not in path:
-            os.chmod(path, 0o644)
+        storage.write_atomic(path, data)  # the mode a plain open() gives, as for every file
     return True
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from flanrec import storage
 from flanrec.ensemble import fusion
+from flanrec.predictions import mode_glob, record_lines, shard_name
 
 Key = tuple[str, str, int]
 def check_output(out_dir: str) -> str:
@@ -28,7 +29,7 @@ def claim_output(out_dir: str) -> str:
 
 def _files(spec: str) -> list[str]:
     if storage.isdir(spec):
-        files = storage.glob(storage.join(spec, "*-predict.jsonl-*"))
+        files = storage.glob(storage.join(spec, mode_glob("predict")))
     else:
         files = storage.glob(spec)
     files = [f for f in files if not storage.basename(f).startswith(".")
@@ -97,12 +98,6 @@ def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
     return fused
 
 
-def write_jsonl_atomic(records: Sequence[dict[str, Any]], path: str) -> None:
-    """Write all records, then rename (`flanrec.storage.write_atomic`): a reader never sees
-    half a file."""
-    storage.write_atomic(path, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
 def fuse_prediction_dirs(specs: Sequence[str], out_dir: str, method: str = "rrf",
                          weights: Sequence[float] | None = None, top_k: int | None = None
                          ) -> list[str]:
@@ -123,7 +118,7 @@ def fuse_prediction_dirs(specs: Sequence[str], out_dir: str, method: str = "rrf"
     paths = []
     out_dir = claim_output(out_dir)
     for task, recs in sorted(by_task.items()):
-        path = storage.join(out_dir, f"{task}-predict.jsonl-00000-of-00001")
-        write_jsonl_atomic(recs, path)
+        path = storage.join(out_dir, shard_name(task, "predict"))
+        storage.write_atomic(path, record_lines(recs))
         paths.append(path)
     return paths

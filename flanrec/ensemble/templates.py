@@ -24,7 +24,8 @@ import numpy as np
 from flanrec import metrics as metrics_lib
 from flanrec import storage
 from flanrec.ensemble import fusion
-from flanrec.ensemble.files import check_output, claim_output, write_jsonl_atomic
+from flanrec.ensemble.files import check_output, claim_output
+from flanrec.predictions import record_lines, shard_name
 from flanrec.progress import Progress
 
 
@@ -215,8 +216,8 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
     for t, member in zip(opts.templates, members, strict=True):
         for r in member:
             r["task"] = f"{task}-t{t}"
-        write_jsonl_atomic(member, storage.join(
-            out_dir, f"{task}-t{t}-predict.jsonl-00000-of-00001"))
+        storage.write_atomic(storage.join(out_dir, shard_name(f"{task}-t{t}", "predict")),
+                             record_lines(member))
     if opts.method in ("mean", "weighted"):
         tables = rescore_union(res, opts, opts.split, opts.templates, members)
     fused = []
@@ -234,7 +235,7 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
                    invalid=sum(m[u]["invalid"] for m in members),
                    duplicates=sum(m[u]["duplicates"] for m in members))
         fused.append(rec)
-    path = storage.join(out_dir, f"{task}-{opts.method}-predict.jsonl-00000-of-00001")
-    write_jsonl_atomic(fused, path)
+    path = storage.join(out_dir, shard_name(f"{task}-{opts.method}", "predict"))
+    storage.write_atomic(path, record_lines(fused))
     summary["path"] = path
     return summary

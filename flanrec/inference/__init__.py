@@ -15,7 +15,8 @@ from flanrec.inference.modes import (
                                      predict_topk,
                                      score_candidates,
 )
-from flanrec.inference.taskinfo import MODES, InferenceConfigError
+from flanrec.inference.taskinfo import InferenceConfigError
+from flanrec.predictions import MODES
 
 __all__ = ["MODES", "InferenceConfigError", "InferenceOptions", "ItemDecoder", "TriePredictor",
            "expected_rating", "items_from_beams", "predict_topk", "run_inference",

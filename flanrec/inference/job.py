@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from flanrec import storage
+from flanrec import predictions, storage
 from flanrec.inference import modes, taskinfo
 from flanrec.inference.taskinfo import InferenceConfigError, TaskInfo
 from flanrec.inference.writer import ChunkWriter
@@ -480,8 +480,8 @@ def resolve_tasks(name: str, split: str, mode: str, data_dirs: list[str]) -> lis
 
 
 def validate_options(opts: InferenceOptions) -> None:
-    if opts.mode not in taskinfo.MODES:
-        raise InferenceConfigError(f"MODE {opts.mode!r} is not one of {list(taskinfo.MODES)}")
+    if opts.mode not in predictions.MODES:
+        raise InferenceConfigError(f"MODE {opts.mode!r} is not one of {list(predictions.MODES)}")
     for key in ("inputs", "targets"):
         if key not in opts.task_feature_lengths:
             raise InferenceConfigError(f"TASK_FEATURE_LENGTHS has no length for {key!r}")

@@ -16,7 +16,6 @@ from typing import Any
 from flanrec import storage
 from flanrec.errors import UserError
 
-MODES = ("predict", "score", "rating")
 BINARY_ANSWERS = ("no", "yes")  # flanrec.data.examples.binary_examples writes these
 RATING_ANSWERS = ("1", "2", "3", "4", "5")  # examples.format_rating of ML ratings
 

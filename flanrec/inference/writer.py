@@ -32,6 +32,7 @@ from typing import Any
 
 from flanrec import storage
 from flanrec.errors import UserError
+from flanrec.predictions import manifest_name, record_lines, shard_name
 
 MANIFEST = "manifest.json"
 CHECKPOINT_KEYS = ("checkpoint_step", "params_sha256")
@@ -39,14 +40,6 @@ CHECKPOINT_KEYS = ("checkpoint_step", "params_sha256")
 
 class ResumeMismatchError(UserError, ValueError):
     """The chunk directory (or finished shard) was written by a run with other settings."""
-
-
-def shard_name(task: str, mode: str, host: int, hosts: int) -> str:
-    return f"{task}-{mode}.jsonl-{host:05d}-of-{hosts:05d}"
-
-
-def manifest_name(task: str, mode: str, host: int, hosts: int) -> str:
-    return f"{task}-{mode}-manifest-{host:05d}-of-{hosts:05d}.json"
 
 
 def _plain(obj: Any) -> Any:
@@ -149,8 +142,7 @@ class ChunkWriter:
         return storage.exists(self.chunk_path(chunk))
 
     def write(self, chunk: int, records: Iterable[Mapping[str, Any]]) -> None:
-        storage.write_atomic(self.chunk_path(chunk),
-                             (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        storage.write_atomic(self.chunk_path(chunk), record_lines(records))
 
     def finalize(self, num_chunks: int, provenance: Mapping[str, Any] | None = None) -> str:
         """Concatenate chunks 0..num_chunks-1 into the final shard; returns its path.
