@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from flanrec.data import layout
 from flanrec.data.types import Split
 from flanrec.errors import UserError
 
@@ -92,7 +93,7 @@ class SplitTruth:
         from flanrec.data.examples import LIKE_THRESHOLD
 
         info = None
-        path = os.path.join(data_dir, "prepare.json")
+        path = os.path.join(data_dir, layout.PREPARE_FILE)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 info = json.load(f)
@@ -119,7 +120,7 @@ class SplitTruth:
         name = self.task_dir(task)
         if name is None:
             return None
-        path = os.path.join(self.data_dir, "tasks", name, "info.json")
+        path = os.path.join(self.data_dir, layout.task_dir(name), "info.json")
         try:
             with open(path, encoding="utf-8") as f:
                 return str(json.load(f).get("family") or "") or None

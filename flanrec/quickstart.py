@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 
 from flanrec import jobs, storage
-from flanrec.data import locations
+from flanrec.data import layout, locations
 from flanrec.errors import UserError
 
 DEFAULT_EXPERIMENT = "gin/experiments/ml100k_quickstart.gin"
@@ -118,7 +118,7 @@ def cli(argv: Sequence[str]) -> int:
     if args.verbose:
         env[jobs.VERBOSE_ENV] = "1"  # every stage logs in full too
     timings: list[tuple[str, float]] = []
-    prepared = storage.exists(storage.join(data_dir, "prepare.json"))
+    prepared = storage.exists(storage.join(data_dir, layout.PREPARE_FILE))
     infer_dir = storage.join(model_dir, f"infer_{args.split}")
     baseline_dir = storage.join(model_dir, f"baselines_{args.split}")
     eval_dir = storage.join(model_dir, f"eval_{args.split}")

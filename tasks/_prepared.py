@@ -14,7 +14,7 @@ import os
 import seqio
 import tensorflow as tf
 
-from flanrec.data import seqio_tasks
+from flanrec.data import layout, seqio_tasks
 from flanrec.data.vocab import VocabularyNotFoundError
 
 log = logging.getLogger("flanrec.tasks")
@@ -25,7 +25,7 @@ REGISTERED: dict[str, str] = {}
 
 def task_prefix(data_dir: str) -> str:
     """The prefix prepare.json records (e.g. `ml100k`)."""
-    with tf.io.gfile.GFile(os.path.join(data_dir, "prepare.json")) as f:
+    with tf.io.gfile.GFile(os.path.join(data_dir, layout.PREPARE_FILE)) as f:
         doc = json.load(f)
     prefix = doc.get("task_prefix")
     if not isinstance(prefix, str) or not prefix:
@@ -75,7 +75,7 @@ def register_dirs(dirs: list[str], source: str = "$FLANREC_DATA_DIR",
     """
     out: dict[str, str] = {}
     for d in dirs:
-        if not tf.io.gfile.exists(os.path.join(d, "prepare.json")):
+        if not tf.io.gfile.exists(os.path.join(d, layout.PREPARE_FILE)):
             log.warning("flanrec tasks: no prepared data in %s (%s), nothing registered from "
                         "it; prepare it with `python -m flanrec.prepare --dataset %s "
                         "--train_vocab --out %s`", d, source, dataset, d)

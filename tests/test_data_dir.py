@@ -103,7 +103,7 @@ def test_every_job_defaults_to_the_same_dir(tmp_path, monkeypatch):
     from flanrec import quickstart
     from flanrec.baselines.__main__ import parse_args as baseline_args
     from flanrec.data import locations
-    from flanrec.prepare import default_out
+    from flanrec.prepare_cli import default_out
 
     monkeypatch.delenv("FLANREC_DATA_DIR", raising=False)
     monkeypatch.setenv("FLANREC_CACHE", str(tmp_path))

@@ -64,8 +64,8 @@ def test_layout_and_dropped_families(toy_prepared):
 def test_item_tokens_encode_to_their_slots_and_decode_back(toy_prepared):
     import tasks
     from flanrec.data.indexing import ItemIndex
+    from flanrec.data.prepared import load_trie
     from flanrec.data.trie import accepts
-    from flanrec.prepare import load_trie
 
     out, base, _ = toy_prepared
     names = tasks.register_prepared(str(out), vocabulary=vocab_lib.get_vocabulary(
@@ -88,7 +88,7 @@ def test_item_tokens_encode_to_their_slots_and_decode_back(toy_prepared):
             assert vocab.decode(ids) == index.id_of(item)
             assert accepts(trie, ids + [vocab.eos_id])
         # The stored trie is reused for the vocabulary it was built with, rebuilt otherwise.
-        from flanrec.prepare import item_trie
+        from flanrec.data.prepared import item_trie
 
         same, _ = item_trie(str(out), vocab, "collaborative")
         assert same.num_nodes == trie.num_nodes and (same.children_tokens ==
@@ -140,7 +140,7 @@ def test_failure_late_in_the_job_leaves_the_old_output(toy_prepared, tmp_path):
 def test_tfidf_embeddings_put_similar_items_together():
     import numpy as np
 
-    from flanrec.prepare import tfidf_embed
+    from flanrec.prepare_index import tfidf_embed
 
     x = tfidf_embed(["Toy Story; year: 1995; categories: Animation, Comedy",
                      "Toy Story 2; year: 1999; categories: Animation, Comedy",

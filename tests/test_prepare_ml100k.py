@@ -91,9 +91,9 @@ def test_split_files_reproduce_the_protocol(prepared_ml100k):
 
 def test_index_and_trie(prepared_ml100k):
     from flanrec.data.indexing import ItemIndex
+    from flanrec.data.prepared import load_trie
     from flanrec.data.trie import accepts
     from flanrec.data.vocab import vocabulary_for_prepared
-    from flanrec.prepare import load_trie
 
     index = ItemIndex.load(prepared_ml100k / "index" / "sequential")
     assert index.method == "sequential" and len(index) == 1682

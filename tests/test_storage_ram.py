@@ -87,7 +87,7 @@ def test_prepare_publishes_to_ram_and_tasks_read_it(bucket):
     import seqio
 
     from flanrec.data import prepared
-    from flanrec.prepare import item_trie
+    from flanrec.data.prepared import item_trie
 
     data = bucket["data"]
     marker = storage.read_marker(data)

@@ -16,7 +16,7 @@ from pathlib import Path
 import gin
 import pytest
 
-from flanrec import prepare
+from flanrec import prepare_cli as prepare
 from flanrec.data.errors import DataError
 from flanrec.data.sources import read_dataset
 from flanrec.errors import UserError

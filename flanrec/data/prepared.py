@@ -1,24 +1,35 @@
-"""Read back what ``flanrec.prepare`` wrote: the split, the item index and the trie.
+"""Read back what ``flanrec.prepare`` wrote: the split, the catalogue, the item index, the
+token slots and the item trie. The one reader of a prepared directory.
 
-The inference job, the evaluation job and the baselines all rank against the same split and
-mask the same seen items; reading the prepared directory (not re-deriving the split from raw
-files) guarantees that, and checks the fingerprint ``prepare`` recorded so a hand-edited or
-half-copied directory fails loudly instead of producing quietly different metrics.
+The inference job, the ensembles, the evaluation job and the baselines all rank against the
+same split and mask the same seen items; reading the prepared directory (not re-deriving the
+split from raw files, nor importing the prepare job) guarantees that, and checks the
+fingerprint ``prepare`` recorded so a hand-edited or half-copied directory fails loudly
+instead of producing quietly different metrics. File names come from
+``flanrec.data.layout``; the writers are in ``flanrec.data.prepared_write``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flanrec import storage
+from flanrec.data import layout
 from flanrec.data.types import ItemMeta, Split, UserSequence
 from flanrec.errors import UserError
 
-SPLIT_FILE = os.path.join("split", "split.json")
-PREPARE_FILE = "prepare.json"
+if TYPE_CHECKING:
+    import seqio
+
+    from flanrec.data.indexing import ItemIndex
+    from flanrec.data.trie import TrieArrays
+
+SPLIT_FILE = layout.SPLIT_FILE
+PREPARE_FILE = layout.PREPARE_FILE
 
 
 class PreparedDataError(UserError, ValueError):
@@ -74,7 +85,7 @@ def _recorded_sha(data_dir: str, name: str) -> str | None:
 
 def load_meta(data_dir: str) -> ItemMeta:
     """Item titles, years and categories from ``split/items.tsv`` (templates need them)."""
-    path = storage.join(data_dir, "split", "items.tsv")
+    path = storage.join(data_dir, layout.ITEMS_FILE)
     if not storage.exists(path):
         raise PreparedDataError(f"{path}: not found (prepared data dir expected)")
     meta = ItemMeta(title={})
@@ -98,6 +109,90 @@ def load_meta(data_dir: str) -> ItemMeta:
     return meta
 
 
+def load_catalogue(data_dir: str) -> list[str]:
+    """Every item of the prepared dir, in the catalogue order tries and item numbers use."""
+    return list(storage.read_json(storage.join(data_dir, SPLIT_FILE))["all_items"])
+
+
+def index_methods(data_dir: str) -> list[str]:
+    """The dir's indexings, primary first (prepare.json ``index_methods``)."""
+    return list(storage.read_json(storage.join(data_dir, PREPARE_FILE))["index_methods"])
+
+
+def load_index(data_dir: str, method: str | None = None) -> ItemIndex:
+    """The fitted item index of one indexing (default: the dir's primary one)."""
+    from flanrec.data.indexing import ItemIndex
+
+    method = method or index_methods(data_dir)[0]
+    return ItemIndex.load(storage.join(data_dir, layout.index_dir(method)))
+
+
+def load_token_slots(data_dir: str) -> dict[str, int]:
+    """token -> vocabulary id of the dir's new ID tokens ({} for numeric and title IDs)."""
+    from flanrec.data import vocab as vocab_lib
+
+    return vocab_lib.load_token_slots(data_dir)
+
+
+def vocabulary_fingerprint(vocabulary: seqio.Vocabulary) -> str:
+    """What a stored trie records of the vocabulary its token ids come from (an md5)."""
+    from flanrec.data import vocab as vocab_lib
+
+    return vocab_lib.vocabulary_fingerprint(vocabulary)
+
+
+def trie_file(end_with_eos: bool = True) -> str:
+    """File name of an indexing's trie: with EOS (most families) or without (seqrec)."""
+    return layout.trie_file(end_with_eos)
+
+
+def load_trie(path: str) -> tuple[TrieArrays, list[str]]:
+    """(TrieArrays, items) of a trie file ``save_trie`` wrote (dense_next is None;
+    ``build_trie`` can recompute it)."""
+    import numpy as np
+
+    from flanrec.data.trie import TrieArrays
+
+    with np.load(io.BytesIO(storage.read_bytes(path))) as z:
+        data = {k: z[k] for k in z.files}
+    items = [str(x) for x in data.pop("items")]
+    data.pop("vocab_id", None)
+    scalars = {k: int(data.pop(k)) for k in ("eos_id", "pad_id", "vocab_size", "max_length")}
+    return TrieArrays(dense_next=None, **data, **scalars), items
+
+
+def item_trie(data_dir: str, vocabulary: seqio.Vocabulary | None = None,
+              method: str | None = None, end_with_eos: bool = True,
+              ) -> tuple[TrieArrays, list[str]]:
+    """(TrieArrays, items) of a prepared dir's item IDs under `vocabulary`.
+
+    Loads `index/{method}/trie.npz` (`trie_noeos.npz` with `end_with_eos=False`) when it was
+    built with this very vocabulary, else builds it in memory (about a second for ml-100k): a
+    trie in another vocabulary's token ids would constrain decoding to the wrong tokens.
+    `vocabulary` defaults to `vocabulary_for_prepared(data_dir)`, `method` to the dir's first
+    indexing.
+    """
+    import numpy as np
+
+    from flanrec.data import vocab as vocab_lib
+    from flanrec.data.trie import build_trie
+
+    method = method or index_methods(data_dir)[0]
+    vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)
+    path = storage.join(data_dir, layout.trie_path(method, end_with_eos))
+    if storage.exists(path):
+        with np.load(io.BytesIO(storage.read_bytes(path))) as z:
+            stored = str(z["vocab_id"]) if "vocab_id" in z.files else ""
+        if stored == vocabulary_fingerprint(vocabulary):
+            return load_trie(path)
+    index = load_index(data_dir, method)
+    catalogue = load_catalogue(data_dir)
+    seqs = [vocabulary.encode(index.id_of(item)) for item in catalogue]
+    trie = build_trie(seqs, eos_id=vocabulary.eos_id, vocab_size=vocabulary.vocab_size,
+                      pad_id=0, dense_limit=0, end_with_eos=end_with_eos)
+    return trie, list(catalogue)
+
+
 def read_task_split(data_dir: str, task_dir: str, split_name: str,
                     fields: tuple[str, ...] = ("user", "target_item", "candidates", "targets"),
                     ) -> list[dict[str, Any]]:
@@ -112,7 +207,7 @@ def read_task_split(data_dir: str, task_dir: str, split_name: str,
 
     from flanrec.data import seqio_tasks, writer
 
-    root = os.path.join(data_dir, "tasks", task_dir)
+    root = os.path.join(data_dir, layout.task_dir(task_dir))
     info = writer.read_info(root)
     if split_name not in info["splits"]:
         raise PreparedDataError(f"{root}: no split {split_name!r} (has "

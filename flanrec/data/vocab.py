@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -28,6 +27,7 @@ import seqio
 import tensorflow as tf
 from sentencepiece import sentencepiece_model_pb2
 
+from flanrec.data import layout
 from flanrec.errors import ConfigError, UserError
 
 VOCAB_ENV = "FLANREC_VOCAB"
@@ -35,7 +35,7 @@ FLAN_T5_GCS_VOCAB = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.mod
 DEFAULT_EXTRA_IDS = 100
 # Flan-T5's embedding has 32128 rows: 32000 pieces + 100 extra ids + 28 padding rows.
 FLAN_T5_EMBEDDING_ROWS = 32128
-TOKEN_SLOTS_FILE = "token_slots.json"  # written by flanrec.data.indexing
+TOKEN_SLOTS_FILE = layout.TOKEN_SLOTS_FILE  # written by flanrec.data.indexing
 
 
 class VocabularyNotFoundError(UserError, FileNotFoundError):
@@ -281,29 +281,23 @@ def resolve_spm_path(path: str | None = None) -> str:
 
 def load_token_slots(data_dir: str) -> dict[str, int]:
     """token -> id from a prepared dir (`DIR/index/token_slots.json`, or DIR itself holding
-    `token_slots.json`); {} when the index has no new tokens (numeric and title IDs)."""
-    for path in (os.path.join(data_dir, "index", TOKEN_SLOTS_FILE),
-                 os.path.join(data_dir, TOKEN_SLOTS_FILE)):
-        if tf.io.gfile.exists(path):
-            break
-    else:
-        return {}
-    with tf.io.gfile.GFile(path) as f:
-        try:
-            doc = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-    tokens = doc.get("tokens") if isinstance(doc, dict) else None
-    if not isinstance(tokens, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) for k, v in tokens.items()
-    ):
-        raise ValueError(f"{path}: field 'tokens' must be an object token -> integer id")
-    return tokens
+    `token_slots.json`); {} when the index has no new tokens (numeric and title IDs).
+
+    Parsed by `flanrec.data.indexing.slots.read_slot_map`, the one reader of the format.
+    """
+    from flanrec import storage
+    from flanrec.data.indexing.slots import read_slot_map
+
+    for path in (storage.join(data_dir, layout.token_slots_file()),
+                 storage.join(data_dir, layout.TOKEN_SLOTS_FILE)):
+        if storage.exists(path):
+            return read_slot_map(path)
+    return {}
 
 
 def trained_vocab_path(data_dir: str) -> str | None:
     """DIR/vocab/spm.model when `prepare --train_vocab` wrote one, else None."""
-    path = os.path.join(data_dir, "vocab", "spm.model")
+    path = os.path.join(data_dir, layout.VOCAB_FILE)
     return path if tf.io.gfile.exists(path) else None
 
 
@@ -367,7 +361,7 @@ def recorded_vocab_path(data_dir: str) -> str | None:
     import json
 
     try:
-        with open(os.path.join(data_dir, "prepare.json"), encoding="utf-8") as f:
+        with open(os.path.join(data_dir, layout.PREPARE_FILE), encoding="utf-8") as f:
             rec = json.load(f).get("vocab") or {}
     except (OSError, ValueError):
         return None
@@ -383,3 +377,102 @@ def _gin_bound_path() -> str | None:
         return gin.query_parameter("flanrec.data.vocab.get_vocabulary.path")
     except ValueError:
         return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Which vocabulary a prepare run tokenizes with (moved from flanrec.prepare)
+# ----------------------------------------------------------------------------------------------
+
+
+def base_piece_count(train_vocab: bool) -> int:
+    """Pieces of the SentencePiece model training will use, where new ID tokens start.
+
+    A trained vocabulary holds the tokens as pieces, so the slot map only matters for
+    Flan-T5 (32000) or a model given by $FLANREC_VOCAB / gin, whose pieces are counted.
+    """
+    if train_vocab:
+        return 32000
+    try:
+        path = resolve_spm_path()
+    except VocabularyNotFoundError:
+        return 32000
+    return piece_count(path)
+
+
+def resolve_prepare_vocab(vocab_path: str | None, slots: Mapping[str, int],
+                          ) -> tuple[seqio.Vocabulary | None, str]:
+    """The vocabulary to build tries with, or None (with the reason) when none is found.
+
+    Preparing must work without any vocabulary (the tries are then built at read time), so a
+    missing one is a reason recorded in prepare.json, not an error.
+    """
+    try:
+        if vocab_path:
+            return get_vocabulary(vocab_path, item_tokens=dict(slots) or None, max_rows=None), ""
+        # The slot map was fitted to this model's pieces + 128 rows by fit_indexes.
+        return get_vocabulary(item_tokens=dict(slots) or None, max_rows=None), ""
+    except VocabularyNotFoundError as e:
+        return None, str(e).splitlines()[0]
+
+
+def vocab_source(trained: str | None, vocabulary: seqio.Vocabulary | None) -> dict[str, str]:
+    """`source` (absolute path) and `source_md5` of an external SentencePiece file.
+
+    Recorded in prepare.json so the dir registers with the same file later even without
+    $FLANREC_VOCAB (`recorded_vocab_path` checks the md5); {} for a trained or remote file.
+    """
+    import hashlib
+
+    path = getattr(vocabulary, "sentencepiece_model_file", "") if vocabulary else ""
+    if trained or not path or "://" in path or not os.path.isfile(path):
+        return {}
+    with open(path, "rb") as f:
+        return {"source": os.path.abspath(path),
+                "source_md5": hashlib.md5(f.read()).hexdigest()}
+
+
+def vocabulary_fingerprint(vocabulary: seqio.Vocabulary) -> str:
+    """md5 of the (slot-extended) SentencePiece model: a trie is only valid for that model.
+
+    Stored in each trie file and compared when it is read, so a trie in another vocabulary's
+    token ids is never used to constrain decoding.
+    """
+    import hashlib
+
+    sp_model = getattr(vocabulary, "sp_model", None)
+    if sp_model is None:
+        return f"{type(vocabulary).__name__}:{vocabulary.vocab_size}"
+    return hashlib.md5(sp_model).hexdigest()
+
+
+def checkpoint_vocab_path(given: str | None, checkpoint: str | None) -> str:
+    """The SentencePiece model that tokenizes item text for `--semantic_encoder`.
+
+    It has to be the checkpoint's own: `given` (`--semantic_encoder_vocab`: a .model file,
+    a dir with spiece.model, or a prepared dir whose `vocab/spm.model` the checkpoint was
+    trained with), else the HF checkpoint dir's spiece.model, else $FLANREC_VOCAB / gin /
+    the HF cache. Raises UserError naming the flag that fixes it.
+    """
+    if given:
+        trained = os.path.join(given, layout.VOCAB_FILE)
+        if os.path.isfile(trained):
+            return trained
+        try:
+            return resolve_spm_path(given)
+        except VocabularyNotFoundError:
+            raise UserError(f"--semantic_encoder_vocab {given}: not a SentencePiece .model "
+                            "file, a dir with spiece.model, or a prepared dir with "
+                            "vocab/spm.model") from None
+    enc = checkpoint or ""
+    if os.path.isdir(enc):
+        for name in ("spiece.model", "sentencepiece.model", "spm.model"):
+            if os.path.isfile(os.path.join(enc, name)):
+                return os.path.join(enc, name)
+    try:
+        return resolve_spm_path()
+    except VocabularyNotFoundError as e:
+        raise UserError(
+            f"--semantic_encoder {enc}: no vocabulary to tokenize item text with (the "
+            "checkpoint dir has no spiece.model). Pass --semantic_encoder_vocab (the model's "
+            "spiece.model, or the prepared dir whose vocab/spm.model it was trained with), or "
+            f"set {VOCAB_ENV}.\n{e}") from None

@@ -15,7 +15,6 @@ the ensemble beside the best single template from the same run.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,9 +50,7 @@ class _Resources:
         from flanrec.checkpoints import load_params_any
         from flanrec.data import prepared
         from flanrec.data import vocab as vocab_lib
-        from flanrec.data.indexing import ItemIndex
         from flanrec.inference import modes
-        from flanrec.prepare import item_trie
 
         info = prepared.read_prepare_json(data_dir)
         self.method = index_method or info["index_methods"][0]
@@ -63,8 +60,8 @@ class _Resources:
         if self.vocab.vocab_size > self.config.vocab_size:
             raise ValueError(f"{data_dir}: its vocabulary has {self.vocab.vocab_size} ids but "
                              f"the checkpoint embeds {self.config.vocab_size}")
-        self.trie, items = item_trie(data_dir, self.vocab, self.method)
-        self.index = ItemIndex.load(os.path.join(data_dir, "index", self.method))
+        self.trie, items = prepared.item_trie(data_dir, self.vocab, self.method)
+        self.index = prepared.load_index(data_dir, self.method)
         self.decoder = modes.ItemDecoder(items, [self.index.id_of(i) for i in items],
                                          self.vocab.encode, self.vocab.decode)
         self.col = {item: j for j, item in enumerate(items)}

@@ -166,13 +166,12 @@ class TaskRunner:
 
     # ---------------------------------------------------------------- resources
     def _load_items(self) -> None:
-        from flanrec.data.indexing import ItemIndex
-        from flanrec.prepare import item_trie
+        from flanrec.data import prepared
 
         method = self.info.index_method
-        self._trie, items = item_trie(self.info.data_dir, self.vocab, method,
-                                      end_with_eos=not self.info.is_item_sequence)
-        index = ItemIndex.load(os.path.join(self.info.data_dir, "index", str(method)))
+        self._trie, items = prepared.item_trie(self.info.data_dir, self.vocab, method,
+                                               end_with_eos=not self.info.is_item_sequence)
+        index = prepared.load_index(self.info.data_dir, str(method))
         ids = [index.id_of(i) for i in items]
         self.decoder = modes.ItemDecoder(items, ids, self.vocab.encode, self.vocab.decode)
         self.item_col = {item: j for j, item in enumerate(items)}

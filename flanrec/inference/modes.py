@@ -23,8 +23,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from flanrec.data.trie import TrieArrays, allowed_items_in_rank_order
-from flanrec.data.trie_jax import JaxTrie, TrieConstraint, to_jax
+from flanrec.data.trie import TrieArrays
+from flanrec.inference.constraints import JaxTrie, TrieConstraint, to_jax
 from flanrec.model import decoding
 from flanrec.model.config import T5Config
 
@@ -84,10 +84,8 @@ class TriePredictor:
 
     def constraint(self, allowed_items: np.ndarray | None, k: int) -> TrieConstraint:
         assert self.trie is not None and self.jax_trie is not None
-        cums = None
-        if allowed_items is not None:
-            cums = jnp.asarray(allowed_items_in_rank_order(self.trie, allowed_items))
-        return TrieConstraint(self.jax_trie, cums, self.config.vocab_size, k, self.trie.pad_id)
+        return TrieConstraint.create(self.trie, self.config.vocab_size, allowed_items, beams=k,
+                                     device_trie=self.jax_trie)
 
     def __call__(self, params: Any, encoder_tokens: np.ndarray, k: int,
                  allowed_items: np.ndarray | None = None, max_length: int | None = None,

@@ -15,11 +15,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from flanrec.data import layout
 from flanrec.data.errors import DataError
 from flanrec.data.types import Split
 
-INDEX_FILE = "item_index.json"
-SLOTS_FILE = "token_slots.json"
+# The prepared dir's file-name table owns these names; kept here under their old names.
+INDEX_FILE = layout.INDEX_FILE
+SLOTS_FILE = layout.TOKEN_SLOTS_FILE
 FORMAT = "flanrec.item_index"
 VERSION = 1
 

@@ -76,16 +76,28 @@ def slot_map_json(slot_map: Mapping[str, int], vocab_size: int = 32128, sp_size:
 
 def load_slot_map(directory: str) -> dict[str, int]:
     """Read ``token_slots.json`` saved by ``ItemIndex.save``; {} if the index has no new tokens."""
-    import json
     import os
 
     from flanrec import storage
-    from flanrec.data.errors import DataError
-    from flanrec.data.indexing.core import SLOTS_FILE
+    from flanrec.data import layout
 
-    path = storage.join(os.fspath(directory), SLOTS_FILE)
-    if not storage.exists(path):
-        return {}
+    path = storage.join(os.fspath(directory), layout.TOKEN_SLOTS_FILE)
+    return read_slot_map(path) if storage.exists(path) else {}
+
+
+def read_slot_map(path: str) -> dict[str, int]:
+    """token -> id of a ``token_slots.json`` file: the one parser of the format.
+
+    The vocabulary (a prepared dir's ``index/token_slots.json``) and the indexer (one
+    ``index/{method}/``) both read slot maps; one parser next to its writer
+    (``slot_map_json``) means they can never disagree about a file. Raises DataError (a
+    ValueError) naming the file when it is not JSON or ``tokens`` is not token -> int.
+    """
+    import json
+
+    from flanrec import storage
+    from flanrec.data.errors import DataError
+
     try:
         data = storage.read_json(path)
     except json.JSONDecodeError as e:

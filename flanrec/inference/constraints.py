@@ -1,6 +1,7 @@
-"""The item trie as a constraint a jitted beam search can apply (the only JAX in data/).
+"""Decoding constraints: the item trie as a constraint a jitted beam search can apply.
 
-Beam search (``flanrec.model.decoding``) takes any object with
+A new decoding constraint goes here. Beam search (``flanrec.model.decoding``) takes any
+object with
 
     init(batch_beams) -> state              # state: int32 [batch_beams] trie nodes
     allowed(state) -> bool [batch_beams, vocab]
@@ -8,6 +9,9 @@ Beam search (``flanrec.model.decoding``) takes any object with
 
 ``TrieConstraint`` is that object, a pytree (arrays are leaves), so it can be passed into
 ``jax.jit`` as an argument and a new batch's per-user masks do not trigger recompilation.
+The trie itself is plain numpy (``flanrec.data.trie``, built at prepare time and read by
+``flanrec.data.prepared``); this module is its device side, kept out of ``flanrec.data`` so
+data preparation never imports JAX.
 
 Per-user exclusion of seen items: pass ``allowed_items`` bool [batch, num_items] (item order
 = the order of the sequences given to ``build_trie``; True = may be recommended) and
@@ -113,12 +117,19 @@ class TrieConstraint:
 
     @classmethod
     def create(cls, trie: TrieArrays, vocab_size: int | None = None,
-               allowed_items: np.ndarray | None = None, beams: int = 1) -> TrieConstraint:
+               allowed_items: np.ndarray | None = None, beams: int = 1,
+               device_trie: JaxTrie | None = None) -> TrieConstraint:
+        """The constraint for one batch: ``trie`` with ``allowed_items`` (or all items).
+
+        ``device_trie`` is ``to_jax(trie)`` made once by a caller that decodes many batches
+        with one trie (``TriePredictor``), so each batch only moves its own masks.
+        """
         vocab_size = trie.vocab_size if vocab_size is None else vocab_size
         cums = None
         if allowed_items is not None:
             cums = jnp.asarray(allowed_items_in_rank_order(trie, allowed_items))
-        return cls(to_jax(trie), cums, vocab_size, beams, trie.pad_id)
+        return cls(to_jax(trie) if device_trie is None else device_trie, cums, vocab_size,
+                   beams, trie.pad_id)
 
     def tree_flatten(self):
         return (self.trie, self.cums), (self.vocab_size, self.beams, self.pad_id)

@@ -1,14 +1,16 @@
-"""Item content embeddings from a T5 encoder, for semantic IDs.
+"""Item content embeddings from a T5 encoder, for semantic IDs (the prepare job's side).
 
 TIGER-style semantic IDs are only as good as the embeddings the residual k-means clusters.
 TF-IDF of titles and genres works offline with no model, but a pretrained encoder puts
 "Toy Story" near "A Bug's Life" even when no word is shared. This module turns any checkpoint
 `flanrec.api.load` understands (an HF directory, a T5X checkpoint, a flanrec checkpoint) into
-``embed_fn(texts) -> float32 [n, d_model]`` for ``fit_index('semantic', ..., embed_fn=...)``:
-mean of the final encoder states over the real (non-padding) tokens.
+``embed_fn(texts) -> float32 [n, d_model]``: mean of the final encoder states over the real
+(non-padding) tokens. The prepare job calls it and hands the indexer the plain array
+(``fit_index('semantic', ..., embeddings=array)``).
 
-The only module of ``flanrec.data.indexing`` that imports JAX, and only when called, so the
-rest of indexing stays numpy-only and fast to import.
+It lives outside ``flanrec.data`` on purpose: data preparation's indexers stay numpy-only and
+never import the network or the checkpoint code; this module needs both (JAX only when
+called).
 """
 
 from __future__ import annotations
