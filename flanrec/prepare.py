@@ -45,11 +45,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from flanrec import storage
+from flanrec.data import families as families_lib
 from flanrec.data import locations
 from flanrec.data.prepared_write import build_tries, write_split
 from flanrec.errors import UserError
 from flanrec.prepare_index import fit_indexes
-from flanrec.progress import Progress, stage
+from flanrec.progress import stage
 
 INDEX_SUFFIX = {
     "sequential": "seqidx",
@@ -63,23 +64,16 @@ DATASET_ALIASES = {
     "amazon-sports": "amazon-2014-Sports_and_Outdoors",
     "amazon-toys": "amazon-2014-Toys_and_Games",
 }
-# Families whose task name carries the indexing suffix (one task per indexing); the others
-# are rendered once, with the first indexing's IDs.
-INDEXED_FAMILIES = ("seq", "seqrec", "direct", "grounding")
-FAMILIES = ("seq", "seqrec", "direct", "rating", "binary", "grounding", "profile")
-TARGET_KIND = {
-    "seq": "item",
-    "seqrec": "item",
-    "direct": "item",
-    "rating": "rating",
-    "binary": "binary",
-    "grounding": "text",
-    "profile": "text",
-}
+# The task families are objects in flanrec.data.families; these views of the built-ins keep
+# their historical names for callers and the CLI.
+FAMILIES = families_lib.BUILTIN_FAMILIES
+INDEXED_FAMILIES = tuple(f for f in FAMILIES if families_lib.get(f).indexed)
+TARGET_KIND = {f: families_lib.get(f).target_kind for f in FAMILIES}
 EVAL_SPLITS = ("validation", "test")
 # Families whose targets are a sequence of item IDs without EOS (the decoder continues from
 # one item to the next); inference ranks the last item after feeding the others as a prefix.
-SEQUENCE_FAMILIES = ("seqrec",)
+SEQUENCE_FAMILIES = tuple(f for f in FAMILIES
+                          if families_lib.get(f).target_layout == "item_sequence")
 
 
 def default_cache_dir() -> str:
@@ -173,118 +167,116 @@ def load_dataset(opts: PrepareOptions, out: str | None = None):  # noqa: ANN201 
         return read_dataset(fetched.kind, fetched.path)
 
 
-def _family_splits(family: str, opts: PrepareOptions) -> list[tuple[str, str, tuple[str, ...]]]:
-    """(output split, examples split_name, template types) for one family."""
-    if family == "grounding":
-        return [("train", "train", ("seen",))]
-    out = [("train", "train", ("seen",))]
-    out += [(s, s, ("seen",)) for s in EVAL_SPLITS]
-    if opts.unseen_eval:
-        out.append(("test_unseen", "test", ("unseen",)))
-    return out
-
-
 class _TextSample:
-    """Keeps every k-th inputs/targets text seen while writing (the vocab training corpus)."""
+    """Every k-th train example's inputs/targets text: the corpus a trained vocabulary
+    learns from.
 
-    def __init__(self, every: int = 3):
+    k is 3 (every family's train examples counted in one sequence, task by task) until that
+    would exceed `max_examples`; then k grows, so a 10x larger log costs no more vocabulary
+    training. Only the chosen examples are rendered (a family's builder skips the others at
+    the cost of a spec).
+    """
+
+    def __init__(self, every: int = 3, max_examples: int = 200_000):
         self.every = every
+        self.max_examples = max_examples
         self.n = 0
         self.texts: list[str] = []
+        self.plan: list[tuple[families_lib.Family, families_lib.FamilyData, int]] = []
 
-    def tap(self, examples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for ex in examples:
-            if self.n % self.every == 0:
-                self.texts.append(ex["inputs"])
-                self.texts.append(ex["targets"])
-            self.n += 1
-            yield ex
+    def add(self, family: families_lib.Family, data: families_lib.FamilyData,
+            count: int) -> None:
+        self.plan.append((family, data, count))
+
+    def render(self) -> None:
+        total = sum(n for _, _, n in self.plan)
+        every = max(self.every, -(-total // self.max_examples))
+        offset = 0
+        for family, data, count in self.plan:
+            first = (-offset) % every  # the global position offset + first is a multiple
+            if first < count:
+                for ex in family.examples(data, "train", ("seen",), first, every):
+                    self.texts.append(ex["inputs"])
+                    self.texts.append(ex["targets"])
+            offset += count
+        self.n = total
 
 
-def _examples(family: str, split, dataset, index, opts: PrepareOptions,  # noqa: ANN001
-              split_name: str, template_types: tuple[str, ...], prefix: str):
-    from flanrec.data import examples as ex_lib
-
-    common = dict(split_name=split_name, seed=opts.seed, template_types=template_types,
-                  task_prefix=prefix + "_")
-    if family == "profile":
-        if dataset.users is None or not dataset.users.features:
-            return None
-        return ex_lib.profile_examples(split, index, dataset.users, dataset.items, **common)
-    kwargs: dict[str, Any] = {}
-    if family in ("seq", "seqrec", "direct"):
-        kwargs["max_history"] = opts.max_history
-    if family == "seqrec":
-        kwargs.update(window=opts.seqrec_window, encoder_items=opts.seqrec_encoder_items,
-                      tilings=opts.seqrec_tilings)
-    if family == "direct":
-        kwargs["num_candidates"] = min(opts.num_candidates, len(split.all_items))
-    if family == "grounding" and not dataset.items.title:
-        return None
-    return ex_lib.build_examples(family, split, index, dataset.items, dataset.users,
-                                 **common, **kwargs)
+def _family_data(family: families_lib.Family, split, dataset, index,  # noqa: ANN001
+                 opts: PrepareOptions, prefix: str) -> families_lib.FamilyData:
+    return families_lib.FamilyData(split=split, index=index, meta=dataset.items,
+                                   users=dataset.users, options=dataclasses.asdict(opts),
+                                   seed=opts.seed, task_prefix=prefix)
 
 
 def write_tasks(split, dataset, indexes, opts: PrepareOptions, tasks_root: str,  # noqa: ANN001
                 prefix: str, sample: _TextSample,
                 report: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Render and write every (family, indexing) task; returns task dir -> info.
+    """Record every (family, indexing) task; returns task dir -> info.
 
-    `report` gets a progress line per task (examples rendered and written, rate) every few
-    seconds and when the task is done (default: stdout).
+    A task is its `tasks/<dir>/info.json`: family, item indexing, target kind and layout,
+    features and the example count per split. The examples themselves are rendered when
+    seqio reads them (flanrec.data.family_source), so what prepare stores grows with the
+    interactions, not with families x templates x windows. `report` gets a line per task.
     """
-    from flanrec.data import splits as splits_lib
-    from flanrec.data import writer
+    from flanrec.data import family_source, writer
 
     methods = list(indexes)
     infos = {}
-    todo = sum(len(methods) if f in INDEXED_FAMILIES else 1 for f in opts.families)
+    todo = sum(len(methods) if families_lib.get(f).indexed else 1 for f in opts.families)
     number = 0
-    for family in opts.families:
-        if family not in FAMILIES:
-            raise UserError(f"unknown family {family!r}; choose from {FAMILIES}")
-        for n, method in enumerate(methods if family in INDEXED_FAMILIES else methods[:1]):
+    for name in opts.families:
+        if name not in families_lib.names():
+            raise UserError(f"unknown family {name!r}; choose from {families_lib.names()}")
+        family = families_lib.get(name)
+        for n, method in enumerate(methods if family.indexed else methods[:1]):
             suffix = INDEX_SUFFIX[method]
-            dirname = f"{family}_{suffix}" if family in INDEXED_FAMILIES else family
+            dirname = family.task_dirname(suffix)
             number += 1
-            counter = Progress(f"prepare: task {number}/{todo} {dirname}", unit="examples",
-                               log=report, untimed_first=False)
-            splits_out = {}
-            for out_split, split_name, ttypes in _family_splits(family, opts):
-                ex = _examples(family, split, dataset, indexes[method], opts, split_name,
-                               ttypes, prefix)
-                if ex is None:
-                    break
-                ex = counter.wrap(ex)
-                splits_out[out_split] = sample.tap(ex) if out_split == "train" else ex
-            if not splits_out:
-                counter.finish("skipped: the data has no fields for this family")
-                continue
-            info = writer.write_task(
-                os.path.join(tasks_root, dirname), splits_out, num_shards=opts.num_shards,
-                metadata={
-                    "family": family,
-                    "indexing": suffix if family in INDEXED_FAMILIES else None,
+            with stage(f"prepare: task {number}/{todo} {dirname}", log=report) as st:
+                data = _family_data(family, split, dataset, indexes[method], opts, prefix)
+                if family.unavailable(data):
+                    st["note"] = "skipped: the data has no fields for this family"
+                    continue
+                splits_out = {}
+                for out_split, split_name, _ in family.output_splits():
+                    if out_split == families_lib.UNSEEN_SPLIT and not opts.unseen_eval:
+                        continue
+                    count = family.num_examples(data, split_name)
+                    if count:
+                        splits_out[out_split] = {"num_input_examples": count}
+                if not splits_out:  # e.g. rating tasks of a log without ratings
+                    st["note"] = "skipped: no examples"
+                    continue
+                if "train" in splits_out:
+                    sample.add(family, data, splits_out["train"]["num_input_examples"])
+                info = {
+                    "format": writer.INFO_FORMAT,
+                    "version": 2,
+                    "source": "rendered",
+                    "features": family_source.feature_schema(family),
+                    "splits": splits_out,
+                    "family": name,
+                    "indexing": suffix if family.indexed else None,
                     "index_method": method,
                     "index_file": f"index/{method}/item_index.json",
-                    "target_kind": TARGET_KIND[family],
+                    "target_kind": family.target_kind,
                     "primary_indexing": n == 0,
-                    "targets_eos": family not in SEQUENCE_FAMILIES,
+                    "targets_eos": family.targets_eos,
                     # Item predictions that carry loss in the train split (what a mixture
                     # rates a seqrec task by: one example holds up to a window of them).
-                    "train_targets": (opts.seqrec_tilings * splits_lib.count_train_windows(
-                        split) if family in SEQUENCE_FAMILIES else None),
-                    "target_layout": ("item_sequence" if family in SEQUENCE_FAMILIES
-                                      else "single"),
-                },
-            )
-            if not info["splits"]:  # e.g. rating tasks of a log without ratings
-                shutil.rmtree(os.path.join(tasks_root, dirname))
-                counter.finish("skipped: no examples")
-                continue
-            counter.finish(f"splits {', '.join(info['splits'])}")
-            infos[dirname] = info
+                    "train_targets": (family.train_targets(data) if family.train_targets
+                                      else None),
+                    "target_layout": family.target_layout,
+                }
+                storage.write_json_atomic(os.path.join(tasks_root, dirname, writer.INFO_FILE),
+                                          info, sort_keys=True, ensure_ascii=True)
+                st["note"] = ", ".join(f"{s} {v['num_input_examples']:,}"
+                                       for s, v in splits_out.items())
+                infos[dirname] = info
     return infos
+
+
 
 
 def skipped_families(families: Sequence[str], infos: dict[str, dict[str, Any]],
@@ -377,8 +369,6 @@ def prepare(opts: PrepareOptions, log: Any = print,
                      if getattr(opts, k) not in (None, "tfidf")]
     if semantic_opts and "semantic" not in opts.indexing:
         raise UserError(f"{', '.join(semantic_opts)} only apply to --indexing semantic")
-    if opts.num_shards < 2:
-        raise UserError("--num_shards must be >= 2 (multi-host readers shard by file)")
     out = _check_out(opts)
     prefix = opts.task_prefix or task_prefix_for(opts.dataset)
     with storage.staged_dir(out, "prepare", replace=opts.overwrite,
@@ -393,7 +383,8 @@ def prepare(opts: PrepareOptions, log: Any = print,
                                              kcore=opts.kcore, min_rating=opts.min_rating)
             splits_lib.check_usable(split, dataset.interactions.source or opts.dataset)
             fps = splits_lib.fingerprints(split)
-            file_hashes = write_split(split, dataset.items, os.path.join(tmp, "split"))
+            file_hashes = write_split(split, dataset.items, os.path.join(tmp, "split"),
+                                      dataset.users)
             st["note"] = f"{len(split.users):,} users, {len(split.all_items):,} items"
         lap("split")
         index_root = os.path.join(tmp, "index")
@@ -419,6 +410,7 @@ def prepare(opts: PrepareOptions, log: Any = print,
                 log(f"  vocabulary: {len(pieces)} item pieces, so {size} pieces in all "
                     f"(--vocab_size {opts.vocab_size} is too small to hold them and the text)")
             with stage(f"prepare: vocabulary ({size:,} pieces, SentencePiece)", log=progress):
+                sample.render()
                 vocab_path = vocab_lib.train_sentencepiece(
                     sample.texts, os.path.join(tmp, "vocab", "spm.model"),
                     vocab_size=size, user_defined_symbols=list(slots) + pieces)

@@ -17,13 +17,14 @@ SPLIT_DIR = "split"
 SPLIT_FILE = "split/split.json"  # per-user sequences, catalogue, max_history
 SEQUENCES_FILE = "split/sequences.tsv"  # user \t i_1 ... i_n (the protocol's fingerprint)
 ITEMS_FILE = "split/items.tsv"  # item \t title \t year \t categories
+USERS_FILE = "split/users.json"  # {"users": {user: {attribute: value}}}, when the data has them
 INDEX_DIR = "index"
 INDEX_FILE = "item_index.json"  # in index/{method}/: raw item -> ID string
 TOKEN_SLOTS_FILE = "token_slots.json"  # in index/ (union of indexings) and index/{method}/
 TRIE_FILE = "trie.npz"  # in index/{method}/: item IDs as token ids + EOS
 TRIE_NOEOS_FILE = "trie_noeos.npz"  # the same without EOS (item-sequence targets)
 VOCAB_FILE = "vocab/spm.model"  # with `prepare --train_vocab`
-TASKS_DIR = "tasks"  # tasks/{task}/info.json + TFRecord shards
+TASKS_DIR = "tasks"  # tasks/{task}/info.json (examples are rendered on read)
 
 
 def index_dir(method: str) -> str:
@@ -52,5 +53,5 @@ def trie_path(method: str, end_with_eos: bool = True) -> str:
 
 
 def task_dir(task: str) -> str:
-    """``tasks/{task}``: a task's info.json and TFRecord shards (task name without prefix)."""
+    """``tasks/{task}``: a task's info.json (the task name without its prefix)."""
     return f"{TASKS_DIR}/{task}"

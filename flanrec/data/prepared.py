@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from flanrec import storage
 from flanrec.data import layout
-from flanrec.data.types import ItemMeta, Split, UserSequence
+from flanrec.data.types import ItemMeta, Split, UserFeatures, UserSequence
 from flanrec.errors import UserError
 
 if TYPE_CHECKING:
@@ -212,6 +212,13 @@ def read_task_split(data_dir: str, task_dir: str, split_name: str,
     if split_name not in info["splits"]:
         raise PreparedDataError(f"{root}: no split {split_name!r} (has "
                                 f"{sorted(info['splits'])})")
+    if "files" not in info["splits"][split_name]:  # rendered on read (flanrec.data.families)
+        from flanrec.data.family_source import FamilySource
+
+        counts = {s: v["num_input_examples"] for s, v in info["splits"].items()}
+        source = FamilySource(data_dir, info["family"], info.get("index_method"), counts)
+        keep = [k for k in fields if k in info["features"]]
+        return [{k: ex.get(k) for k in keep} for ex in source.examples(split_name)]
     schema = {k: v for k, v in info["features"].items() if k in fields}
     spec = seqio_tasks.feature_description(schema)
     shards = [list(tf.data.TFRecordDataset(os.path.join(root, f)).map(
@@ -233,3 +240,22 @@ def read_task_split(data_dir: str, task_dir: str, split_name: str,
             if j < len(s):
                 out.append({k: plain(v) for k, v in s[j].items()})
     return out
+
+
+def load_users(data_dir: str) -> UserFeatures | None:
+    """User attributes (ml-100k: age, gender, occupation) from ``split/users.json``; None for
+    a dataset without them (the profile family then has no examples)."""
+    path = storage.join(data_dir, layout.USERS_FILE)
+    if not storage.exists(path):
+        return None
+    text = storage.read_text(path)
+    expected = _recorded_sha(data_dir, "users.json")
+    if expected and hashlib.sha256(text.encode("utf-8")).hexdigest() != expected:
+        raise PreparedDataError(f"{path}: sha256 differs from the one recorded in "
+                                f"{PREPARE_FILE}; run prepare again")
+    doc = json.loads(text)
+    feats = doc.get("users") if isinstance(doc, dict) else None
+    if not isinstance(feats, dict) or not all(isinstance(v, dict) for v in feats.values()):
+        raise PreparedDataError(f"{path}: expected {{\"users\": {{user: {{attribute: value}}}}}}")
+    return UserFeatures(features={str(u): {str(k): str(v) for k, v in f.items()}
+                                  for u, f in feats.items()})

@@ -25,15 +25,18 @@ if TYPE_CHECKING:
 
     from flanrec.data.indexing import ItemIndex
     from flanrec.data.trie import TrieArrays
-    from flanrec.data.types import ItemMeta, Split
+    from flanrec.data.types import ItemMeta, Split, UserFeatures
 
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def write_split(split: Split, meta: ItemMeta, out_dir: str) -> dict[str, str]:
-    """split/split.json, split/sequences.tsv, split/items.tsv; returns their sha256.
+def write_split(split: Split, meta: ItemMeta, out_dir: str,
+                users: UserFeatures | None = None) -> dict[str, str]:
+    """split/split.json, split/sequences.tsv, split/items.tsv and, when the data has user
+    attributes (the profile family renders from them), split/users.json; returns their
+    sha256.
 
     `out_dir` is the prepared dir's ``split/``. The hashes go into prepare.json, where
     ``prepared.load_split`` checks them, so an edited split fails instead of shifting metrics.
@@ -62,8 +65,15 @@ def write_split(split: Split, meta: ItemMeta, out_dir: str) -> dict[str, str]:
     with open(os.path.join(out_dir, os.path.basename(layout.ITEMS_FILE)), "w",
               encoding="utf-8") as f:
         f.write("item\ttitle\tyear\tcategories\n" + "".join(rows))
-    return {os.path.basename(layout.SPLIT_FILE): _sha256(text),
-            os.path.basename(layout.SEQUENCES_FILE): _sha256(seqs)}
+    hashes = {os.path.basename(layout.SPLIT_FILE): _sha256(text),
+              os.path.basename(layout.SEQUENCES_FILE): _sha256(seqs)}
+    if users is not None and users.features:
+        users_text = json.dumps({"users": users.features}, ensure_ascii=False, sort_keys=True)
+        with open(os.path.join(out_dir, os.path.basename(layout.USERS_FILE)), "w",
+                  encoding="utf-8") as f:
+            f.write(users_text)
+        hashes[os.path.basename(layout.USERS_FILE)] = _sha256(users_text)
+    return hashes
 
 
 def write_token_slots(index_root: str, slots: Mapping[str, int], vocab_size: int,

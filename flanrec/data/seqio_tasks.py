@@ -29,7 +29,7 @@ import seqio
 import tensorflow as tf
 
 from flanrec import metrics as metrics_lib
-from flanrec.data import writer
+from flanrec.data import families, writer
 
 log = logging.getLogger("flanrec.tasks")
 
@@ -48,7 +48,7 @@ _TF_KIND = {
     "int64_list": tf.int64,
 }
 
-TARGET_KINDS = ("item", "rating", "binary", "text")
+TARGET_KINDS = families.TARGET_KINDS
 
 PREPARED_TASKS: set[str] = set()
 """Names registered by `register_prepared`: one preprocessed example per source example, which
@@ -114,8 +114,8 @@ def add_metadata(dataset: tf.data.Dataset, task_name: str,
     return dataset.map(fill, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def standard_preprocessors(task_name: str, targets_eos: bool = True
-                           ) -> list[Any]:
+def standard_preprocessors(task_name: str, targets_eos: bool = True,
+                           rephrase_seed: int | None = None) -> list[Any]:
     """metadata -> tokenize (keeps `*_pretokenized` copies) -> [cache] -> EOS after trimming.
 
     Everything before `seqio.CacheDatasetPlaceholder` is deterministic (no seed, no sequence
@@ -126,12 +126,20 @@ def standard_preprocessors(task_name: str, targets_eos: bool = True
     `targets_eos=False` (the seqrec family) leaves EOS out of the targets only: they are a
     run of item IDs that the decoder continues from one item to the next, and an EOS after
     an arbitrary window end would teach it nothing. Inputs still end with EOS.
+
+    `rephrase_seed` (tasks rendered on read, `flanrec.data.family_source`) adds
+    `vary_templates` after the cache point: later epochs of a train split see other
+    templates, chosen from (seed, epoch, example).
     """
     steps: list[Any] = [
         functools.partial(add_metadata, task_name=task_name),
         seqio.preprocessors.tokenize,
         seqio.CacheDatasetPlaceholder(),
     ]
+    if rephrase_seed is not None:
+        from flanrec.data import family_source
+
+        steps.append(functools.partial(family_source.vary_templates, seed=rephrase_seed))
     if targets_eos:
         steps.append(seqio.preprocessors.append_eos_after_trim)
     else:
@@ -318,9 +326,10 @@ def register_prepared(
             info.get("target_layout", "single"),
         )
         kwargs = dict(
-            source=tfrecord_source(task_dir, info),
+            source=prepared_source(data_dir, task_dir, info),
             output_features=feats,
-            preprocessors=standard_preprocessors(name, info.get("targets_eos", True)),
+            preprocessors=standard_preprocessors(name, info.get("targets_eos", True),
+                                                 _rephrase_seed(data_dir, info)),
             postprocess_fn=postprocess,
             metric_fns=metrics,
         )
@@ -331,6 +340,81 @@ def register_prepared(
         PREPARED_TASKS.add(name)
         names.append(name)
     return names
+
+
+def prepared_source(data_dir: str, task_dir: str, info: Mapping[str, Any]) -> seqio.DataSource:
+    """The seqio source of one prepared task: rendered from the stored split (what prepare
+    writes now) or the TFRecords an older prepare wrote."""
+    if info.get("source") != "rendered":
+        return tfrecord_source(task_dir, info)
+    from flanrec.data.family_source import FamilySource
+
+    counts = {s: v["num_input_examples"] for s, v in info["splits"].items()}
+    return FamilySource(data_dir, info["family"], info.get("index_method"), counts)
+
+
+def _rephrase_seed(data_dir: str, info: Mapping[str, Any]) -> int | None:
+    if info.get("source") != "rendered":
+        return None
+    with tf.io.gfile.GFile(os.path.join(data_dir, "prepare.json")) as f:
+        return int((json.load(f).get("options") or {}).get("seed", 0))
+
+
+def register_family_task(
+    data_dir: str,
+    family: str,
+    index_method: str | None = None,
+    prefix: str | None = None,
+    vocabulary: seqio.Vocabulary | None = None,
+) -> str:
+    """Register a seqio task of any registered family over a prepared dir; returns its name.
+
+    The way to train on a family of your own (`flanrec.data.families.register`): nothing is
+    prepared again, since the dir holds the split and the examples are rendered on read.
+    The task is `{prefix}_{family}_{indexing suffix}` (indexed families) or
+    `{prefix}_{family}`; `index_method` defaults to the dir's first indexing; its
+    info.json-equivalent is kept on the source (`source.info`) for the inference job.
+    """
+    from flanrec import storage
+    from flanrec.data import family_source
+    from flanrec.data import vocab as vocab_lib
+    from flanrec.data.prepared import read_prepare_json
+
+    storage.require_complete(data_dir, "prepared data dir")
+    doc = read_prepare_json(data_dir)
+    fam = families.get(family)
+    methods = list(doc.get("index_methods") or [])
+    method = index_method or (methods[0] if methods else None)
+    if method not in methods:
+        raise ValueError(f"{data_dir}: no item indexing {method!r} (prepared: {methods})")
+    suffix = doc["index_suffixes"][methods.index(method)]
+    prefix = prefix or doc.get("task_prefix") or "data"
+    name = f"{prefix}_{fam.task_dirname(suffix)}"
+    data = family_source.load_family_data(data_dir, method)
+    counts = {}
+    for out_split, split_name, _ in fam.output_splits():
+        n = fam.num_examples(data, split_name)
+        if n:
+            counts[out_split] = n
+    if not counts:
+        raise ValueError(f"family {family} has no examples in {data_dir}: "
+                         f"{fam.unavailable(data) or 'every split is empty'}")
+    source = family_source.FamilySource(data_dir, family, method, counts)
+    source.info = {"family": family, "target_kind": fam.target_kind, "index_method": method,
+                   "index_file": f"index/{method}/item_index.json",
+                   "features": family_source.feature_schema(fam),
+                   "target_layout": fam.target_layout, "targets_eos": fam.targets_eos,
+                   "splits": {s: {"num_input_examples": n} for s, n in counts.items()}}
+    vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)
+    postprocess, metrics = postprocess_and_metrics(
+        fam.target_kind, os.path.join(data_dir, source.info["index_file"]), fam.target_layout)
+    _register_task(name, source=source, output_features=output_features(vocabulary),
+                   preprocessors=standard_preprocessors(name, fam.targets_eos,
+                                                        int((doc.get("options") or {}).get(
+                                                            "seed", 0))),
+                   postprocess_fn=postprocess, metric_fns=metrics)
+    PREPARED_TASKS.add(name)
+    return name
 
 
 def prepared_family_tasks(data_dir: str, prefix: str = "ml100k") -> dict[str, dict[str, Any]]:
@@ -536,14 +620,7 @@ def log_registered(names: Sequence[str]) -> None:
 # task the ml100k-loo numbers are reported on; the auxiliary families are capped so that they
 # support rather than swamp it.
 DEFAULT_FAMILY_CAPS: dict[str, int | None] = {
-    "seq": None,
-    "seqrec": None,
-    "direct": 30_000,
-    "rating": 30_000,
-    "binary": 30_000,
-    "grounding": 30_000,
-    "profile": 30_000,
-}
+    name: families.get(name).mixture_cap for name in families.BUILTIN_FAMILIES}
 
 
 @gin.configurable

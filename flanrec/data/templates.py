@@ -283,3 +283,35 @@ def check_patterns() -> None:
                 raise ValueError(f"{family}[{idx}] puts the answer {sorted(leaked)} in inputs")
             if not template_fields(targets):
                 raise ValueError(f"{family}[{idx}] has a constant target")
+
+
+def register_templates(family: str, fields: set[str] | frozenset[str],
+                       patterns: list[tuple[str, str]], answer_fields: set[str] | None = None,
+                       replace: bool = False) -> None:
+    """Add the templates of a new (user-defined) template family.
+
+    The same rules as the built-ins, scaled to one family: at least one seen template plus
+    the ``NUM_UNSEEN`` held-out ones (the last patterns), known fields only, no duplicates,
+    a non-constant target, and no answer field (``answer_fields``, default the target-like
+    ``{"target", "answer", "rating"}``) in the inputs.
+    """
+    if family in PATTERNS and not replace:
+        raise ValueError(f"templates {family!r} exist already (replace=True replaces them)")
+    if len(patterns) < NUM_UNSEEN + 1:
+        raise ValueError(f"templates {family!r}: need >= {NUM_UNSEEN + 1} patterns (the last "
+                         f"{NUM_UNSEEN} are held out as unseen), got {len(patterns)}")
+    if len(set(patterns)) != len(patterns):
+        raise ValueError(f"templates {family!r}: duplicate patterns")
+    answers = {"target", "answer", "rating"} if answer_fields is None else set(answer_fields)
+    for idx, (inputs, targets) in enumerate(patterns):
+        unknown = (template_fields(inputs) | template_fields(targets)) - set(fields)
+        if unknown:
+            raise ValueError(f"templates {family}[{idx}] use unknown fields {sorted(unknown)} "
+                             f"(declared: {sorted(fields)})")
+        if template_fields(inputs) & answers:
+            raise ValueError(f"templates {family}[{idx}] put the answer "
+                             f"{sorted(template_fields(inputs) & answers)} in the inputs")
+        if not template_fields(targets):
+            raise ValueError(f"templates {family}[{idx}] have a constant target")
+    FIELDS[family] = frozenset(fields)
+    PATTERNS[family] = list(patterns)

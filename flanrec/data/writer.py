@@ -213,9 +213,12 @@ def read_info(task_dir: str) -> dict[str, Any]:
         if kind not in KINDS:
             raise ValueError(f"{path}: feature {name!r} has kind {kind!r}; expected one of "
                              f"{KINDS}")
+    rendered = info.get("source") == "rendered"  # no files: built on read from the split
     for split, s in info["splits"].items():
         if not isinstance(s, dict) or not isinstance(s.get("num_input_examples"), int) \
-                or not isinstance(s.get("files"), list):
-            raise ValueError(f"{path}: splits.{split} needs num_input_examples (int) and "
-                             "files (list)")
+                or not (rendered or isinstance(s.get("files"), list)):
+            raise ValueError(f"{path}: splits.{split} needs num_input_examples (int)"
+                             + ("" if rendered else " and files (list)"))
+    if rendered and not isinstance(info.get("family"), str):
+        raise ValueError(f"{path}: a rendered task needs its family (field 'family')")
     return info

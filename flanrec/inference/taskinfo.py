@@ -75,14 +75,30 @@ def find_task_info(task_name: str, data_dirs: list[str]) -> TaskInfo | None:
             continue
         task_dir = storage.join(data_dir, "tasks", task_name[len(prefix) + 1:])
         path = storage.join(task_dir, "info.json")
-        if not storage.exists(path):
-            continue
-        info: dict[str, Any] = storage.read_json(path)
+        if storage.exists(path):
+            info: dict[str, Any] = storage.read_json(path)
+        else:  # a family registered from user code: its source carries the same record
+            info = _registered_info(task_name, data_dir)
+            if info is None:
+                continue
         return TaskInfo(task_name, data_dir, task_dir, str(info.get("family", "")),
                         str(info.get("target_kind", "text")), info.get("index_method"),
                         tuple(sorted(info.get("features", {}))),
                         str(info.get("target_layout", "single")))
     return None
+
+
+def _registered_info(task_name: str, data_dir: str) -> dict[str, Any] | None:
+    """The info of a task `seqio_tasks.register_family_task` registered over `data_dir`."""
+    import seqio
+
+    if task_name not in seqio.TaskRegistry.names():
+        return None
+    source = seqio.get_mixture_or_task(task_name).source
+    info = getattr(source, "info", None)
+    if not isinstance(info, dict) or getattr(source, "data_dir", None) != data_dir:
+        return None
+    return info
 
 
 def check_mode(info: TaskInfo, mode: str) -> str | None:
