@@ -14,7 +14,7 @@ import os
 import seqio
 import tensorflow as tf
 
-from flanrec.data import layout, seqio_tasks
+from flanrec.data import layout, prepared_tasks, seqio_tasks
 from flanrec.data.vocab import VocabularyNotFoundError
 
 log = logging.getLogger("flanrec.tasks")
@@ -41,8 +41,8 @@ def register_prepared(data_dir: str, prefix: str | None = None,
     to `flanrec.data.vocab.vocabulary_for_prepared(data_dir)`.
     """
     prefix = prefix or task_prefix(data_dir)
-    names = seqio_tasks.register_prepared(data_dir, prefix, vocabulary)
-    names += seqio_tasks.register_rec_mixture(data_dir, prefix)
+    names = prepared_tasks.register_prepared(data_dir, prefix, vocabulary)
+    names += prepared_tasks.register_rec_mixture(data_dir, prefix)
     REGISTERED[prefix] = data_dir
     seqio_tasks.log_registered(names)
     return names

@@ -12,6 +12,8 @@ Each example is a dict::
     _template_idx, _template_type   which pattern of templates.PATTERNS, "seen"/"unseen"
     user, target_item               raw ids ("" where a family has none)
     candidates                      direct only: raw ids in the order shown
+    _template_family, _key, _fields the template family, example key and filled fields
+                                    (RENDER_KEYS: what re-phrasing in a later epoch needs)
 
 Leakage rule: training examples read only ``train_items`` (and their ratings); validation
 inputs read train items; test inputs read train + the validation item, exactly as the
@@ -20,8 +22,6 @@ ml100k-loo protocol says.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -30,6 +30,7 @@ import numpy as np
 
 from flanrec.data import splits as splits_lib
 from flanrec.data import templates
+from flanrec.data.choice import choose_template, example_rng, shard
 from flanrec.data.indexing import ItemIndex
 from flanrec.data.types import ItemMeta, Split, UserFeatures, UserSequence
 
@@ -42,45 +43,9 @@ PROFILE_ATTRIBUTES = ("gender", "age", "occupation")
 ATTRIBUTE_NAMES = {"gender": "gender", "age": "age group", "occupation": "occupation"}
 
 Example = dict[str, Any]
-
-
-# ---------------------------------------------------------------------- deterministic choice
-
-
-def _digest(*parts: object) -> bytes:
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()
-
-
-def choose_template(seed: int, family: str, split_name: str, key: str,
-                    pool: Sequence[int]) -> int:
-    """One template index from ``pool``: a hash of (seed, family, split, key), no state."""
-    h = int.from_bytes(_digest(seed, "template", family, split_name, key)[:8], "little")
-    return pool[h % len(pool)]
-
-
-def example_rng(seed: int, purpose: str, split_name: str, key: str) -> np.random.Generator:
-    """A Generator private to one example (negatives, candidate order).
-
-    The same stream as ``np.random.default_rng(int.from_bytes(digest[:16], "little"))``,
-    seeded from the four little-endian uint32 words directly: numpy's int -> words
-    conversion costs more than the generator itself (~2x on the per-example path), and
-    SeedSequence hashes a missing high word exactly like a zero word (a test pins this).
-    """
-    return generator_from_digest(_digest(seed, purpose, split_name, key)[:16])
-
-
-def generator_from_digest(digest16: bytes) -> np.random.Generator:
-    """``default_rng(int.from_bytes(digest16, "little"))``, without the slow int path."""
-    words = np.frombuffer(digest16, dtype="<u4")
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
-
-
-def shard(examples: Iterable[Example], shard_index: int = 0, num_shards: int = 1
-          ) -> Iterator[Example]:
-    """Every ``num_shards``-th element starting at ``shard_index``."""
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(f"need 0 <= shard_index < num_shards, got {shard_index}/{num_shards}")
-    return itertools.islice(examples, shard_index, None, num_shards)
+RENDER_KEYS = ("_template_family", "_key", "_fields")
+"""What each example also carries so a reader can phrase it again with another template
+(flanrec.data.family_source): the template family, the example key and the filled fields."""
 
 
 # ---------------------------------------------------------------------- formatting helpers

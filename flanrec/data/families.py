@@ -10,7 +10,7 @@ them, and `flanrec.inference` takes the target kind and layout from it.
 
 Adding a family is therefore one `register(Family(...))` call from user code (a module in
 `tasks/`, a notebook), next to its templates (`flanrec.data.templates.register_templates`);
-`flanrec.data.seqio_tasks.register_family_task` then makes a seqio task of it over any
+`flanrec.data.prepared_tasks.register_family_task` then makes a seqio task of it over any
 prepared dir, without preparing again, since prepared dirs store the sequences, not text.
 """
 

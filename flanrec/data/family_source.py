@@ -30,7 +30,7 @@ import seqio
 import tensorflow as tf
 
 from flanrec.data import families as families_lib
-from flanrec.data.families import FamilyData, UNSEEN_SPLIT
+from flanrec.data.families import UNSEEN_SPLIT, FamilyData
 
 # Features only the source and vary_templates use; they never reach a model batch.
 RENDER_FEATURES = ("_fields", "_key", "_template_family", "_epoch_size")

@@ -112,6 +112,6 @@ def check_cached(name: str, split: str) -> None:
 
 def _is_prepared(task_name: str) -> bool:
     """Registered from a `flanrec.prepare` dir (one cached example per source example)."""
-    from flanrec.data import seqio_tasks
+    from flanrec.data import prepared_tasks
 
-    return task_name in seqio_tasks.PREPARED_TASKS
+    return task_name in prepared_tasks.PREPARED_TASKS

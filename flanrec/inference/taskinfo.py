@@ -89,7 +89,7 @@ def find_task_info(task_name: str, data_dirs: list[str]) -> TaskInfo | None:
 
 
 def _registered_info(task_name: str, data_dir: str) -> dict[str, Any] | None:
-    """The info of a task `seqio_tasks.register_family_task` registered over `data_dir`."""
+    """The info of a task `prepared_tasks.register_family_task` registered over `data_dir`."""
     import seqio
 
     if task_name not in seqio.TaskRegistry.names():
