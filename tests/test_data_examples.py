@@ -9,9 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from flanrec.data import choice
+from flanrec.data import choice, types
 from flanrec.data import examples as ex
-from flanrec.data import types
 from flanrec.data.indexing import ItemIndex, fit_index
 
 FAMILIES = ("seq", "direct", "rating", "binary", "grounding", "profile_attr", "profile_rec")

@@ -18,19 +18,6 @@ from flanrec.errors import UserError
 ML100K_SEQUENCES_SHA = "148274ebc6f53f91a884ee9c1e87db45ffc42d4e1bbc53ad9a21242ba6c524e7"
 
 
-def _records(paths):
-    """TFRecord payloads read with plain Python (an independent check of TF's writer)."""
-    import struct
-
-    for path in paths:
-        with open(path, "rb") as f:
-            while header := f.read(12):
-                (length,) = struct.unpack("<Q", header[:8])
-                payload = f.read(length)
-                assert len(payload) == length and len(f.read(4)) == 4, path
-                yield payload
-
-
 def _info(root: Path, task: str) -> dict:
     return json.loads((root / "tasks" / task / "info.json").read_text())
 
@@ -49,30 +36,43 @@ def test_prepare_json_counts_and_fingerprints(prepared_ml100k):
     assert not Path(str(prepared_ml100k) + ".tmp").exists()
 
 
-def test_every_split_is_sharded_and_counted_exactly(prepared_ml100k):
+def _source(root: Path, task: str):
+    from flanrec.data.prepared_tasks import prepared_source
+
+    return prepared_source(str(root), str(root / "tasks" / task), _info(root, task))
+
+
+def test_every_split_is_recorded_and_counted_exactly(prepared_ml100k):
     tasks = sorted(p.name for p in (prepared_ml100k / "tasks").iterdir())
     assert tasks == ["binary", "direct_seqidx", "grounding_seqidx", "profile", "rating",
                      "seq_seqidx", "seqrec_seqidx"]
     for task in tasks:
         info = _info(prepared_ml100k, task)
+        assert info["source"] == "rendered" and info["family"]
         assert {"inputs", "targets", "_task_name", "_template_idx",
                 "_template_type"} <= set(info["features"])
-        for split, s in info["splits"].items():
-            files = [prepared_ml100k / "tasks" / task / f for f in s["files"]]
-            assert len(files) >= 2, (task, split)
-            assert all(f.stat().st_size > 0 for f in files), (task, split)
-    # Count every record of the seq task and of a small one: info.json must not lie.
+        assert sorted(p.name for p in (prepared_ml100k / "tasks" / task).iterdir()) == [
+            "info.json"], task  # no rendered text is stored
+    # Render every example of the seq task and of small ones: info.json must not lie.
     for task in ("seq_seqidx", "grounding_seqidx", "seqrec_seqidx"):
         info = _info(prepared_ml100k, task)
+        source = _source(prepared_ml100k, task)
         for split, s in info["splits"].items():
-            paths = [prepared_ml100k / "tasks" / task / f for f in s["files"]]
-            assert sum(1 for _ in _records(paths)) == s["num_input_examples"], (task, split)
+            assert sum(1 for _ in source.examples(split)) == s["num_input_examples"], (
+                task, split)
     assert _info(prepared_ml100k, "seq_seqidx")["splits"]["train"]["num_input_examples"] \
         == 97_171
     assert _info(prepared_ml100k, "direct_seqidx")["features"]["candidates"] == "string_list"
     # seqrec: windows of <= 40 targets, two tilings, every train item but the first a target.
     assert _info(prepared_ml100k, "seqrec_seqidx")["splits"]["train"]["num_input_examples"] \
         == 6_242
+
+
+def test_prepared_bytes_grow_with_the_interactions(prepared_ml100k):
+    """What is stored is the split, metadata, index, tries and vocabulary: a few MB for
+    ml-100k, where rendered TFRecords of every family were ~120 MB."""
+    total = sum(p.stat().st_size for p in prepared_ml100k.rglob("*") if p.is_file())
+    assert total < 12_000_000, total
 
 
 def test_split_files_reproduce_the_protocol(prepared_ml100k):
@@ -110,16 +110,8 @@ def test_training_examples_never_target_held_out_items(prepared_ml100k):
     split = json.loads((prepared_ml100k / "split" / "split.json").read_text())
     held_out = {(u["user"], u["valid_item"]) for u in split["users"]} | {
         (u["user"], u["test_item"]) for u in split["users"]}
-    from tensorflow.core.example import example_pb2
-
-    info = _info(prepared_ml100k, "seq_seqidx")
-    paths = [prepared_ml100k / "tasks" / "seq_seqidx" / f
-             for f in info["splits"]["train"]["files"]]
-    pairs: set[tuple[str, str]] = set()
-    for raw in _records(paths):
-        feats = example_pb2.Example.FromString(raw).features.feature
-        pairs.add((feats["user"].bytes_list.value[0].decode(),
-                   feats["target_item"].bytes_list.value[0].decode()))
+    pairs = {(e["user"], e["target_item"])
+             for e in _source(prepared_ml100k, "seq_seqidx").examples("train")}
     assert len(pairs) > 90_000
     assert not pairs & held_out
 
@@ -127,8 +119,6 @@ def test_training_examples_never_target_held_out_items(prepared_ml100k):
 def test_bad_options_fail_before_writing(tmp_path):
     from flanrec.prepare import PrepareOptions, prepare
 
-    with pytest.raises(UserError, match="num_shards"):
-        prepare(PrepareOptions(dataset="ml-100k", out=str(tmp_path / "o"), num_shards=1))
     with pytest.raises(UserError, match="unknown families"):
         prepare(PrepareOptions(dataset="ml-100k", out=str(tmp_path / "o"),
                                families=("seq", "no_such_family")))

@@ -95,16 +95,17 @@ def test_rating_and_binary_targets_parse(registered):
             assert check(value), (name, ex["targets_pretokenized"])
 
 
-def test_hosts_shard_by_file(registered):
+def test_hosts_shard_by_example(registered):
+    """Shard i of n is every n-th example, for any n (rendered on read, not files)."""
     task = seqio.get_mixture_or_task("ml100k_seq_seqidx")
     assert task.num_input_examples("validation") == 943
-    assert len(task.source.list_shards("validation")) == 2
-    counts = [
-        sum(1 for _ in task.get_dataset(LENGTHS, split="validation", shuffle=False,
-                                        shard_info=seqio.ShardInfo(i, 2)))
-        for i in range(2)
-    ]
-    assert counts == [472, 471]  # examples are dealt round-robin over the two files
+    assert task.source.supports_arbitrary_sharding
+    for n in (2, 3):
+        users = [[ex["inputs_pretokenized"] for ex in task.get_dataset(
+            LENGTHS, split="validation", shuffle=False,
+            shard_info=seqio.ShardInfo(i, n)).as_numpy_iterator()] for i in range(n)]
+        assert [len(u) for u in users] == [len(range(i, 943, n)) for i in range(n)]
+        assert len(set().union(*map(set, users))) == 943  # disjoint and complete
 
 
 def test_mixture_rates_follow_example_counts_with_family_caps(registered):

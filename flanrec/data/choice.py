@@ -38,10 +38,10 @@ def example_rng(seed: int, purpose: str, split_name: str, key: str) -> np.random
     conversion costs more than the generator itself (~2x on the per-example path), and
     SeedSequence hashes a missing high word exactly like a zero word (a test pins this).
     """
-    return generator_fromdigest(digest(seed, purpose, split_name, key)[:16])
+    return generator_from_digest(digest(seed, purpose, split_name, key)[:16])
 
 
-def generator_fromdigest(digest16: bytes) -> np.random.Generator:
+def generator_from_digest(digest16: bytes) -> np.random.Generator:
     """``default_rng(int.from_bytes(digest16, "little"))``, without the slow int path."""
     words = np.frombuffer(digest16, dtype="<u4")
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
