@@ -188,19 +188,16 @@ def test_train_job_trains_from_the_cache_alone(cached, tmp_path):
     assert len(err) == 1 and "is not cached in any seqio cache dir" in err[0], proc.stderr
     assert "cache_tasks_main" in err[0] and "Traceback" not in proc.stderr
 
-    # With it, and with every source TFRecord moved away: training can only read the cache.
-    moved = tmp_path / "moved"
-    moved.mkdir()
-    for f in data.glob("tasks/*/*.tfrecord-*"):
-        shutil.move(str(f), moved / f"{f.parent.name}--{f.name}")
+    # With it, and with the split the examples are rendered from moved away: training can
+    # only read the cache.
+    moved = tmp_path / "split.json"
+    shutil.move(str(data / "split" / "split.json"), moved)
     try:
         proc = subprocess.run(
             _train_args(tmp_path / "run", f"--seqio_additional_cache_dirs={cache}"),
             cwd=REPO, env=_env(data), capture_output=True, text=True, timeout=1200)
     finally:
-        for f in moved.iterdir():
-            task, name = f.name.split("--", 1)
-            shutil.move(str(f), data / "tasks" / task / name)
+        shutil.move(str(moved), data / "split" / "split.json")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "step 2/2" in proc.stdout
     assert (tmp_path / "run" / "checkpoint_2").exists()

@@ -113,11 +113,14 @@ def _check_split_name(split_name: str, allowed: Sequence[str] = SPLIT_NAMES) -> 
         raise ValueError(f"split_name must be one of {tuple(allowed)}, got {split_name!r}")
 
 
-def _render(family: str, task_name: str, idx: int, fields: dict[str, str], key: str,
-            **extra: Any) -> Example:
-    """One example; ``_key`` and ``_fields`` let a reader phrase it with another template of
-    ``_template_family`` later (a new epoch, flanrec.data.family_source) without rebuilding
-    the fields."""
+def render_example(family: str, task_name: str, idx: int, fields: dict[str, str], key: str,
+                   **extra: Any) -> Example:
+    """Pattern ``idx`` of template family ``family`` filled with ``fields``, as an example.
+
+    The building block of every family's builder, ours and users'. ``key`` names the
+    example uniquely within its split; with ``_fields`` it lets a reader phrase the example
+    with another template later (a new epoch, flanrec.data.family_source) without
+    rebuilding it. ``extra`` (user, target_item, ...) is copied in."""
     inputs, targets = templates.render(family, idx, **fields)
     ex: Example = {"inputs": inputs, "targets": targets, "_task_name": task_name,
                    "_template_idx": idx, "_template_type": templates.template_type(family, idx),
@@ -173,7 +176,7 @@ def seq_examples(split: Split, index: ItemIndex, meta: ItemMeta | None = None,
         fields = {"user": user, "history": item_list(index, history),
                   "target": index.id_of(target), "last_item": index.id_of(history[-1]),
                   "last_title": _title(meta, history[-1])}
-        yield _render(family, task_prefix + family, idx, fields, key, user=user,
+        yield render_example(family, task_prefix + family, idx, fields, key, user=user,
                       target_item=target)
 
 
@@ -251,7 +254,7 @@ def seqrec_examples(split: Split, index: ItemIndex, meta: ItemMeta | None = None
         idx = choose_template(seed, family, split_name, key, pool)
         fields = {"user": user, "history": item_list(index, enc),
                   "target": " ".join(ids[i] if i in ids else index.id_of(i) for i in dec)}
-        return _render(family, task_prefix + family, idx, fields, key, user=user,
+        return render_example(family, task_prefix + family, idx, fields, key, user=user,
                        target_item=target_item)
 
     specs = _seqrec_specs(split, split_name, window, encoder_items, tilings, max_history)
@@ -335,7 +338,7 @@ def direct_examples(split: Split, index: ItemIndex, meta: ItemMeta | None = None
         fields = {"user": user, "history": item_list(index, history),
                   "candidates": item_list(index, cands), "target": index.id_of(target),
                   "num_candidates": str(len(cands))}
-        yield _render(family, task_prefix + family, idx, fields, key, user=user,
+        yield render_example(family, task_prefix + family, idx, fields, key, user=user,
                       target_item=target, candidates=cands)
 
 
@@ -374,7 +377,8 @@ def _rating_family(family: str, split: Split, index: ItemIndex, meta: ItemMeta |
         fields = {"user": user, "item": index.id_of(item), "title": _title(meta, item),
                   "history": item_list(index, prev) if prev else "nothing yet",
                   **target_fields(r)}
-        yield _render(family, task_prefix + family, idx, fields, key, user=user, target_item=item)
+        yield render_example(family, task_prefix + family, idx, fields, key, user=user,
+                             target_item=item)
 
 
 def rating_examples(split: Split, index: ItemIndex, meta: ItemMeta | None = None,
@@ -419,7 +423,8 @@ def grounding_examples(split: Split, index: ItemIndex, meta: ItemMeta,
         idx = choose_template(seed, family, split_name, item, pool)
         fields = {"item": index.id_of(item), "title": _title(meta, item),
                   "genres": ", ".join(meta.categories.get(item, []))}
-        yield _render(family, task_prefix + family, idx, fields, item, user="", target_item=item)
+        yield render_example(family, task_prefix + family, idx, fields, item, user="",
+                             target_item=item)
 
 
 def _grounding_specs(split: Split, index: ItemIndex, meta: ItemMeta, families: Sequence[str]
@@ -460,7 +465,8 @@ def profile_attr_examples(split: Split, index: ItemIndex, users: UserFeatures,
         fields = {"user": s.user, "history": item_list(index, s.train_items[-cap:]),
                   "attribute": ATTRIBUTE_NAMES.get(a, a), "options": ", ".join(options[a]),
                   "answer": values[s.user][a]}
-        yield _render(family, task_prefix + family, idx, fields, key, user=s.user, target_item="")
+        yield render_example(family, task_prefix + family, idx, fields, key, user=s.user,
+                             target_item="")
 
 
 def _profile_attr_specs(split: Split, values: dict[str, dict[str, str]],
@@ -490,7 +496,7 @@ def profile_rec_examples(split: Split, index: ItemIndex, users: UserFeatures,
         idx = choose_template(seed, family, split_name, key, pool)
         fields = {"user": user, "profile": profiles[user], "history": item_list(index, history),
                   "target": index.id_of(target)}
-        yield _render(family, task_prefix + family, idx, fields, key, user=user,
+        yield render_example(family, task_prefix + family, idx, fields, key, user=user,
                       target_item=target)
 
 
