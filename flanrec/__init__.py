@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the package import stays free of JAX: api is imported on the first load
     from flanrec.api import FlanT5Model
 
-__version__ = "0.1.0"
+from flanrec.version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(path: str, **kwargs: Any) -> FlanT5Model:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flanrec import __version__
+from flanrec.version import __version__
 
 _JOBS = {
     "prepare": "python -m flanrec.prepare --dataset ml-100k --out DIR   (data, splits, tasks)",

@@ -53,7 +53,7 @@ from typing import Any
 
 import gin
 
-from flanrec import eval_truth, jobs, paired, report, storage
+from flanrec import eval_truth, jobs, outputs, paired, report, storage
 from flanrec import metrics as M
 from flanrec.errors import ConfigError
 from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
@@ -327,7 +327,7 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
     Every target comes from the split of ``data_dir`` (required); ``allow_partial`` scores a
     file covering only part of the split's users, and the table says how many.
     """
-    storage.check_claimable(out_dir, "eval", what="--out")  # before any work
+    outputs.check_claimable(out_dir, "eval", what="--out")  # before any work
     data_dir = data_dir or os.environ.get("FLANREC_DATA_DIR") or None
     if not data_dir:
         raise EvalInputError("no prepared data dir (--data_dir, $FLANREC_DATA_DIR or gin "
@@ -360,7 +360,7 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
         key = f"paired/{row['model']}_vs_{row['baseline']}/{row['metric']}"
         flat.update({f"{key}_diff": row["diff"], f"{key}_lo": row["lo"],
                      f"{key}_hi": row["hi"], f"{key}_p": row["p_value"]})
-    out_dir = storage.claim_dir(out_dir, "eval", what="--out")
+    out_dir = outputs.claim_dir(out_dir, "eval", what="--out")
     storage.write_json_atomic(storage.join(out_dir, METRICS_FILE), _json_safe(flat),
                               sort_keys=True, ensure_ascii=True)
     names = section_names(model) + section_names(base)
@@ -458,7 +458,7 @@ def evaluate_from_gin(files: Sequence[str], bindings: Sequence[str],
         raise ConfigError("EVAL_OUTPUT_DIR is required (where metrics.json is written)")
     predictions = _macro("INFER_OUTPUT_DIR")
     if not predictions:  # T5X's layout: the inferences inside the eval dir, which eval owns
-        predictions = storage.join(storage.claim_dir(str(out_dir), "eval",
+        predictions = storage.join(outputs.claim_dir(str(out_dir), "eval",
                                                      what="EVAL_OUTPUT_DIR"), "infer")
     if not _macro("MIXTURE_OR_TASK_NAME"):
         raise ConfigError("CHECKPOINT_PATH is set: MIXTURE_OR_TASK_NAME (the task to infer "

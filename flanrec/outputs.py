@@ -66,7 +66,7 @@ def read_marker(directory: str) -> dict[str, Any] | None:
 
 
 def marker_document(job: str, **fields: Any) -> dict[str, Any]:
-    from flanrec import __version__
+    from flanrec.version import __version__
 
     return {**fields, "format": MARKER_FORMAT, "version": 1, "job": job,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -8,7 +8,7 @@ fetch (H3's `flanrec.data.fetch`) -> read -> leave-one-out split (ml100k-loo exa
 fit each item index on train sequences only -> render every task family for every split
 (`flanrec.data.examples`) -> sharded TFRecords + info.json per task -> optional SentencePiece
 training -> prefix tries of the valid item IDs. Everything is built in a scratch directory this
-run creates and published by `flanrec.storage.staged_dir` (one rename locally; on gs:// the
+run creates and published by `flanrec.outputs.staged_dir` (one rename locally; on gs:// the
 files are uploaded and the ownership marker written last), so a crash never leaves a
 half-prepared directory that tasks would register. An existing `--out` is replaced only when
 it is a flanrec.prepare output; anything else is refused before any work, and nothing outside
@@ -44,12 +44,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flanrec import storage
+from flanrec import outputs, storage
 from flanrec.data import families as families_lib
-from flanrec.data import locations
 from flanrec.data.prepared_write import build_tries, write_split
 from flanrec.errors import UserError
 from flanrec.prepare_index import fit_indexes
+from flanrec.prepare_options import PrepareOptions
 from flanrec.progress import stage
 
 INDEX_SUFFIX = {
@@ -76,10 +76,6 @@ SEQUENCE_FAMILIES = tuple(f for f in FAMILIES
                           if families_lib.get(f).target_layout == "item_sequence")
 
 
-def default_cache_dir() -> str:
-    return locations.cache_root()
-
-
 def task_prefix_for(dataset: str) -> str:
     """ml-100k -> ml100k, amazon-2014-Beauty -> amazon_beauty, my-data.csv -> my_data_csv."""
     name = dataset.lower()
@@ -89,53 +85,6 @@ def task_prefix_for(dataset: str) -> str:
         parts = [p for p in name.split("-")[1:] if not p.isdigit()]
         return "amazon_" + "_".join(parts)
     return "".join(c if c.isalnum() else "_" for c in name).strip("_") or "data"
-
-
-# ---------------------------------------------------------------------------------------------
-# Options
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class PrepareOptions:
-    """Everything that determines the output (recorded in prepare.json)."""
-
-    dataset: str
-    out: str
-    raw_dir: str | None = None
-    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
-    indexing: tuple[str, ...] = ("sequential",)
-    seed: int = 0
-    num_shards: int = 2
-    train_vocab: bool = False
-    vocab_size: int = 4000
-    max_history: int = 50
-    families: tuple[str, ...] = FAMILIES
-    # seqrec: decoder targets per training example, items the encoder reads, window tilings
-    seqrec_window: int = 40
-    seqrec_encoder_items: int = 10
-    seqrec_tilings: int = 2
-    # --train_vocab keeps every item ID string whole (one piece each)
-    item_pieces: bool = True
-    num_candidates: int = 20
-    kcore: int | None = None
-    min_rating: float | None = None
-    task_prefix: str | None = None
-    allow_download: bool = True
-    unseen_eval: bool = True
-    overwrite: bool = True
-    # Semantic IDs embed items with, in this order of preference: a T5 encoder checkpoint
-    # (HF dir / T5X / flanrec), a user-supplied .npy, else TF-IDF of the item text.
-    semantic_encoder: str | None = None
-    semantic_encoder_vocab: str | None = None  # default: the HF dir's spiece.model, $FLANREC_VOCAB
-    semantic_embeddings: str | None = None  # a .npy file (rows: catalogue order) ("tfidf": None)
-    semantic_embedding_items: str | None = None  # .json/.txt naming each .npy row's item
-    semantic_batch_size: int = 64
-    semantic_max_length: int = 128
-    # How to read a --dataset csv|parquet file (flanrec.data.sources.table.read_table
-    # keywords: delimiter, header, column_names, user_col, item_col, timestamp_col,
-    # rating_col, title_col, encoding, items_path); gin bindings of read_table fill the rest.
-    table_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +112,7 @@ def load_dataset(opts: PrepareOptions, out: str | None = None):  # noqa: ANN201 
         fetched = fetch(name, opts.cache_dir, raw_dir=raw_dir or None,
                         allow_download=opts.allow_download)
         if out is not None and not opts.raw_dir:
-            storage.check_apart(out, {"the fetched dataset": str(fetched.path)})
+            outputs.check_apart(out, {"the fetched dataset": str(fetched.path)})
         return read_dataset(fetched.kind, fetched.path)
 
 
@@ -328,7 +277,7 @@ def item_pieces(indexes, catalogue: Sequence[str]) -> list[str]:  # noqa: ANN001
 def _check_out(opts: PrepareOptions) -> str:
     """--out, normalized, refused when it is (or holds) an input: before any work."""
     out = storage.normalize(opts.out)
-    storage.check_apart(out, {"--raw_dir": opts.raw_dir,
+    outputs.check_apart(out, {"--raw_dir": opts.raw_dir,
                               "--semantic_embeddings": (opts.semantic_embeddings
                                                         if opts.semantic_embeddings != "tfidf"
                                                         else None),
@@ -371,7 +320,7 @@ def prepare(opts: PrepareOptions, log: Any = print,
         raise UserError(f"{', '.join(semantic_opts)} only apply to --indexing semantic")
     out = _check_out(opts)
     prefix = opts.task_prefix or task_prefix_for(opts.dataset)
-    with storage.staged_dir(out, "prepare", replace=opts.overwrite,
+    with outputs.staged_dir(out, "prepare", replace=opts.overwrite,
                             replace_hint=_NO_OVERWRITE_HINT,
                             record={"dataset": opts.dataset}) as tmp:
         with stage(f"prepare: read {opts.dataset}", log=progress) as st:

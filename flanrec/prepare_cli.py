@@ -18,13 +18,8 @@ from typing import Any
 from flanrec import jobs
 from flanrec.data import layout, locations
 from flanrec.errors import UserError
-from flanrec.prepare import (
-    FAMILIES,
-    INDEX_SUFFIX,
-    PrepareOptions,
-    default_cache_dir,
-    prepare,
-)
+from flanrec.prepare import FAMILIES, INDEX_SUFFIX, prepare
+from flanrec.prepare_options import PrepareOptions, default_cache_dir
 
 
 def default_out(dataset: str) -> str:

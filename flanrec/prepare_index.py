@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from flanrec.data.indexing import ItemIndex
     from flanrec.data.types import ItemMeta, Split
-    from flanrec.prepare import PrepareOptions
+    from flanrec.prepare_options import PrepareOptions
 
 
 def tfidf_embed(texts: Sequence[str], dim: int = 64) -> np.ndarray:

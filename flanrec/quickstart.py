@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from flanrec import jobs, storage
+from flanrec import jobs, outputs, storage
 from flanrec.data import layout, locations
 from flanrec.errors import UserError
 
@@ -180,13 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return jobs.run("flanrec.quickstart", cli, argv, tensorflow=False)
 
 
-def _output_problem(outputs: Sequence[tuple[str, str, str | None]]) -> str | None:
+def _output_problem(dirs: Sequence[tuple[str, str, str | None]]) -> str | None:
     """The first output directory its stage would refuse (the storage ownership rule), as
     one line; None when every stage may write where it will."""
-    for what, path, job in outputs:
+    for what, path, job in dirs:
         if job is None:
             continue
-        why = storage.ownership_problem(path, job)
+        why = outputs.ownership_problem(path, job)
         if why:
             return (f"{what} {path} {why}; the {job} stage would refuse to write into it: "
                     "choose a new or empty directory")

@@ -18,7 +18,7 @@ Publishing, one rule everywhere:
   ``open()`` gives (0666 minus the umask: 0644 usually), directories 0777 minus the umask;
 * **a directory** (``staged_dir``) is built in scratch and published with its ownership
   marker written last; that, and who may write into which directory, is
-  `flanrec.outputs` (its names are reachable here too: ``storage.claim_dir``).
+  `flanrec.outputs`, which builds on this module.
 """
 
 from __future__ import annotations
@@ -421,26 +421,8 @@ def orbax_path(path: str | os.PathLike[str]) -> Any:
     return epath.Path(p)
 
 
-# Ownership and directory publishing live in flanrec.outputs, which is written on this module;
-# its names are served from here (loaded on first use, so there is no import cycle) so that
-# every caller keeps the one `storage.` import.
-_OUTPUT_NAMES = frozenset({
-    "Adopt", "check_apart", "check_claimable", "check_replaceable", "claim_dir",
-    "marker_document", "names_matching", "older_output", "ownership_problem", "read_marker",
-    "require_complete", "staged_dir", "write_marker"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _OUTPUT_NAMES:
-        from flanrec import outputs
-
-        return getattr(outputs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["MARKER", "NotOwnedError", "StorageError", "StorageNotFoundError", "copy_file",
            "exists", "glob", "is_url", "isdir", "isfile", "join", "listdir", "local_copy",
            "makedirs", "normalize", "open", "orbax_path", "parent", "read_bytes", "read_json",
            "read_text", "remove", "rename", "rmtree", "scheme", "split_path_list", "walk_files",
-           "write_atomic", "write_json_atomic",
-           *sorted(_OUTPUT_NAMES)]
+           "write_atomic", "write_json_atomic"]

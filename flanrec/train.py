@@ -61,7 +61,17 @@ import jax
 import numpy as np
 from etils import epath
 
-from flanrec import flops, jobs, losses, optimizers, partitioning, scalars, storage, trainer
+from flanrec import (
+    flops,
+    jobs,
+    losses,
+    optimizers,
+    outputs,
+    partitioning,
+    scalars,
+    storage,
+    trainer,
+)
 from flanrec.data import length_check
 from flanrec.errors import ConfigError, UserError
 from flanrec.gin_cli import (
@@ -112,7 +122,7 @@ def _prepare_model_dir(model_dir: str) -> epath.Path:
     if jax.process_index() == 0:
         probe = path / f".write_probe_{os.getpid()}"
         try:
-            storage.claim_dir(str(path), "train", what="MODEL_DIR")
+            outputs.claim_dir(str(path), "train", what="MODEL_DIR")
             probe.write_text("ok")
             probe.unlink()
         except storage.StorageError:

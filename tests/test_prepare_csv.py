@@ -121,14 +121,14 @@ def test_failure_late_in_the_job_leaves_the_old_output(toy_prepared, tmp_path):
     """The vocabulary step fails after every task was written: nothing of it may remain."""
     import os
 
-    from flanrec import storage
+    from flanrec import outputs
     from flanrec.prepare import PrepareOptions, prepare
 
     out_dir, _, _ = toy_prepared
     out = tmp_path / "out"
     out.mkdir()
     (out / "prepare.json").write_text('{"sentinel": true}')
-    storage.write_marker(str(out), "prepare")  # an earlier prepare output: replaceable
+    outputs.write_marker(str(out), "prepare")  # an earlier prepare output: replaceable
     opts = PrepareOptions(dataset="csv", raw_dir=str(out_dir.parent / "log.csv"), out=str(out),
                           train_vocab=True, vocab_size=100, allow_download=False)
     with pytest.raises(ValueError, match="raise vocab_size"):

@@ -205,13 +205,13 @@ def test_default_prepare_skips_seqrec_when_ids_are_not_one_token(tmp_path):
 def test_family_baselines_answer_the_prepared_examples(toy):
     """The direct baseline ranks exactly the candidate lists of the prepared test examples."""
     from flanrec.baselines import families
-    from flanrec.data import prepared
+    from flanrec.data import prepared, task_records
 
     split = prepared.load_split(str(toy))
     rows, info = families.all_rows(split, str(toy), "test")
     assert set(rows) == {"bias", "popularity_binary", "bias_binary", "popularity_direct"}
     direct = rows["popularity_direct"][1]
-    shown = prepared.read_task_split(str(toy), "direct_seqidx", "test")
+    shown = task_records.read_task_split(str(toy), "direct_seqidx", "test")
     assert [r["candidates"] for r in direct] == [e["candidates"] for e in shown]
     assert all(r["target_item"] in r["candidates"] for r in direct)
     assert info["bias"]["chosen_on"] == "validation RMSE"

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from flanrec import storage
+from flanrec import outputs, storage
 
 
 def _ram(name: str) -> str:
@@ -55,7 +55,7 @@ def test_local_files_and_dirs_get_the_modes_of_plain_open_and_mkdir(tmp_path):
     old = os.umask(0o022)
     try:
         storage.write_atomic(str(tmp_path / "f.txt"), "x")
-        with storage.staged_dir(str(tmp_path / "out"), "convert") as build:
+        with outputs.staged_dir(str(tmp_path / "out"), "convert") as build:
             with open(os.path.join(build, "a.txt"), "w") as f:
                 f.write("a")
     finally:
@@ -77,7 +77,7 @@ def test_staged_dir_on_ram_publishes_the_marker_last(monkeypatch):
         real_copy(src, dst)
 
     monkeypatch.setattr(storage, "copy_file", recording_copy)
-    with storage.staged_dir(out, "prepare", record={"dataset": "toy"}) as build:
+    with outputs.staged_dir(out, "prepare", record={"dataset": "toy"}) as build:
         os.makedirs(os.path.join(build, "tasks", "t"))
         for rel in ("prepare.json", "tasks/t/info.json"):
             with open(os.path.join(build, rel), "w") as f:
@@ -85,12 +85,12 @@ def test_staged_dir_on_ram_publishes_the_marker_last(monkeypatch):
         assert not storage.exists(out)  # nothing visible while the job works
     assert uploaded[-1] == storage.MARKER and set(uploaded) == {"prepare.json", "info.json",
                                                                 storage.MARKER}
-    marker = storage.read_marker(out)
+    marker = outputs.read_marker(out)
     assert marker["job"] == "prepare" and marker["complete"] and marker["dataset"] == "toy"
-    storage.require_complete(out)
+    outputs.require_complete(out)
     storage.remove(storage.join(out, storage.MARKER))  # as if the upload had been cut short
     with pytest.raises(storage.StorageError, match="incomplete"):
-        storage.require_complete(out)
+        outputs.require_complete(out)
     assert not [n for n in os.listdir(".") if n.startswith("ram:")]  # nothing local
 
 
@@ -98,7 +98,7 @@ def test_staged_dir_failure_removes_only_its_own_scratch(tmp_path):
     (tmp_path / "out.tmp").mkdir()
     (tmp_path / "out.tmp" / "keep").write_text("mine")
     with pytest.raises(RuntimeError, match="boom"):
-        with storage.staged_dir(str(tmp_path / "out"), "prepare") as build:
+        with outputs.staged_dir(str(tmp_path / "out"), "prepare") as build:
             with open(os.path.join(build, "half"), "w") as f:
                 f.write("x")
             raise RuntimeError("boom")
@@ -109,18 +109,18 @@ def test_staged_dir_failure_removes_only_its_own_scratch(tmp_path):
 @pytest.mark.parametrize("where", ["local", "ram"])
 def test_claim_dir_accepts_new_empty_own_and_older_outputs_only(tmp_path, where):
     root = str(tmp_path) if where == "local" else _ram("c")
-    new = storage.claim_dir(storage.join(root, "new"), "eval")
-    assert storage.read_marker(new)["job"] == "eval"
-    assert storage.claim_dir(new, "eval") == new  # its own output
+    new = outputs.claim_dir(storage.join(root, "new"), "eval")
+    assert outputs.read_marker(new)["job"] == "eval"
+    assert outputs.claim_dir(new, "eval") == new  # its own output
     with pytest.raises(storage.NotOwnedError, match="holds the output of flanrec.eval"):
-        storage.claim_dir(new, "baselines")
+        outputs.claim_dir(new, "baselines")
     older = storage.join(root, "older")
     storage.write_atomic(storage.join(older, "metrics.json"), "{}")  # no marker yet
-    storage.claim_dir(older, "eval")
+    outputs.claim_dir(older, "eval")
     theirs = storage.join(root, "theirs")
     storage.write_atomic(storage.join(theirs, "thesis.txt"), "mine")
     with pytest.raises(storage.NotOwnedError, match="not written by flanrec.*thesis.txt"):
-        storage.claim_dir(theirs, "eval")
+        outputs.claim_dir(theirs, "eval")
     assert storage.listdir(theirs) == ["thesis.txt"]
 
 
@@ -130,10 +130,10 @@ def test_check_apart_refuses_outputs_that_are_or_hold_inputs(tmp_path):
     log = str(tmp_path / "raw" / "log.csv")
     for out in (tmp_path / "raw", tmp_path):
         with pytest.raises(storage.StorageError, match="is or contains the folder holding"):
-            storage.check_apart(str(out), {"--raw_dir": log})
-    storage.check_apart(str(tmp_path / "prepared"), {"--raw_dir": log})  # a sibling is fine
+            outputs.check_apart(str(out), {"--raw_dir": log})
+    outputs.check_apart(str(tmp_path / "prepared"), {"--raw_dir": log})  # a sibling is fine
     with pytest.raises(storage.StorageError, match="inside --raw_dir"):
-        storage.check_apart(str(tmp_path / "raw" / "p"), {"--raw_dir": str(tmp_path / "raw")})
+        outputs.check_apart(str(tmp_path / "raw" / "p"), {"--raw_dir": str(tmp_path / "raw")})
 
 
 def test_local_copy_of_a_ram_tree_and_orbax_schemes(tmp_path):

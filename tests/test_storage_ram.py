@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from hf_fixtures import random_params
 
-from flanrec import storage
+from flanrec import outputs, storage
 from flanrec.model.config import T5Config
 from flanrec.model.params import flatten
 
@@ -90,7 +90,7 @@ def test_prepare_publishes_to_ram_and_tasks_read_it(bucket):
     from flanrec.data.prepared import item_trie
 
     data = bucket["data"]
-    marker = storage.read_marker(data)
+    marker = outputs.read_marker(data)
     assert marker["job"] == "prepare" and marker["complete"]
     assert {"prepare.json", "split", "index", "tasks", "vocab"} <= set(storage.listdir(data))
     assert len(prepared.load_split(data).users) == USERS
@@ -101,7 +101,7 @@ def test_prepare_publishes_to_ram_and_tasks_read_it(bucket):
     ex = next(ds.as_numpy_iterator())
     assert ex["inputs"].size and ex["targets"].size
     # Exported checkpoints are whole directories with their marker (uploaded last).
-    assert storage.read_marker(bucket["hf"])["job"] == "convert"
+    assert outputs.read_marker(bucket["hf"])["job"] == "convert"
     assert storage.isfile(storage.join(bucket["hf"], "model.safetensors"))
 
 
@@ -150,7 +150,7 @@ def test_training_reads_ram_data_and_initial_checkpoint(bucket, tmp_path):
     from flanrec.checkpoints import latest_complete_step
 
     assert latest_complete_step(tmp_path / "run") == 2
-    assert storage.read_marker(str(tmp_path / "run"))["job"] == "train"
+    assert outputs.read_marker(str(tmp_path / "run"))["job"] == "train"
 
 
 @pytest.mark.slow
@@ -197,7 +197,7 @@ def test_interrupted_inference_resumes_on_ram(bucket, tmp_path, monkeypatch):
     assert not storage.exists(chunk_dir)
     record = storage.read_json(f"{out}/{task}-score-manifest-00000-of-00001.json")
     assert record["records"] == USERS and record["checkpoint"]["checkpoint"] == bucket["ckpt"]
-    assert storage.read_marker(out)["job"] == "infer"
+    assert outputs.read_marker(out)["job"] == "infer"
     _no_local_copies(tmp_path)
 
     # A rerun finds the shard complete (same checkpoint, same settings): nothing computed.

@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from flanrec import jobs, storage
+from flanrec import jobs, outputs, storage
 from flanrec import metrics as metrics_lib
 from flanrec.baselines import common
 from flanrec.data import locations, prepared, splits
@@ -77,7 +77,7 @@ def cli(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     if args.k < 1:
         raise ConfigError(f"--k must be >= 1, got {args.k}")
-    storage.check_claimable(args.out, "baselines", what="--out")  # before training
+    outputs.check_claimable(args.out, "baselines", what="--out")  # before training
     split = prepared.load_split(args.data_dir or locations.default_data_dir())
     models = MODELS if args.model == "all" else (args.model,)
     if "popularity" in models:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from flanrec import storage
+from flanrec import outputs, storage
 from flanrec.data import splits, types
 from flanrec.predictions import record_lines, shard_name, shard_prefix
 
@@ -45,7 +45,7 @@ def write_predictions(out_dir: str, task: str, rows: Sequence[dict], mode: str =
     Older shards of the same task with another shard count are removed first, so the
     evaluator never mixes two runs.
     """
-    out_dir = storage.claim_dir(out_dir, "baselines", what="--out")
+    out_dir = outputs.claim_dir(out_dir, "baselines", what="--out")
     path = storage.join(out_dir, shard_name(task, mode))
     for name in storage.listdir(out_dir):
         if name.startswith(shard_prefix(task, mode)) and name != storage.basename(path):

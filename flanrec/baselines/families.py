@@ -8,7 +8,7 @@ on exactly the examples the model answers:
   model's predicted rating, each as a score for "rated 4 or more" (AUC is rank-based);
 * direct (``MODE=score`` over the shown candidates): the candidates ranked by popularity.
 
-Examples are read from the prepared task files (`prepared.read_task_split`), so candidate
+Examples are read from the prepared task files (`flanrec.data.task_records`), so candidate
 lists are the ones the model saw; labels and ratings come from the split.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flanrec.baselines import bias, popularity
-from flanrec.data import prepared, types
+from flanrec.data import prepared, task_records, types
 from flanrec.data.examples import LIKE_THRESHOLD
 
 
@@ -71,7 +71,7 @@ def direct_rows(split: types.Split, data_dir: str, task_dir: str, stage: str) ->
     """The prepared direct task's candidates, ranked by training popularity."""
     counts = popularity.train_counts(split)
     rows = []
-    for index, ex in enumerate(prepared.read_task_split(data_dir, task_dir, stage)):
+    for index, ex in enumerate(task_records.read_task_split(data_dir, task_dir, stage)):
         cands: Sequence[str] = ex["candidates"]
         rec = _record("popularity_direct", stage, "score", index, ex["user"],
                       ex["target_item"])

@@ -21,7 +21,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from flanrec import __version__
 from flanrec.checkpoints.integrity import (
     META,
     OPT_STATE,
@@ -42,6 +41,7 @@ from flanrec.checkpoints.integrity import (
 )
 from flanrec.model.config import T5Config
 from flanrec.model.params import check_params, flatten, unflatten
+from flanrec.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ Adafactor) at the flanrec checkpoint's step, so T5X's stock fine-tuning restores
 
 Every conversion goes through the model's one parameter table
 (`flanrec.model.params.param_specs`), so the output is checked before it is written. Output is
-assembled in a scratch directory and published by `flanrec.storage.staged_dir` (one rename
+assembled in a scratch directory and published by `flanrec.outputs.staged_dir` (one rename
 locally; uploaded with its ownership marker last on gs://): an interrupted run leaves nothing
 at `--out`. A non-empty `--out` is replaced only with
 `--overwrite` and only when flanrec.convert wrote it; `--src`/`--out` may be URLs (gs://).
@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flanrec import jobs, storage
+from flanrec import jobs, outputs, storage
 from flanrec.convert import vocabulary as vocab_files
 from flanrec.convert.exports import make_readable
 from flanrec.model.config import T5Config
@@ -187,15 +187,15 @@ def _check_out(out: str, srcs: list[str], overwrite: bool) -> str:
         if storage.is_within(src_path, out_path):
             raise ValueError(f"--out {out_path} must not contain {what}: replacing it would "
                              "delete the input")
-    storage.check_replaceable(out_path, "convert", replace=overwrite,
+    outputs.check_replaceable(out_path, "convert", replace=overwrite,
                               replace_hint=OVERWRITE_HINT)
     return out_path
 
 
 def _write(dst_kind: str, cfg: T5Config, params: dict[str, Any], out_path: str, *, step: int,
            vocabulary: Any, overwrite: bool, opt_state: Any = None) -> None:
-    """Build the output in scratch and publish it (`flanrec.storage.staged_dir`)."""
-    with storage.staged_dir(out_path, "convert", replace=overwrite,
+    """Build the output in scratch and publish it (`flanrec.outputs.staged_dir`)."""
+    with outputs.staged_dir(out_path, "convert", replace=overwrite,
                             replace_hint=OVERWRITE_HINT, record={"to": dst_kind}) as build:
         write_target(dst_kind, cfg, params, Path(build), step=step, vocabulary=vocabulary,
                      opt_state=opt_state)

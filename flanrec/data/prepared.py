@@ -14,10 +14,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from typing import TYPE_CHECKING, Any
 
-from flanrec import storage
+from flanrec import outputs, storage
 from flanrec.data import layout
 from flanrec.data.types import ItemMeta, Split, UserFeatures, UserSequence
 from flanrec.errors import UserError
@@ -43,7 +42,7 @@ def read_prepare_json(data_dir: str) -> dict[str, Any]:
         raise PreparedDataError(
             f"{path}: not found; is {data_dir!r} a directory written by "
             "`python -m flanrec.prepare --out ...`?")
-    storage.require_complete(data_dir, "prepared data dir")
+    outputs.require_complete(data_dir, "prepared data dir")
     return json.loads(storage.read_text(path))
 
 
@@ -55,7 +54,7 @@ def load_split(data_dir: str) -> Split:
     path = storage.join(data_dir, SPLIT_FILE)
     if not storage.exists(path):
         raise PreparedDataError(f"{path}: not found (prepared data dir expected)")
-    storage.require_complete(data_dir, "prepared data dir")
+    outputs.require_complete(data_dir, "prepared data dir")
     text = storage.read_text(path)
     expected = _recorded_sha(data_dir, "split.json")
     if expected and hashlib.sha256(text.encode("utf-8")).hexdigest() != expected:
@@ -191,55 +190,6 @@ def item_trie(data_dir: str, vocabulary: seqio.Vocabulary | None = None,
     trie = build_trie(seqs, eos_id=vocabulary.eos_id, vocab_size=vocabulary.vocab_size,
                       pad_id=0, dense_limit=0, end_with_eos=end_with_eos)
     return trie, list(catalogue)
-
-
-def read_task_split(data_dir: str, task_dir: str, split_name: str,
-                    fields: tuple[str, ...] = ("user", "target_item", "candidates", "targets"),
-                    ) -> list[dict[str, Any]]:
-    """The records of one prepared task split as plain Python values, in file order.
-
-    For baselines that must answer exactly the examples a model answers (the direct family's
-    candidate lists, say) without re-rendering them. Examples are dealt round-robin over the
-    shards (`flanrec.data.writer`), so reading the shards interleaved restores split order.
-    Only the requested ``fields`` that the task has are decoded.
-    """
-    import tensorflow as tf
-
-    from flanrec.data import seqio_tasks, writer
-
-    root = os.path.join(data_dir, layout.task_dir(task_dir))
-    info = writer.read_info(root)
-    if split_name not in info["splits"]:
-        raise PreparedDataError(f"{root}: no split {split_name!r} (has "
-                                f"{sorted(info['splits'])})")
-    if "files" not in info["splits"][split_name]:  # rendered on read (flanrec.data.families)
-        from flanrec.data.family_source import FamilySource
-
-        counts = {s: v["num_input_examples"] for s, v in info["splits"].items()}
-        source = FamilySource(data_dir, info["family"], info.get("index_method"), counts)
-        keep = [k for k in fields if k in info["features"]]
-        return [{k: ex.get(k) for k in keep} for ex in source.examples(split_name)]
-    schema = {k: v for k, v in info["features"].items() if k in fields}
-    spec = seqio_tasks.feature_description(schema)
-    shards = [list(tf.data.TFRecordDataset(os.path.join(root, f)).map(
-        lambda x: tf.io.parse_single_example(x, spec)).as_numpy_iterator())
-        for f in info["splits"][split_name]["files"]]
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, bytes):
-            return v.decode("utf-8")
-        if hasattr(v, "tolist"):
-            v = v.tolist()
-        if isinstance(v, list):
-            return [plain(x) for x in v]
-        return plain(v) if isinstance(v, bytes) else v
-
-    out = []
-    for j in range(max(len(s) for s in shards)):
-        for s in shards:
-            if j < len(s):
-                out.append({k: plain(v) for k, v in s[j].items()})
-    return out
 
 
 def load_users(data_dir: str) -> UserFeatures | None:

@@ -13,18 +13,18 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from flanrec import storage
+from flanrec import outputs, storage
 from flanrec.ensemble import fusion
 from flanrec.predictions import mode_glob, record_lines, shard_name
 
 Key = tuple[str, str, int]
 def check_output(out_dir: str) -> str:
     """Before any work: refuse an --out holding files flanrec did not write."""
-    return storage.check_claimable(out_dir, "ensemble", what="--out")
+    return outputs.check_claimable(out_dir, "ensemble", what="--out")
 
 
 def claim_output(out_dir: str) -> str:
-    return storage.claim_dir(out_dir, "ensemble", what="--out")
+    return outputs.claim_dir(out_dir, "ensemble", what="--out")
 
 
 def _files(spec: str) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from flanrec import predictions, storage
+from flanrec import outputs, predictions, storage
 from flanrec.inference import modes, taskinfo
 from flanrec.inference.taskinfo import InferenceConfigError, TaskInfo
 from flanrec.inference.writer import ChunkWriter
@@ -510,7 +510,7 @@ def run_inference(checkpoint_path: str, task_name: str, opts: InferenceOptions,
     if not storage.exists(checkpoint_path):
         raise InferenceConfigError(f"CHECKPOINT_PATH {checkpoint_path}: no such file or "
                                    "directory")
-    out = storage.claim_dir(opts.output_dir, "infer", what="INFER_OUTPUT_DIR")
+    out = outputs.claim_dir(opts.output_dir, "infer", what="INFER_OUTPUT_DIR")
     opts = dataclasses.replace(opts, output_dir=out)
     ref, config, params = load_checkpoint(checkpoint_path)
     checkpoint = CheckpointIdentity(ref.path, ref.resolved, ref.step, params_sha256(params))
