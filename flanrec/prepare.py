@@ -42,7 +42,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flanrec import outputs, storage
 from flanrec.data import families as families_lib
@@ -51,6 +51,10 @@ from flanrec.errors import UserError
 from flanrec.prepare_index import fit_indexes
 from flanrec.prepare_options import PrepareOptions
 from flanrec.progress import stage
+
+if TYPE_CHECKING:  # annotations only: the job imports the data layer lazily (fast --help)
+    from flanrec.data.indexing import ItemIndex
+    from flanrec.data.types import Dataset, Split
 
 INDEX_SUFFIX = {
     "sequential": "seqidx",
@@ -92,7 +96,7 @@ def task_prefix_for(dataset: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_dataset(opts: PrepareOptions, out: str | None = None):  # noqa: ANN201 - Dataset
+def load_dataset(opts: PrepareOptions, out: str | None = None) -> Dataset:
     """fetch + read: `--dataset csv|parquet` read `--raw_dir` directly. A `--raw_dir` URL
     (gs://...) is read from a local copy. With `out`, an output that would replace the
     fetched input folder is refused before the input is read."""
@@ -151,14 +155,16 @@ class _TextSample:
         self.n = total
 
 
-def _family_data(family: families_lib.Family, split, dataset, index,  # noqa: ANN001
-                 opts: PrepareOptions, prefix: str) -> families_lib.FamilyData:
+def _family_data(family: families_lib.Family, split: Split, dataset: Dataset,
+                 index: ItemIndex, opts: PrepareOptions, prefix: str
+                 ) -> families_lib.FamilyData:
     return families_lib.FamilyData(split=split, index=index, meta=dataset.items,
                                    users=dataset.users, options=dataclasses.asdict(opts),
                                    seed=opts.seed, task_prefix=prefix)
 
 
-def write_tasks(split, dataset, indexes, opts: PrepareOptions, tasks_root: str,  # noqa: ANN001
+def write_tasks(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
+                opts: PrepareOptions, tasks_root: str,
                 prefix: str, sample: _TextSample,
                 report: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Record every (family, indexing) task; returns task dir -> info.
@@ -251,7 +257,7 @@ def skipped_families(families: Sequence[str], infos: dict[str, dict[str, Any]],
     return reasons
 
 
-def item_pieces(indexes, catalogue: Sequence[str]) -> list[str]:  # noqa: ANN001
+def item_pieces(indexes: dict[str, ItemIndex], catalogue: Sequence[str]) -> list[str]:
     """Word-initial ID strings ("▁1234") a trained vocabulary keeps as one piece each.
 
     One token per item makes the decoder's softmax a full-catalogue classifier (what works

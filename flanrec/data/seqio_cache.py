@@ -6,7 +6,9 @@ to the task's `seqio.CacheDatasetPlaceholder` once and writes TFRecords plus `in
 JSON under `CACHE_DIR/{task}/`; `USE_CACHED_TASKS = True` then reads those instead of
 tokenizing on the fly. flanrec's tasks put the placeholder right after tokenization
 (`seqio_tasks.standard_preprocessors`), so the cache holds exactly the examples the
-uncached pipeline produces (tests/test_seqio_cache.py runs Beam and compares them).
+uncached pipeline produces (tests/test_seqio_cache.py runs Beam and compares them). For
+tasks rendered on read that is their first epoch's phrasing; `family_source.vary_templates`
+comes after the cache point and re-phrases later epochs from the fields the cache keeps.
 
 Where seqio looks: its global cache dirs. flanrec adds, in this order, T5X's flag
 `--seqio_additional_cache_dirs`, the gin macro and then the environment variable

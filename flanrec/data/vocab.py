@@ -21,6 +21,7 @@ import glob
 import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import gin
 import seqio
@@ -151,7 +152,7 @@ class ItemTokenVocabulary(seqio.SentencePieceVocabulary):
         """token -> id (a copy)."""
         return dict(self._token_slots)
 
-    def _model_context(self):  # noqa: ANN202 - seqio's private _ModelContext type
+    def _model_context(self) -> Any:  # seqio's private _ModelContext
         if self._model:
             return self._model
         model = _read_model_proto(self._sentencepiece_model_file)

@@ -8,9 +8,13 @@ from the directory alone, without re-reading the data.
 
 Examples are flat dicts of str / int / bool / float scalars or lists of str / int. The
 `tf.train.Example` protos are built directly from Python values: the same message as
-`seqio.dict_to_tfexample` (checked in tests) but ~20x faster, which keeps `prepare` on ml-100k
-well under its 2-minute budget. Serialized deterministically, so reruns write identical
-files. Bools become int64 0/1 (protobuf 7 rejects Python bools).
+`seqio.dict_to_tfexample` (checked in tests) but ~20x faster. Serialized deterministically,
+so reruns write identical files. Bools become int64 0/1 (protobuf 7 rejects Python bools).
+
+`flanrec.prepare` no longer writes its tasks this way (they are rendered when read,
+`flanrec.data.family_source`); this is for exporting examples of your own as a TFRecord
+task (`seqio_tasks.register_tfrecord_task` reads it), and `read_info` also reads the
+info.json of a prepared task, whose splits then carry counts but no files.
 """
 
 from __future__ import annotations
