@@ -68,7 +68,7 @@ def test_t5_encoder_embeddings_match_hf_transformers(tiny_encoder):
     import seqio
 
     from flanrec.data.indexing import item_text
-    from flanrec.prepare_embeddings import t5_encoder_embed_fn, tokenize_texts
+    from flanrec.prepare.embeddings import t5_encoder_embed_fn, tokenize_texts
 
     hf_dir, model, spm_path = tiny_encoder
     vocab = seqio.SentencePieceVocabulary(spm_path, extra_ids=0)
@@ -97,7 +97,7 @@ def test_vocabulary_that_does_not_fit_the_checkpoint_is_refused(tiny_encoder, tm
     import seqio
 
     from flanrec.data import vocab as vocab_lib
-    from flanrec.prepare_embeddings import t5_encoder_embed_fn
+    from flanrec.prepare.embeddings import t5_encoder_embed_fn
 
     hf_dir, _, _ = tiny_encoder
     big = vocab_lib.train_sentencepiece(
@@ -112,7 +112,7 @@ def test_semantic_index_from_encoder_gives_unique_ids(tiny_encoder):
     import seqio
 
     from flanrec.data.indexing import fit_index
-    from flanrec.prepare_embeddings import t5_encoder_embed_fn
+    from flanrec.prepare.embeddings import t5_encoder_embed_fn
 
     hf_dir, _, spm_path = tiny_encoder
     items, meta = _item_meta(40)
@@ -128,8 +128,8 @@ def test_semantic_index_from_encoder_gives_unique_ids(tiny_encoder):
 
 
 def test_prepare_csv_with_semantic_encoder(tiny_encoder, tmp_path):
-    from flanrec.prepare_cli import cli as prepare_cli  # raises UserError
-    from flanrec.prepare_cli import main
+    from flanrec.prepare.cli import cli as prepare_cli  # raises UserError
+    from flanrec.prepare.cli import main
 
     hf_dir, _, spm_path = tiny_encoder
     rows = ["user_id,item_id,timestamp"]

@@ -151,7 +151,7 @@ def test_no_overwrite_fails_before_any_work_naming_a_real_flag(toy, tmp_path):
     """--no_overwrite on an existing output must fail before the data is read (here the
     raw file does not even exist: reading it first would give another error), and every
     flag its hint names must exist."""
-    from flanrec.prepare_cli import build_parser
+    from flanrec.prepare.cli import build_parser
 
     data = toy[1]
     out = tmp_path / "again"

@@ -60,8 +60,8 @@ CASES = {
                               "--out", str(t / "out")],
         "log.csv line 3, field 'timestamp': expected an integral number"),
     "prepare_bad_option": (
-        "prepare", lambda t: ["--dataset", "ml-100k", "--out", str(t / "o"), "--num_shards",
-                              "1"], "--num_shards must be >= 2"),
+        "prepare", lambda t: ["--dataset", "ml-100k", "--out", str(t / "o"), "--indexing",
+                              "alphabetical"], "unknown indexing 'alphabetical'"),
     "prepare_usage": ("prepare", lambda t: ["--bogus"], "unrecognised argument '--bogus'"),
     "train_misspelled_macro": (
         "train", lambda t: ["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
@@ -114,12 +114,12 @@ def test_a_user_error_is_one_line_and_exit_code_2(case, tmp_path):
 
 
 def test_verbose_adds_the_traceback(tmp_path):
-    args = ["--dataset", "ml-100k", "--out", str(tmp_path / "o"), "--num_shards", "1"]
+    args = ["--dataset", "ml-100k", "--out", str(tmp_path / "o"), "--indexing", "alphabetical"]
     proc = _run("prepare", [*args, "--verbose"], tmp_path)
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr and "UserError" in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "flanrec.prepare: error: --num_shards must be >= 2 (multi-host readers shard by file)")
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "flanrec.prepare: error: unknown indexing 'alphabetical'; choose from ")
 
 
 def test_bugs_keep_their_traceback_and_user_errors_become_one_line(capsys):

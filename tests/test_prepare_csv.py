@@ -140,7 +140,7 @@ def test_failure_late_in_the_job_leaves_the_old_output(toy_prepared, tmp_path):
 def test_tfidf_embeddings_put_similar_items_together():
     import numpy as np
 
-    from flanrec.prepare_index import tfidf_embed
+    from flanrec.prepare.index import tfidf_embed
 
     x = tfidf_embed(["Toy Story; year: 1995; categories: Animation, Comedy",
                      "Toy Story 2; year: 1999; categories: Animation, Comedy",

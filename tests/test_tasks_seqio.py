@@ -233,7 +233,7 @@ def test_bad_jsonl_line_names_the_problem(registered, tmp_path, clean_registry):
 def test_list_tasks_and_env_configured_data_dir(registered, prepared_ml100k, monkeypatch,
                                                 capsys):
     import tasks.movielens
-    from flanrec.prepare_cli import main
+    from flanrec.prepare.cli import main
 
     monkeypatch.setenv("FLANREC_DATA_DIR", str(prepared_ml100k))
     # What `import tasks` runs in a fresh process (a reload would re-register gin configurables).

@@ -16,10 +16,10 @@ from pathlib import Path
 import gin
 import pytest
 
-from flanrec import prepare_cli as prepare
 from flanrec.data.errors import DataError
 from flanrec.data.sources import read_dataset
 from flanrec.errors import UserError
+from flanrec.prepare import cli as prepare
 
 
 def rows(n_users: int = 12, per_user: int = 6) -> list[tuple[str, str, int, int]]:

@@ -2,7 +2,7 @@
 
 Separate from the job's orchestration (`flanrec.prepare`) because it is the one step that
 may need a model: semantic IDs embed item text with TF-IDF, a user's .npy, or a T5 encoder
-(`flanrec.prepare_embeddings`). Whatever the source, the indexer in `flanrec.data.indexing`
+(`flanrec.prepare.embeddings`). Whatever the source, the indexer in `flanrec.data.indexing`
 gets a plain array, so data/ never imports the network or the checkpoint code.
 """
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from flanrec.data.indexing import ItemIndex
     from flanrec.data.types import ItemMeta, Split
-    from flanrec.prepare_options import PrepareOptions
+    from flanrec.prepare.options import PrepareOptions
 
 
 def tfidf_embed(texts: Sequence[str], dim: int = 64) -> np.ndarray:
@@ -64,7 +64,7 @@ def semantic_embedding_source(opts: PrepareOptions) -> tuple[dict[str, Any], dic
         import seqio
 
         from flanrec.data import vocab as vocab_lib
-        from flanrec.prepare_embeddings import t5_encoder_embed_fn
+        from flanrec.prepare.embeddings import t5_encoder_embed_fn
 
         if not os.path.exists(opts.semantic_encoder):
             raise UserError(f"--semantic_encoder {opts.semantic_encoder}: no such checkpoint")

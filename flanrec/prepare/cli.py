@@ -19,7 +19,7 @@ from flanrec import jobs
 from flanrec.data import layout, locations
 from flanrec.errors import UserError
 from flanrec.prepare import FAMILIES, INDEX_SUFFIX, prepare
-from flanrec.prepare_options import PrepareOptions, default_cache_dir
+from flanrec.prepare.options import PrepareOptions, default_cache_dir
 
 
 def default_out(dataset: str) -> str:

@@ -16,7 +16,7 @@ the scratch directory is ever deleted.
 
 Layout of OUT (the contract `tasks/` and the trainer read; the names are
 `flanrec.data.layout`'s, read back by `flanrec.data.prepared`, written by
-`flanrec.data.prepared_write`; the command line is `flanrec.prepare_cli`):
+`flanrec.data.prepared_write`; the command line is `flanrec.prepare.cli`):
 
     prepare.json                      dataset, options, counts, fingerprints, timings
     .flanrec-output.json              ownership marker (job "prepare"), written last
@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -48,8 +47,8 @@ from flanrec import outputs, storage
 from flanrec.data import families as families_lib
 from flanrec.data.prepared_write import build_tries, write_split
 from flanrec.errors import UserError
-from flanrec.prepare_index import fit_indexes
-from flanrec.prepare_options import PrepareOptions
+from flanrec.prepare.index import fit_indexes
+from flanrec.prepare.options import PrepareOptions
 from flanrec.progress import stage
 
 if TYPE_CHECKING:  # annotations only: the job imports the data layer lazily (fast --help)
@@ -473,11 +472,3 @@ def summary_table(doc: dict[str, Any], out: str) -> str:
     if doc["vocab"]["trie_skipped_because"]:
         lines.append(f"  tries skipped: {doc['vocab']['trie_skipped_because']}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    # `python -m flanrec.prepare`: the command line lives in flanrec.prepare_cli, which
-    # imports this module; looked up by name so the job never imports its own CLI.
-    import importlib
-
-    sys.exit(importlib.import_module("flanrec.prepare_cli").main())
