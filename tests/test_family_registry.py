@@ -107,11 +107,28 @@ def test_user_family_renders_from_the_prepared_split(next_genre, prepared_ml100k
     assert info is not None and (info.family, info.target_kind) == ("next_genre", "text")
 
 
-def test_later_epochs_are_phrased_again_deterministically(next_genre):
-    """Epoch 0 is the builder's phrasing; epoch 1 re-picks a seen template per example from
-    (seed, epoch, key); two fresh pipelines agree (what exact resume relies on)."""
+def test_later_epochs_are_phrased_again_deterministically(next_genre, prepared_ml100k):
+    """With rephrase_epochs on, epoch 0 is the builder's phrasing and epoch 1 re-picks a seen
+    template per example from (seed, epoch, key); two fresh pipelines agree (what exact
+    resume relies on). Off (the default), every epoch is epoch 0's."""
+    import gin
+
+    from flanrec.data.prepared_tasks import register_family_task
+
     task = seqio.get_mixture_or_task("ml100k_next_genre_seqidx")
     n = task.num_input_examples("train")
+    plain = task.get_dataset({"inputs": 256, "targets": 32}, split="train", shuffle=False,
+                             num_epochs=2, try_in_mem_cache=False)
+    texts = [r["inputs_pretokenized"] for r in plain.as_numpy_iterator()]
+    assert texts[:n] == texts[n:]
+    with gin.unlock_config():
+        gin.bind_parameter("rephrase_epochs.enabled", True)
+    try:
+        register_family_task(str(prepared_ml100k), "next_genre")
+    finally:
+        with gin.unlock_config():
+            gin.bind_parameter("rephrase_epochs.enabled", False)
+    task = seqio.get_mixture_or_task("ml100k_next_genre_seqidx")
 
     def two_epochs() -> list[tuple[bytes, int, str]]:
         ds = task.get_dataset({"inputs": 256, "targets": 32}, split="train", shuffle=False,
