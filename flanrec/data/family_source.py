@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -32,6 +33,8 @@ import tensorflow as tf
 
 from flanrec.data import families as families_lib
 from flanrec.data.families import UNSEEN_SPLIT, FamilyData
+
+log = logging.getLogger("flanrec.tasks")
 
 # Features only the source and vary_templates use; they never reach a model batch.
 RENDER_FEATURES = ("_fields", "_key", "_template_family", "_epoch_size")
@@ -93,12 +96,14 @@ per example would hold the pipeline under 1,000 examples/s; a chunk of 256 makes
 faster (the rendering itself runs at ~30,000 examples/s)."""
 
 
-def _signature(schema: Mapping[str, str]) -> dict[str, Any]:
+def _signature(schema: Mapping[str, str], rephrase: bool) -> dict[str, Any]:
     """Chunked specs: a leading batch axis, list features ragged."""
     sig: dict[str, Any] = {
         k: (tf.RaggedTensorSpec([None, None], _TF_DTYPE[kind], ragged_rank=1)
             if kind.endswith("_list") else tf.TensorSpec([None], _TF_DTYPE[kind]))
         for k, kind in schema.items()}
+    if not rephrase:
+        return sig
     sig.update({"_fields": tf.TensorSpec([None], tf.string),
                 "_key": tf.TensorSpec([None], tf.string),
                 "_template_family": tf.TensorSpec([None], tf.string),
@@ -106,13 +111,14 @@ def _signature(schema: Mapping[str, str]) -> dict[str, Any]:
     return sig
 
 
-def _chunk(rows: list[dict[str, Any]], schema: Mapping[str, str]) -> dict[str, Any]:
+def _chunk(rows: list[dict[str, Any]], schema: Mapping[str, str], rephrase: bool
+           ) -> dict[str, Any]:
     import numpy as np
 
     out: dict[str, Any] = {}
-    for k, kind in list(schema.items()) + [("_fields", "string"), ("_key", "string"),
-                                           ("_template_family", "string"),
-                                           ("_epoch_size", "int64")]:
+    render = [("_fields", "string"), ("_key", "string"), ("_template_family", "string"),
+              ("_epoch_size", "int64")] if rephrase else []
+    for k, kind in list(schema.items()) + render:
         values = [r[k] for r in rows]
         if kind.endswith("_list"):
             out[k] = tf.ragged.constant(values, dtype=_TF_DTYPE[kind], ragged_rank=1) \
@@ -135,12 +141,15 @@ class FamilySource(seqio.DataSource):
     """Examples of one family over one prepared dir and item indexing, rendered on read."""
 
     def __init__(self, data_dir: str, family: str, index_method: str | None,
-                 num_input_examples: Mapping[str, int]):
+                 num_input_examples: Mapping[str, int], rephrase: bool = False):
         super().__init__(splits=list(num_input_examples),
                          num_input_examples=dict(num_input_examples))
         self.data_dir = data_dir
         self.family = family
         self.index_method = index_method
+        # Carry RENDER_FEATURES for vary_templates only when it runs: four fewer tensors
+        # per example through every later map otherwise.
+        self.rephrase = rephrase
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -179,18 +188,20 @@ class FamilySource(seqio.DataSource):
             rows = []
             for ex in self.examples(split, index, count):
                 row = {k: _plain(ex.get(k), kind) for k, kind in schema.items()}
-                row["_fields"] = json.dumps(ex.get("_fields", {}), ensure_ascii=False)
-                row["_key"] = str(ex.get("_key", ""))
-                row["_template_family"] = str(ex.get("_template_family", ""))
-                row["_epoch_size"] = epoch_size
+                if self.rephrase:
+                    row["_fields"] = json.dumps(ex.get("_fields", {}), ensure_ascii=False)
+                    row["_key"] = str(ex.get("_key", ""))
+                    row["_template_family"] = str(ex.get("_template_family", ""))
+                    row["_epoch_size"] = epoch_size
                 rows.append(row)
                 if len(rows) == _CHUNK:
-                    yield _chunk(rows, schema)
+                    yield _chunk(rows, schema, self.rephrase)
                     rows = []
             if rows:
-                yield _chunk(rows, schema)
+                yield _chunk(rows, schema, self.rephrase)
 
-        chunks = tf.data.Dataset.from_generator(generate, output_signature=_signature(schema))
+        chunks = tf.data.Dataset.from_generator(
+            generate, output_signature=_signature(schema, self.rephrase))
         return chunks.unbatch()
 
 
@@ -225,6 +236,10 @@ def vary_templates(dataset: tf.data.Dataset, output_features: Mapping[str, seqio
     tensors a re-phrasing changes pass through the `tf.cond` (a `scan` and a whole-example
     `cond` cost twice as much). Still one more map per example: ~20% of the pipeline.
     """
+    if "_fields" not in dataset.element_spec:  # e.g. a seqio cache built with it off
+        log.warning("rephrase_epochs: these examples carry no template fields (a seqio "
+                    "cache built without rephrase_epochs?); every epoch keeps epoch 0's")
+        return dataset
     vocab = {k: f.vocabulary for k, f in output_features.items() if k in ("inputs", "targets")}
 
     def again(position: tf.Tensor, ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

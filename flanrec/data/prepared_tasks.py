@@ -105,7 +105,8 @@ def prepared_source(data_dir: str, task_dir: str, info: Mapping[str, Any]) -> se
     from flanrec.data.family_source import FamilySource
 
     counts = {s: v["num_input_examples"] for s, v in info["splits"].items()}
-    return FamilySource(data_dir, info["family"], info.get("index_method"), counts)
+    return FamilySource(data_dir, info["family"], info.get("index_method"), counts,
+                        rephrase=rephrase_epochs())
 
 
 @gin.configurable
@@ -166,7 +167,8 @@ def register_family_task(
     if not counts:
         raise ValueError(f"family {family} has no examples in {data_dir}: "
                          f"{fam.unavailable(data) or 'every split is empty'}")
-    source = family_source.FamilySource(data_dir, family, method, counts)
+    source = family_source.FamilySource(data_dir, family, method, counts,
+                                        rephrase=rephrase_epochs())
     source.info = {"family": family, "target_kind": fam.target_kind, "index_method": method,
                    "index_file": f"index/{method}/item_index.json",
                    "features": family_source.feature_schema(fam),
