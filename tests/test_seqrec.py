@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hf_fixtures import random_params
 
-from flanrec.data import examples as ex_lib
+from flanrec.data.families import seqrec as ex_lib
 from flanrec.data.indexing import fit_index
 from flanrec.data.trie import build_trie
 from flanrec.errors import UserError

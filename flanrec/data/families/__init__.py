@@ -1,0 +1,46 @@
+"""Task families: the `Family` type, the registry, and the built-in families.
+
+Each built-in family is one module of this package (its builder, its counter, its
+templates and its `register(Family(...))` call); importing this package imports every one
+of them, so adding a built-in family is adding a file here. A user's family registers the
+same way from its own module (`tasks/next_genre.py`). The type and the registry live in
+`flanrec.data.families.core`; see its docstring for what a family says.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from flanrec.data.families.core import (
+    EVAL_SPLITS,
+    TARGET_KINDS,
+    TARGET_LAYOUTS,
+    UNSEEN_SPLIT,
+    ExamplesFn,
+    Family,
+    FamilyData,
+    get,
+    names,
+    register,
+    unregister,
+)
+
+
+def _discover() -> tuple[str, ...]:
+    """Import every family module of this package; returns the built-in family names.
+
+    Modules are found on disk rather than listed, so that a new built-in family is one new
+    file; their `Family.order` fields, not the file names, decide the order."""
+    before = set(names())
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        if module != "core" and not module.startswith("_"):
+            importlib.import_module(f"{__name__}.{module}")
+    return tuple(n for n in names() if n not in before)
+
+
+BUILTIN_FAMILIES: tuple[str, ...] = _discover()
+"""The built-in families' names, in `Family.order`."""
+
+__all__ = ["BUILTIN_FAMILIES", "EVAL_SPLITS", "TARGET_KINDS", "TARGET_LAYOUTS", "UNSEEN_SPLIT",
+           "ExamplesFn", "Family", "FamilyData", "get", "names", "register", "unregister"]
