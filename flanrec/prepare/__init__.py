@@ -72,7 +72,7 @@ DATASET_ALIASES = {
 FAMILIES = families_lib.BUILTIN_FAMILIES
 INDEXED_FAMILIES = tuple(f for f in FAMILIES if families_lib.get(f).indexed)
 TARGET_KIND = {f: families_lib.get(f).target_kind for f in FAMILIES}
-EVAL_SPLITS = ("validation", "test")
+EVAL_SPLITS = families_lib.EVAL_SPLITS
 # Families whose targets are a sequence of item IDs without EOS (the decoder continues from
 # one item to the next); inference ranks the last item after feeding the others as a prefix.
 SEQUENCE_FAMILIES = tuple(f for f in FAMILIES
@@ -154,7 +154,7 @@ class _TextSample:
         self.n = total
 
 
-def _family_data(family: families_lib.Family, split: Split, dataset: Dataset,
+def _family_data(split: Split, dataset: Dataset,
                  index: ItemIndex, opts: PrepareOptions, prefix: str
                  ) -> families_lib.FamilyData:
     return families_lib.FamilyData(split=split, index=index, meta=dataset.items,
@@ -188,7 +188,7 @@ def write_tasks(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
             dirname = family.task_dirname(suffix)
             number += 1
             with stage(f"prepare: task {number}/{todo} {dirname}", log=report) as st:
-                data = _family_data(family, split, dataset, indexes[method], opts, prefix)
+                data = _family_data(split, dataset, indexes[method], opts, prefix)
                 if family.unavailable(data):
                     st["note"] = "skipped: the data has no fields for this family"
                     continue
@@ -234,25 +234,16 @@ def write_tasks(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
 
 
 def skipped_families(families: Sequence[str], infos: dict[str, dict[str, Any]],
-                     dataset: Any) -> dict[str, str]:
+                     data: families_lib.FamilyData) -> dict[str, str]:
     """family -> why no task of it was written (a log without ratings, users or titles
-    makes prepare drop families; say so instead of leaving it to a missing task name)."""
-    import numpy as np
-
+    makes prepare drop families; say so instead of leaving it to a missing task name).
+    Each family says itself what it needs (`Family.unavailable`)."""
     reasons = {}
     for family in families:
         if any(name == family or name.startswith(family + "_") for name in infos):
             continue
-        if family in ("rating", "binary") and bool(np.isnan(dataset.interactions.rating).all()):
-            why = ("the log has no ratings (CSV: name the column with --rating_col; a column "
-                   "called rating/score/stars is used automatically)")
-        elif family == "profile" and (dataset.users is None or not dataset.users.features):
-            why = "the dataset has no user features (age, gender, occupation)"
-        elif family == "grounding" and not dataset.items.title:
-            why = "no item has a title (CSV: --title_col, or --items_file)"
-        else:
-            why = "no examples for any split"
-        reasons[family] = why
+        why = families_lib.get(family).unavailable(data)
+        reasons[family] = why or "no examples for any split"
     return reasons
 
 
@@ -349,7 +340,8 @@ def prepare(opts: PrepareOptions, log: Any = print,
         sample = _TextSample()
         infos = write_tasks(split, dataset, indexes, opts, os.path.join(tmp, "tasks"), prefix,
                             sample, report=progress)
-        skipped = skipped_families(opts.families, infos, dataset)
+        skipped = skipped_families(opts.families, infos, _family_data(
+            split, dataset, indexes[next(iter(indexes))], opts, prefix))
         for family, why in skipped.items():
             log(f"warning: family {family!r} not written: {why}")
         lap("tasks")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from flanrec.data import templates
 from flanrec.data.examples import (
     LIKE_THRESHOLD,
     Example,
@@ -19,6 +20,29 @@ from flanrec.data.families.core import (
 from flanrec.data.families.rating import rated, rated_examples
 from flanrec.data.indexing import ItemIndex
 from flanrec.data.types import ItemMeta, Split
+
+BINARY_TEMPLATES: list[tuple[str, str]] = [
+    ("Will user {user} like the movie {item}? Answer yes or no.", "{answer}"),
+    ("User {user} has watched {history}. Would they enjoy {item} ({title})? yes or no",
+     "{answer}"),
+    ("Does user {user} like {title} (movie {item})? Reply with yes or no.", "{answer}"),
+    ("Is movie {item} a good recommendation for user {user}? yes/no", "{answer}"),
+    ("Predict whether user {user} gives {item} four stars or more. Answer yes or no.",
+     "{answer}"),
+    ("User {user} is about to watch \"{title}\". Will they like it? Answer yes or no.",
+     "{answer}"),
+    ("Would user {user} rate {item} highly? Say yes or no.", "{answer}"),
+    ("Given that user {user} watched {history}, will they like {item}? yes or no",
+     "{answer}"),
+    # unseen
+    ("Answer with yes or no: did user {user} enjoy watching {title} ({item})?",
+     "{answer}"),
+    ("Is user {user} going to be a fan of movie {item}? Respond yes or no.",
+     "{answer}"),
+]
+templates.register_templates(
+    "binary", {"answer", "history", "item", "title", "user"}, BINARY_TEMPLATES,
+    answer_fields=templates.BUILTIN_ANSWER_FIELDS)
 
 
 def binary_examples(split: Split, index: ItemIndex, meta: ItemMeta | None = None,

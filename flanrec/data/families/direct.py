@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from flanrec.data import templates
 from flanrec.data.choice import choose_template, example_rng, shard
 from flanrec.data.examples import (
     Example,
@@ -24,6 +25,33 @@ from flanrec.data.families.core import (
 )
 from flanrec.data.indexing import ItemIndex
 from flanrec.data.types import ItemMeta, Split, UserSequence
+
+DIRECT_TEMPLATES: list[tuple[str, str]] = [
+    ("User {user} has watched {history}. Which of the following movies should we "
+     "recommend to them? Options: {candidates}", "{target}"),
+    ("Pick the one movie from {candidates} that user {user} is most likely to watch, "
+     "given their history: {history}.", "{target}"),
+    ("Candidates: {candidates}\nHistory of user {user}: {history}\nWhich candidate will "
+     "the user choose?", "{target}"),
+    ("From these {num_candidates} movies: {candidates}, choose the best recommendation "
+     "for user {user}, who has seen {history}.", "{target}"),
+    ("User {user} watched {history}. Exactly one of {candidates} is the movie they "
+     "watched next. Which one?", "{target}"),
+    ("Choose a movie for user {user} from the list {candidates}. Their past movies: "
+     "{history}.", "{target}"),
+    ("Which of these movies would user {user} enjoy next: {candidates}? For reference, "
+     "they have already seen {history}.", "{target}"),
+    ("Recommend one item out of {candidates} to user {user}. Previously watched: "
+     "{history}.", "{target}"),
+    # unseen
+    ("A viewer (user {user}) with the history {history} is browsing {candidates}. "
+     "Which will they click?", "{target}"),
+    ("Select from {candidates} the next movie for user {user} (seen before: "
+     "{history}).", "{target}"),
+]
+templates.register_templates(
+    "direct", {"candidates", "history", "num_candidates", "target", "user"}, DIRECT_TEMPLATES,
+    answer_fields=templates.BUILTIN_ANSWER_FIELDS)
 
 
 def _interacted(seq: UserSequence) -> set[str]:

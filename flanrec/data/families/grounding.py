@@ -23,6 +23,59 @@ from flanrec.data.types import ItemMeta, Split
 
 TEMPLATE_FAMILIES = ("id2title", "title2id", "id2genres")
 
+ID2TITLE_TEMPLATES: list[tuple[str, str]] = [
+    ("What is the title of movie {item}?", "{title}"),
+    ("Which film has the ID {item}?", "{title}"),
+    ("Movie {item} is called", "{title}"),
+    ("Give the name of the movie with identifier {item}.", "{title}"),
+    ("{item} is the ID of which movie?", "{title}"),
+    ("Tell me the title of item {item}.", "{title}"),
+    ("Item {item}: what film is this?", "{title}"),
+    ("Look up movie {item} and return its title.", "{title}"),
+    # unseen
+    ("Translate the movie ID {item} into the movie's title.", "{title}"),
+    ("Name the film catalogued as {item}.", "{title}"),
+]
+templates.register_templates(
+    "id2title", {"item", "title"}, ID2TITLE_TEMPLATES,
+    answer_fields=templates.BUILTIN_ANSWER_FIELDS | {"title"})
+
+
+TITLE2ID_TEMPLATES: list[tuple[str, str]] = [
+    ("What is the ID of the movie \"{title}\"?", "{item}"),
+    ("Which item ID does {title} have?", "{item}"),
+    ("Give the identifier of the film {title}.", "{item}"),
+    ("The movie {title} has the ID", "{item}"),
+    ("Find the movie ID for: {title}", "{item}"),
+    ("Return the catalogue ID of \"{title}\".", "{item}"),
+    ("Title: {title}\nID:", "{item}"),
+    ("How is the movie {title} referred to by ID?", "{item}"),
+    # unseen
+    ("Convert the title \"{title}\" into its movie ID.", "{item}"),
+    ("Which ID would you use to recommend {title}?", "{item}"),
+]
+templates.register_templates(
+    "title2id", {"item", "title"}, TITLE2ID_TEMPLATES,
+    answer_fields=templates.BUILTIN_ANSWER_FIELDS | {"item"})
+
+
+ID2GENRES_TEMPLATES: list[tuple[str, str]] = [
+    ("What genres does movie {item} belong to?", "{genres}"),
+    ("List the genres of {item}.", "{genres}"),
+    ("Movie {item} ({title}) is which kind of film? Give its genres.", "{genres}"),
+    ("Which genres describe the film with ID {item}?", "{genres}"),
+    ("Genres of movie {item}:", "{genres}"),
+    ("Tell me the genres of item {item}.", "{genres}"),
+    ("Classify movie {item} by genre.", "{genres}"),
+    ("What type of movie is {item}?", "{genres}"),
+    # unseen
+    ("Name every genre that applies to movie {item}.", "{genres}"),
+    ("In which genres would a video store shelve {item}?", "{genres}"),
+]
+templates.register_templates(
+    "id2genres", {"genres", "item", "title"}, ID2GENRES_TEMPLATES,
+    answer_fields=templates.BUILTIN_ANSWER_FIELDS)
+
 
 def grounding_examples(split: Split, index: ItemIndex, meta: ItemMeta,
                        split_name: str = "train", seed: int = 0,

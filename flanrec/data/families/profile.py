@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from flanrec.data import templates
 from flanrec.data.choice import choose_template, shard
 from flanrec.data.examples import (
     Example,
@@ -39,6 +40,58 @@ def age_group(age: str) -> str:
         return age.strip()
     return next(name for upper, name in AGE_GROUPS if years <= upper)
 
+PROFILE_ATTR_TEMPLATES: list[tuple[str, str]] = [
+    ("User {user} has watched {history}. What is the user's {attribute}? Options: "
+     "{options}", "{answer}"),
+    ("Guess the {attribute} of user {user} from their movies: {history}. Choose from "
+     "{options}.", "{answer}"),
+    ("Movies watched by user {user}: {history}\nWhich {attribute} fits this viewer "
+     "best? ({options})", "{answer}"),
+    ("Based on the viewing history {history}, predict the {attribute} of user {user}. "
+     "Possible answers: {options}", "{answer}"),
+    ("What {attribute} would you expect of someone who watched {history}? Pick one of "
+     "{options}.", "{answer}"),
+    ("Infer user {user}'s {attribute} ({options}) from what they watched: {history}.",
+     "{answer}"),
+    ("Here is the history of user {user}: {history}. Among {options}, which is their "
+     "{attribute}?", "{answer}"),
+    ("Viewer {user} watched {history}. Their {attribute} is most likely one of "
+     "{options}. Which?", "{answer}"),
+    # unseen
+    ("From the films {history}, tell me the {attribute} of the person who watched "
+     "them (one of {options}).", "{answer}"),
+    ("Profile question about user {user}, who has seen {history}: what is their "
+     "{attribute}? Options: {options}", "{answer}"),
+]
+templates.register_templates(
+    "profile_attr", {"answer", "attribute", "history", "options", "user"}, PROFILE_ATTR_TEMPLATES,
+    answer_fields=templates.BUILTIN_ANSWER_FIELDS)
+
+
+PROFILE_REC_TEMPLATES: list[tuple[str, str]] = [
+    ("User {user} is {profile} and has watched {history}. What will they watch next?",
+     "{target}"),
+    ("Recommend the next movie for {profile} (user {user}) who watched {history}.",
+     "{target}"),
+    ("Profile: {profile}. History: {history}. Next movie for user {user}:", "{target}"),
+    ("Which movie should user {user}, {profile}, watch after {history}?", "{target}"),
+    ("User {user} ({profile}) watched these movies in order: {history}. Predict the "
+     "next one.", "{target}"),
+    ("Suggest a movie for {profile} whose viewing history is {history}.", "{target}"),
+    ("Knowing that user {user} is {profile}, and that they watched {history}, what "
+     "comes next?", "{target}"),
+    ("About user {user}: {profile}. Recently watched: {history}. Recommend one movie.",
+     "{target}"),
+    # unseen
+    ("Pick the next film for a viewer who is {profile} and has seen {history}.",
+     "{target}"),
+    ("User {user} can be described as {profile}. After {history}, which movie will "
+     "they choose?", "{target}"),
+]
+templates.register_templates(
+    "profile_rec", {"history", "profile", "target", "user"}, PROFILE_REC_TEMPLATES,
+    answer_fields=templates.BUILTIN_ANSWER_FIELDS)
+
 
 def profile_values(features: dict[str, str]) -> dict[str, str]:
     """The predictable attributes of one user, normalised to the words templates use."""
@@ -64,7 +117,6 @@ def describe_profile(values: dict[str, str]) -> str:
     if "occupation" in values:
         parts.append(f"whose occupation is {values['occupation']}")
     return " ".join(parts)
-
 
 
 def profile_attr_examples(split: Split, index: ItemIndex, users: UserFeatures,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 
+from flanrec.data import templates
 from flanrec.data.choice import choose_template, shard
 from flanrec.data.examples import (
     Example,
@@ -28,6 +29,31 @@ from flanrec.data.families.core import (
 )
 from flanrec.data.indexing import ItemIndex
 from flanrec.data.types import ItemMeta, Split
+
+RATING_TEMPLATES: list[tuple[str, str]] = [
+    ("How many stars (1 to 5) would user {user} give the movie {item}?", "{rating}"),
+    ("Predict user {user}'s rating of {item} ({title}) on a scale from 1 to 5.",
+     "{rating}"),
+    ("User {user} recently watched {history}. What rating, from 1 to 5, will they give "
+     "{item}?", "{rating}"),
+    ("On a 1-5 scale, how would user {user} rate \"{title}\" (movie {item})?",
+     "{rating}"),
+    ("Guess the star rating user {user} gave to movie {item}.", "{rating}"),
+    ("User {user} has just finished {title} ({item}). How many stars out of 5 did they "
+     "give it?", "{rating}"),
+    ("Rate movie {item} as user {user} would, with a whole number between 1 and 5.",
+     "{rating}"),
+    ("What score from 1 (hated it) to 5 (loved it) did user {user} give {item}?",
+     "{rating}"),
+    # unseen
+    ("Estimate the 1-5 rating that user {user}, who also watched {history}, assigns "
+     "to {item}.", "{rating}"),
+    ("User {user} reviewed \"{title}\" ({item}). Predict the number of stars.",
+     "{rating}"),
+]
+templates.register_templates(
+    "rating", {"history", "item", "rating", "title", "user"}, RATING_TEMPLATES,
+    answer_fields=templates.BUILTIN_ANSWER_FIELDS)
 
 
 def rated(split: Split, split_name: str, history_len: int

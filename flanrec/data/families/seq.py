@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from flanrec.data import templates
 from flanrec.data.choice import choose_template, shard
 from flanrec.data.examples import (
     Example,
@@ -25,6 +26,32 @@ from flanrec.data.families.core import (
 )
 from flanrec.data.indexing import ItemIndex
 from flanrec.data.types import ItemMeta, Split
+
+SEQ_TEMPLATES: list[tuple[str, str]] = [
+    ("Here is the viewing history of user {user}: {history}. What will the user watch "
+     "next?", "{target}"),
+    ("User {user} has watched these movies in this order: {history}. Predict the next "
+     "movie they will watch.", "{target}"),
+    ("Given the sequence of movies {history}, watched by user {user}, which movie comes "
+     "next?", "{target}"),
+    ("{history}\n\nThese are the films user {user} saw, oldest first. Recommend the one "
+     "film they are most likely to watch next.", "{target}"),
+    ("The most recent movie user {user} watched was {last_item} ({last_title}). Their "
+     "full history is {history}. What should they watch next?", "{target}"),
+    ("Viewing log for user {user}: {history}\nNext movie:", "{target}"),
+    ("Based on what user {user} watched before ({history}), guess the movie they "
+     "picked next.", "{target}"),
+    ("I am user {user}. Lately I have been watching {history}. What should I watch "
+     "next? Answer with the movie ID.", "{target}"),
+    # unseen
+    ("Predict which title user {user} will stream after finishing {history}.",
+     "{target}"),
+    ("Movies seen so far by user {user}, in chronological order: {history}. Name the "
+     "movie that follows in this sequence.", "{target}"),
+]
+templates.register_templates(
+    "seq", {"history", "last_item", "last_title", "target", "user"}, SEQ_TEMPLATES,
+    answer_fields=templates.BUILTIN_ANSWER_FIELDS)
 
 
 def seq_examples(split: Split, index: ItemIndex, meta: ItemMeta | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from flanrec.data import splits as splits_lib
+from flanrec.data import templates
 from flanrec.data.choice import choose_template, shard
 from flanrec.data.examples import (
     Example,
@@ -32,6 +33,33 @@ from flanrec.data.types import ItemMeta, Split
 SEQREC_WINDOW = 40
 SEQREC_ENCODER_ITEMS = 10
 SEQREC_TILINGS = 2
+
+# The decoder continues the history item by item ({target}: the next items, space
+# separated, no EOS), so the instruction asks for the movies that follow, in order.
+SEQREC_TEMPLATES: list[tuple[str, str]] = [
+    ("User {user} started with these movies: {history}. List the movies they watched "
+     "next, in order.", "{target}"),
+    ("Here are the first movies user {user} watched: {history}. Continue their viewing "
+     "history, one movie ID at a time.", "{target}"),
+    ("Continue the viewing sequence of user {user}, who began with {history}.",
+     "{target}"),
+    ("{history}\n\nThese are the earliest films in user {user}'s history. Which films "
+     "follow, in the order watched?", "{target}"),
+    ("User {user} watched {history}. Predict the movies they watch afterwards, oldest "
+     "first.", "{target}"),
+    ("Viewing log of user {user} so far: {history}\nNext movies:", "{target}"),
+    ("After {history}, what did user {user} watch next? List the movies in order.",
+     "{target}"),
+    ("I am user {user}. I started with {history}. What did I watch after that, in "
+     "order? Answer with movie IDs.", "{target}"),
+    # unseen
+    ("Given the opening of user {user}'s watch history ({history}), write out the rest "
+     "of it.", "{target}"),
+    ("Which movies, in sequence, did user {user} stream after {history}?", "{target}"),
+]
+templates.register_templates(
+    "seqrec", {"history", "target", "user"}, SEQREC_TEMPLATES,
+    answer_fields=templates.BUILTIN_ANSWER_FIELDS)
 
 
 def seqrec_windows(n_items: int, window: int, tilings: int) -> list[tuple[int, int, int]]:
