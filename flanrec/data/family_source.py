@@ -33,7 +33,8 @@ import seqio
 import tensorflow as tf
 
 from flanrec.data import families as families_lib
-from flanrec.data import layout
+from flanrec.data import layout, templates
+from flanrec.data.choice import choose_template
 from flanrec.data.families import UNSEEN_SPLIT, FamilyData
 
 log = logging.getLogger("flanrec.tasks")
@@ -245,12 +246,9 @@ def _plain(value: Any, kind: str) -> Any:
 def rephrase(fields_json: bytes, key: bytes, template_family: bytes, epoch: int, seed: int
              ) -> tuple[str, str, int, str]:
     """(inputs, targets, template index, template type) of an example in a later epoch."""
-    from flanrec.data import examples as ex_lib
-    from flanrec.data import templates
-
     tfam = template_family.decode("utf-8")
     pool = templates.template_indices(tfam, ("seen",))
-    idx = ex_lib.choose_template(seed, tfam, "train", f"{key.decode('utf-8')}@{epoch}", pool)
+    idx = choose_template(seed, tfam, "train", f"{key.decode('utf-8')}@{epoch}", pool)
     inputs, targets = templates.render(tfam, idx, **json.loads(fields_json.decode("utf-8")))
     return inputs, targets, idx, templates.template_type(tfam, idx)
 

@@ -13,7 +13,7 @@ import dataclasses
 from flanrec.data.task_meta import NotAFlanrecTaskError, task_meta
 from flanrec.errors import UserError
 
-BINARY_ANSWERS = ("no", "yes")  # flanrec.data.examples.binary_examples writes these
+BINARY_ANSWERS = ("no", "yes")  # the binary family (flanrec.data.families.binary) writes these
 RATING_ANSWERS = ("1", "2", "3", "4", "5")  # examples.format_rating of ML ratings
 
 
