@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from flanrec import outputs, predictions, storage
+from flanrec.data import layout
 from flanrec.inference import modes, taskinfo
 from flanrec.inference.taskinfo import InferenceConfigError, TaskInfo
 from flanrec.inference.writer import ChunkWriter
@@ -252,7 +253,8 @@ class TaskRunner:
                         f"{self.info.name}: the targets of user {_text(ex.get('user', ''))} do "
                         f"not end with the target item's tokens: TASK_FEATURE_LENGTHS"
                         f"['targets'] ({self.tgt_len}) cut them; use at least the window "
-                        "the task was prepared with (prepare.json: options.seqrec_window)")
+                        f"the task was prepared with ({layout.PREPARE_FILE}: "
+                        "options.seqrec_window)")
             head = toks[: max(len(toks) - item_len, 0)][-width:] if width else toks[:0]
             if len(head):
                 prefix[r, width - len(head):] = head

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from flanrec import outputs, storage
 from flanrec.data import families as families_lib
+from flanrec.data import layout
 from flanrec.data.prepared_write import build_tries, write_split
 from flanrec.errors import UserError
 from flanrec.prepare.index import fit_indexes
@@ -412,7 +413,7 @@ def prepare(opts: PrepareOptions, log: Any = print,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         doc["timings_s"]["total"] = round(time.time() - t0, 3)
-        storage.write_json_atomic(os.path.join(tmp, "prepare.json"), doc, ensure_ascii=True)
+        storage.write_json_atomic(os.path.join(tmp, layout.PREPARE_FILE), doc, ensure_ascii=True)
     log(summary_table(doc, out))
     return doc
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Iterable
 
 from flanrec.data.families.core import (
     EVAL_SPLITS,
@@ -27,20 +28,21 @@ from flanrec.data.families.core import (
 )
 
 
-def _discover() -> tuple[str, ...]:
-    """Import every family module of this package; returns the built-in family names.
+def discover(package: str, path: Iterable[str]) -> tuple[str, ...]:
+    """Import every module of `package` (found in `path`) but `core` and private ones;
+    returns the names of the families they registered, in `Family.order`.
 
     Modules are found on disk rather than listed, so that a new built-in family is one new
     file; their `Family.order` fields, not the file names, decide the order."""
     before = set(names())
-    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    for module in sorted(m.name for m in pkgutil.iter_modules(list(path))):
         if module != "core" and not module.startswith("_"):
-            importlib.import_module(f"{__name__}.{module}")
+            importlib.import_module(f"{package}.{module}")
     return tuple(n for n in names() if n not in before)
 
 
-BUILTIN_FAMILIES: tuple[str, ...] = _discover()
+BUILTIN_FAMILIES: tuple[str, ...] = discover(__name__, __path__)
 """The built-in families' names, in `Family.order`."""
 
 __all__ = ["BUILTIN_FAMILIES", "EVAL_SPLITS", "TARGET_KINDS", "TARGET_LAYOUTS", "UNSEEN_SPLIT",
-           "ExamplesFn", "Family", "FamilyData", "get", "names", "register", "unregister"]
+           "ExamplesFn", "discover", "Family", "FamilyData", "get", "names", "register", "unregister"]
