@@ -45,4 +45,5 @@ BUILTIN_FAMILIES: tuple[str, ...] = discover(__name__, __path__)
 """The built-in families' names, in `Family.order`."""
 
 __all__ = ["BUILTIN_FAMILIES", "EVAL_SPLITS", "TARGET_KINDS", "TARGET_LAYOUTS", "UNSEEN_SPLIT",
-           "ExamplesFn", "discover", "Family", "FamilyData", "get", "names", "register", "unregister"]
+           "ExamplesFn", "Family", "FamilyData", "discover", "get", "names", "register",
+           "unregister"]
