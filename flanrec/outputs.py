@@ -1,6 +1,6 @@
 """Output directories: who owns one (the ownership marker) and how a whole one is published.
 
-Ownership (issue 13, "nothing a user owns is ever deleted"): a job writes into a directory
+Ownership ("nothing a user owns is ever deleted"): a job writes into a directory
 only if it does not exist, is empty, or carries the marker of the same job (``claim_dir``
 for jobs that add files, ``check_replaceable`` for jobs that replace the whole directory).
 Anything else is refused with one line naming the directory, before any work. Outputs of an

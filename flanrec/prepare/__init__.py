@@ -68,12 +68,10 @@ DATASET_ALIASES = {
     "amazon-sports": "amazon-2014-Sports_and_Outdoors",
     "amazon-toys": "amazon-2014-Toys_and_Games",
 }
-# The task families are objects in flanrec.data.families; these views of the built-ins keep
-# their historical names for callers and the CLI.
+# The task families are objects in flanrec.data.families; these are views of the built-ins
+# for the CLI (its --families choices and help).
 FAMILIES = families_lib.BUILTIN_FAMILIES
 INDEXED_FAMILIES = tuple(f for f in FAMILIES if families_lib.get(f).indexed)
-TARGET_KIND = {f: families_lib.get(f).target_kind for f in FAMILIES}
-EVAL_SPLITS = families_lib.EVAL_SPLITS
 # Families whose targets are a sequence of item IDs without EOS (the decoder continues from
 # one item to the next); inference ranks the last item after feeding the others as a prefix.
 SEQUENCE_FAMILIES = tuple(f for f in FAMILIES

@@ -6,7 +6,8 @@ there are per split (`count`), which template families phrase it, what its targe
 (item IDs, a rating, yes/no, free text), which splits it has, whether there is one task per
 item indexing, and its cap in the default mixture. `flanrec.prepare` reads the registry to
 decide what to record, `flanrec.data.family_source` renders the examples when seqio reads
-them, and `flanrec.inference` takes the target kind and layout from it.
+them, and the inference job takes the target kind and layout from it (through
+`flanrec.data.task_meta`).
 
 Built-in and user families take the same route: one `register(Family(...))` call next to
 the family's builder and templates (`flanrec.data.templates.register_templates`). The
@@ -34,6 +35,7 @@ from flanrec.data.types import ItemMeta, Split, UserFeatures
 TARGET_KINDS = ("item", "rating", "binary", "text")
 TARGET_LAYOUTS = ("single", "item_sequence")
 EVAL_SPLITS = ("validation", "test")
+"""The splits a family is evaluated on (each user's held-out validation and test item)."""
 UNSEEN_SPLIT = "test_unseen"
 """The test queries phrased with held-out templates (FLAN's unseen-template evaluation)."""
 
