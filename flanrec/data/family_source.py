@@ -168,10 +168,10 @@ class FamilySource(seqio.DataSource):
         self.data_dir = data_dir
         self.family = family
         self.index_method = index_method
-        spec = families_lib.get(family)
-        self.info: dict[str, Any] = dict(info) if info is not None else record(
-            spec, index_method, num_input_examples)
-        self.task_dir = task_dir or spec.task_dirname(self.info.get("indexing"))
+        if info is None:
+            info = record(families_lib.get(family), index_method, num_input_examples)
+        self.info: dict[str, Any] = dict(info)
+        self.task_dir = task_dir or families_lib.get(family).task_dirname(info.get("indexing"))
         # Carry RENDER_FEATURES for vary_templates only when it runs: four fewer tensors
         # per example through every later map otherwise.
         self.rephrase = rephrase
