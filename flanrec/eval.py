@@ -55,6 +55,7 @@ import gin
 
 from flanrec import eval_truth, jobs, outputs, paired, report, storage
 from flanrec import metrics as M
+from flanrec.data import locations
 from flanrec.errors import ConfigError
 from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
 from flanrec.predictions import PredictionsError, Record, find_prediction_files, read_records
@@ -328,7 +329,7 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
     file covering only part of the split's users, and the table says how many.
     """
     outputs.check_claimable(out_dir, "eval", what="--out")  # before any work
-    data_dir = data_dir or os.environ.get("FLANREC_DATA_DIR") or None
+    data_dir = data_dir or locations.env_data_dir()
     if not data_dir:
         raise EvalInputError("no prepared data dir (--data_dir, $FLANREC_DATA_DIR or gin "
                              "FLANREC_DATA_DIR): each user's target is taken from its split, "
@@ -480,7 +481,7 @@ def cli(argv: Sequence[str]) -> int:
             raise
     else:
         evaluate(predictions=args.predictions, out_dir=args.out, baselines=args.baselines,
-                 data_dir=args.data_dir or os.environ.get("FLANREC_DATA_DIR") or None,
+                 data_dir=args.data_dir or locations.env_data_dir(),
                  ks=_parse_ks(args.ks), primary_task=args.primary_task, ties=args.ties,
                  plot=not args.no_plot, paired_test=not args.no_paired,
                  allow_partial=args.allow_partial)

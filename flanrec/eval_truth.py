@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flanrec.data import layout
+from flanrec.data import families, layout
 from flanrec.data.types import Split
 from flanrec.errors import UserError
 
@@ -180,6 +180,9 @@ def check_records(records: Sequence[Any], task: str, mode: str, truth: SplitTrut
     st = truth.stages[stage]
     eligible = st.item if kind == "ranking" else st.rating
     family = truth.family(task)
+    # Families that show a fixed number of candidates: each record must list exactly that many.
+    fixed_candidates = (family in families.names()
+                        and families.get(family).num_candidates is not None)
     problems: list[str] = []
     first_seen: dict[str, str] = {}
     for r in records:
@@ -212,7 +215,7 @@ def check_records(records: Sequence[Any], task: str, mode: str, truth: SplitTrut
                                 "is not among the record's candidates")
                 continue
             want = truth.num_candidates()
-            if family == "direct" and want and len(cands) != want:
+            if fixed_candidates and want and len(cands) != want:
                 problems.append(f"{at(r)}: user {user!r} has {len(cands)} candidates, but "
                                 f"prepare gave every {task} query {want}")
                 continue

@@ -38,7 +38,6 @@ if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,6 +45,7 @@ from typing import Any
 import gin
 
 from flanrec import jobs, storage
+from flanrec.data.layout import PREPARE_FILE
 from flanrec.errors import ConfigError
 from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
 from flanrec.inference.job import InferenceOptions, run_inference
@@ -53,31 +53,16 @@ from flanrec.inference.taskinfo import InferenceConfigError
 
 log = logging.getLogger("flanrec.infer")
 
-DATA_DIR_ENV = "FLANREC_DATA_DIR"
-
-
 def _data_dirs(data_dir: str | None) -> list[str]:
-    """Where prepared tasks live: DATA_DIR, $FLANREC_DATA_DIR, and whatever `tasks`
-    registered; DATA_DIR is registered here when `tasks` did not already (so
-    `--gin.DATA_DIR=...` works without the environment variable)."""
-    dirs: list[str] = []
-    if data_dir:
-        path = storage.normalize(data_dir)
-        if not storage.exists(storage.join(path, "prepare.json")):
-            raise InferenceConfigError(f"DATA_DIR {data_dir}: no prepare.json (not a "
-                                       "`python -m flanrec.prepare` output)")
-        dirs.append(path)
-    dirs += [p if storage.is_url(p) else os.path.expanduser(p)
-             for p in storage.split_path_list(os.environ.get(DATA_DIR_ENV, ""))]
-    registered: dict[str, str] = {}
-    if "tasks._prepared" in sys.modules:
-        registered = dict(sys.modules["tasks._prepared"].REGISTERED)
-    dirs += [d for d in registered.values()]
-    if data_dir and dirs[0] not in {storage.normalize(d) for d in registered.values()}:
-        from tasks import register_prepared
-
-        register_prepared(dirs[0])
-    return list(dict.fromkeys(dirs))
+    """DATA_DIR as the prepared dir to register (when no registered task reads it yet), so
+    `--gin.DATA_DIR=...` works without MIXTURE_OR_TASK_MODULE finding it; [] without one."""
+    if not data_dir:
+        return []
+    path = storage.normalize(data_dir)
+    if not storage.exists(storage.join(path, PREPARE_FILE)):
+        raise InferenceConfigError(f"DATA_DIR {data_dir}: no {PREPARE_FILE} (not a "
+                                   "`python -m flanrec.prepare` output)")
+    return [path]
 
 
 @gin.configurable

@@ -1,6 +1,6 @@
 """Output directories: who owns one (the ownership marker) and how a whole one is published.
 
-Ownership (issue 13, "nothing a user owns is ever deleted"): a job writes into a directory
+Ownership ("nothing a user owns is ever deleted"): a job writes into a directory
 only if it does not exist, is empty, or carries the marker of the same job (``claim_dir``
 for jobs that add files, ``check_replaceable`` for jobs that replace the whole directory).
 Anything else is refused with one line naming the directory, before any work. Outputs of an
@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from flanrec import storage
+from flanrec.data import layout
 from flanrec.storage import (
     MARKER,
     MARKER_FORMAT,
@@ -105,15 +106,16 @@ _OLDER_OUTPUT_NAMES = {
                   r"|sasrec-train\.json|families\.json"),
     "ensemble": r".+-predict\.jsonl-\d{5}-of-\d{5}",
 }
-_PREPARE_NAMES = frozenset({"prepare.json", "split", "index", "tasks", "vocab"})
+_PREPARE_NAMES = frozenset({layout.PREPARE_FILE, layout.SPLIT_DIR, layout.INDEX_DIR,
+                            layout.TASKS_DIR, layout.VOCAB_DIR})
 
 
 def _older_prepare_output(directory: str, names: Sequence[str]) -> bool:
-    """Nothing but what prepare writes, and a prepare.json saying it is prepare's."""
-    if "prepare.json" not in names or not set(names) <= _PREPARE_NAMES:
+    """Nothing but what prepare writes, and a prepare file saying it is prepare's."""
+    if layout.PREPARE_FILE not in names or not set(names) <= _PREPARE_NAMES:
         return False
     try:
-        doc = read_json(join(directory, "prepare.json"))
+        doc = read_json(join(directory, layout.PREPARE_FILE))
     except (OSError, ValueError):
         return False
     return isinstance(doc, dict) and doc.get("format") == "flanrec.prepared"

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 
 from flanrec import jobs, outputs, storage
-from flanrec.data import layout, locations
+from flanrec.data import families, layout, locations
 from flanrec.errors import UserError
 
 DEFAULT_EXPERIMENT = "gin/experiments/ml100k_quickstart.gin"
@@ -195,7 +195,7 @@ def _output_problem(dirs: Sequence[tuple[str, str, str | None]]) -> str | None:
 
 def _default_task(data_dir: str, experiment: str, bindings: Sequence[str]) -> str:
     """The task the experiment validates on (RANK_EVAL_TASK), else the prepared dir's seqrec
-    task, else its seq task."""
+    task, else its seq task (as their families' fields say)."""
     from flanrec.data.prepared import read_prepare_json
 
     given = _gin_value(experiment, "RANK_EVAL_TASK")
@@ -208,8 +208,13 @@ def _default_task(data_dir: str, experiment: str, bindings: Sequence[str]) -> st
     prefix = info.get("task_prefix") or "ml100k"
     suffix = (info.get("index_suffixes") or ["seqidx"])[0]
     tasks = info.get("counts", {}).get("tasks", {})
-    family = "seqrec" if f"seqrec_{suffix}" in tasks else "seq"
-    return f"{prefix}_{family}_{suffix}"
+    # Families that rank the catalogue (item targets, no candidate list), those whose
+    # targets run item to item first; the first one the dir holds a task of.
+    ranking = sorted((f for f in map(families.get, families.BUILTIN_FAMILIES)
+                      if f.target_kind == "item" and f.indexed and not f.shows_candidates),
+                     key=lambda f: f.target_layout != "item_sequence")
+    dirnames = [f.task_dirname(suffix) for f in ranking]
+    return f"{prefix}_{next((d for d in dirnames if d in tasks), dirnames[-1])}"
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def task_prefix(data_dir: str) -> str:
         doc = json.load(f)
     prefix = doc.get("task_prefix")
     if not isinstance(prefix, str) or not prefix:
-        raise ValueError(f"{data_dir}/prepare.json: field 'task_prefix' missing")
+        raise ValueError(f"{data_dir}/{layout.PREPARE_FILE}: field 'task_prefix' missing")
     return prefix
 
 

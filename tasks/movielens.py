@@ -11,8 +11,6 @@ A missing dir registers nothing (so `import tasks` works before `prepare` has ru
 
 from __future__ import annotations
 
-import os
-
 import gin
 
 from flanrec.data import locations
@@ -34,7 +32,7 @@ def register_from_config() -> dict[str, str]:
     """Register every configured dir that is prepared; prefix -> data dir."""
     if gin_macro(DATA_DIR_ENV):
         source = f"the gin macro {DATA_DIR_ENV}"
-    elif os.environ.get(DATA_DIR_ENV):
+    elif locations.env_data_dirs():
         source = f"${DATA_DIR_ENV}"
     else:
         source = f"the default data dir; {DATA_DIR_ENV} is not set"

@@ -17,6 +17,7 @@ import seqio
 import transformers
 
 from flanrec.convert import hf, hf_tokenizer
+from flanrec.data import families  # noqa: F401 (registers the built-in templates)
 from flanrec.data.templates import PATTERNS
 from flanrec.data.vocab import ItemTokenVocabulary, train_sentencepiece
 from flanrec.model.config import get_preset

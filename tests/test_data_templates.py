@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flanrec.data import templates
+from flanrec.data import families, templates  # noqa: F401 (families registers the templates)
 
 
 def test_patterns_are_well_formed():

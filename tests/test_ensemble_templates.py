@@ -85,8 +85,9 @@ def test_rendered_queries_match_what_prepare_wrote(toy):
 
 def test_mean_fusion_equals_independent_mean_log_likelihood(toy, tmp_path):
     from flanrec.api import load
-    from flanrec.data import examples, prepared
+    from flanrec.data import prepared
     from flanrec.data import vocab as vocab_lib
+    from flanrec.data.families import seq as examples
     from flanrec.data.indexing import ItemIndex
     from flanrec.ensemble.templates import run_template_ensemble
 

@@ -103,7 +103,7 @@ def test_user_family_renders_from_the_prepared_split(next_genre, prepared_ml100k
     unseen = next(task.get_dataset({"inputs": 256, "targets": 32}, split="test_unseen",
                                    shuffle=False).as_numpy_iterator())
     assert unseen["_template_type"] == b"unseen"
-    info = find_task_info("ml100k_next_genre_seqidx", [str(prepared_ml100k)])
+    info = find_task_info("ml100k_next_genre_seqidx")
     assert info is not None and (info.family, info.target_kind) == ("next_genre", "text")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hf_fixtures import random_params
 
-from flanrec.data import examples as ex_lib
+from flanrec.data.families import seqrec as ex_lib
 from flanrec.data.indexing import fit_index
 from flanrec.data.trie import build_trie
 from flanrec.errors import UserError
@@ -144,7 +144,7 @@ def test_infer_ranks_what_teacher_forcing_predicts(toy, tmp_path):
     lengths = {"inputs": 64, "targets": 8}
     opts = job.InferenceOptions(output_dir=str(tmp_path), task_feature_lengths=lengths,
                                 split="validation", batch_size=8, num_beams=5)
-    (info,) = job.resolve_tasks("toysr_seqrec_seqidx", "validation", "predict", [str(toy)])
+    (info,) = job.resolve_tasks("toysr_seqrec_seqidx", "validation", "predict")
     runner = job.TaskRunner(info, cfg, params, opts)
     rows = list(job.task_examples(info.name, "validation", lengths, 0, 1))
     records = runner.run_batch(rows[:8])
@@ -172,7 +172,7 @@ def test_seqrec_refuses_score_mode(toy):
     from flanrec.inference.taskinfo import InferenceConfigError
 
     with pytest.raises(InferenceConfigError, match="MODE='predict'"):
-        job.resolve_tasks("toysr_seqrec_seqidx", "validation", "score", [str(toy)])
+        job.resolve_tasks("toysr_seqrec_seqidx", "validation", "score")
 
 
 def test_default_prepare_skips_seqrec_when_ids_are_not_one_token(tmp_path):

@@ -14,25 +14,33 @@ lists are the ones the model saw; labels and ratings come from the split.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from flanrec.baselines import bias, popularity
-from flanrec.data import prepared, task_records, types
+from flanrec.data import families as families_lib
+from flanrec.data import layout, prepared, task_records, types, writer
 from flanrec.data.examples import LIKE_THRESHOLD
 
 
 def _task_dirs(data_dir: str) -> dict[str, str]:
-    """family -> task dir of the prepared data (the first indexing's, for indexed ones)."""
+    """What the baselines answer -> a task dir of the prepared data: "rating" (a task whose
+    targets are ratings), "binary" (yes/no) and "candidates" (one whose examples show a
+    fixed candidate list; the first indexing's), each as its family declares."""
     doc = prepared.read_prepare_json(data_dir)
-    tasks = doc.get("counts", {}).get("tasks", {})
     suffix = (doc.get("index_suffixes") or ["seqidx"])[0]
-    out = {}
-    for family in ("rating", "binary"):
-        if family in tasks:
-            out[family] = family
-    if f"direct_{suffix}" in tasks:
-        out["direct"] = f"direct_{suffix}"
+    out: dict[str, str] = {}
+    for dirname in sorted(doc.get("counts", {}).get("tasks", {})):
+        info = writer.read_info(os.path.join(data_dir, layout.task_dir(dirname)))
+        if info.get("family") not in families_lib.names():
+            continue
+        family = families_lib.get(info["family"])
+        if family.indexed and info.get("indexing") != suffix:
+            continue
+        role = "candidates" if family.num_candidates is not None else family.target_kind
+        if role in ("rating", "binary", "candidates"):
+            out.setdefault(role, dirname)
     return out
 
 
@@ -99,7 +107,7 @@ def all_rows(split: types.Split, data_dir: str, stage: str
                 float(max(counts.values()) or 1)))
             out["bias_binary"] = ("score", binary_rows(
                 "bias_binary", model.predict, split, stage, 1.0, 5.0))
-    if "direct" in dirs:
-        out["popularity_direct"] = ("score", direct_rows(split, data_dir, dirs["direct"],
+    if "candidates" in dirs:
+        out["popularity_direct"] = ("score", direct_rows(split, data_dir, dirs["candidates"],
                                                          stage))
     return out, info

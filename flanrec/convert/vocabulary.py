@@ -24,6 +24,8 @@ import os
 import re
 from typing import Any
 
+from flanrec.data import layout
+
 log = logging.getLogger(__name__)
 
 SPIECE_FILE = "spiece.model"
@@ -181,15 +183,15 @@ def from_path(path: str | os.PathLike[str]) -> Any:
     (MODEL_DIR, HF dir, export), or a SentencePiece `.model` file (100 extra ids)."""
     gfile = _gfile()
     p = os.fspath(path)
-    if gfile.exists(os.path.join(p, "prepare.json")):
+    if gfile.exists(os.path.join(p, layout.PREPARE_FILE)):
         from flanrec.data.vocab import vocabulary_for_prepared
 
         return vocabulary_for_prepared(p)
     if gfile.isdir(p):
         found = vocabulary_dir(p)
         if found is None:
-            raise FileNotFoundError(f"{p}: no {SPIECE_FILE} in it (and no prepare.json: not a "
-                                    "prepared data dir either)")
+            raise FileNotFoundError(f"{p}: no {SPIECE_FILE} in it (and no {layout.PREPARE_FILE}: "
+                                    "not a prepared data dir either)")
         return load_vocabulary(found)
     if gfile.exists(p):
         import seqio

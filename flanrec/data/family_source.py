@@ -1,13 +1,14 @@
 """A seqio source that renders a family's instruction examples when they are read.
 
 Prepared dirs store what grows with the data (split sequences, item metadata, indexes,
-tries, vocabulary), not rendered text: at MovieLens-1M scale the rendered TFRecords of every
-family were 10x the interactions (1.2 GB) and changing one template meant preparing again.
+tries, vocabulary), not rendered text: at MovieLens-1M scale the rendered examples of every
+family would be 10x the interactions (1.2 GB), and changing one template would mean
+preparing again.
 `FamilySource` builds the examples from the stored split with the family's own builder
 (`flanrec.data.families`), deterministically, one host's share (`shard_info`) at a time.
 
-Templates per epoch. Epoch 0 is phrased exactly as the examples module chooses (a hash of
-seed, family, split and example key): what was written to disk before. With
+Templates per epoch. Epoch 0 is phrased exactly as the family's builder chooses (a hash of
+seed, family, split and example key). With
 `rephrase_epochs.enabled = True` (gin; `flanrec.data.prepared_tasks`), `vary_templates`,
 a preprocessor placed after seqio's cache point (and so after seqio's repeat), counts the
 examples it has seen in its stream; from the second pass over a train split on, it
@@ -32,6 +33,8 @@ import seqio
 import tensorflow as tf
 
 from flanrec.data import families as families_lib
+from flanrec.data import layout, templates
+from flanrec.data.choice import choose_template
 from flanrec.data.families import UNSEEN_SPLIT, FamilyData
 
 log = logging.getLogger("flanrec.tasks")
@@ -51,7 +54,7 @@ def load_family_data(data_dir: str, index_method: str | None) -> FamilyData:
     """
     from flanrec import storage
 
-    doc = storage.read_text(storage.join(data_dir, "prepare.json"))
+    doc = storage.read_text(storage.join(data_dir, layout.PREPARE_FILE))
     return _load(data_dir, index_method, hashlib.sha256(doc.encode("utf-8")).hexdigest())
 
 
@@ -68,8 +71,9 @@ def _cached(data_dir: str, index_method: str | None, doc_sha: str) -> FamilyData
     methods = doc.get("index_methods") or []
     method = index_method or (methods[0] if methods else None)
     if method is None:
-        raise prepared.PreparedDataError(f"{data_dir}/prepare.json: no index_methods")
-    index = ItemIndex.load(storage.join(data_dir, "index", method))
+        raise prepared.PreparedDataError(
+            f"{data_dir}/{layout.PREPARE_FILE}: no index_methods")
+    index = ItemIndex.load(storage.join(data_dir, layout.index_dir(method)))
     options = doc.get("options") or {}
     return FamilyData(split=prepared.load_split(data_dir), index=index,
                       meta=prepared.load_meta(data_dir), users=prepared.load_users(data_dir),
@@ -88,6 +92,18 @@ def feature_schema(family: families_lib.Family) -> dict[str, str]:
               "_template_idx": "int64", "_template_type": "string"}
     schema.update(family.extra_features)
     return schema
+
+
+def record(family: families_lib.Family, index_method: str | None,
+           counts: Mapping[str, int], indexing: str | None = None) -> dict[str, Any]:
+    """A task's record (what prepare writes to its info.json) for `family` over one
+    indexing: target kind and layout, features, index file and counts per split."""
+    return {"family": family.name, "target_kind": family.target_kind,
+            "index_method": index_method, "indexing": indexing if family.indexed else None,
+            "index_file": layout.index_file(index_method) if index_method else None,
+            "features": feature_schema(family), "target_layout": family.target_layout,
+            "targets_eos": family.targets_eos,
+            "splits": {s: {"num_input_examples": n} for s, n in counts.items()}}
 
 
 _CHUNK = 256
@@ -141,15 +157,29 @@ class FamilySource(seqio.DataSource):
     """Examples of one family over one prepared dir and item indexing, rendered on read."""
 
     def __init__(self, data_dir: str, family: str, index_method: str | None,
-                 num_input_examples: Mapping[str, int], rephrase: bool = False):
+                 num_input_examples: Mapping[str, int], rephrase: bool = False,
+                 info: Mapping[str, Any] | None = None, task_dir: str | None = None):
+        """`info`: the task's record (its info.json, or the same built for a family
+        registered over the dir); `task_dir`: the task's directory name under `tasks/`.
+        Both default to what the family and counts say; `flanrec.data.task_meta` reads
+        them back, so a registered task names everything inference and eval need."""
         super().__init__(splits=list(num_input_examples),
                          num_input_examples=dict(num_input_examples))
         self.data_dir = data_dir
         self.family = family
         self.index_method = index_method
+        if info is None:
+            info = record(families_lib.get(family), index_method, num_input_examples)
+        self.info: dict[str, Any] = dict(info)
+        self.task_dir = task_dir or families_lib.get(family).task_dirname(info.get("indexing"))
         # Carry RENDER_FEATURES for vary_templates only when it runs: four fewer tensors
         # per example through every later map otherwise.
         self.rephrase = rephrase
+
+    @property
+    def family_spec(self) -> families_lib.Family:
+        """The registered `Family` this source renders (what its name stands for)."""
+        return families_lib.get(self.family)
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -216,12 +246,9 @@ def _plain(value: Any, kind: str) -> Any:
 def rephrase(fields_json: bytes, key: bytes, template_family: bytes, epoch: int, seed: int
              ) -> tuple[str, str, int, str]:
     """(inputs, targets, template index, template type) of an example in a later epoch."""
-    from flanrec.data import examples as ex_lib
-    from flanrec.data import templates
-
     tfam = template_family.decode("utf-8")
     pool = templates.template_indices(tfam, ("seen",))
-    idx = ex_lib.choose_template(seed, tfam, "train", f"{key.decode('utf-8')}@{epoch}", pool)
+    idx = choose_template(seed, tfam, "train", f"{key.decode('utf-8')}@{epoch}", pool)
     inputs, targets = templates.render(tfam, idx, **json.loads(fields_json.decode("utf-8")))
     return inputs, targets, idx, templates.template_type(tfam, idx)
 

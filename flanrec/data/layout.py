@@ -23,7 +23,8 @@ INDEX_FILE = "item_index.json"  # in index/{method}/: raw item -> ID string
 TOKEN_SLOTS_FILE = "token_slots.json"  # in index/ (union of indexings) and index/{method}/
 TRIE_FILE = "trie.npz"  # in index/{method}/: item IDs as token ids + EOS
 TRIE_NOEOS_FILE = "trie_noeos.npz"  # the same without EOS (item-sequence targets)
-VOCAB_FILE = "vocab/spm.model"  # with `prepare --train_vocab`
+VOCAB_DIR = "vocab"
+VOCAB_FILE = f"{VOCAB_DIR}/spm.model"  # with `prepare --train_vocab`
 TASKS_DIR = "tasks"  # tasks/{task}/info.json (examples are rendered on read)
 
 

@@ -33,14 +33,30 @@ def default_prepared_dir(dataset: str = DEFAULT_DATASET) -> str:
     return os.path.join(cache_root(), "prepared", name)
 
 
+def env_data_dirs() -> list[str]:
+    """The dirs `$FLANREC_DATA_DIR` names (``os.pathsep``-separated, expanded); [] when
+    unset. The one place flanrec reads the variable."""
+    from flanrec import storage
+
+    return [p if storage.is_url(p) else os.path.expanduser(p)
+            for p in storage.split_path_list(os.environ.get(DATA_DIR_ENV) or "")]
+
+
+def env_data_dir() -> str | None:
+    """The one dir `$FLANREC_DATA_DIR` names, else None (unset, or several dirs)."""
+    dirs = env_data_dirs()
+    return dirs[0] if len(dirs) == 1 else None
+
+
 def configured_data_dirs(value: str | None = None) -> list[str]:
     """The prepared dirs `import tasks` registers: `value` (e.g. a gin macro), else
     `$FLANREC_DATA_DIR`, else the default ml-100k dir; expanded, in order."""
     from flanrec import storage
 
-    raw = value or os.environ.get(DATA_DIR_ENV) or default_prepared_dir()
+    if not value:
+        return env_data_dirs() or [default_prepared_dir()]
     return [p if storage.is_url(p) else os.path.expanduser(p)
-            for p in storage.split_path_list(raw)]
+            for p in storage.split_path_list(value)]
 
 
 def default_data_dir(dataset: str = DEFAULT_DATASET) -> str:
@@ -48,9 +64,4 @@ def default_data_dir(dataset: str = DEFAULT_DATASET) -> str:
 
     `$FLANREC_DATA_DIR` when it names exactly one dir, else the dataset's default dir.
     """
-    from flanrec import storage
-
-    env = storage.split_path_list(os.environ.get(DATA_DIR_ENV) or "")
-    if len(env) == 1:
-        return env[0] if storage.is_url(env[0]) else os.path.expanduser(env[0])
-    return default_prepared_dir(dataset)
+    return env_data_dir() or default_prepared_dir(dataset)

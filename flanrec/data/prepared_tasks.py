@@ -8,7 +8,6 @@ use (features, sources, preprocessors, postprocessors) are `flanrec.data.seqio_t
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +16,10 @@ import gin
 import seqio
 import tensorflow as tf
 
-from flanrec.data import families, writer
+from flanrec import outputs, storage
+from flanrec.data import families, layout, prepared, writer
+from flanrec.data import vocab as vocab_lib
+from flanrec.data.family_source import FamilySource, load_family_data, record
 from flanrec.data.seqio_tasks import (
     example_count_rate,
     output_features,
@@ -25,13 +27,13 @@ from flanrec.data.seqio_tasks import (
     register_mixture,
     replace_task,
     standard_preprocessors,
-    tfrecord_source,
 )
+from flanrec.data.task_meta import registered_data_dirs
 
 PREPARED_TASKS: set[str] = set()
 """Names registered by `register_prepared`/`register_family_task`: one preprocessed example
-per source example, which `flanrec.data.seqio_cache` relies on to recognise a cache of
-older data."""
+per source example, which `flanrec.data.seqio_cache` relies on to recognise a cache built
+from other data."""
 
 
 def prepared_task_dirs(data_dir: str) -> list[str]:
@@ -57,14 +59,11 @@ def register_prepared(
     `replace=False` an already registered name raises (seqio's own behaviour). Returns the
     registered names.
     """
-    from flanrec.data import vocab as vocab_lib
-
-    if not tf.io.gfile.exists(os.path.join(data_dir, "prepare.json")):
+    if not tf.io.gfile.exists(os.path.join(data_dir, layout.PREPARE_FILE)):
         raise FileNotFoundError(
-            f"{data_dir}: no prepare.json, so not a flanrec.prepare output. Run "
+            f"{data_dir}: no {layout.PREPARE_FILE}, so not a flanrec.prepare output. Run "
             f"`python -m flanrec.prepare --dataset ml-100k --out {data_dir}` first."
         )
-    from flanrec import outputs
 
     outputs.require_complete(data_dir, "prepared data dir")  # an unfinished gs:// upload
     vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)
@@ -81,10 +80,10 @@ def register_prepared(
             info.get("target_layout", "single"),
         )
         kwargs = dict(
-            source=prepared_source(data_dir, task_dir, info),
+            source=prepared_source(data_dir, dirname, info),
             output_features=feats,
             preprocessors=standard_preprocessors(name, info.get("targets_eos", True),
-                                                 _rephrase_seed(data_dir, info)),
+                                                 _rephrase_seed(data_dir)),
             postprocess_fn=postprocess,
             metric_fns=metrics,
         )
@@ -97,16 +96,17 @@ def register_prepared(
     return names
 
 
-def prepared_source(data_dir: str, task_dir: str, info: Mapping[str, Any]) -> seqio.DataSource:
-    """The seqio source of one prepared task: rendered from the stored split (what prepare
-    writes now) or the TFRecords an older prepare wrote."""
+def prepared_source(data_dir: str, dirname: str, info: Mapping[str, Any]) -> FamilySource:
+    """The seqio source of the prepared task `tasks/<dirname>`: its family's examples,
+    rendered from the stored split when read."""
     if info.get("source") != "rendered":
-        return tfrecord_source(task_dir, info)
-    from flanrec.data.family_source import FamilySource
-
+        raise prepared.PreparedDataError(
+            f"{data_dir}/{layout.task_dir(dirname)}/{writer.INFO_FILE}: source "
+            f"{info.get('source')!r}, expected 'rendered' (examples built from the stored "
+            "split); run flanrec.prepare on the data again")
     counts = {s: v["num_input_examples"] for s, v in info["splits"].items()}
     return FamilySource(data_dir, info["family"], info.get("index_method"), counts,
-                        rephrase=rephrase_epochs())
+                        rephrase=rephrase_epochs(), info=info, task_dir=dirname)
 
 
 @gin.configurable
@@ -115,17 +115,17 @@ def rephrase_epochs(enabled: bool = False) -> bool:
     (`family_source.vary_templates`; gin: `rephrase_epochs.enabled = True`).
 
     Off by default: the step costs ~20% of the input pipeline's throughput (one more map
-    over every example), and with it off a task streams exactly the examples an earlier
-    flanrec wrote to disk. Bound before the task module is imported (a run's gin file is).
+    over every example), and with it off every epoch streams exactly the examples the
+    family's builder makes. Bound before the task module is imported (a run's gin file is).
     """
     return enabled
 
 
-def _rephrase_seed(data_dir: str, info: Mapping[str, Any]) -> int | None:
-    if info.get("source") != "rendered" or not rephrase_epochs():
+def _rephrase_seed(data_dir: str) -> int | None:
+    """The prepared dir's seed when epochs are re-phrased, else None (no re-phrasing)."""
+    if not rephrase_epochs():
         return None
-    with tf.io.gfile.GFile(os.path.join(data_dir, "prepare.json")) as f:
-        return int((json.load(f).get("options") or {}).get("seed", 0))
+    return int((prepared.read_prepare_json(data_dir).get("options") or {}).get("seed", 0))
 
 
 def register_family_task(
@@ -140,16 +140,12 @@ def register_family_task(
     The way to train on a family of your own (`flanrec.data.families.register`): nothing is
     prepared again, since the dir holds the split and the examples are rendered on read.
     The task is `{prefix}_{family}_{indexing suffix}` (indexed families) or
-    `{prefix}_{family}`; `index_method` defaults to the dir's first indexing; its
-    info.json-equivalent is kept on the source (`source.info`) for the inference job.
+    `{prefix}_{family}`; `index_method` defaults to the dir's first indexing; its record
+    (what info.json holds for a prepared task) is kept on the source (`source.info`), where
+    `flanrec.data.task_meta` finds it.
     """
-    from flanrec import outputs
-    from flanrec.data import family_source
-    from flanrec.data import vocab as vocab_lib
-    from flanrec.data.prepared import read_prepare_json
-
     outputs.require_complete(data_dir, "prepared data dir")
-    doc = read_prepare_json(data_dir)
+    doc = prepared.read_prepare_json(data_dir)
     fam = families.get(family)
     methods = list(doc.get("index_methods") or [])
     method = index_method or (methods[0] if methods else None)
@@ -158,7 +154,7 @@ def register_family_task(
     suffix = doc["index_suffixes"][methods.index(method)]
     prefix = prefix or doc.get("task_prefix") or "data"
     name = f"{prefix}_{fam.task_dirname(suffix)}"
-    data = family_source.load_family_data(data_dir, method)
+    data = load_family_data(data_dir, method)
     counts = {}
     for out_split, split_name, _ in fam.output_splits():
         n = fam.num_examples(data, split_name)
@@ -167,13 +163,9 @@ def register_family_task(
     if not counts:
         raise ValueError(f"family {family} has no examples in {data_dir}: "
                          f"{fam.unavailable(data) or 'every split is empty'}")
-    source = family_source.FamilySource(data_dir, family, method, counts,
-                                        rephrase=rephrase_epochs())
-    source.info = {"family": family, "target_kind": fam.target_kind, "index_method": method,
-                   "index_file": f"index/{method}/item_index.json",
-                   "features": family_source.feature_schema(fam),
-                   "target_layout": fam.target_layout, "targets_eos": fam.targets_eos,
-                   "splits": {s: {"num_input_examples": n} for s, n in counts.items()}}
+    source = FamilySource(data_dir, family, method, counts, rephrase=rephrase_epochs(),
+                          info=record(fam, method, counts, suffix),
+                          task_dir=fam.task_dirname(suffix))
     vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)
     postprocess, metrics = postprocess_and_metrics(
         fam.target_kind, os.path.join(data_dir, source.info["index_file"]), fam.target_layout)
@@ -183,6 +175,18 @@ def register_family_task(
                  postprocess_fn=postprocess, metric_fns=metrics)
     PREPARED_TASKS.add(name)
     return name
+
+
+def ensure_registered(data_dir: str) -> str:
+    """Register the tasks and mixtures of the prepared dir `data_dir` unless a registered
+    task reads it already (the inference job's DATA_DIR); returns the dir as registered."""
+    path = storage.normalize(data_dir)
+    if path in {storage.normalize(d) for d in registered_data_dirs()}:
+        return path
+    prefix = prepared.read_prepare_json(path).get("task_prefix") or "data"
+    register_prepared(path, prefix)
+    register_rec_mixture(path, prefix)
+    return path
 
 
 def prepared_family_tasks(data_dir: str, prefix: str = "ml100k") -> dict[str, dict[str, Any]]:
@@ -230,8 +234,7 @@ def register_rec_mixture(
     """
     caps = dict(DEFAULT_FAMILY_CAPS)
     caps.update(family_caps or {})
-    with tf.io.gfile.GFile(os.path.join(data_dir, "prepare.json")) as f:
-        prep = json.load(f)
+    prep = prepared.read_prepare_json(data_dir)
     indexings = [s for s in prep.get("index_suffixes", [])]
     tasks = prepared_family_tasks(data_dir, prefix)
     names = []

@@ -71,10 +71,10 @@ class _Resources:
 
 
 def _queries(res: _Resources, split_name: str, template: int) -> list[dict[str, Any]]:
-    from flanrec.data import examples
+    from flanrec.data.families import seq
 
-    return list(examples.seq_examples(res.split, res.index, res.meta, split_name=split_name,
-                                      template_idx=template, task_prefix=""))
+    return list(seq.seq_examples(res.split, res.index, res.meta, split_name=split_name,
+                                 template_idx=template, task_prefix=""))
 
 
 def _encode_inputs(res: _Resources, rows: Sequence[dict[str, Any]], length: int,
@@ -185,12 +185,13 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
                           opts: TemplateEnsembleOptions) -> dict[str, Any]:
     """Predict under each template, fuse, and write members + ensemble as JSONL."""
     from flanrec.data import templates as templates_lib
+    from flanrec.data.families import seq
 
     if len(opts.templates) < 2:
         raise ValueError("a template ensemble needs at least 2 templates")
     for t in opts.templates:
         try:
-            templates_lib.template_type("seq", t)
+            templates_lib.template_type(seq.FAMILY.template_families[0], t)
         except IndexError as e:  # names the bad index and how many there are
             raise ValueError(f"--templates: {e}") from None
     if opts.method not in fusion.METHODS:

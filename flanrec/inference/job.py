@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from flanrec import outputs, predictions, storage
+from flanrec.data import layout
 from flanrec.inference import modes, taskinfo
 from flanrec.inference.taskinfo import InferenceConfigError, TaskInfo
 from flanrec.inference.writer import ChunkWriter
@@ -252,7 +253,8 @@ class TaskRunner:
                         f"{self.info.name}: the targets of user {_text(ex.get('user', ''))} do "
                         f"not end with the target item's tokens: TASK_FEATURE_LENGTHS"
                         f"['targets'] ({self.tgt_len}) cut them; use at least the window "
-                        "the task was prepared with (prepare.json: options.seqrec_window)")
+                        f"the task was prepared with ({layout.PREPARE_FILE}: "
+                        "options.seqrec_window)")
             head = toks[: max(len(toks) - item_len, 0)][-width:] if width else toks[:0]
             if len(head):
                 prefix[r, width - len(head):] = head
@@ -443,7 +445,7 @@ def run_task(info: TaskInfo, config: T5Config, params: Any, checkpoint: Checkpoi
             "seconds": time.time() - t0, "users_per_sec": progress.rate()}
 
 
-def resolve_tasks(name: str, split: str, mode: str, data_dirs: list[str]) -> list[TaskInfo]:
+def resolve_tasks(name: str, split: str, mode: str) -> list[TaskInfo]:
     """The tasks to run: `name` itself, or each sub-task of a mixture that has the split
     and whose targets fit the mode (others are logged and skipped)."""
     import seqio
@@ -453,15 +455,15 @@ def resolve_tasks(name: str, split: str, mode: str, data_dirs: list[str]) -> lis
     except ValueError as e:
         raise InferenceConfigError(
             f"MIXTURE_OR_TASK_NAME {name!r} is not registered (is MIXTURE_OR_TASK_MODULE / "
-            f"DATA_DIR pointing at the prepared data? searched {data_dirs})") from e
+            "DATA_DIR pointing at the prepared data?)") from e
     is_mixture = isinstance(provider, seqio.Mixture)
     names = [t.name for t in provider.tasks] if is_mixture else [name]
     out = []
     for n in names:
-        info = taskinfo.find_task_info(n, data_dirs)
+        info = taskinfo.find_task_info(n)
         if info is None:
-            raise InferenceConfigError(f"{n}: not a flanrec prepared task (no tasks/<dir>/"
-                                       f"info.json for it under {data_dirs})")
+            raise InferenceConfigError(f"{n}: not a flanrec task (its seqio source does not "
+                                       "read a prepared dir)")
         problem = taskinfo.check_mode(info, mode)
         if problem is None and split not in seqio.get_mixture_or_task(n).splits:
             problem = (f"{n} has no split {split!r}; it has "
@@ -500,13 +502,18 @@ def run_inference(checkpoint_path: str, task_name: str, opts: InferenceOptions,
     before the checkpoint is read or anything compiled. The checkpoint is resolved once
     (a MODEL_DIR → the step its best_checkpoint.json names, else its latest complete one) and
     identified by step and params sha256, which every chunk manifest and shard record carries.
+    `data_dirs`: prepared dirs to register first where no registered task reads them yet
+    (the job's DATA_DIR).
     """
     import jax
 
     from flanrec.checkpoints import load_checkpoint
+    from flanrec.data.prepared_tasks import ensure_registered  # TF: loads after the front end
 
     validate_options(opts)
-    infos = resolve_tasks(task_name, opts.split, opts.mode, list(data_dirs))
+    for data_dir in data_dirs:
+        ensure_registered(data_dir)
+    infos = resolve_tasks(task_name, opts.split, opts.mode)
     if not storage.exists(checkpoint_path):
         raise InferenceConfigError(f"CHECKPOINT_PATH {checkpoint_path}: no such file or "
                                    "directory")

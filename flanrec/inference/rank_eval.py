@@ -42,7 +42,6 @@ class RankEvalConfig:
     batch_size: int = 128
     num_beams: int = 20
     task_feature_lengths: Mapping[str, int] | None = None  # default: the training lengths
-    data_dirs: tuple[str, ...] = ()
 
 
 def host_params(params: Any) -> Any:
@@ -60,20 +59,6 @@ def host_params(params: Any) -> Any:
     return multihost_utils.process_allgather(params, tiled=True)
 
 
-def default_data_dirs() -> list[str]:
-    """Prepared dirs the task may come from: $FLANREC_DATA_DIR and what `tasks` registered."""
-    import os
-    import sys
-
-    from flanrec import storage
-
-    dirs = [p if storage.is_url(p) else os.path.expanduser(p)
-            for p in storage.split_path_list(os.environ.get("FLANREC_DATA_DIR", ""))]
-    if "tasks._prepared" in sys.modules:
-        dirs += list(sys.modules["tasks._prepared"].REGISTERED.values())
-    return list(dict.fromkeys(dirs))
-
-
 class RankValidator:
     """Ranks one task split for the current parameters; returns ``{"hr@10": ..., ...}``."""
 
@@ -81,8 +66,7 @@ class RankValidator:
                  default_lengths: Mapping[str, int]) -> None:
         lengths = dict(cfg.task_feature_lengths or default_lengths)
         self.cfg = cfg
-        infos = job.resolve_tasks(cfg.task, cfg.split, "predict",
-                                  list(cfg.data_dirs) or default_data_dirs())
+        infos = job.resolve_tasks(cfg.task, cfg.split, "predict")
         if len(infos) != 1:
             raise taskinfo.InferenceConfigError(
                 f"RANK_EVAL_TASK {cfg.task!r} must be one ranking task, not a mixture of "

@@ -1,22 +1,19 @@
 """What inference needs to know about a SeqIO task beyond its examples.
 
-A flanrec task is a directory of a prepared dataset (``DATA_DIR/tasks/<dir>/info.json``):
-its family and target kind decide which modes make sense (ranking item IDs, scoring
-"no"/"yes", rating), its item indexing decides which trie and ID strings to use, and the
-split decides which items a user has already seen. This module finds all of that from a
-task name, failing with the name of what is missing.
+A flanrec task reads a prepared dataset: its family and target kind decide which modes make
+sense (ranking item IDs, scoring "no"/"yes", rating), its item indexing decides which trie
+and ID strings to use, and the split decides which items a user has already seen. All of
+it comes from the task's registration (`flanrec.data.task_meta`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any
 
-from flanrec import storage
+from flanrec.data.task_meta import NotAFlanrecTaskError, task_meta
 from flanrec.errors import UserError
 
-BINARY_ANSWERS = ("no", "yes")  # flanrec.data.examples.binary_examples writes these
+BINARY_ANSWERS = ("no", "yes")  # the binary family (flanrec.data.families.binary) writes these
 RATING_ANSWERS = ("1", "2", "3", "4", "5")  # examples.format_rating of ML ratings
 
 
@@ -58,47 +55,15 @@ def stage_of(split: str) -> str | None:
     return None
 
 
-def _prefix(data_dir: str) -> str | None:
+def find_task_info(task_name: str) -> TaskInfo | None:
+    """What inference needs of the registered task `task_name`, else None (not registered,
+    or not a task over a prepared dir): read from its registration (`task_meta`)."""
     try:
-        prefix = storage.read_json(storage.join(data_dir, "prepare.json")).get("task_prefix")
-    except (FileNotFoundError, PermissionError, IsADirectoryError, json.JSONDecodeError,
-            AttributeError):  # not a prepared dir; an unreachable file system still raises
+        meta = task_meta(task_name)
+    except NotAFlanrecTaskError:
         return None
-    return prefix if isinstance(prefix, str) else None
-
-
-def find_task_info(task_name: str, data_dirs: list[str]) -> TaskInfo | None:
-    """The prepared task directory of `task_name` among `data_dirs`, else None."""
-    for data_dir in data_dirs:
-        prefix = _prefix(data_dir)
-        if not prefix or not task_name.startswith(prefix + "_"):
-            continue
-        task_dir = storage.join(data_dir, "tasks", task_name[len(prefix) + 1:])
-        path = storage.join(task_dir, "info.json")
-        if storage.exists(path):
-            info: dict[str, Any] = storage.read_json(path)
-        else:  # a family registered from user code: its source carries the same record
-            info = _registered_info(task_name, data_dir)
-            if info is None:
-                continue
-        return TaskInfo(task_name, data_dir, task_dir, str(info.get("family", "")),
-                        str(info.get("target_kind", "text")), info.get("index_method"),
-                        tuple(sorted(info.get("features", {}))),
-                        str(info.get("target_layout", "single")))
-    return None
-
-
-def _registered_info(task_name: str, data_dir: str) -> dict[str, Any] | None:
-    """The info of a task `prepared_tasks.register_family_task` registered over `data_dir`."""
-    import seqio
-
-    if task_name not in seqio.TaskRegistry.names():
-        return None
-    source = seqio.get_mixture_or_task(task_name).source
-    info = getattr(source, "info", None)
-    if not isinstance(info, dict) or getattr(source, "data_dir", None) != data_dir:
-        return None
-    return info
+    return TaskInfo(meta.name, meta.data_dir, meta.task_path, meta.family.name,
+                    meta.target_kind, meta.index_method, meta.features, meta.target_layout)
 
 
 def check_mode(info: TaskInfo, mode: str) -> str | None:
@@ -114,5 +79,5 @@ def check_mode(info: TaskInfo, mode: str) -> str | None:
         return (f"{info.name} is a seqrec task (targets: a run of item IDs the decoder reads "
                 "causally); rank it with MODE='predict'")
     if info.target_kind == "item" and not info.index_method:
-        return f"{info.task_dir}/info.json names no index_method"
+        return f"{info.task_dir}: the task names no index_method"
     return None

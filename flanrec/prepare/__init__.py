@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from flanrec import outputs, storage
 from flanrec.data import families as families_lib
+from flanrec.data import layout
 from flanrec.data.prepared_write import build_tries, write_split
 from flanrec.errors import UserError
 from flanrec.prepare.index import fit_indexes
@@ -67,12 +68,10 @@ DATASET_ALIASES = {
     "amazon-sports": "amazon-2014-Sports_and_Outdoors",
     "amazon-toys": "amazon-2014-Toys_and_Games",
 }
-# The task families are objects in flanrec.data.families; these views of the built-ins keep
-# their historical names for callers and the CLI.
+# The task families are objects in flanrec.data.families; these are views of the built-ins
+# for the CLI (its --families choices and help).
 FAMILIES = families_lib.BUILTIN_FAMILIES
 INDEXED_FAMILIES = tuple(f for f in FAMILIES if families_lib.get(f).indexed)
-TARGET_KIND = {f: families_lib.get(f).target_kind for f in FAMILIES}
-EVAL_SPLITS = ("validation", "test")
 # Families whose targets are a sequence of item IDs without EOS (the decoder continues from
 # one item to the next); inference ranks the last item after feeding the others as a prefix.
 SEQUENCE_FAMILIES = tuple(f for f in FAMILIES
@@ -154,7 +153,7 @@ class _TextSample:
         self.n = total
 
 
-def _family_data(family: families_lib.Family, split: Split, dataset: Dataset,
+def _family_data(split: Split, dataset: Dataset,
                  index: ItemIndex, opts: PrepareOptions, prefix: str
                  ) -> families_lib.FamilyData:
     return families_lib.FamilyData(split=split, index=index, meta=dataset.items,
@@ -188,7 +187,7 @@ def write_tasks(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
             dirname = family.task_dirname(suffix)
             number += 1
             with stage(f"prepare: task {number}/{todo} {dirname}", log=report) as st:
-                data = _family_data(family, split, dataset, indexes[method], opts, prefix)
+                data = _family_data(split, dataset, indexes[method], opts, prefix)
                 if family.unavailable(data):
                     st["note"] = "skipped: the data has no fields for this family"
                     continue
@@ -234,25 +233,16 @@ def write_tasks(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
 
 
 def skipped_families(families: Sequence[str], infos: dict[str, dict[str, Any]],
-                     dataset: Any) -> dict[str, str]:
+                     data: families_lib.FamilyData) -> dict[str, str]:
     """family -> why no task of it was written (a log without ratings, users or titles
-    makes prepare drop families; say so instead of leaving it to a missing task name)."""
-    import numpy as np
-
+    makes prepare drop families; say so instead of leaving it to a missing task name).
+    Each family says itself what it needs (`Family.unavailable`)."""
     reasons = {}
     for family in families:
         if any(name == family or name.startswith(family + "_") for name in infos):
             continue
-        if family in ("rating", "binary") and bool(np.isnan(dataset.interactions.rating).all()):
-            why = ("the log has no ratings (CSV: name the column with --rating_col; a column "
-                   "called rating/score/stars is used automatically)")
-        elif family == "profile" and (dataset.users is None or not dataset.users.features):
-            why = "the dataset has no user features (age, gender, occupation)"
-        elif family == "grounding" and not dataset.items.title:
-            why = "no item has a title (CSV: --title_col, or --items_file)"
-        else:
-            why = "no examples for any split"
-        reasons[family] = why
+        why = families_lib.get(family).unavailable(data)
+        reasons[family] = why or "no examples for any split"
     return reasons
 
 
@@ -349,7 +339,8 @@ def prepare(opts: PrepareOptions, log: Any = print,
         sample = _TextSample()
         infos = write_tasks(split, dataset, indexes, opts, os.path.join(tmp, "tasks"), prefix,
                             sample, report=progress)
-        skipped = skipped_families(opts.families, infos, dataset)
+        skipped = skipped_families(opts.families, infos, _family_data(
+            split, dataset, indexes[next(iter(indexes))], opts, prefix))
         for family, why in skipped.items():
             log(f"warning: family {family!r} not written: {why}")
         lap("tasks")
@@ -420,7 +411,7 @@ def prepare(opts: PrepareOptions, log: Any = print,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         doc["timings_s"]["total"] = round(time.time() - t0, 3)
-        storage.write_json_atomic(os.path.join(tmp, "prepare.json"), doc, ensure_ascii=True)
+        storage.write_json_atomic(os.path.join(tmp, layout.PREPARE_FILE), doc, ensure_ascii=True)
     log(summary_table(doc, out))
     return doc
 

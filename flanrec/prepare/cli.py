@@ -30,7 +30,7 @@ def default_out(dataset: str) -> str:
     """
     out = locations.default_data_dir(dataset)
     info = os.path.join(out, layout.PREPARE_FILE)
-    if os.environ.get(locations.DATA_DIR_ENV) and os.path.exists(info):
+    if locations.env_data_dirs() and os.path.exists(info):
         try:
             with open(info, encoding="utf-8") as f:
                 held = json.load(f).get("dataset")

@@ -1,4 +1,4 @@
-"""The registry of task families: a kind of recommendation instruction is one `Family` object.
+"""The `Family` type and the registry: a kind of recommendation instruction is one object.
 
 A family says everything the rest of flanrec needs to know about one kind of instruction:
 how to build its examples from a user's sequence (`examples`, over a `FamilyData`), how many
@@ -6,27 +6,36 @@ there are per split (`count`), which template families phrase it, what its targe
 (item IDs, a rating, yes/no, free text), which splits it has, whether there is one task per
 item indexing, and its cap in the default mixture. `flanrec.prepare` reads the registry to
 decide what to record, `flanrec.data.family_source` renders the examples when seqio reads
-them, and `flanrec.inference` takes the target kind and layout from it.
+them, and the inference job takes the target kind and layout from it (through
+`flanrec.data.task_meta`).
 
-Adding a family is therefore one `register(Family(...))` call from user code (a module in
-`tasks/`, a notebook), next to its templates (`flanrec.data.templates.register_templates`);
+Built-in and user families take the same route: one `register(Family(...))` call next to
+the family's builder and templates (`flanrec.data.templates.register_templates`). The
+built-ins are the modules of this package (one file each, found by `flanrec.data.families`
+when it is imported); a user's family is a module in `tasks/` or a notebook cell.
 `flanrec.data.prepared_tasks.register_family_task` then makes a seqio task of it over any
 prepared dir, without preparing again, since prepared dirs store the sequences, not text.
+
+Nothing outside a family's own module compares a family's name: whatever the rest of
+flanrec must know about a family is a field here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from flanrec.data import examples as ex_lib
+from flanrec.data import templates
 from flanrec.data.indexing import ItemIndex
 from flanrec.data.types import ItemMeta, Split, UserFeatures
 
 TARGET_KINDS = ("item", "rating", "binary", "text")
 TARGET_LAYOUTS = ("single", "item_sequence")
 EVAL_SPLITS = ("validation", "test")
+"""The splits a family is evaluated on (each user's held-out validation and test item)."""
 UNSEEN_SPLIT = "test_unseen"
 """The test queries phrased with held-out templates (FLAN's unseen-template evaluation)."""
 
@@ -70,6 +79,12 @@ class Family:
     train_targets: Callable[[FamilyData], int] | None = None
     extra_features: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: {"user": "string", "target_item": "string"})
+    # Candidates each example shows (the options the model picks among), when it shows a
+    # fixed number; evaluation checks score records against it.
+    num_candidates: Callable[[FamilyData], int] | None = None
+    # Where the family sorts in `names()` (prepare's default family list and its task
+    # order); user families sort after the built-ins.
+    order: int = 100
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -95,6 +110,11 @@ class Family:
             return self.count(data, split_name)
         return sum(1 for _ in self.examples(data, split_name, ("seen",), 0, 1))
 
+    @property
+    def shows_candidates(self) -> bool:
+        """Whether examples carry the candidate list they were phrased with."""
+        return "candidates" in self.extra_features
+
     def task_dirname(self, index_suffix: str | None) -> str:
         """`seq_seqidx` for an indexed family, `rating` otherwise (the task name's tail)."""
         return f"{self.name}_{index_suffix}" if self.indexed and index_suffix else self.name
@@ -105,8 +125,6 @@ _REGISTRY: dict[str, Family] = {}
 
 def register(family: Family, replace: bool = False) -> Family:
     """Add `family` to the registry (an existing name needs `replace=True`)."""
-    from flanrec.data import templates
-
     if family.name in _REGISTRY and not replace:
         raise ValueError(f"family {family.name!r} is registered already (replace=True "
                          "replaces it)")
@@ -115,6 +133,9 @@ def register(family: Family, replace: bool = False) -> Family:
             raise ValueError(f"family {family.name}: no templates named {t!r}; register them "
                              "with flanrec.data.templates.register_templates first")
     _REGISTRY[family.name] = family
+    ordered = sorted(_REGISTRY.values(), key=lambda f: f.order)  # stable: ties keep arrival
+    _REGISTRY.clear()
+    _REGISTRY.update((f.name, f) for f in ordered)
     return family
 
 
@@ -129,110 +150,28 @@ def get(name: str) -> Family:
 
 
 def names() -> list[str]:
-    """Registered family names, built-ins first in their historical order."""
+    """Registered family names by `Family.order` (built-ins first), then registration."""
     return list(_REGISTRY)
 
 
-# --------------------------------------------------------------------------- the built-ins
-
-
-def _opt(data: FamilyData, name: str, default: Any) -> Any:
+def option(data: FamilyData, name: str, default: Any) -> Any:
+    """Prepare's option `name` as recorded for the dir, `default` where it is unset."""
     value = data.options.get(name)
     return default if value is None else value
 
 
-def _common(data: FamilyData, split_name: str, template_types: Sequence[str], shard_index: int,
-            num_shards: int) -> dict[str, Any]:
+def builder_kwargs(data: FamilyData, split_name: str, template_types: Sequence[str],
+                   shard_index: int, num_shards: int) -> dict[str, Any]:
+    """The keyword arguments every built-in builder takes, from the family's data."""
     return dict(split_name=split_name, seed=data.seed, template_types=tuple(template_types),
                 shard_index=shard_index, num_shards=num_shards,
                 task_prefix=data.task_prefix + "_" if data.task_prefix else "")
 
 
-def _family_kwargs(name: str, data: FamilyData) -> dict[str, Any]:
-    """The prepare options a built-in family's builder takes."""
-    kwargs: dict[str, Any] = {}
-    if name in ("seq", "seqrec", "direct"):
-        kwargs["max_history"] = data.options.get("max_history")
-    if name == "seqrec":
-        kwargs.update(window=_opt(data, "seqrec_window", ex_lib.SEQREC_WINDOW),
-                      encoder_items=_opt(data, "seqrec_encoder_items",
-                                         ex_lib.SEQREC_ENCODER_ITEMS),
-                      tilings=_opt(data, "seqrec_tilings", ex_lib.SEQREC_TILINGS))
-    if name == "direct":
-        kwargs["num_candidates"] = min(int(_opt(data, "num_candidates", 20)),
-                                       len(data.split.all_items))
-    return kwargs
-
-
-def _builtin_examples(name: str) -> ExamplesFn:
-    def build(data: FamilyData, split_name: str, template_types: Sequence[str] = ("seen",),
-              shard_index: int = 0, num_shards: int = 1) -> Iterator[ex_lib.Example]:
-        common = _common(data, split_name, template_types, shard_index, num_shards)
-        if name == "profile":
-            return ex_lib.profile_examples(data.split, data.index, data.users, data.meta,
-                                           **common)
-        return ex_lib.build_examples(name, data.split, data.index, data.meta, data.users,
-                                     **common, **_family_kwargs(name, data))
-    build.__name__ = f"{name}_examples"
-    return build
-
-
-def _builtin_count(name: str) -> Callable[[FamilyData, str], int]:
-    def count(data: FamilyData, split_name: str) -> int:
-        return ex_lib.count_examples(name, data.split, data.index, data.meta, data.users,
-                                     split_name, **_family_kwargs(name, data))
-    return count
-
-
-def _needs_ratings(data: FamilyData) -> str | None:
-    import math
-
+def needs_ratings(data: FamilyData) -> str | None:
+    """Why a family built on ratings has nothing to learn from `data` (None: it has)."""
     for s in data.split.users:
         if any(r is not None and math.isfinite(r) for r in s.train_ratings):
             return None
     return ("the log has no ratings (CSV: name the column with --rating_col; a column called "
             "rating/score/stars is used automatically)")
-
-
-def _needs_users(data: FamilyData) -> str | None:
-    if data.users is None or not data.users.features:
-        return "the dataset has no user features (age, gender, occupation)"
-    return None
-
-
-def _needs_titles(data: FamilyData) -> str | None:
-    return None if data.meta.title else "no item has a title (CSV: --title_col, or --items_file)"
-
-
-def _seqrec_train_targets(data: FamilyData) -> int:
-    from flanrec.data import splits as splits_lib
-
-    return int(_opt(data, "seqrec_tilings", ex_lib.SEQREC_TILINGS)) * \
-        splits_lib.count_train_windows(data.split)
-
-
-def _register_builtins() -> None:
-    def builtin(name: str, target_kind: str, templates: tuple[str, ...], **kw: Any) -> None:
-        register(Family(name=name, target_kind=target_kind, examples=_builtin_examples(name),
-                        count=_builtin_count(name), template_families=templates, **kw))
-
-    # seq is uncapped in mixtures: it is the task the ml100k-loo numbers are reported on;
-    # the auxiliary families are capped so that they support rather than swamp it.
-    builtin("seq", "item", ("seq",), mixture_cap=None)
-    # Targets: a run of item IDs without EOS (the decoder continues from one item to the
-    # next); inference ranks the last item after feeding the others as a prefix.
-    builtin("seqrec", "item", ("seqrec",), targets_eos=False, target_layout="item_sequence",
-            mixture_cap=None, train_targets=_seqrec_train_targets)
-    builtin("direct", "item", ("direct",),
-            extra_features={"user": "string", "target_item": "string",
-                            "candidates": "string_list"})
-    builtin("rating", "rating", ("rating",), indexed=False, unavailable=_needs_ratings)
-    builtin("binary", "binary", ("binary",), indexed=False, unavailable=_needs_ratings)
-    builtin("grounding", "text", ("id2title", "title2id", "id2genres"), splits=("train",),
-            unseen_eval=False, unavailable=_needs_titles)
-    builtin("profile", "text", ("profile_attr", "profile_rec"), indexed=False,
-            unavailable=_needs_users)
-
-
-_register_builtins()
-BUILTIN_FAMILIES = tuple(names())
