@@ -341,8 +341,11 @@ def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLi
         _write_json(tmp / GENERATION_CONFIG_FILE, generation_config_dict(cfg))
         if vocabulary is not None:
             vocab_files.write_vocabulary(vocabulary, tmp)
-            for name, text in hf_tokenizer.tokenizer_files(vocabulary).items():
-                (tmp / name).write_text(text, encoding="utf-8")
+            for name, content in hf_tokenizer.tokenizer_files(vocabulary).items():
+                if isinstance(content, bytes):
+                    (tmp / name).write_bytes(content)
+                else:
+                    (tmp / name).write_text(content, encoding="utf-8")
         make_readable(tmp)
         if out.exists():
             out.rmdir()  # empty, checked above

@@ -1,0 +1,222 @@
+"""Trust, round 2, interop: the HF export's tokenizer gives the task vocabulary's ids on every
+text (generated adversarial text, and every rendered example of a prepared data set); the
+export-time check probes natural text and stays quiet when it matches."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import seqio
+import tokenizers
+import transformers
+from test_convert_hf_tokenizer import ITEM_TOKENS, _export, _vocabularies
+
+from flanrec.convert import hf_tokenizer
+
+# Characters and strings a careless or hostile user types: every ASCII punctuation mark,
+# digits, whitespace of several kinds (tab, NBSP, ideographic space, zero-width space, a
+# typed "▁"), accented Latin (precomposed and combining), CJK, Cyrillic, emoji (with skin
+# tone, ZWJ family, flag), compatibility forms (fullwidth, ligatures, halfwidth katakana),
+# item-ID tokens, extra ids and the names of pieces seqio never matches in text.
+_POOLS: dict[str, list[str] | str] = {
+    "ascii": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    "digits": "0123456789",
+    "punct": "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+    "space": [" ", "  ", "   ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "\u2003", "\u200b",
+              "\u2581", "\u1680", "\u2028", "\ufeff"],
+    "latin": "àáâãäåæçèéêëìíîïñòóôõöøùúûüýÿÀÉÎÕÜßœŒŁłŠšŽžĞğİıȘș",
+    "combining": ["e\u0301", "a\u0308", "n\u0303", "\u0301", "o\u0302\u0323", "A\u030a"],
+    "cjk": "東京物語千と尋の神隠しこんにちは한국어中文字",
+    "cyrillic": "МоскваслезамневеритЖЁё",
+    "other": ["🎬", "👍🏽", "👨\u200d👩\u200d👧", "🇫🇷", "ﬁ", "ＡＢＣ", "１２３", "①", "™", "½", "…",
+              "—", "–", "“", "”", "‘", "’", "«", "»", "€", "\u00ad", "\ufffd", "ǅ", "Ⅻ", "㎏",
+              "ｶﾞ", "\U0001d400"],
+    "items": ITEM_TOKENS,
+    "specials": ["<extra_id_0>", " <extra_id_3>", "<extra_id_99>", "</s>", "<pad>", "<unk>",
+                 "<0x41>", "<0xC3>", "<s>", "<flanrec_unused_7>"],
+    "words": ["Predict", "user", "7's", "rating", "of", "313", "(Titanic", "(1997))", "on", "a",
+              "scale", "from", "1", "to", "5;", "don't", "movie", "watched", "Which", "next?",
+              "Ünïcödé", "~", "[brackets]", "{braces}", "1682", "café", "naïve"],
+}
+ISSUE_TEXTS = [
+    "Predict user 7's rating of 313 (Titanic (1997)) on a scale from 1 to 5; semicolons; don't.",
+    "Ünïcödé ~ [brackets] {braces} 1682 <c17>",
+    "", " ", "\u2581", "a\u2581", "\u2581a", "   leading and trailing   ",
+]
+
+
+def generated_texts(n: int, seed: int = 24) -> list[str]:
+    """`n` texts of 1-14 random parts from `_POOLS`, half of them followed by a space."""
+    rng = random.Random(seed)
+    kinds = list(_POOLS)
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 14)):
+            pool = _POOLS[rng.choice(kinds)]
+            if isinstance(pool, str):
+                parts.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 6))))
+            else:
+                parts.append(rng.choice(pool))
+            if rng.random() < 0.5:
+                parts.append(" ")
+        out.append("".join(parts))
+    return out
+
+
+def _has_marks(text: str) -> bool:
+    """Combining marks (or the halfwidth voiced marks, which extend a grapheme cluster)."""
+    return any(unicodedata.category(c).startswith("M") or c in "\uff9e\uff9f" for c in text)
+
+
+@pytest.fixture(scope="module")
+def spm_models(tmp_path_factory) -> dict[str, str]:
+    """The two models of test_convert_hf_tokenizer (with and without item symbols)."""
+    from test_convert_hf_tokenizer import TITLES, _instructions
+
+    from flanrec.data.vocab import train_sentencepiece
+
+    root = tmp_path_factory.mktemp("spm")
+    texts = _instructions(seed=0, n=400) + TITLES * 5
+    return {
+        "trained": train_sentencepiece(texts, str(root / "items.model"), vocab_size=600,
+                                       user_defined_symbols=ITEM_TOKENS),
+        "base": train_sentencepiece(texts, str(root / "base.model"), vocab_size=600),
+    }
+
+
+def _fast(out: Path) -> tokenizers.Tokenizer:
+    """tokenizer.json as a serving stack reads it (special tokens in text are text)."""
+    tok = tokenizers.Tokenizer.from_file(str(out / hf_tokenizer.TOKENIZER_FILE))
+    tok.encode_special_tokens = True
+    return tok
+
+
+@pytest.mark.parametrize("kind", ["trained", "slots"])
+def test_generated_texts_get_the_task_ids(spm_models, tmp_path, caplog, kind):
+    vocab = _vocabularies(spm_models)[kind]
+    with caplog.at_level(logging.WARNING, logger="flanrec.convert.hf_tokenizer"):
+        out = _export(vocab, tmp_path / "export")
+    # Natural probe texts: both files agree, nothing to warn about.
+    assert not [r for r in caplog.records if r.name.startswith("flanrec.convert")]
+    texts = ISSUE_TEXTS + generated_texts(1200)
+    ours = [[int(i) for i in vocab.encode(t)] for t in texts]
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    assert len(tok) == vocab.vocab_size
+    theirs = tok(texts, add_special_tokens=False)["input_ids"]
+    wrong = [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
+    assert not wrong, wrong[:3]
+    # As seqio's tasks do: EOS (1) appended; pad 0; "</s>" typed in text is text.
+    assert tok(texts[0])["input_ids"] == ours[0] + [1]
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    assert tok("</s>", add_special_tokens=False)["input_ids"] == list(vocab.encode("</s>"))
+    plain = "User 7 watched Toy Story (1995) <c3><c17>, then <c5>"
+    assert tok.decode(tok(plain)["input_ids"], skip_special_tokens=True) == plain
+
+    # tokenizer.json (the tokenizers library, as TGI and PreTrainedTokenizerFast read it):
+    # the same ids except where the module doc says the library cannot follow SentencePiece,
+    # and `differences` names exactly those texts with their cause.
+    fast = [e.ids for e in _fast(out).encode_batch(texts, add_special_tokens=False)]
+    differ = {t for t, a, b in zip(texts, ours, fast) if a != b}
+    found = dict(hf_tokenizer.differences(vocab, texts))
+    assert set(found) == differ
+    assert len(differ) < len(texts) // 5
+    for text, why in found.items():
+        if "normalizes" in why:
+            assert _has_marks(text), text
+        else:
+            assert "equal score" in why, (text, why)
+    clean = [t for t in texts if not _has_marks(t)]
+    assert sum(t in differ for t in clean) <= len(clean) // 100  # ties only
+    assert all(t not in differ for t in ISSUE_TEXTS)
+    fast_hf = transformers.PreTrainedTokenizerFast.from_pretrained(str(out))
+    assert fast_hf(ISSUE_TEXTS[:2], add_special_tokens=False)["input_ids"] == ours[:2]
+    assert fast_hf.decode(fast[0]) == texts[0]
+
+
+def test_export_warns_when_natural_text_differs(spm_models, tmp_path, caplog):
+    """The check encodes its probes with both tokenizers and names the first that differs."""
+    vocab = _vocabularies(spm_models)["trained"]
+    texts = hf_tokenizer.probe_texts(vocab) + ["decomposed accents: Vie\u0302\u0323t Nam"]
+    with caplog.at_level(logging.WARNING, logger="flanrec.convert.hf_tokenizer"):
+        messages = hf_tokenizer.warn_differences(vocab, texts, "HF export")
+    assert len(messages) == 1 and f"1 of {len(texts)} probe texts" in messages[0]
+    assert "Vie\u0302\u0323t" in caplog.text and "grapheme" in caplog.text
+    # Probe texts are natural: item tokens appear as rendered text shows them, no "▁".
+    assert not any("\u2581" in t for t in hf_tokenizer.probe_texts(vocab))
+
+
+@pytest.fixture(scope="module")
+def small_prepared(ml100k_dir: Path, tmp_path_factory) -> Path:
+    """`prepare --train_vocab` on the first 12 users of MovieLens-100K (all items' titles)."""
+    from flanrec.prepare import PrepareOptions, prepare
+
+    raw = tmp_path_factory.mktemp("raw-small")
+    lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()
+    keep = [ln for ln in lines[1:] if int(ln.split("\t")[0]) <= 12]
+    (raw / "ml-100k.inter").write_text("\n".join([lines[0], *keep]) + "\n")
+    for suffix in ("item", "user"):
+        (raw / f"ml-100k.{suffix}").write_bytes((ml100k_dir / f"ml-100k.{suffix}").read_bytes())
+    out = tmp_path_factory.mktemp("prepared-small") / "ml-100k-small"
+    prepare(PrepareOptions(dataset="ml-100k", out=str(out), raw_dir=str(raw), train_vocab=True,
+                           vocab_size=1500, allow_download=False, num_shards=1),
+            log=lambda msg: None)
+    return out
+
+
+def test_every_rendered_example_of_a_prepared_dir(small_prepared, tmp_path, caplog):
+    """Every example of every task and split, as the seqio task tokenized it for training,
+    against the export's AutoTokenizer (and tokenizer.json) on the task's own text."""
+    import tasks
+
+    from flanrec.data import vocab as vocab_lib
+
+    vocab = vocab_lib.vocabulary_for_prepared(str(small_prepared))
+    with caplog.at_level(logging.WARNING, logger="flanrec.convert.hf_tokenizer"):
+        out = _export(vocab, tmp_path / "export")
+    assert not [r for r in caplog.records if r.name.startswith("flanrec.convert")]
+    names = tasks.register_prepared(str(small_prepared), prefix="trust2_interop")
+    try:
+        texts, task_ids = [], []
+        for name in names:
+            task = seqio.get_mixture_or_task(name)
+            if not isinstance(task, seqio.Task):
+                continue
+            for split in task.splits:
+                ds = task.get_dataset(sequence_length=None, split=split, shuffle=False)
+                for ex in ds.as_numpy_iterator():
+                    for key in ("inputs", "targets"):
+                        ids = [int(i) for i in ex[key]]
+                        texts.append(ex[f"{key}_pretokenized"].decode())
+                        task_ids.append(ids[:-1] if ids and ids[-1] == 1 else ids)
+    finally:
+        for name in names:
+            seqio.MixtureRegistry.remove(name)
+            seqio.TaskRegistry.remove(name)
+    assert len(texts) > 2000
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    theirs = tok(texts, add_special_tokens=False)["input_ids"]
+    python_sp = [[int(i) for i in vocab.encode(t)] for t in texts]
+    # AutoTokenizer is SentencePiece on the task's proto: seqio's `encode`, every text.
+    assert theirs == python_sp
+    # The task's ids come from seqio's `encode_tf` (tensorflow-text's own SentencePiece
+    # build); where that breaks an exact tie between two segmentations otherwise than the
+    # sentencepiece package ("(555)": "5"+"55" or "55"+"5"), seqio disagrees with itself.
+    # Anything else is a difference the export made.
+    wrong = [(t, a, b) for t, a, b, c in zip(texts, task_ids, theirs, python_sp)
+             if a != b and a == c]
+    assert not wrong, (len(wrong), wrong[:2])
+    assert sum(a != b for a, b in zip(task_ids, theirs)) <= len(texts) // 1000
+    fast = [e.ids for e in _fast(out).encode_batch(texts, add_special_tokens=False)]
+    differ = [t for t, a, b in zip(texts, python_sp, fast) if a != b]
+    assert len(differ) <= len(texts) // 1000, differ[:3]  # at most a float tie or two
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+        "SentencePieceBackend")
+    assert np.array_equal(np.asarray(tok(texts[0])["input_ids"][-1]), 1)
