@@ -111,7 +111,7 @@ def test_generated_texts_get_the_task_ids(spm_models, tmp_path, caplog, kind):
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     assert len(tok) == vocab.vocab_size
     theirs = tok(texts, add_special_tokens=False)["input_ids"]
-    wrong = [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
+    wrong = [(t, a, b) for t, a, b in zip(texts, ours, theirs, strict=True) if a != b]
     assert not wrong, wrong[:3]
     # As seqio's tasks do: EOS (1) appended; pad 0; "</s>" typed in text is text.
     assert tok(texts[0])["input_ids"] == ours[0] + [1]
@@ -124,7 +124,7 @@ def test_generated_texts_get_the_task_ids(spm_models, tmp_path, caplog, kind):
     # the same ids except where the module doc says the library cannot follow SentencePiece,
     # and `differences` names exactly those texts with their cause.
     fast = [e.ids for e in _fast(out).encode_batch(texts, add_special_tokens=False)]
-    differ = {t for t, a, b in zip(texts, ours, fast) if a != b}
+    differ = {t for t, a, b in zip(texts, ours, fast, strict=True) if a != b}
     found = dict(hf_tokenizer.differences(vocab, texts))
     assert set(found) == differ
     assert len(differ) < len(texts) // 5
@@ -175,7 +175,6 @@ def test_every_rendered_example_of_a_prepared_dir(small_prepared, tmp_path, capl
     """Every example of every task and split, as the seqio task tokenized it for training,
     against the export's AutoTokenizer (and tokenizer.json) on the task's own text."""
     import tasks
-
     from flanrec.data import vocab as vocab_lib
 
     vocab = vocab_lib.vocabulary_for_prepared(str(small_prepared))
@@ -210,12 +209,12 @@ def test_every_rendered_example_of_a_prepared_dir(small_prepared, tmp_path, capl
     # build); where that breaks an exact tie between two segmentations otherwise than the
     # sentencepiece package ("(555)": "5"+"55" or "55"+"5"), seqio disagrees with itself.
     # Anything else is a difference the export made.
-    wrong = [(t, a, b) for t, a, b, c in zip(texts, task_ids, theirs, python_sp)
+    wrong = [(t, a, b) for t, a, b, c in zip(texts, task_ids, theirs, python_sp, strict=True)
              if a != b and a == c]
     assert not wrong, (len(wrong), wrong[:2])
-    assert sum(a != b for a, b in zip(task_ids, theirs)) <= len(texts) // 1000
+    assert sum(a != b for a, b in zip(task_ids, theirs, strict=True)) <= len(texts) // 1000
     fast = [e.ids for e in _fast(out).encode_batch(texts, add_special_tokens=False)]
-    differ = [t for t, a, b in zip(texts, python_sp, fast) if a != b]
+    differ = [t for t, a, b in zip(texts, python_sp, fast, strict=True) if a != b]
     assert len(differ) <= len(texts) // 1000, differ[:3]  # at most a float tie or two
     assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == (
         "SentencePieceBackend")

@@ -194,7 +194,7 @@ def tokenizer_json(vocab: Any) -> dict[str, Any]:
             {"type": "Strip", "content": " ", "start": 1 if norm.add_dummy_prefix else 0,
              "stop": 0}]},
         "model": {"type": "Unigram", "unk_id": spec.unk_id,
-                  "vocab": [[p.piece, s] for p, s in zip(pieces, _scores(proto))],
+                  "vocab": [[p.piece, s] for p, s in zip(pieces, _scores(proto), strict=True)],
                   "byte_fallback": bool(spec.byte_fallback)},
     }
 
@@ -227,11 +227,16 @@ def tokenizer_files(vocab: Any) -> dict[str, str | bytes]:
 
 
 def layout_problems(vocab: Any) -> list[str]:
-    """Settings of the SentencePiece proto that tokenizer.json cannot follow (tokenizer.model,
-    read by SentencePiece itself, follows all of them)."""
+    """Settings of the SentencePiece proto that the export cannot follow: T5's special ids
+    (everywhere), and what tokenizer.json cannot mirror (tokenizer.model, read by SentencePiece
+    itself, follows all of those)."""
     proto = _proto(vocab)
     spec, norm = proto.trainer_spec, proto.normalizer_spec
     problems = []
+    if (spec.pad_id, spec.eos_id, spec.unk_id) != (0, 1, 2):
+        problems.append(f"pad/eos/unk ids are {spec.pad_id}/{spec.eos_id}/{spec.unk_id}, "
+                        "not T5's 0/1/2 (seqio pads with 0, the export's config.json and "
+                        "generation_config.json say pad 0, EOS 1)")
     if spec.model_type != _UNIGRAM:
         problems.append(f"the SentencePiece model type is {spec.model_type}, not unigram; "
                         "tokenizer.json holds a unigram model")
@@ -266,7 +271,7 @@ def differences(vocab: Any, texts: Iterable[str]) -> list[tuple[str, str]]:
     def total(ids: list[int]) -> float:
         return sum(scores[i] for i in ids if i not in byte_ids and i < len(scores))
 
-    for text, enc in zip(texts, tok.encode_batch(texts, add_special_tokens=False)):
+    for text, enc in zip(texts, tok.encode_batch(texts, add_special_tokens=False), strict=True):
         ours = [int(i) for i in vocab.encode(text)]
         if enc.ids == ours:
             continue
@@ -277,7 +282,7 @@ def differences(vocab: Any, texts: Iterable[str]) -> list[tuple[str, str]]:
             why = ("two segmentations of equal score, a tie SentencePiece breaks by its "
                    "float32 rounding and tokenizers (float64) the other way")
         else:
-            first = next((k for k, (a, b) in enumerate(zip(ours, enc.ids)) if a != b),
+            first = next((k for k, (a, b) in enumerate(zip(ours, enc.ids, strict=False)) if a != b),
                          min(len(ours), len(enc.ids)))
             why = f"the ids differ from position {first} on"
         out.append((text, why))
