@@ -7,7 +7,6 @@ tests/test_trust2_interop.py adds generated adversarial text and a prepared data
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
