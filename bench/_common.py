@@ -174,8 +174,10 @@ def append_result(record: dict[str, Any], path: Path | None = None) -> Path:
 
 def last_result(bench: str, path: Path | None = None, **match: Any) -> dict[str, Any] | None:
     """The newest record of `bench` whose top-level fields equal `match` (or None): from the
-    run results (`results_path`), else from the tracked `RESULTS`."""
-    for candidate in dict.fromkeys([results_path(path), RESULTS]):
+    results file a run appends to (`results_path`); by default, when that has none, from the
+    tracked `RESULTS`."""
+    explicit = path or os.environ.get("FLANREC_BENCH_RESULTS")
+    for candidate in [results_path(path)] if explicit else [RUN_RESULTS, RESULTS]:
         if not candidate.exists():
             continue
         found = None

@@ -117,6 +117,9 @@ def test_generated_texts_get_the_task_ids(spm_models, tmp_path, caplog, kind):
     assert tok(texts[0])["input_ids"] == ours[0] + [1]
     assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
     assert tok("</s>", add_special_tokens=False)["input_ids"] == list(vocab.encode("</s>"))
+    short = [int(i) for i in vocab.encode("a")] + [1]
+    padded = tok(["a", "User 7 watched Toy Story"], padding=True)["input_ids"]
+    assert padded[0] == short + [0] * (len(padded[1]) - len(short))  # seqio pads with 0
     plain = "User 7 watched Toy Story (1995) <c3><c17>, then <c5>"
     assert tok.decode(tok(plain)["input_ids"], skip_special_tokens=True) == plain
 
@@ -155,12 +158,12 @@ def test_export_warns_when_natural_text_differs(spm_models, tmp_path, caplog):
 
 @pytest.fixture(scope="module")
 def small_prepared(ml100k_dir: Path, tmp_path_factory) -> Path:
-    """`prepare --train_vocab` on the first 12 users of MovieLens-100K (all items' titles)."""
+    """`prepare --train_vocab` on the first 8 users of MovieLens-100K (all items' titles)."""
     from flanrec.prepare import PrepareOptions, prepare
 
     raw = tmp_path_factory.mktemp("raw-small")
     lines = (ml100k_dir / "ml-100k.inter").read_text().splitlines()
-    keep = [ln for ln in lines[1:] if int(ln.split("\t")[0]) <= 12]
+    keep = [ln for ln in lines[1:] if int(ln.split("\t")[0]) <= 8]
     (raw / "ml-100k.inter").write_text("\n".join([lines[0], *keep]) + "\n")
     for suffix in ("item", "user"):
         (raw / f"ml-100k.{suffix}").write_bytes((ml100k_dir / f"ml-100k.{suffix}").read_bytes())
@@ -171,6 +174,7 @@ def small_prepared(ml100k_dir: Path, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # ~25 seqio pipelines (7 tasks x their splits), about a second each
 def test_every_rendered_example_of_a_prepared_dir(small_prepared, tmp_path, caplog):
     """Every example of every task and split, as the seqio task tokenized it for training,
     against the export's AutoTokenizer (and tokenizer.json) on the task's own text."""
@@ -199,7 +203,7 @@ def test_every_rendered_example_of_a_prepared_dir(small_prepared, tmp_path, capl
         for name in names:
             seqio.MixtureRegistry.remove(name)
             seqio.TaskRegistry.remove(name)
-    assert len(texts) > 2000
+    assert len(texts) > 1500
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     theirs = tok(texts, add_special_tokens=False)["input_ids"]
     python_sp = [[int(i) for i in vocab.encode(t)] for t in texts]
