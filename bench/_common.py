@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# The curated, tracked record (a line is copied in by hand when a result is kept).
 RESULTS = REPO / "bench" / "results.jsonl"
+# Where runs append by default: untracked (/runs/ is gitignored), so a benchmark run never
+# dirties the checkout. $FLANREC_BENCH_RESULTS names another file.
+RUN_RESULTS = REPO / "runs" / "bench" / "results.jsonl"
+
+
+def results_path(path: Path | str | None = None) -> Path:
+    """The file a run appends to: `path`, else $FLANREC_BENCH_RESULTS, else `RUN_RESULTS`."""
+    return Path(path or os.environ.get("FLANREC_BENCH_RESULTS") or RUN_RESULTS)
 
 
 # ----------------------------------------------------------------------------- machine
@@ -147,9 +156,10 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
 
 
 def append_result(record: dict[str, Any], path: Path | None = None) -> Path:
-    """Append one JSON line to the results file, atomically (`flanrec.storage.write_atomic`), so an
-    interrupted run never leaves a half-written line behind."""
-    path = Path(path or os.environ.get("FLANREC_BENCH_RESULTS") or RESULTS)
+    """Append one JSON line to the results file (`results_path`), atomically
+    (`flanrec.storage.write_atomic`), so an interrupted run never leaves a half-written line
+    behind."""
+    path = results_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"time_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "machine": machine(), **record}
@@ -163,18 +173,23 @@ def append_result(record: dict[str, Any], path: Path | None = None) -> Path:
 
 
 def last_result(bench: str, path: Path | None = None, **match: Any) -> dict[str, Any] | None:
-    """The newest record of `bench` whose top-level fields equal `match` (or None)."""
-    path = Path(path or os.environ.get("FLANREC_BENCH_RESULTS") or RESULTS)
-    if not path.exists():
-        return None
-    found = None
-    for line in path.read_text().splitlines():
-        if not line.strip():
+    """The newest record of `bench` whose top-level fields equal `match` (or None): from the
+    results file a run appends to (`results_path`); by default, when that has none, from the
+    tracked `RESULTS`."""
+    explicit = path or os.environ.get("FLANREC_BENCH_RESULTS")
+    for candidate in [results_path(path)] if explicit else [RUN_RESULTS, RESULTS]:
+        if not candidate.exists():
             continue
-        rec = json.loads(line)
-        if rec.get("bench") == bench and all(rec.get(k) == v for k, v in match.items()):
-            found = rec
-    return found
+        found = None
+        for line in candidate.read_text().splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if rec.get("bench") == bench and all(rec.get(k) == v for k, v in match.items()):
+                found = rec
+        if found is not None:
+            return found
+    return None
 
 
 def quiet_logs() -> None:

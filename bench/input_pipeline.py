@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"{args.inputs}/{args.targets} tokens, {os.cpu_count()} cores", header,
                         rows)
     for preset, (eps, shape) in consumers.items():
-        print(f"train step consumption ({preset}, {shape}, from {_common.RESULTS.name}): "
+        print(f"train step consumption ({preset}, {shape}, from the results file): "
               f"{eps:.3g} examples/s")
     record = {"bench": "input_pipeline", "task": args.task, "lengths": lengths,
               "experiment": args.experiment,

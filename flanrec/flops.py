@@ -83,3 +83,14 @@ def peak_flops_total(peak_flops_per_device: float | None = None,
     if devices[0].platform == "cpu":
         return measure_matmul_flops() * jax.process_count(), "measured fp32 matmul"
     return float("nan"), f"unknown device kind {kind!r}"
+
+
+def utilisation(achieved_flops: float, peak_flops: float) -> float:
+    """`achieved / peak`, or NaN when that would exceed 1: a rate above the peak proves the
+    peak wrong (a probe taken under load, a gin value too low), and a utilisation above 100%
+    must never be printed. Callers with a measured peak raise it to the achieved rate first
+    (`Throughput`, bench/train_throughput.py)."""
+    if not (peak_flops > 0) or achieved_flops > peak_flops * (1 + 1e-9):
+        return float("nan")
+    return achieved_flops / peak_flops
+

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.abc
+import importlib.machinery
 import logging
 import os
 import re
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from flanrec.errors import UserError
 
@@ -184,11 +187,63 @@ def load_tensorflow(verbose: bool) -> None:
             pass
 
 
-def setup_logging(verbose: bool, stream: object = None) -> None:
+class _BelowWarning(logging.Filter):
+    """Keeps INFO and DEBUG records: the progress stream (stdout)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Makes a later `import tensorflow` (by seqio, tf.io.gfile, ...) in a job that did not
+    load TF at start as quiet as `load_tensorflow`: TF's C++ start-up lines are printed while
+    the module executes, before any flag or log level of ours could reach them."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once: the real finders do the rest
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any):
+        self._loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        with filtered_stderr():
+            self._loader.exec_module(module)
+            try:  # the first device query prints CUDA notices too; JAX owns accelerators
+                module.config.set_visible_devices([], "GPU")
+            except (AttributeError, RuntimeError, ValueError):
+                pass
+
+
+def quiet_later_tensorflow(verbose: bool) -> None:
+    """Install `_QuietTensorFlowImport` unless TF is imported already (or `verbose`)."""
+    if verbose or "tensorflow" in sys.modules:
+        return
+    if not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+def setup_logging(verbose: bool, stream: object = None, error_stream: object = None) -> None:
     """flanrec's loggers at INFO; third-party ones at WARNING minus known noise (INFO and
-    unfiltered with `verbose`). Log lines go to stdout, errors of the front end to stderr."""
-    logging.basicConfig(level=logging.INFO, stream=stream or sys.stdout, force=True,
-                        format=LOG_FORMAT)
+    unfiltered with `verbose`). INFO lines go to stdout (progress a user may pipe or tee);
+    warnings and errors (integrity, convert caveats, the front end's one-line errors) to
+    stderr, so they are seen even when stdout is redirected."""
+    out = logging.StreamHandler(stream or sys.stdout)
+    out.addFilter(_BelowWarning())
+    err = logging.StreamHandler(error_stream or sys.stderr)
+    err.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.INFO, force=True, format=LOG_FORMAT, handlers=[out, err])
     root = logging.getLogger()
     if not verbose:
         for handler in root.handlers:
@@ -209,6 +264,8 @@ def configure(verbose: bool, tensorflow: bool = True) -> None:
     setup_logging(verbose)
     if tensorflow:
         load_tensorflow(verbose)
+    else:
+        quiet_later_tensorflow(verbose)
 
 
 def report_user_error(prog: str, error: BaseException, verbose: bool) -> int:

@@ -19,7 +19,8 @@ T5X itself (google-research/t5x: `models.compute_base_metrics`, `trainer.apply_g
 `timing/evaluate_seconds`              wall time of one validation pass
 =====================================  =========================================================
 
-flanrec's own extras, which T5X does not log: `mfu` (model FLOPs utilisation),
+flanrec's own extras, which T5X does not log: `mfu` (model FLOPs utilisation; left out when
+no trustworthy peak is known), `timing/flops_per_second` (achieved model FLOP/s),
 `grad_norm`, `param_norm`, `timing/nonpadding_target_tokens_per_second` and
 `timing/eta_seconds`. Validation writes `loss`, `cross_ent_loss`, `z_loss` and `accuracy` under
 `MODEL_DIR/validation`.
@@ -69,8 +70,11 @@ def train_scalars(window: Mapping[str, float], rates: Mapping[str, float], *,
             "timing/target_tokens_per_second_per_core": steps * positions / cores,
             "timing/nonpadding_target_tokens_per_second": rates["target_tokens_per_sec"],
             "timing/eta_seconds": rates["eta_sec"],
-            "mfu": rates["mfu"],
         })
+        if rates.get("mfu", float("nan")) == rates.get("mfu"):  # NaN: no trustworthy peak
+            out["mfu"] = rates["mfu"]
+        if "flops_per_sec" in rates:
+            out["timing/flops_per_second"] = rates["flops_per_sec"]
     return out
 
 

@@ -333,7 +333,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                                             lengths["targets"])
     peak, peak_source = flops.peak_flops_total()
     log.info("%.3g model FLOPs per step; peak %.3g FLOP/s (%s)", step_flops, peak, peak_source)
-    meter = trainer.Throughput(step_flops, peak, batch, train_steps)
+    meter = trainer.Throughput(step_flops, peak, batch, train_steps,
+                               peak_measured=peak_source.startswith("measured"))
     from clu import metric_writers
 
     quiet = jax.process_index() > 0
@@ -436,12 +437,14 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                         num_devices=jax.device_count()))
                     log.info("step %d/%d | loss %.4f | token acc %.2f%% | lr %.3g | "
                              "grad norm %.3g | %.1f examples/s | %.0f target tokens/s | "
-                             "MFU %.2f%% | ETA %s", step, train_steps, last_train["loss"],
+                             "%.3g FLOP/s (MFU %s) | ETA %s", step, train_steps,
+                             last_train["loss"],
                              100 * last_train["accuracy"], last_train["learning_rate"],
                              last_train["grad_norm"],
                              last_train.get("examples_per_sec", float("nan")),
                              last_train.get("target_tokens_per_sec", float("nan")),
-                             100 * last_train.get("mfu", float("nan")),
+                             last_train.get("flops_per_sec", float("nan")),
+                             trainer.format_mfu(last_train.get("mfu", float("nan"))),
                              format_eta(last_train.get("eta_sec", float("nan"))))
             ranked: dict[str, float] = {}
             if eval_now:

@@ -14,6 +14,7 @@ cannot change (it is never an output of the step).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,10 +27,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flanrec import losses, partitioning
+from flanrec import flops, losses, partitioning
 from flanrec.model import hash_prng
 from flanrec.model.config import T5Config
 from flanrec.peft import params as peft_params
+
+log = logging.getLogger(__name__)
 
 Batch = Mapping[str, jax.Array]
 _norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
@@ -274,18 +277,32 @@ def check_token_ids(batch: Mapping[str, np.ndarray], vocab_size: int, where: str
                              "vocabulary match the model config (vocab_size)?")
 
 
+def format_mfu(mfu: float) -> str:
+    """"41.27%", or "n/a" when there is no trustworthy utilisation (see `Throughput`)."""
+    return f"{100 * mfu:.2f}%" if mfu == mfu and 0 <= mfu <= 1 else "n/a"
+
+
 class Throughput:
-    """Examples/s, target tokens/s, MFU and ETA over the interval since the last report.
+    """Examples/s, target tokens/s, achieved FLOP/s, MFU and ETA over the interval since the
+    last report.
 
     The clock starts after the first step has finished, so compilation never counts.
+
+    A `peak_measured` peak (CPU: a matmul probed once at start-up, under whatever load the
+    machine had then) is a floor of the true peak, not the peak: when training itself runs
+    faster, the peak is raised to the achieved rate (said once in the log), so MFU stays at
+    most 100%. A datasheet or gin peak is never raised: a rate above it means the figure is
+    wrong, and MFU is NaN (not printed) rather than above 100%.
     """
 
     def __init__(self, flops_per_step: float, peak_flops: float, global_batch: int,
-                 total_steps: int) -> None:
+                 total_steps: int, peak_measured: bool = False) -> None:
         self.flops_per_step = flops_per_step
         self.peak_flops = peak_flops
+        self.peak_measured = peak_measured
         self.global_batch = global_batch
         self.total_steps = total_steps
+        self._said: set[str] = set()
         self._t0: float | None = None
         self._step0 = 0
         self._tokens = 0.0
@@ -302,11 +319,27 @@ class Throughput:
         dt = time.perf_counter() - self._t0
         steps = step - self._step0
         sec_per_step = dt / steps
+        achieved = self.flops_per_step * steps / dt
+        if achieved > self.peak_flops:
+            if self.peak_measured:
+                if "raised" not in self._said:
+                    self._said.add("raised")
+                    log.info("training runs at %.3g FLOP/s, above the matmul peak measured at "
+                             "start-up (%.3g, under load then): MFU is taken against the "
+                             "highest rate seen", achieved, self.peak_flops)
+                self.peak_flops = achieved
+            elif "above" not in self._said:
+                self._said.add("above")
+                log.warning("training runs at %.3g FLOP/s, above the peak %.3g FLOP/s it was "
+                            "given: the peak figure is wrong, MFU is not reported (set "
+                            "flops.peak_flops_total.peak_flops_per_device)", achieved,
+                            self.peak_flops)
         out = {
             "examples_per_sec": self.global_batch * steps / dt,
             "target_tokens_per_sec": self._tokens / dt,
             "steps_per_sec": steps / dt,
-            "mfu": self.flops_per_step * steps / dt / self.peak_flops,
+            "flops_per_sec": achieved,
+            "mfu": flops.utilisation(achieved, self.peak_flops),
             "eta_sec": sec_per_step * max(self.total_steps - step, 0),
         }
         self.start(step)

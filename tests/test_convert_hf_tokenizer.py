@@ -1,13 +1,12 @@
-"""The HF export's tokenizer: transformers' `AutoTokenizer` and `T5TokenizerFast` load it and
-give the ids of the task's seqio vocabulary, for a vocabulary trained here the way
-`prepare --train_vocab` trains it (item-ID tokens as user-defined symbols, byte fallback)
-and for item tokens placed on extra-id / padding rows (`ItemTokenVocabulary`, how Flan-T5's
-own vocabulary gets them). Where transformers cannot agree (byte fallback), the export says
-so, and the prediction of which texts differ is checked against transformers itself."""
+"""The HF export's tokenizer: transformers' `AutoTokenizer` (SentencePiece on the task's
+proto) and `PreTrainedTokenizerFast` (tokenizer.json) load it and give the ids of the task's
+seqio vocabulary, for a vocabulary trained here the way `prepare --train_vocab` trains it
+(item-ID tokens as user-defined symbols, byte fallback) and for item tokens placed on
+extra-id / padding rows (`ItemTokenVocabulary`, how Flan-T5's own vocabulary gets them).
+tests/test_trust2_interop.py adds generated adversarial text and a prepared data set."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -102,49 +101,44 @@ def test_autotokenizer_gives_the_task_ids(spm_models, tmp_path, caplog, kind):
     with caplog.at_level(logging.WARNING, logger="flanrec.convert.hf_tokenizer"):
         out = _export(vocab, tmp_path / "export")
     names = {p.name for p in out.iterdir()}
-    assert {"spiece.model", "tokenizer.json", "tokenizer_config.json",
+    assert {"spiece.model", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "generation_config.json"} <= names
-    predicted = dict(hf_tokenizer.differences(vocab, CORPUS))
-    # What cannot agree here is byte fallback (unseen characters), and only that.
-    assert predicted and all("byte-fallback" in why for why in predicted.values())
-    assert "東京物語 (1953) 🎬" in predicted and "<c3><c17>" not in predicted
-    # The export names the first probe text transformers will encode differently.
-    assert "first: " in caplog.text and "byte-fallback" in caplog.text
-    for cls in (transformers.AutoTokenizer, transformers.T5TokenizerFast):
+    # The probe texts encode alike in both tokenizer files: nothing to warn about.
+    assert not [r for r in caplog.records if r.name.startswith("flanrec.convert")]
+    # tokenizer.json differs only where the tokenizers library cannot follow SentencePiece
+    # (the module doc); this corpus has none of those texts.
+    assert hf_tokenizer.differences(vocab, CORPUS) == []
+    for cls in (transformers.AutoTokenizer, transformers.PreTrainedTokenizerFast):
         tok = cls.from_pretrained(str(out))
         assert len(tok) == vocab.vocab_size
-        agree = 0
-        for text in CORPUS:
+        for text in CORPUS:  # byte fallback (CJK, emoji) included
             ours = list(vocab.encode(text))
             theirs = tok(text, add_special_tokens=False)["input_ids"]
-            if text in predicted:
-                assert theirs != ours, (cls.__name__, text)  # the prediction is exact
-            else:
-                assert theirs == ours, (cls.__name__, text, ours, theirs)
-                agree += 1
-        assert agree >= len(CORPUS) - 5
+            assert theirs == ours, (cls.__name__, text, ours, theirs)
         # As seqio's tasks do: EOS (1) appended; pad 0.
         text = CORPUS[0]
         assert tok(text)["input_ids"] == list(vocab.encode(text)) + [1]
         assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
-    if kind == "slots":  # tokens on the extra-id rows: T5Tokenizer keeps the free sentinels
-        config = json.loads((out / "tokenizer_config.json").read_text())
-        assert config["extra_ids"] == 80
-        assert tok.convert_tokens_to_ids("<extra_id_0>") == vocab.encode("<extra_id_0>")[0]
-        assert tok.convert_tokens_to_ids("<c21>") == vocab.token_slots["<c21>"]
+        # seqio's sentinel piece is "▁<extra_id_0>": matched after a space only.
+        sentinel = tok.convert_tokens_to_ids("▁<extra_id_0>")
+        assert sentinel == vocab.encode("<extra_id_0>")[0]
+        assert sentinel not in tok("x<extra_id_0>", add_special_tokens=False)["input_ids"]
+        if kind == "slots":  # item tokens on the extra-id rows
+            assert tok.convert_tokens_to_ids("<c21>") == vocab.token_slots["<c21>"]
 
 
-def test_slot_tokens_need_tokenizer_json(spm_models, tmp_path):
-    """Why the export writes tokenizer.json: item tokens on extra-id / padding rows are not
-    pieces of spiece.model, so a tokenizer built from spiece.model alone cannot know them."""
+def test_slot_tokens_need_the_whole_proto(spm_models, tmp_path):
+    """Why the export writes tokenizer.model (and tokenizer.json) next to spiece.model: item
+    tokens on extra-id / padding rows are not pieces of spiece.model, so a tokenizer built
+    from spiece.model alone cannot know them."""
+    import sentencepiece as spm
+
     vocab = _vocabularies(spm_models)["slots"]
     out = _export(vocab, tmp_path / "export")
     text = "User 7 watched <c3><c21>"
-    with_json = transformers.AutoTokenizer.from_pretrained(str(out))
-    assert with_json(text, add_special_tokens=False)["input_ids"] == list(vocab.encode(text))
-    (out / "tokenizer.json").unlink()
-    without = transformers.AutoTokenizer.from_pretrained(str(out))
-    assert without(text, add_special_tokens=False)["input_ids"] != list(vocab.encode(text))
+    whole = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    alone = spm.SentencePieceProcessor(model_file=str(out / "spiece.model"))
+    assert whole.encode(text) == list(vocab.encode(text)) != alone.encode(text)
 
 
 def test_layout_problems_are_named(tmp_path):

@@ -53,12 +53,14 @@ def test_prepare_default_out_is_where_tasks_look_and_progress_is_shown(tmp_path)
     raw = _grouplens(tmp_path / "raw")
     env = _env(tmp_path)
     # Before: nothing prepared. --list_tasks says at warning level where it looked and how to
-    # prepare it (on the log, stdout), lists nothing of ours, and stderr stays empty.
+    # prepare it (warnings go to stderr, the list to stdout), lists nothing of ours, and
+    # stderr holds nothing else.
     before = _run(["--list_tasks"], env)
     default = tmp_path / "cache" / "prepared" / "ml-100k"
-    assert before.returncode == 0 and before.stderr == "", before.stderr
-    warning = [line for line in before.stdout.splitlines() if " W flanrec.tasks]" in line]
-    assert len(warning) == 1 and str(default) in warning[0], before.stdout
+    assert before.returncode == 0
+    warning = before.stderr.strip().splitlines()
+    assert len(warning) == 1 and " W flanrec.tasks]" in warning[0], before.stderr
+    assert str(default) in warning[0] and " W flanrec" not in before.stdout
     assert "python -m flanrec.prepare --dataset ml-100k" in warning[0]
     assert not any(n.startswith("ml100k_") for n in before.stdout.split())
 

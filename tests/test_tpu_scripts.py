@@ -444,6 +444,7 @@ next() {  # pop the first line of a script file
   local line; line="$(head -n 1 "$dir/$1")"; sed -i 1d "$dir/$1"; printf '%s' "$line"
 }
 case "$*" in
+  *" describe "*acceleratorType*) printf 'v4-32\ttpu-ubuntu2204-base\tTrue\t\n' ;;
   *" describe "*)
     s="$(next states)"
     if [ "$s" = NOT_FOUND ]; then
@@ -492,26 +493,59 @@ def _kinds(cmds: list[list[str]]) -> list[str]:
     return out
 
 
+def _calls(tmp_path: Path) -> list[str]:
+    return (tmp_path / "calls.log").read_text().splitlines()
+
+
 def test_restart_loop_recreates_a_preempted_slice_and_resumes(tmp_path):
     env = fake_gcloud(tmp_path, ["READY", "READY", "PREEMPTED", "CREATING", "READY", "READY",
                                  "READY"], ["RUNNING", "RUNNING", "EXIT 0"])
-    proc = script("launch.sh", *RESTART, "--dry_run", env=env)
+    proc = script("launch.sh", *RESTART, env=env)
     assert proc.returncode == 0, proc.stderr
-    cmds = [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
-    # Printed (not run, --dry_run): launch, then after PREEMPTED delete + create, setup on
-    # the new slice and the same launch again.
-    assert _kinds(cmds) == ["launch", "delete", "create", "tar", "scp", "setup", "launch"]
-    assert cmds[0] == cmds[-1]
-    assert "--accelerator-type=v4-32" in cmds[2] and "--spot" in cmds[2]
-    assert "--worker=all" in cmds[0] and "--worker=all" in cmds[5]
+    calls = _calls(tmp_path)
+    # Launch, then after PREEMPTED delete + create, setup on the new slice and the same
+    # launch again; the describes and worker-0 status queries in between.
+    acts = [c for c in calls if " describe " not in c and "--worker=0" not in c]
+    kinds = [c.split()[3] for c in acts]
+    assert kinds == ["ssh", "delete", "create", "scp", "ssh", "ssh"]
+    assert acts[0] == acts[-1] and "flanrec.train" in acts[0]
+    assert "--accelerator-type=v4-32" in acts[2] and "--spot" in acts[2]
+    assert "--worker=all" in acts[0] and "--worker=all" in acts[4]
     assert "is PREEMPTED: recreating it (restart 1)" in proc.stderr
     assert "the train job finished (exit 0)" in proc.stderr
-    # What the stand-in gcloud really received: only the read-only queries.
-    calls = (tmp_path / "calls.log").read_text().splitlines()
-    assert [c.split()[2] for c in calls] == ["tpu-vm"] * len(calls)
     assert sum(" describe rec-v4 " in c for c in calls) == 7
     assert sum(" ssh rec-v4 " in c and "--worker=0" in c for c in calls) == 3
     assert all("--format=value(state)" in c for c in calls if " describe " in c)
+
+
+def test_restart_as_the_readme_writes_it_recreates_the_slice_as_it_was(tmp_path):
+    """No create.sh flags: the accelerator type, runtime and spot come from the slice."""
+    env = fake_gcloud(tmp_path, ["READY", "PREEMPTED", "READY", "READY"], ["EXIT 0"])
+    readme = [a for a in RESTART if a not in ("--accelerator_type=v4-32", "--spot")]
+    proc = script("launch.sh", *readme, env=env)
+    assert proc.returncode == 0, proc.stderr
+    calls = _calls(tmp_path)
+    assert "acceleratorType" in calls[0]
+    (create,) = [c for c in calls if " create " in c]
+    assert "--accelerator-type=v4-32" in create and "--spot" in create
+    assert "--version=tpu-ubuntu2204-base" in create
+    assert "recreated as it is now: v4-32" in proc.stderr
+
+
+def test_restart_dry_run_calls_no_gcloud(tmp_path):
+    """--dry_run prints the plan (poll, launch, recreate, setup, relaunch) and runs nothing,
+    with or without gcloud on PATH."""
+    readme = [a for a in RESTART if a not in ("--accelerator_type=v4-32", "--spot")]
+    for env in (_env(), fake_gcloud(tmp_path, ["READY"], [])):
+        proc = script("launch.sh", *readme, "--dry_run", env=env)
+        assert proc.returncode == 0, proc.stderr
+        cmds = [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+        assert _kinds(cmds) == ["describe", "launch", "describe", "delete", "create", "tar",
+                                "scp", "setup", "launch"]
+        assert "--format=value(state)" in cmds[0]
+        assert "--accelerator-type=SLICE_TYPE" in cmds[4]
+        assert "dry run:" in proc.stderr
+    assert _calls(tmp_path) == []
 
 
 def test_restart_loop_runs_the_commands_for_real_without_dry_run(tmp_path):
@@ -537,28 +571,30 @@ def test_restart_loop_runs_the_commands_for_real_without_dry_run(tmp_path):
 
 def test_restart_loop_stops_on_a_real_job_failure(tmp_path):
     env = fake_gcloud(tmp_path, ["READY", "READY"], ["EXIT 1"])
-    proc = script("launch.sh", *RESTART, "--dry_run", env=env)
+    proc = script("launch.sh", *RESTART, env=env)
     assert proc.returncode == 2
     assert "the train job failed with exit status 1 (not a preemption)" in proc.stderr
     # Before giving up it ends the job on every worker (the others would hang in a
     # collective and keep the TPU busy).
-    launch, stop = [shlex.split(line) for line in proc.stdout.splitlines()]
-    assert "flanrec.train" in remote_command(launch)
-    assert "--worker=all" in stop and "kill -TERM" in remote_command(stop)
+    acts = [c for c in _calls(tmp_path) if " describe " not in c and "--worker=0" not in c]
+    launch, stop = acts
+    assert "flanrec.train" in launch
+    assert "--worker=all" in stop and "kill -TERM" in stop
 
 
 def test_restart_loop_does_not_mistake_a_gcloud_error_for_preemption(tmp_path):
     env = fake_gcloud(tmp_path, ["DENIED"], [])
-    proc = script("launch.sh", *RESTART, "--dry_run", env=env)
+    proc = script("launch.sh", *RESTART, env=env)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "no active account" not in proc.stderr  # gcloud's own message is shown…
     assert "You do not currently have an active account" in proc.stderr
     assert "describe rec-v4 failed" in proc.stderr  # …and nothing is recreated
+    assert not [c for c in _calls(tmp_path) if " create " in c or " delete " in c]
 
 
 def test_restart_loop_gives_up_after_max_restarts(tmp_path):
     env = fake_gcloud(tmp_path, ["PREEMPTED", "PREEMPTED"], [])
-    proc = script("launch.sh", *RESTART, "--max_restarts=1", "--dry_run", env=env)
+    proc = script("launch.sh", *RESTART, "--max_restarts=1", env=env)
     assert proc.returncode == 2 and "more than --max_restarts=1 times" in proc.stderr
 
 
@@ -567,21 +603,16 @@ def test_restart_loop_with_a_queued_resource(tmp_path):
     # node) and queue a new one.
     env = fake_gcloud(tmp_path, ["ACTIVE", "READY", "SUSPENDED", "WAITING_FOR_RESOURCES",
                                  "ACTIVE", "READY", "ACTIVE", "READY"], ["EXIT 0"])
-    proc = script("launch.sh", *RESTART, "--queued", "--dry_run", env=env)
+    proc = script("launch.sh", *RESTART, "--queued", env=env)
     assert proc.returncode == 0, proc.stderr
-    cmds = [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
-    assert cmds[1][:6] == ["gcloud", "compute", "tpus", "queued-resources", "delete",
-                           "rec-v4-qr"] and "--force" in cmds[1]
-    assert cmds[2][:7] == ["gcloud", "compute", "tpus", "queued-resources", "create",
-                           "rec-v4-qr", "--node-id=rec-v4"]
+    acts = [c.split() for c in _calls(tmp_path) if " describe " not in c]
+    assert acts[1][:5] == ["compute", "tpus", "queued-resources", "delete", "rec-v4-qr"]
+    assert "--force" in acts[1]
+    assert acts[2][:6] == ["compute", "tpus", "queued-resources", "create", "rec-v4-qr",
+                           "--node-id=rec-v4"]
     assert "is WAITING_FOR_RESOURCES: waiting" in proc.stderr
     calls = (tmp_path / "calls.log").read_text()
     assert "queued-resources describe rec-v4-qr" in calls and "value(state.state)" in calls
-
-
-def test_restart_dry_run_needs_gcloud_for_its_queries():
-    err = fails("launch.sh", *RESTART, "--dry_run")
-    assert "still queries the slice's state: it needs gcloud" in err
 
 
 # ------------------------------------------------------------------------ logs / delete

@@ -22,8 +22,9 @@
 #   the slice is PREEMPTED / TERMINATED / SUSPENDED / gone it is deleted and recreated (or,
 #   with wait, waited for), set up again and the job relaunched; the trainer resumes from the
 #   latest complete checkpoint in MODEL_DIR. Ends when the job exits 0, stops on a job
-#   failure that is not a preemption. Under --dry_run the state queries still run (they
-#   change nothing); everything else is printed.
+#   failure that is not a preemption. Without --accelerator_type the slice is recreated as
+#   it is now (type, runtime, spot/preemptible read from it once at the start). --dry_run
+#   runs no gcloud at all: it prints the poll, launch, recreate and setup commands.
 #
 # Rehearsing a multi-host launch on one machine:
 #   --local_sim=N [--local_sim_dir=DIR] [--local_sim_devices=2] [--local_venv=DIR]
@@ -214,6 +215,66 @@ s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 }
 
 # ----------------------------------------------------------------- restart on preemption
+SETTINGS_FORMAT='--format=value(acceleratorType,runtimeVersion,schedulingConfig.spot,schedulingConfig.preemptible)'
+
+# slice_settings: the accelerator type, runtime and provisioning of the slice as it is now,
+# for recreating it after a preemption when create.sh's flags were not given.
+slice_settings() {
+  local out rc=0 acc ver spot pre
+  gcloud_target_flags
+  out="$(query gcloud compute tpus tpu-vm describe "$TPU_NAME" "${GCLOUD_FLAGS[@]}" \
+         "$SETTINGS_FORMAT")" || rc=$?
+  [[ "$rc" == 0 ]] || die "no --accelerator_type given and slice $TPU_NAME cannot be \
+described (gcloud exit $rc): give create.sh's flags (--accelerator_type=v4-8, --spot, ...) so \
+that a preempted slice can be recreated"
+  IFS=$'\t' read -r acc ver spot pre <<< "$(printf '%s\n' "$out" | tail -n 1)"
+  [[ -n "$acc" ]] || die "slice $TPU_NAME reports no accelerator type; give --accelerator_type"
+  ACCELERATOR_TYPE="$acc"
+  RUNTIME_VERSION="${RUNTIME_VERSION:-$ver}"
+  if [[ "$PROVISIONING" == standard ]]; then
+    if [[ "${spot,,}" == true ]]; then
+      PROVISIONING=spot
+    elif [[ "${pre,,}" == true ]]; then
+      PROVISIONING=preemptible
+    fi
+  fi
+  note "a preempted slice will be recreated as it is now: $ACCELERATOR_TYPE, runtime \
+${RUNTIME_VERSION:-default}, $PROVISIONING"
+}
+
+# restart_plan: what --restart_on_preemption would do, printed under --dry_run without
+# running gcloud (the poll needs a real slice to answer).
+restart_plan() {
+  gcloud_target_flags
+  note "dry run: every ${POLL_SECONDS}s the loop polls the slice's state (and the job's on \
+worker 0) with:"
+  if [[ "$QUEUED" == 1 ]]; then
+    run gcloud compute tpus queued-resources describe "$QR_NAME" "${GCLOUD_FLAGS[@]}" \
+      "--format=value(state.state)"
+  fi
+  run gcloud compute tpus tpu-vm describe "$TPU_NAME" "${GCLOUD_FLAGS[@]}" \
+    "--format=value(state)"
+  note "dry run: READY: it launches the job"
+  launch_job
+  if [[ "$ON_PREEMPTION" == recreate ]]; then
+    if [[ -z "$ACCELERATOR_TYPE" ]]; then
+      note "dry run: no --accelerator_type: at the start it reads the slice's settings with"
+      run gcloud compute tpus tpu-vm describe "$TPU_NAME" "${GCLOUD_FLAGS[@]}" \
+        "$SETTINGS_FORMAT"
+      ACCELERATOR_TYPE="SLICE_TYPE"
+      RUNTIME_VERSION="${RUNTIME_VERSION:-SLICE_RUNTIME}"
+    fi
+    note "dry run: PREEMPTED, TERMINATED, SUSPENDED or gone: it recreates the slice"
+    delete_node
+    create_node
+  else
+    note "dry run: PREEMPTED, TERMINATED, SUSPENDED or gone: it waits for the slice"
+  fi
+  note "dry run: then sets it up again and relaunches the job"
+  setup_workers
+  launch_job
+}
+
 job_status() {
   local out
   out="$(tpu_ssh_query 0 "$(job_status_command)")" || { echo UNREACHABLE; return 0; }
@@ -284,12 +345,17 @@ if [[ "$LOCAL_SIM" -gt 0 ]]; then
 fi
 require_target
 if [[ "$RESTART" == 1 ]]; then
-  if [[ "$ON_PREEMPTION" == recreate ]]; then
+  if [[ "$ON_PREEMPTION" == recreate && -n "$ACCELERATOR_TYPE" ]]; then
     require_accelerator
   fi
   check_setup_args
-  if [[ "$DRY_RUN" == 1 ]] && ! command -v gcloud > /dev/null; then
-    die "--restart_on_preemption --dry_run still queries the slice's state: it needs gcloud"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    restart_plan
+    exit 0
+  fi
+  if [[ "$ON_PREEMPTION" == recreate && -z "$ACCELERATOR_TYPE" ]]; then
+    slice_settings
+    require_accelerator
   fi
   restart_loop
 else

@@ -78,7 +78,9 @@ def cli(argv: Sequence[str]) -> int:
     if args.k < 1:
         raise ConfigError(f"--k must be >= 1, got {args.k}")
     outputs.check_claimable(args.out, "baselines", what="--out")  # before training
-    split = prepared.load_split(args.data_dir or locations.default_data_dir())
+    # One directory for every baseline: the family baselines read its TFRecords too.
+    data_dir = args.data_dir or locations.default_data_dir()
+    split = prepared.load_split(data_dir)
     models = MODELS if args.model == "all" else (args.model,)
     if "popularity" in models:
         from flanrec.baselines import popularity
@@ -117,7 +119,7 @@ def cli(argv: Sequence[str]) -> int:
         jobs.load_tensorflow(args.verbose)
         from flanrec.baselines import families
 
-        rows, info = families.all_rows(split, args.data_dir, args.split)
+        rows, info = families.all_rows(split, data_dir, args.split)
         for task, (mode, records) in rows.items():
             path = common.write_predictions(args.out, task, records, mode)
             print(f"{task}: wrote {path}", flush=True)

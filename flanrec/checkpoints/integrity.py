@@ -143,8 +143,12 @@ def resolve_checkpoint(path: PathLike, prefer_best: bool = True) -> epath.Path:
             if not problems:
                 if problems is None:
                     _warn_unverified(d)
-                log.info("%s: using checkpoint %d, the best by validation (%s)", p, best,
-                         BEST_FILE)
+                # A job resolves its MODEL_DIR several times (vocabulary, config, params):
+                # say which checkpoint it uses once.
+                if f"best:{d}" not in _warned:
+                    _warned.add(f"best:{d}")
+                    log.info("%s: using checkpoint %d, the best by validation (%s)", p, best,
+                             BEST_FILE)
                 return d
             _warn_once(f"damaged:{d}:best", "%s: the best checkpoint %s (%s) is damaged (%s); "
                        "using the newest checkpoint that verifies instead", p, d.name, BEST_FILE,

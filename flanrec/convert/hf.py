@@ -18,8 +18,9 @@ field existed (transformers 4), when `tie_word_embeddings` is not false.
 
 An export is a directory transformers loads as it loads google/flan-t5-*: config.json,
 generation_config.json, model.safetensors and, when the checkpoint carries its vocabulary,
-spiece.model with the tokenizer files of `flanrec.convert.hf_tokenizer`, all readable by
-everyone (0644 files in a 0755 directory).
+spiece.model with the tokenizer files of `flanrec.convert.hf_tokenizer` (tokenizer.model,
+the task's whole SentencePiece proto, which `AutoTokenizer` reads; tokenizer.json for the
+`tokenizers` library), all readable by everyone (0644 files in a 0755 directory).
 """
 
 from __future__ import annotations
@@ -307,8 +308,9 @@ def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLi
 
     The directory is assembled under a temporary name next to `out_dir` and moved into place
     with `os.replace`, so readers never see a half-written checkpoint. An existing non-empty
-    `out_dir` is refused rather than overwritten. What transformers' tokenizer will not encode
-    like `vocabulary` is logged as a warning (`hf_tokenizer.warn_differences`).
+    `out_dir` is refused rather than overwritten. Natural probe texts are encoded with
+    tokenizer.json and with `vocabulary`; a text they disagree on is logged as a warning
+    (`hf_tokenizer.warn_differences`).
     """
     from safetensors.numpy import save_file
 
@@ -341,8 +343,11 @@ def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLi
         _write_json(tmp / GENERATION_CONFIG_FILE, generation_config_dict(cfg))
         if vocabulary is not None:
             vocab_files.write_vocabulary(vocabulary, tmp)
-            for name, text in hf_tokenizer.tokenizer_files(vocabulary).items():
-                (tmp / name).write_text(text, encoding="utf-8")
+            for name, content in hf_tokenizer.tokenizer_files(vocabulary).items():
+                if isinstance(content, bytes):
+                    (tmp / name).write_bytes(content)
+                else:
+                    (tmp / name).write_text(content, encoding="utf-8")
         make_readable(tmp)
         if out.exists():
             out.rmdir()  # empty, checked above
