@@ -32,6 +32,7 @@ _REGISTRY: dict[str, tuple[str, str, dict]] = {
     "amazon-2018": ("amazon", "read_amazon", {"style": "2018"}),
     "csv": ("table", "read_table", {"format": "csv"}),
     "parquet": ("table", "read_table", {"format": "parquet"}),
+    "sequences": ("sequences", "read_sequences", {}),
 }
 
 
