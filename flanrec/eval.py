@@ -57,7 +57,13 @@ from flanrec import eval_truth, jobs, outputs, paired, report, storage
 from flanrec import metrics as M
 from flanrec.errors import ConfigError
 from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
-from flanrec.predictions import PredictionsError, Record, find_prediction_files, read_records
+from flanrec.predictions import (
+    PredictionsError,
+    Record,
+    find_prediction_files,
+    read_records,
+    reporting_write_errors,
+)
 
 EvalInputError = PredictionsError
 """A predictions file is missing, incomplete or malformed (the message names file:line).
@@ -82,14 +88,11 @@ class Catalogue:
 
     @classmethod
     def load(cls, data_dir: str) -> Catalogue:
-        from flanrec.data import prepared, splits
+        from flanrec.data import prepared
 
         split = prepared.load_split(data_dir)
-        seen = {stage: {u.user: frozenset(splits.seen_items(u, stage)) for u in split.users
-                        if u.valid_item is not None and u.test_item is not None}
-                for stage in ("validation", "test")}
-        return cls(frozenset(split.all_items), seen, data_dir,
-                   eval_truth.SplitTruth.from_split(split, data_dir))
+        truth = eval_truth.SplitTruth.from_split(split, data_dir)
+        return cls(truth.catalogue, truth.seen, data_dir, truth)
 
     def exclude_for(self, record: Record) -> frozenset[str]:
         stage = record.data["split"]
@@ -118,6 +121,9 @@ class Section:
     # user -> per-user ranking metrics (ranking sections only), for paired comparisons
     per_user: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     coverage: eval_truth.Coverage | None = None  # users scored vs in the split
+    # ranking sections: eval_truth.FULL (the catalogue is ranked) or .CANDIDATES (a few
+    # given items per query), whose HR@K is on another scale and never shares a plot
+    layout: str = ""
 
 
 PAIRED_METRICS = ("ndcg@10", "hr@10")
@@ -193,9 +199,24 @@ def evaluate_dir(spec: str, ks: Sequence[int] = M.DEFAULT_KS,
         if coverage is not None and coverage.partial:
             values["users_in_split"] = float(coverage.expected)
         users = per_user_ranking(records, ks, catalogue) if mode == "predict" else {}
+        layout = ""
+        if kind == "ranking":
+            layout = (coverage.layout if coverage is not None and coverage.layout
+                      else _layout_of(records, mode))
         sections.append(Section(task, mode, kind, records[0].data["split"], values, baseline,
-                                users, coverage))
+                                users, coverage, layout))
     return sections
+
+
+def _layout_of(records: Sequence[Record], mode: str) -> str:
+    """FULL or CANDIDATES without a split to tell (the library call without a catalogue):
+    `predict` lists are top-K of the catalogue; scored lists that are all the same set
+    are the catalogue, lists that differ per query are candidate sets."""
+    if mode == "predict":
+        return eval_truth.FULL
+    first = set(records[0].data["candidates"])
+    same = all(set(r.data["candidates"]) == first for r in records)
+    return eval_truth.FULL if same else eval_truth.CANDIDATES
 
 
 def mean_of_runs(runs: Sequence[Sequence[Section]]) -> list[Section]:
@@ -236,7 +257,7 @@ def mean_of_runs(runs: Sequence[Sequence[Section]]) -> list[Section]:
                      for u in per_metric[PAIRED_METRICS[0]]}
         first = group[0]
         out.append(Section(first.task, first.mode, first.kind, first.split, metrics,
-                           first.baseline, users, first.coverage))
+                           first.baseline, users, first.coverage, first.layout))
     return out
 
 
@@ -361,16 +382,21 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
         flat.update({f"{key}_diff": row["diff"], f"{key}_lo": row["lo"],
                      f"{key}_hi": row["hi"], f"{key}_p": row["p_value"]})
     out_dir = outputs.claim_dir(out_dir, "eval", what="--out")
-    storage.write_json_atomic(storage.join(out_dir, METRICS_FILE), _json_safe(flat),
-                              sort_keys=True, ensure_ascii=True)
     names = section_names(model) + section_names(base)
     systems = list(zip(names, [*model, *base], strict=True))
     table = report.markdown(systems, ks)
     if comparisons:
         table += "\n" + report.paired_markdown(comparisons)
-    storage.write_atomic(storage.join(out_dir, TABLE_FILE), table)
+    path = storage.join(out_dir, METRICS_FILE)
+    with reporting_write_errors(path):
+        storage.write_json_atomic(path, _json_safe(flat), sort_keys=True, ensure_ascii=True)
+    path = storage.join(out_dir, TABLE_FILE)
+    with reporting_write_errors(path):
+        storage.write_atomic(path, table)
     if plot:
-        report.plot_at_k(systems, ks, storage.join(out_dir, PLOT_FILE))
+        path = storage.join(out_dir, PLOT_FILE)
+        with reporting_write_errors(path):
+            report.plot_at_k(systems, ks, path)
     if echo:
         print(table, end="")
     return flat

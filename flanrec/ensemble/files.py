@@ -10,12 +10,20 @@ The fused file has the same contract, so ``flanrec.eval`` reads it like any run.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from flanrec import outputs, storage
 from flanrec.ensemble import fusion
-from flanrec.predictions import mode_glob, record_lines, shard_name
+from flanrec.predictions import (
+    SHARD_RE,
+    check_shards,
+    find_prediction_files,
+    mode_glob,
+    shard_name,
+    write_shard,
+)
 
 Key = tuple[str, str, int]
 def check_output(out_dir: str) -> str:
@@ -28,15 +36,35 @@ def claim_output(out_dir: str) -> str:
 
 
 def _files(spec: str) -> list[str]:
+    """The predict shards under `spec`, found and checked as `flanrec.eval` finds them: a
+    (task)'s shards all present, no two runs' identically named shards (a glob over several
+    runs), each shard still the file its manifest describes."""
     if storage.isdir(spec):
-        files = storage.glob(storage.join(spec, mode_glob("predict")))
+        found = storage.glob(storage.join(spec, mode_glob("predict")))
     else:
-        files = storage.glob(spec)
-    files = [f for f in files if not storage.basename(f).startswith(".")
-             and not f.endswith(".tmp")]
-    if not files:
+        found = storage.glob(spec)
+    matches = [SHARD_RE.match(storage.basename(f)) for f in found]
+    if not any(m is not None and m["mode"] == "predict" for m in matches):
         raise FileNotFoundError(f"{spec}: no '*-predict.jsonl-*' prediction shards found")
+    files = []
+    for (_, mode), paths in find_prediction_files(spec).items():
+        if mode == "predict":
+            check_shards(paths)
+            files += paths
     return files
+
+
+def _check_scores(rec: dict[str, Any], items: list[Any]) -> None:
+    """`scores`, when present, must be one finite number per item: the mean fusion ranks
+    by them, and a NaN would order the fused list arbitrarily."""
+    if "scores" not in rec:
+        return
+    scores = rec["scores"]
+    if not isinstance(scores, list) or len(scores) != len(items):
+        raise TypeError(f"'scores' should be a list of {len(items)} numbers, one per item")
+    for j, v in enumerate(scores):
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            raise TypeError(f"'scores' holds {v!r} at position {j} (expected finite numbers)")
 
 
 def read_predictions(spec: str) -> dict[Key, dict[str, Any]]:
@@ -53,6 +81,7 @@ def read_predictions(spec: str) -> dict[Key, dict[str, Any]]:
                     items = rec["items"]
                     if not isinstance(items, list):
                         raise TypeError("'items' is not a list")
+                    _check_scores(rec, items)
                 except (ValueError, KeyError, TypeError) as e:
                     raise ValueError(f"{path}:{n}: not a predict record ({e})") from e
                 if key in out:
@@ -119,6 +148,6 @@ def fuse_prediction_dirs(specs: Sequence[str], out_dir: str, method: str = "rrf"
     out_dir = claim_output(out_dir)
     for task, recs in sorted(by_task.items()):
         path = storage.join(out_dir, shard_name(task, "predict"))
-        storage.write_atomic(path, record_lines(recs))
+        write_shard(path, recs)
         paths.append(path)
     return paths
