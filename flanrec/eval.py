@@ -63,6 +63,7 @@ from flanrec.predictions import (
     find_prediction_files,
     read_records,
     reporting_write_errors,
+    shard_digest,
 )
 
 EvalInputError = PredictionsError
@@ -219,6 +220,24 @@ def _layout_of(records: Sequence[Record], mode: str) -> str:
     return eval_truth.FULL if same else eval_truth.CANDIDATES
 
 
+def check_distinct_runs(runs: Sequence[str]) -> None:
+    """Refuse runs to be averaged that hold the same files: the same directory named twice,
+    or a copy of one run under another name, would be reported as two runs (seeds) with a
+    standard deviation of 0."""
+    if len(runs) < 2:
+        return
+    seen: dict[tuple[tuple[str, str], ...], str] = {}
+    for spec in runs:
+        files = find_prediction_files(spec)
+        key = tuple(sorted((storage.basename(p), shard_digest(p)[0])
+                           for paths in files.values() for p in paths))
+        if key in seen:
+            raise EvalInputError(f"--predictions: {spec} holds the same files, byte for byte, "
+                                 f"as {seen[key]}; averaging a run with itself would report "
+                                 "two runs (name each run once)")
+        seen[key] = spec
+
+
 def mean_of_runs(runs: Sequence[Sequence[Section]]) -> list[Section]:
     """One section per (task, mode): the mean of each metric over runs (e.g. seeds), with
     `num_runs` and `{metric}_std`; per-user values are averaged too. Every run must hold
@@ -359,6 +378,7 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
     catalogue = Catalogue.load(data_dir)
     runs = [p for p in predictions.split(",") if p] if isinstance(predictions, str) else \
         list(predictions)
+    check_distinct_runs(runs)
     model = mean_of_runs([evaluate_dir(p, ks, catalogue, ties=ties, allow_partial=allow_partial)
                           for p in runs])
     base = evaluate_dir(baselines, ks, catalogue, baseline=True, ties=ties,

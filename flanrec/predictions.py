@@ -367,7 +367,10 @@ def validate_record(obj: Any, mode: str, task: str, where: str,
         elif targets_required or obj.get("target_item") not in (None, ""):
             _check_target(obj, where)
     else:
-        _check_number(obj, "expected_rating", "a number", where)
+        value = _check_type(obj, "expected_rating", (int, float), "a number", where)
+        if math.isinf(value):  # NaN is allowed: an unparsable answer, counted as the worst
+            raise PredictionsError(f"{where}: field 'expected_rating' is {value} (expected "
+                                   "a rating, or NaN for an answer that was not a number)")
         if targets_required or obj.get("target_rating") is not None:
             _check_type(obj, "target_rating", (int, float, str), "a number", where)
             try:

@@ -272,7 +272,8 @@ def test_a_shard_of_another_run_is_refused(split, tmp_path, run_eval):
 
 def test_a_glob_over_two_runs_is_refused(split, tmp_path, run_eval):
     a = infer_shard(tmp_path / "runs" / "a", SEQ, "predict", predict_rows(split))
-    b = infer_shard(tmp_path / "runs" / "b", SEQ, "predict", predict_rows(split),
+    b = infer_shard(tmp_path / "runs" / "b", SEQ, "predict",  # another seed's lists
+                    [dict(r, items=r["items"][::-1]) for r in predict_rows(split)],
                     params="bbbb")
     pattern = str(tmp_path / "runs" / "*" / f"{SEQ}-predict.jsonl-*")
     err = refused(run_eval(pattern, tmp_path / "e0"), tmp_path / "e0")
@@ -281,6 +282,12 @@ def test_a_glob_over_two_runs_is_refused(split, tmp_path, run_eval):
     result = run_eval(f"{a.parent},{b.parent}", tmp_path / "e1")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["num_runs"] == 2
+
+    # The same run twice, or a copy of it, is not two runs.
+    shutil.copytree(a.parent, tmp_path / "copy")
+    for runs in (f"{a.parent},{a.parent}", f"{a.parent},{tmp_path / 'copy'}"):
+        err = refused(run_eval(runs, tmp_path / "e2"), tmp_path / "e2")
+        assert "holds the same files, byte for byte, as" in err, err
 
     from flanrec.ensemble.__main__ import main as ensemble_main
 
@@ -351,10 +358,10 @@ BROKEN = {  # name: (task, mode, rows -> broken rows, line, message)
         DIRECT, "score", lambda s: [dict(r, scores=[math.inf, *r["scores"][1:]]) if i == 0
                                     else r for i, r in enumerate(direct_rows(s))],
         1, "field 'scores' holds inf at position 0"),
-    "nan_expected_rating": (
-        f"{PREFIX}_rating", "rating", lambda s: [dict(r, expected_rating=math.nan) if i == 7
+    "infinite_expected_rating": (
+        f"{PREFIX}_rating", "rating", lambda s: [dict(r, expected_rating=-math.inf) if i == 7
                                                  else r for i, r in enumerate(_rating_rows(s))],
-        8, "field 'expected_rating' is nan"),
+        8, "field 'expected_rating' is -inf (expected a rating, or NaN for an answer"),
     "predict_scores_short": (
         SEQ, "predict", lambda s: [dict(r, scores=r["scores"][:2]) if i == 4 else r
                                    for i, r in enumerate(predict_rows(s))],
@@ -368,6 +375,19 @@ def test_broken_records_fail_in_one_line(split, tmp_path, run_eval, case):
     path = shard(tmp_path / "p", task, mode, make(split))  # json.dumps writes NaN, Infinity
     err = refused(run_eval(path.parent, tmp_path / "e"), tmp_path / "e")
     assert f"{path.name}:{line}" in err and message in err, err
+
+
+def test_a_nan_rating_counts_as_the_worst_error(split, tmp_path, run_eval):
+    """NaN is the contract's "not a number" answer (`flanrec.metrics.rating_metrics`): it
+    is scored as the worst error and shows in parse_rate, never dropped."""
+    rows = [dict(r, expected_rating=math.nan) if i == 0 else r
+            for i, r in enumerate(_rating_rows(split))]
+    path = shard(tmp_path / "p", f"{PREFIX}_rating", "rating", rows)
+    assert run_eval(path.parent, tmp_path / "e").returncode == 0
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    errors = [4.0] + [abs(u.test_rating - 3.0) for u in split.users[1:]]
+    assert m["parse_rate"] == pytest.approx(1 - 1 / USERS)
+    assert m["mae"] == pytest.approx(np.mean(errors))
 
 
 def test_garbage_and_empty_shards_fail_in_one_line(split, tmp_path, run_eval):

@@ -111,6 +111,11 @@ def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
         lists = [list(r["items"]) for r in recs]
         k = top_k or max(len(x) for x in lists)
         if method in ("mean", "weighted"):
+            if any("scores" not in r for r in recs):
+                m = next(j for j, r in enumerate(recs) if "scores" not in r)
+                raise ValueError(f"example {key}: member {m} has no 'scores'; {method} fusion "
+                                 "averages them (use --method rrf or vote for ranked lists "
+                                 "without scores)")
             tables = [dict(zip(r["items"], map(float, r["scores"]), strict=True)) for r in recs]
             ranked = fusion.fuse(method, tables=tables, weights=weights, top_k=k)
         else:
