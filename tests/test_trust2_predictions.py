@@ -516,9 +516,9 @@ def checkpoint(data, tmp_path_factory) -> Path:
 def _opts(out: Path, **kw):
     from flanrec.inference import InferenceOptions
 
+    settings = {"mode": "predict", "num_beams": 5, "batch_size": 8, "chunk_size": 8, **kw}
     return InferenceOptions(output_dir=str(out), task_feature_lengths=LENGTHS,
-                            mode="predict", num_beams=5, batch_size=8, chunk_size=8,
-                            progress_every=1000.0, **kw)
+                            progress_every=1000.0, **settings)
 
 
 def test_infer_recomputes_a_damaged_shard_and_survives_a_full_disk(data, checkpoint,
@@ -537,6 +537,7 @@ def test_infer_recomputes_a_damaged_shard_and_survives_a_full_disk(data, checkpo
         "edited": lambda: path.write_bytes(original.replace(b'"items": ["', b'"items": ["1', 1)),
         "truncated": lambda: path.write_bytes(original[: len(original) // 2]),
         "unreadable record": lambda: manifest.write_bytes(record[:30]),
+        "no record": manifest.unlink,
     }
     for name, damage in damages.items():
         damage()
@@ -582,3 +583,27 @@ def test_infer_recomputes_a_damaged_shard_and_survives_a_full_disk(data, checkpo
     from flanrec.predictions import check_shards
 
     check_shards([str(path)])
+
+
+def test_what_infer_and_the_baselines_write_passes_every_check(data, checkpoint, tmp_path):
+    """The checks refuse forgeries, not real outputs: the infer job's predict and score
+    files (full ranking and the direct family's candidates) and the families' baselines
+    are all scored, and the plot puts the candidate tasks on their own axes."""
+    from flanrec.baselines.__main__ import main as baselines_main
+    from flanrec.inference import run_inference
+
+    out = tmp_path / "infer"
+    run_inference(str(checkpoint), SEQ, _opts(out), [str(data)])
+    run_inference(str(checkpoint), SEQ, _opts(out, mode="score"), [str(data)])
+    run_inference(str(checkpoint), DIRECT, _opts(out, mode="score"), [str(data)])
+    base = tmp_path / "base"
+    assert baselines_main(["--data_dir", str(data), "--model", "families", "--split", "test",
+                           "--out", str(base)]) == 0
+    assert E.main(["--predictions", str(out), "--baselines", str(base), "--data_dir",
+                   str(data), "--out", str(tmp_path / "eval")]) == 0
+    catalogue = E.Catalogue.load(str(data))
+    layouts = {(s.task, s.mode): s.layout for s in
+               E.evaluate_dir(str(out), catalogue=catalogue)
+               + E.evaluate_dir(str(base), catalogue=catalogue, baseline=True)}
+    assert layouts[(SEQ, "predict")] == layouts[(SEQ, "score")] == "full"
+    assert layouts[(DIRECT, "score")] == layouts[("popularity_direct", "score")] == "candidates"

@@ -412,8 +412,8 @@ def run_task(info: TaskInfo, config: T5Config, params: Any, checkpoint: Checkpoi
                      "recomputes it)", info.name, writer.final)
             return {"path": writer.final, "examples": None, "computed": 0, "seconds": 0.0}
         # Replaced only once the new shard is whole: until then the damaged file stays.
-        log.warning("%s: %s does not match its manifest (%s); recomputing it", info.name,
-                    writer.final, problem)
+        log.warning("%s: %s cannot be kept (%s); recomputing it", info.name, writer.final,
+                    problem)
     runner = TaskRunner(info, config, params, opts)
     writer.open()
     total = seqio.get_mixture_or_task(info.name).num_input_examples(opts.split)

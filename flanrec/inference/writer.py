@@ -108,10 +108,11 @@ class ChunkWriter:
     def check_complete(self) -> str | None:
         """Whether a finished shard can be kept: refuse one that another checkpoint or other
         settings produced; return why it must be recomputed (it no longer hashes to the
-        sha256 its record holds: truncated or edited; the record is unreadable), or None
-        when it is intact. A shard of an older flanrec, without a record, is taken as is."""
+        sha256 its record holds: truncated or edited; the record is unreadable or gone,
+        since `finalize` always writes it before the shard), or None when it is intact."""
         if not storage.exists(self.manifest):
-            return None
+            return (f"it has no record {storage.basename(self.manifest)} to verify it "
+                    "against")
         try:
             doc = predictions.read_manifest(self.final)
         except predictions.PredictionsError as e:
