@@ -34,6 +34,12 @@ What is computed (`flanrec.metrics` has the definitions):
   precision, recall, F1 at p_yes >= 0.5;
 * `rating` — RMSE and MAE of `expected_rating` against `target_rating`.
 
+Before anything is scored, each shard is checked against the manifest `flanrec.infer` wrote
+beside it (its sha256, and the same run for every shard), a glob matching two runs' shards
+of the same name is refused, and every record against the split (`flanrec.eval_truth`:
+targets, users, and the candidates a score record ranks). A full-ranking and a candidate
+task (HR@K among 20 candidates) get separate rows of axes in the plot.
+
 With `--data_dir` (a `flanrec.prepare` output; default `$FLANREC_DATA_DIR`) the protocol's
 masking is applied: each user's seen items (train items for validation; train + validation
 items for test) are removed from the ranked list before cutting it to K, items outside the

@@ -10,6 +10,14 @@ own targets disagree, that names a user twice or a user the split does not evalu
 that covers fewer users than the split has (unless the caller allows a partial file, and
 then the coverage is reported).
 
+The candidates a score record ranks are checked too, because they decide the metric as
+much as the scores do: the target 20 times, or the target beside items the user has seen
+(which the protocol masks), ranks the target first whatever the model said. So every list
+must hold distinct catalogue items and the target, and be what its task ranks: a candidate
+task (the direct family) only items the user has not seen, exactly as many as prepare
+gave each query; a full-ranking task every catalogue item the user has not seen
+(`score_layout` tells the two apart).
+
 Pure Python: no TensorFlow or JAX, so the eval job stays light.
 """
 
@@ -202,27 +210,29 @@ def _candidate_problem(cands: Sequence[str], item: str, seen: frozenset[str],
                        truth: SplitTruth, stage: str, layout: str, want: int | None,
                        known: bool, task: str) -> str | None:
     """Why one score record's candidate list cannot be ranked fairly (None: it can)."""
-    counts: dict[str, int] = {}
-    for c in cands:
-        counts[c] = counts.get(c, 0) + 1
-    repeated = next((c for c, n in counts.items() if n > 1), None)
-    if repeated is not None:
+    given = set(cands)  # set algebra throughout: a full ranking lists the whole catalogue
+    if len(given) != len(cands):
+        counts: dict[str, int] = {}
+        for c in cands:
+            counts[c] = counts.get(c, 0) + 1
+        repeated = next(c for c, n in counts.items() if n > 1)
         return (f"candidate {repeated!r} appears {counts[repeated]} times (candidates must be "
                 "distinct)")
-    unknown = next((c for c in cands if c not in truth.catalogue), None)
-    if unknown is not None:
-        return f"candidate {unknown!r} is not an item of the split's catalogue"
-    if item not in counts:
+    unknown = given - truth.catalogue
+    if unknown:
+        first = next(c for c in cands if c in unknown)
+        return f"candidate {first!r} is not an item of the split's catalogue"
+    if item not in given:
         return f"the split's {stage} item {item!r} is not among the record's candidates"
     if layout == FULL:
-        missing = truth.catalogue - seen - counts.keys()
+        missing = truth.catalogue - seen - given
         if missing:
             unseen = len(truth.catalogue - seen)
             return (f"ranks {unseen - len(missing)} of the {unseen} catalogue items the user "
                     f"has not seen (a full-ranking task ranks them all; missing e.g. "
                     f"{min(missing)!r})")
         return None
-    shown = next((c for c in cands if c in seen), None)
+    shown = next((c for c in cands if c in seen), None) if given & seen else None
     if shown is not None:
         return (f"candidate {shown!r} is an item the user already has in the split's history "
                 f"(candidates are items the user has not seen)")

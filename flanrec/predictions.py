@@ -10,7 +10,12 @@ ensembles and the rank validation read them. Here are
 * the modes (``MODES``) and the fields every record of a mode carries (``COMMON_FIELDS``,
   ``MODE_FIELDS``);
 * one line's encoding (``record_line``) and the validation of a file (``read_records``,
-  ``validate_record``, ``find_prediction_files``), whose errors name ``file:line``.
+  ``validate_record``, ``find_prediction_files``), whose errors name ``file:line``;
+* the check of a shard against its manifest (``check_shards``): every reader verifies the
+  sha256 the inference job recorded, so an edited or truncated shard, or a shard of another
+  run dropped in beside the others, is refused instead of scored;
+* writing a shard (``write_shard``), where a full disk or a file size limit is one line
+  (``PredictionsWriteError``) and no half-written file is left.
 
 It lives at the top of the package, not in `flanrec.inference`, since the light jobs (eval,
 baselines) read and write the format without importing JAX, and `flanrec.inference`'s
