@@ -180,6 +180,10 @@ def _targets(value: Any) -> list[str] | None:
     return None
 
 
+_KIND_OF_TARGET = {"item": "ranking", "binary": "binary", "rating": "rating"}
+"""What the records of a task with these targets (tasks/<dir>/info.json) are scored as."""
+
+
 def score_layout(records: Sequence[Any], task: str, truth: SplitTruth, stage: str
                  ) -> tuple[str, int | None]:
     """(FULL or CANDIDATES, the candidate count every query must have) of a score task.
@@ -275,12 +279,20 @@ def check_records(records: Sequence[Any], task: str, mode: str, truth: SplitTrut
         raise TruthError(f"{what}: split {split_name!r} has no held-out target per user; "
                          "flanrec.eval scores the validation, test and test_unseen splits")
     kind = record_kind(mode, records[0].data)
+    info = truth.task_info(task)
+    target_kind = str(info.get("target_kind") or "") if info is not None else ""
+    fits = _KIND_OF_TARGET.get(target_kind)
+    if fits is not None and kind != fits:  # e.g. an item task's records dressed as binary
+        raise TruthError(f"{what}: {task}'s targets are {target_kind}s (its info.json in "
+                         f"{truth.data_dir}), but {os.path.basename(records[0].where)} holds "
+                         f"{kind} records; {task} is scored as {fits} records"
+                         + (" (MODE=rating)" if fits == "rating" else ""))
     st = truth.stages[stage]
     eligible = st.item if kind == "ranking" else st.rating
     layout, want = "", None
     if kind == "ranking" and mode == "score":
         layout, want = score_layout(records, task, truth, stage)
-    known = truth.task_info(task) is not None
+    known = info is not None
     counts_seen: dict[int, str] = {}  # candidate count -> first record (no fixed count)
     problems: list[str] = []
     first_seen: dict[str, str] = {}

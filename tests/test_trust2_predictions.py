@@ -362,6 +362,16 @@ BROKEN = {  # name: (task, mode, rows -> broken rows, line, message)
         f"{PREFIX}_rating", "rating", lambda s: [dict(r, expected_rating=-math.inf) if i == 7
                                                  else r for i, r in enumerate(_rating_rows(s))],
         8, "field 'expected_rating' is -inf (expected a rating, or NaN for an answer"),
+    # an item task's candidates dressed as a binary task (p_yes and label)
+    "direct_as_binary": (
+        DIRECT, "score", lambda s: [dict(r, p_yes=0.9, label=1) for r in direct_rows(s)],
+        1, f"{DIRECT}'s targets are items (its info.json in"),
+    # a rating task in score mode: its answers "1".."5" are not items to rank
+    "rating_task_scored": (
+        f"{PREFIX}_rating", "score", lambda s: [
+            rec(f"{PREFIX}_rating", "score", i, u.user, candidates=list("12345"),
+                scores=[-5.0, -4.0, -3.0, -2.0, -1.0]) for i, u in enumerate(s.users)],
+        1, "holds ranking records; tp2_rating is scored as rating records (MODE=rating)"),
     "predict_scores_short": (
         SEQ, "predict", lambda s: [dict(r, scores=r["scores"][:2]) if i == 4 else r
                                    for i, r in enumerate(predict_rows(s))],
