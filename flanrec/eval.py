@@ -148,6 +148,14 @@ def per_user_ranking(records: Sequence[Record], ks: Sequence[int],
     return out
 
 
+def _target_tied(record: Record) -> bool:
+    """Whether a target's score equals another candidate's (the tie policy decides it)."""
+    targets = set(_targets(record))
+    scores = dict(zip(record.data["candidates"], record.data["scores"], strict=True))
+    want = {scores[t] for t in targets if t in scores}
+    return any(s in want for c, s in scores.items() if c not in targets)
+
+
 def _targets(record: Record) -> list[str]:
     t = record.data["target_item"]
     return [t] if isinstance(t, str) else list(t)
@@ -181,6 +189,12 @@ def evaluate_records(records: Sequence[Record], mode: str, ks: Sequence[int] = M
                                 catalogue=items_set)
         out["target_not_in_candidates"] = float(sum(
             not set(_targets(r)) & set(r.data["candidates"]) for r in records))
+        if ties != "pessimistic":
+            tied = sum(_target_tied(r) for r in records)
+            if tied:  # constant scores would rank every target first: say how often it did
+                print(f"warning: {records[0].where.rsplit(':', 1)[0]}: the target ties with "
+                      f"another candidate for {tied} of {len(records)} users; --ties {ties} "
+                      "decides their rank (pessimistic is the protocol's)", file=sys.stderr)
         return "ranking", out
     if mode == "rating":
         return "rating", M.rating_metrics([float(r.data["target_rating"]) for r in records],

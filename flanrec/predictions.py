@@ -209,11 +209,22 @@ def manifest_of(path: str) -> str | None:
 def shard_digest(path: str) -> tuple[str, int]:
     """(sha256 hex of the file's bytes, its non-blank lines): what a manifest records."""
     digest, count = hashlib.sha256(), 0
-    with storage.open(path, "rb") as f:
+    with _reading(path), storage.open(path, "rb") as f:
         for line in f:
             digest.update(line)
             count += bool(line.strip())
     return digest.hexdigest(), count
+
+
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """An unreadable shard (permissions, an I/O error) is one line naming it."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, UserError):
+            raise
+        raise PredictionsError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
 def read_manifest(path: str) -> dict[str, Any] | None:
@@ -410,7 +421,7 @@ def read_records(paths: Sequence[str], task: str, mode: str,
     records: list[Record] = []
     seen: dict[tuple[str, int], str] = {}
     for path in paths:
-        with storage.open(path, "rb") as f:
+        with _reading(path), storage.open(path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue

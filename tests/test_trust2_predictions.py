@@ -228,6 +228,21 @@ def test_forged_full_ranking_lists_are_refused(split, tmp_path, run_eval):
                     tmp_path / "e4").returncode == 0
 
 
+def test_optimistic_ties_say_how_often_they_decided(split, tmp_path, run_eval):
+    """Constant scores rank every target first under --ties optimistic: allowed (the user
+    asked for it), but never silent."""
+    rows = [dict(r, scores=[0.0] * len(r["scores"])) for r in full_rows(split)]
+    path = shard(tmp_path / "flat", SEQ, "score", rows)
+    result = run_eval(path.parent, tmp_path / "e0", "--ties", "optimistic")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "e0" / "metrics.json").read_text())["hr@1"] == 1.0
+    assert f"the target ties with another candidate for {USERS} of {USERS} users; --ties " \
+           "optimistic decides their rank" in result.stderr
+    result = run_eval(path.parent, tmp_path / "e1")  # the protocol's: every target last
+    assert result.returncode == 0 and "ties" not in result.stderr
+    assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["hr@10"] == 0.0
+
+
 # ------------------------------------------------------------------------------ manifests
 
 
