@@ -330,7 +330,7 @@ def test_ensemble_refuses_edited_shards_and_nan_scores(split, tmp_path, capsys):
     (tmp_path / "b" / f"{SEQ}-predict-manifest-00000-of-00001.json").unlink()
     assert ensemble_main([*argv, "--method", "mean", "--out", str(tmp_path / "e2")]) == 2
     err = capsys.readouterr().err
-    assert f"{b}:1: not a predict record ('scores' holds nan at position 0" in err, err
+    assert f"{b}:1: not a predict record (field 'scores' holds nan at position 0" in err, err
     assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
 
 
@@ -429,6 +429,62 @@ def test_garbage_and_empty_shards_fail_in_one_line(split, tmp_path, run_eval):
     shard(tmp_path / "half", SEQ, "predict", [], 1, 2)
     err = refused(run_eval(tmp_path / "half", tmp_path / "e2"), tmp_path / "e2")
     assert f"covers 12 of the {USERS} users of the test split" in err, err
+
+
+MUTATION_VALUES = [None, "", "x", 0, -1, 1.5, math.nan, math.inf, True, [], ["1"], ["1", "1"],
+                   {}, "1", 10 ** 30, ["zz"], [1.0], [math.nan], [[1]]]
+
+
+def _mutated(rows: list[dict], rng: np.random.Generator) -> list[dict]:
+    """`rows` with 1-3 careless edits: a field dropped or set to a wrong value, a record
+    repeated or removed."""
+    rows = [dict(r) for r in rows]
+    for _ in range(int(rng.integers(1, 4))):
+        r = rows[int(rng.integers(len(rows)))]
+        op, key = rng.random(), sorted(r)[int(rng.integers(len(r)))]
+        if op < 0.3:
+            del r[key]
+        elif op < 0.8:
+            r[key] = MUTATION_VALUES[int(rng.integers(len(MUTATION_VALUES)))]
+        elif op < 0.9:
+            rows.append(dict(r))
+        elif len(rows) > 1:
+            rows.remove(r)
+    return rows
+
+
+def _one_line_or_scored(call, argv: list[str], capsys) -> None:
+    capsys.readouterr()
+    rc = call(argv)  # a traceback (an exception out of `main`) fails the test here
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert rc == 0 or (rc == 2 and len(err) == 1), (argv, rc, err)
+
+
+def test_careless_edits_are_scored_or_refused_in_one_line(split, data, tmp_path, capsys):
+    """Random edits of genuine files of every kind: eval and the ensemble either score the
+    result or refuse it in one line; never a traceback."""
+    from flanrec.ensemble.__main__ import main as ensemble_main
+
+    genuine = {(DIRECT, "score"): direct_rows(split), (SEQ, "score"): full_rows(split),
+               (SEQ, "predict"): predict_rows(split),
+               (f"{PREFIX}_binary", "score"): _binary_rows(split),
+               (f"{PREFIX}_rating", "rating"): _rating_rows(split)}
+    rng = np.random.default_rng(0)
+    keys = sorted(genuine)
+    for trial in range(100):
+        task, mode = keys[trial % len(keys)]
+        d = shard(tmp_path / f"p{trial}", task, mode, _mutated(genuine[task, mode], rng))
+        _one_line_or_scored(E.main, ["--predictions", str(d.parent), "--data_dir", str(data),
+                                     "--out", str(tmp_path / f"e{trial}"), "--no_plot"],
+                            capsys)
+    a = shard(tmp_path / "a", SEQ, "predict", predict_rows(split)).parent
+    for trial, method in enumerate(["rrf", "mean", "vote", "weighted"] * 15):
+        b = shard(tmp_path / f"b{trial}", SEQ, "predict",
+                  _mutated(predict_rows(split), rng)).parent
+        weights = ["--weights", "1,2"] if method == "weighted" else []
+        _one_line_or_scored(ensemble_main, ["fuse", "--predictions", str(a), str(b),
+                                            "--method", method, *weights,
+                                            "--out", str(tmp_path / f"f{trial}")], capsys)
 
 
 # ------------------------------------------------------------------------------ plot

@@ -10,7 +10,6 @@ The fused file has the same contract, so ``flanrec.eval`` reads it like any run.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,10 +17,12 @@ from flanrec import outputs, storage
 from flanrec.ensemble import fusion
 from flanrec.predictions import (
     SHARD_RE,
+    PredictionsError,
     check_shards,
     find_prediction_files,
     mode_glob,
     shard_name,
+    validate_record,
     write_shard,
 )
 
@@ -54,17 +55,17 @@ def _files(spec: str) -> list[str]:
     return files
 
 
-def _check_scores(rec: dict[str, Any], items: list[Any]) -> None:
-    """`scores`, when present, must be one finite number per item: the mean fusion ranks
-    by them, and a NaN would order the fused list arbitrarily."""
-    if "scores" not in rec:
-        return
-    scores = rec["scores"]
-    if not isinstance(scores, list) or len(scores) != len(items):
-        raise TypeError(f"'scores' should be a list of {len(items)} numbers, one per item")
-    for j, v in enumerate(scores):
-        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-            raise TypeError(f"'scores' holds {v!r} at position {j} (expected finite numbers)")
+def _check_record(rec: Any, where: str) -> Key:
+    """A predict record of the contract (`flanrec.predictions.validate_record`: fields,
+    types, one finite score per item), under whatever task name it carries, since members
+    of a template ensemble name their tasks apart; returns its (task, split, index)."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("task"), str):
+        raise ValueError("no task name")
+    try:
+        validate_record(rec, "predict", rec["task"], where, targets_required=False)
+    except PredictionsError as e:
+        raise ValueError(str(e).removeprefix(f"{where}: ")) from None
+    return rec["task"], rec["split"], rec["index"]
 
 
 def read_predictions(spec: str) -> dict[Key, dict[str, Any]]:
@@ -77,13 +78,9 @@ def read_predictions(spec: str) -> dict[Key, dict[str, Any]]:
                     continue
                 try:
                     rec = json.loads(line)
-                    key = (str(rec["task"]), str(rec["split"]), int(rec["index"]))
-                    items = rec["items"]
-                    if not isinstance(items, list):
-                        raise TypeError("'items' is not a list")
-                    _check_scores(rec, items)
-                except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{n}: not a predict record ({e})") from e
+                    key = _check_record(rec, f"{path}:{n}")
+                except ValueError as e:
+                    raise ValueError(f"{path}:{n}: not a predict record ({e})") from None
                 if key in out:
                     raise ValueError(f"{path}:{n}: example {key} appears twice")
                 out[key] = rec
@@ -105,7 +102,7 @@ def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
     fused = []
     for key in sorted(keys):
         recs = [member[key] for member in members]
-        targets = {r.get("target_item") for r in recs}
+        targets = {json.dumps(r.get("target_item")) for r in recs}  # lists: several targets
         if len(targets) != 1:
             raise ValueError(f"example {key}: members disagree on the target {sorted(targets)}")
         lists = [list(r["items"]) for r in recs]
