@@ -236,7 +236,10 @@ def _candidate_problem(cands: Sequence[str], item: str, seen: frozenset[str],
                     f"has not seen (a full-ranking task ranks them all; missing e.g. "
                     f"{min(missing)!r})")
         return None
-    shown = next((c for c in cands if c in seen), None) if given & seen else None
+    # The target itself may be in the history (a repeat interaction): it is the item asked
+    # for, not a shown one.
+    shown = next((c for c in cands if c in seen and c != item), None) if given & seen \
+        else None
     if shown is not None:
         return (f"candidate {shown!r} is an item the user already has in the split's history "
                 f"(candidates are items the user has not seen)")

@@ -1,4 +1,4 @@
-"""Predictions, shards and eval, round 2 (issue 24): nothing forged, edited or mixed scores.
+"""Predictions, shards and eval: nothing forged, edited or mixed in is scored.
 
 One real `flanrec.prepare` output (24 users, 30 items, 5 candidates per direct query) is the
 split every file here is checked against. Prediction files are written by hand, the way a
@@ -159,7 +159,7 @@ def refused(result: Result | subprocess.CompletedProcess, out: Path | None = Non
 
 
 FORGERIES = {
-    # the target 5 times: every rank is the target (HR@1 = NDCG@10 = 1.0 before)
+    # the target 5 times: every rank is the target (HR@1 = NDCG@10 = 1.0 if scored)
     "target_repeated": (lambda u, r: [u.test_item] * CANDS,
                         "appears 5 times (candidates must be distinct)"),
     # the target among items the user has already seen (masked: the target ranks first)
@@ -191,6 +191,24 @@ def test_forged_direct_candidate_lists_are_refused(split, tmp_path, run_eval, fo
     assert f"{len(rows)} record(s) disagree with the split" in err
 
 
+def test_a_repeated_target_is_not_a_seen_candidate(tmp_path):
+    """On data with repeat interactions the held-out item can be in the history too: the
+    direct query's candidate list holds it as the target, which is no forgery."""
+    from flanrec import eval_truth
+    from flanrec.predictions import Record
+
+    users = [types.UserSequence(user="1", train_items=["1", "2"], valid_item="3",
+                                test_item="1")]
+    truth = eval_truth.SplitTruth(types.Split(users=users, all_items=list("123456")),
+                                  str(tmp_path), {"options": {"num_candidates": 3}})
+    row = rec("x_direct", "score", 0, "1", candidates=["4", "1", "5"], scores=[0, 0, 0])
+    cov = eval_truth.check_records([Record(row, "f:1")], "x_direct", "score", truth)
+    assert cov.layout == "candidates" and not cov.partial
+    row = rec("x_direct", "score", 0, "1", candidates=["2", "1", "5"], scores=[0, 0, 0])
+    with pytest.raises(eval_truth.TruthError, match="candidate '2' is an item the user"):
+        eval_truth.check_records([Record(row, "f:1")], "x_direct", "score", truth)
+
+
 def test_forged_full_ranking_lists_are_refused(split, tmp_path, run_eval):
     # Genuine: every catalogue item, or every unseen one; eval masks the seen ones.
     assert run_eval(shard(tmp_path / "full", SEQ, "score", full_rows(split)),
@@ -206,7 +224,7 @@ def test_forged_full_ranking_lists_are_refused(split, tmp_path, run_eval):
     assert e0.pop("masked") == sum(len(seen(u)) for u in split.users) and e1.pop("masked") == 0
     assert e0 == e1
 
-    # The seq-family file whose only candidate is the target (HR@1 = 1.0 before).
+    # The seq-family file whose only candidate is the target (HR@1 = 1.0 if scored).
     only = [rec(SEQ, "score", i, u.user, candidates=[u.test_item], scores=[0.0])
             for i, u in enumerate(split.users)]
     path = shard(tmp_path / "only", SEQ, "score", only)
