@@ -34,6 +34,12 @@ What is computed (`flanrec.metrics` has the definitions):
   precision, recall, F1 at p_yes >= 0.5;
 * `rating` — RMSE and MAE of `expected_rating` against `target_rating`.
 
+Before anything is scored, each shard is checked against the manifest `flanrec.infer` wrote
+beside it (its sha256, and the same run for every shard), a glob matching two runs' shards
+of the same name is refused, and every record against the split (`flanrec.eval_truth`:
+targets, users, and the candidates a score record ranks). A full-ranking and a candidate
+task (HR@K among 20 candidates) get separate rows of axes in the plot.
+
 With `--data_dir` (a `flanrec.prepare` output; default `$FLANREC_DATA_DIR`) the protocol's
 masking is applied: each user's seen items (train items for validation; train + validation
 items for test) are removed from the ranked list before cutting it to K, items outside the
@@ -58,7 +64,14 @@ from flanrec import metrics as M
 from flanrec.data import locations
 from flanrec.errors import ConfigError
 from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
-from flanrec.predictions import PredictionsError, Record, find_prediction_files, read_records
+from flanrec.predictions import (
+    PredictionsError,
+    Record,
+    find_prediction_files,
+    read_records,
+    reporting_write_errors,
+    shard_digest,
+)
 
 EvalInputError = PredictionsError
 """A predictions file is missing, incomplete or malformed (the message names file:line).
@@ -83,14 +96,11 @@ class Catalogue:
 
     @classmethod
     def load(cls, data_dir: str) -> Catalogue:
-        from flanrec.data import prepared, splits
+        from flanrec.data import prepared
 
         split = prepared.load_split(data_dir)
-        seen = {stage: {u.user: frozenset(splits.seen_items(u, stage)) for u in split.users
-                        if u.valid_item is not None and u.test_item is not None}
-                for stage in ("validation", "test")}
-        return cls(frozenset(split.all_items), seen, data_dir,
-                   eval_truth.SplitTruth.from_split(split, data_dir))
+        truth = eval_truth.SplitTruth.from_split(split, data_dir)
+        return cls(truth.catalogue, truth.seen, data_dir, truth)
 
     def exclude_for(self, record: Record) -> frozenset[str]:
         stage = record.data["split"]
@@ -119,6 +129,9 @@ class Section:
     # user -> per-user ranking metrics (ranking sections only), for paired comparisons
     per_user: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     coverage: eval_truth.Coverage | None = None  # users scored vs in the split
+    # ranking sections: eval_truth.FULL (the catalogue is ranked) or .CANDIDATES (a few
+    # given items per query), whose HR@K is on another scale and never shares a plot
+    layout: str = ""
 
 
 PAIRED_METRICS = ("ndcg@10", "hr@10")
@@ -134,6 +147,14 @@ def per_user_ranking(records: Sequence[Record], ks: Sequence[int],
         cleaned = M.clean_list(r.data["items"], excl, catalogue.items if catalogue else None)
         out[r.data["user"]] = M.user_ranking_metrics(cleaned.items, _targets(r), ks)
     return out
+
+
+def _target_tied(record: Record) -> bool:
+    """Whether a target's score equals another candidate's (the tie policy decides it)."""
+    targets = set(_targets(record))
+    scores = dict(zip(record.data["candidates"], record.data["scores"], strict=True))
+    want = {scores[t] for t in targets if t in scores}
+    return any(s in want for c, s in scores.items() if c not in targets)
 
 
 def _targets(record: Record) -> list[str]:
@@ -169,6 +190,12 @@ def evaluate_records(records: Sequence[Record], mode: str, ks: Sequence[int] = M
                                 catalogue=items_set)
         out["target_not_in_candidates"] = float(sum(
             not set(_targets(r)) & set(r.data["candidates"]) for r in records))
+        if ties != "pessimistic":
+            tied = sum(_target_tied(r) for r in records)
+            if tied:  # constant scores would rank every target first: say how often it did
+                print(f"warning: {records[0].where.rsplit(':', 1)[0]}: the target ties with "
+                      f"another candidate for {tied} of {len(records)} users; --ties {ties} "
+                      "decides their rank (pessimistic is the protocol's)", file=sys.stderr)
         return "ranking", out
     if mode == "rating":
         return "rating", M.rating_metrics([float(r.data["target_rating"]) for r in records],
@@ -194,9 +221,42 @@ def evaluate_dir(spec: str, ks: Sequence[int] = M.DEFAULT_KS,
         if coverage is not None and coverage.partial:
             values["users_in_split"] = float(coverage.expected)
         users = per_user_ranking(records, ks, catalogue) if mode == "predict" else {}
+        layout = ""
+        if kind == "ranking":
+            layout = (coverage.layout if coverage is not None and coverage.layout
+                      else _layout_of(records, mode))
         sections.append(Section(task, mode, kind, records[0].data["split"], values, baseline,
-                                users, coverage))
+                                users, coverage, layout))
     return sections
+
+
+def _layout_of(records: Sequence[Record], mode: str) -> str:
+    """FULL or CANDIDATES without a split to tell (the library call without a catalogue):
+    `predict` lists are top-K of the catalogue; scored lists that are all the same set
+    are the catalogue, lists that differ per query are candidate sets."""
+    if mode == "predict":
+        return eval_truth.FULL
+    first = set(records[0].data["candidates"])
+    same = all(set(r.data["candidates"]) == first for r in records)
+    return eval_truth.FULL if same else eval_truth.CANDIDATES
+
+
+def check_distinct_runs(runs: Sequence[str]) -> None:
+    """Refuse runs to be averaged that hold the same files: the same directory named twice,
+    or a copy of one run under another name, would be reported as two runs (seeds) with a
+    standard deviation of 0."""
+    if len(runs) < 2:
+        return
+    seen: dict[tuple[tuple[str, str], ...], str] = {}
+    for spec in runs:
+        files = find_prediction_files(spec)
+        key = tuple(sorted((storage.basename(p), shard_digest(p)[0])
+                           for paths in files.values() for p in paths))
+        if key in seen:
+            raise EvalInputError(f"--predictions: {spec} holds the same files, byte for byte, "
+                                 f"as {seen[key]}; averaging a run with itself would report "
+                                 "two runs (name each run once)")
+        seen[key] = spec
 
 
 def mean_of_runs(runs: Sequence[Sequence[Section]]) -> list[Section]:
@@ -237,7 +297,7 @@ def mean_of_runs(runs: Sequence[Sequence[Section]]) -> list[Section]:
                      for u in per_metric[PAIRED_METRICS[0]]}
         first = group[0]
         out.append(Section(first.task, first.mode, first.kind, first.split, metrics,
-                           first.baseline, users, first.coverage))
+                           first.baseline, users, first.coverage, first.layout))
     return out
 
 
@@ -339,6 +399,7 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
     catalogue = Catalogue.load(data_dir)
     runs = [p for p in predictions.split(",") if p] if isinstance(predictions, str) else \
         list(predictions)
+    check_distinct_runs(runs)
     model = mean_of_runs([evaluate_dir(p, ks, catalogue, ties=ties, allow_partial=allow_partial)
                           for p in runs])
     base = evaluate_dir(baselines, ks, catalogue, baseline=True, ties=ties,
@@ -362,16 +423,21 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
         flat.update({f"{key}_diff": row["diff"], f"{key}_lo": row["lo"],
                      f"{key}_hi": row["hi"], f"{key}_p": row["p_value"]})
     out_dir = outputs.claim_dir(out_dir, "eval", what="--out")
-    storage.write_json_atomic(storage.join(out_dir, METRICS_FILE), _json_safe(flat),
-                              sort_keys=True, ensure_ascii=True)
     names = section_names(model) + section_names(base)
     systems = list(zip(names, [*model, *base], strict=True))
     table = report.markdown(systems, ks)
     if comparisons:
         table += "\n" + report.paired_markdown(comparisons)
-    storage.write_atomic(storage.join(out_dir, TABLE_FILE), table)
+    path = storage.join(out_dir, METRICS_FILE)
+    with reporting_write_errors(path):
+        storage.write_json_atomic(path, _json_safe(flat), sort_keys=True, ensure_ascii=True)
+    path = storage.join(out_dir, TABLE_FILE)
+    with reporting_write_errors(path):
+        storage.write_atomic(path, table)
     if plot:
-        report.plot_at_k(systems, ks, storage.join(out_dir, PLOT_FILE))
+        path = storage.join(out_dir, PLOT_FILE)
+        with reporting_write_errors(path):
+            report.plot_at_k(systems, ks, path)
     if echo:
         print(table, end="")
     return flat

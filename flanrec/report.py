@@ -83,27 +83,47 @@ def markdown(systems: Sequence[tuple[str, Any]], ks: Sequence[int] = (1, 5, 10, 
     return "\n".join(parts)
 
 
+def plot_groups(systems: Sequence[tuple[str, Any]]) -> list[tuple[str, list[tuple[str, Any]]]]:
+    """The ranking systems split by what they rank: (title, systems) for the full-ranking
+    ones, then for the candidate tasks (HR@K among 20 candidates is on another scale than
+    HR@K over the catalogue: one axes for both would squash the full-ranking curves)."""
+    ranking = [(n, s) for n, s in systems if s.kind == "ranking"]
+    full = [(n, s) for n, s in ranking if getattr(s, "layout", "") != "candidates"]
+    cands = [(n, s) for n, s in ranking if getattr(s, "layout", "") == "candidates"]
+    groups = []
+    if full or not cands:
+        groups.append(("full ranking", full))
+    if cands:
+        groups.append(("among each query's candidates", cands))
+    return groups
+
+
 def plot_at_k(systems: Sequence[tuple[str, Any]], ks: Sequence[int], path: str) -> None:
-    """HR@K and NDCG@K against K, one line per ranking system; written atomically as PNG."""
+    """HR@K and NDCG@K against K, one line per ranking system; written atomically as PNG.
+
+    Full-ranking systems and candidate tasks get a row of axes each (`plot_groups`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ranking = [(n, s) for n, s in systems if s.kind == "ranking"]
+    groups = plot_groups(systems)
     ks = sorted(ks)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("hr", "ndcg"), strict=True):
-        for name, s in ranking:
-            ys = [s.metrics.get(f"{metric}@{k}", math.nan) for k in ks]
-            ax.plot(ks, ys, marker="o", linestyle="--" if s.baseline else "-", label=name)
-        ax.set_xlabel("K")
-        ax.set_ylabel(f"{metric.upper()}@K")
-        ax.set_xticks(ks)
-        ax.grid(alpha=0.3)
-    if ranking:
-        axes[0].legend(fontsize=8)
-    fig.suptitle(f"HR@K and NDCG@K ({', '.join(sorted({s.split for _, s in ranking}))})")
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 4 * len(groups)), squeeze=False)
+    for row, (title, ranking) in zip(axes, groups, strict=True):
+        for ax, metric in zip(row, ("hr", "ndcg"), strict=True):
+            for name, s in ranking:
+                ys = [s.metrics.get(f"{metric}@{k}", math.nan) for k in ks]
+                ax.plot(ks, ys, marker="o", linestyle="--" if s.baseline else "-", label=name)
+            ax.set_xlabel("K")
+            ax.set_ylabel(f"{metric.upper()}@K")
+            ax.set_title(f"{metric.upper()}@K, {title}", fontsize=10)
+            ax.set_xticks(ks)
+            ax.grid(alpha=0.3)
+        if ranking:
+            row[0].legend(fontsize=8)
+    splits = sorted({s.split for _, group in groups for _, s in group})
+    fig.suptitle(f"HR@K and NDCG@K ({', '.join(splits)})")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

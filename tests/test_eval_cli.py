@@ -108,8 +108,9 @@ def test_several_tasks_and_baselines_namespaced(tmp_path: Path):
             scores=[-1.0, -1.0, -3.0]),
         rec(d, "score", 1, "2", target_item="1", candidates=["1", "4", "5"],
             scores=[-0.5, -2.0, -1.0]),
-        # 8 is seen (masked) and 4 scores higher than the target: rank 2
-        rec(d, "score", 2, "3", candidates=["3", "4", "8"], scores=[-2.0, -1.0, -0.1]),
+        # 4 scores higher than the target: rank 2 (candidates are unseen items: a seen 8
+        # among them would be refused, see tests/test_trust2_predictions.py)
+        rec(d, "score", 2, "3", candidates=["3", "4", "6"], scores=[-2.0, -1.0, -3.0]),
     ]])
     b = "ml_binary"
     p_yes, labels = [0.9, 0.4, 0.3], [1, 0, 1]  # the labels the split's ratings give

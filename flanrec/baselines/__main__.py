@@ -128,7 +128,10 @@ def cli(argv: Sequence[str]) -> int:
 
 
 def _write_json(path: str, obj: object) -> None:
-    storage.write_json_atomic(path, obj, ensure_ascii=True)
+    from flanrec.predictions import reporting_write_errors
+
+    with reporting_write_errors(path):  # a full disk: one line, the old file intact
+        storage.write_json_atomic(path, obj, ensure_ascii=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

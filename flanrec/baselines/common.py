@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from flanrec import outputs, storage
 from flanrec.data import splits, types
-from flanrec.predictions import record_lines, shard_name, shard_prefix
+from flanrec.predictions import shard_name, shard_prefix, write_shard
 
 STAGES = ("validation", "test")
 
@@ -50,5 +50,5 @@ def write_predictions(out_dir: str, task: str, rows: Sequence[dict], mode: str =
     for name in storage.listdir(out_dir):
         if name.startswith(shard_prefix(task, mode)) and name != storage.basename(path):
             storage.remove(storage.join(out_dir, name))
-    storage.write_atomic(path, record_lines(rows))
+    write_shard(path, rows)
     return path

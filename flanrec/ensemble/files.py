@@ -15,7 +15,16 @@ from typing import Any
 
 from flanrec import outputs, storage
 from flanrec.ensemble import fusion
-from flanrec.predictions import mode_glob, record_lines, shard_name
+from flanrec.predictions import (
+    SHARD_RE,
+    PredictionsError,
+    check_shards,
+    find_prediction_files,
+    mode_glob,
+    shard_name,
+    validate_record,
+    write_shard,
+)
 
 Key = tuple[str, str, int]
 def check_output(out_dir: str) -> str:
@@ -28,15 +37,35 @@ def claim_output(out_dir: str) -> str:
 
 
 def _files(spec: str) -> list[str]:
+    """The predict shards under `spec`, found and checked as `flanrec.eval` finds them: a
+    (task)'s shards all present, no two runs' identically named shards (a glob over several
+    runs), each shard still the file its manifest describes."""
     if storage.isdir(spec):
-        files = storage.glob(storage.join(spec, mode_glob("predict")))
+        found = storage.glob(storage.join(spec, mode_glob("predict")))
     else:
-        files = storage.glob(spec)
-    files = [f for f in files if not storage.basename(f).startswith(".")
-             and not f.endswith(".tmp")]
-    if not files:
+        found = storage.glob(spec)
+    matches = [SHARD_RE.match(storage.basename(f)) for f in found]
+    if not any(m is not None and m["mode"] == "predict" for m in matches):
         raise FileNotFoundError(f"{spec}: no '*-predict.jsonl-*' prediction shards found")
+    files = []
+    for (_, mode), paths in find_prediction_files(spec).items():
+        if mode == "predict":
+            check_shards(paths)
+            files += paths
     return files
+
+
+def _check_record(rec: Any, where: str) -> Key:
+    """A predict record of the contract (`flanrec.predictions.validate_record`: fields,
+    types, one finite score per item), under whatever task name it carries, since members
+    of a template ensemble name their tasks apart; returns its (task, split, index)."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("task"), str):
+        raise ValueError("no task name")
+    try:
+        validate_record(rec, "predict", rec["task"], where, targets_required=False)
+    except PredictionsError as e:
+        raise ValueError(str(e).removeprefix(f"{where}: ")) from None
+    return rec["task"], rec["split"], rec["index"]
 
 
 def read_predictions(spec: str) -> dict[Key, dict[str, Any]]:
@@ -49,12 +78,9 @@ def read_predictions(spec: str) -> dict[Key, dict[str, Any]]:
                     continue
                 try:
                     rec = json.loads(line)
-                    key = (str(rec["task"]), str(rec["split"]), int(rec["index"]))
-                    items = rec["items"]
-                    if not isinstance(items, list):
-                        raise TypeError("'items' is not a list")
-                except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{n}: not a predict record ({e})") from e
+                    key = _check_record(rec, f"{path}:{n}")
+                except ValueError as e:
+                    raise ValueError(f"{path}:{n}: not a predict record ({e})") from None
                 if key in out:
                     raise ValueError(f"{path}:{n}: example {key} appears twice")
                 out[key] = rec
@@ -76,12 +102,17 @@ def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
     fused = []
     for key in sorted(keys):
         recs = [member[key] for member in members]
-        targets = {r.get("target_item") for r in recs}
+        targets = {json.dumps(r.get("target_item")) for r in recs}  # lists: several targets
         if len(targets) != 1:
             raise ValueError(f"example {key}: members disagree on the target {sorted(targets)}")
         lists = [list(r["items"]) for r in recs]
         k = top_k or max(len(x) for x in lists)
         if method in ("mean", "weighted"):
+            if any("scores" not in r for r in recs):
+                m = next(j for j, r in enumerate(recs) if "scores" not in r)
+                raise ValueError(f"example {key}: member {m} has no 'scores'; {method} fusion "
+                                 "averages them (use --method rrf or vote for ranked lists "
+                                 "without scores)")
             tables = [dict(zip(r["items"], map(float, r["scores"]), strict=True)) for r in recs]
             ranked = fusion.fuse(method, tables=tables, weights=weights, top_k=k)
         else:
@@ -119,6 +150,6 @@ def fuse_prediction_dirs(specs: Sequence[str], out_dir: str, method: str = "rrf"
     out_dir = claim_output(out_dir)
     for task, recs in sorted(by_task.items()):
         path = storage.join(out_dir, shard_name(task, "predict"))
-        storage.write_atomic(path, record_lines(recs))
+        write_shard(path, recs)
         paths.append(path)
     return paths

@@ -24,7 +24,7 @@ from flanrec import metrics as metrics_lib
 from flanrec import storage
 from flanrec.ensemble import fusion
 from flanrec.ensemble.files import check_output, claim_output
-from flanrec.predictions import record_lines, shard_name
+from flanrec.predictions import shard_name, write_shard
 from flanrec.progress import Progress
 
 
@@ -214,8 +214,7 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
     for t, member in zip(opts.templates, members, strict=True):
         for r in member:
             r["task"] = f"{task}-t{t}"
-        storage.write_atomic(storage.join(out_dir, shard_name(f"{task}-t{t}", "predict")),
-                             record_lines(member))
+        write_shard(storage.join(out_dir, shard_name(f"{task}-t{t}", "predict")), member)
     if opts.method in ("mean", "weighted"):
         tables = rescore_union(res, opts, opts.split, opts.templates, members)
     fused = []
@@ -234,6 +233,6 @@ def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
                    duplicates=sum(m[u]["duplicates"] for m in members))
         fused.append(rec)
     path = storage.join(out_dir, shard_name(f"{task}-{opts.method}", "predict"))
-    storage.write_atomic(path, record_lines(fused))
+    write_shard(path, fused)
     summary["path"] = path
     return summary

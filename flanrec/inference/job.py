@@ -408,10 +408,14 @@ def run_task(info: TaskInfo, config: T5Config, params: Any, checkpoint: Checkpoi
     if opts.overwrite:
         writer.reset()
     if writer.complete():
-        writer.check_complete()  # the same checkpoint and settings, or refused
-        log.info("%s: %s exists, skipping (OVERWRITE=True recomputes it)", info.name,
-                 writer.final)
-        return {"path": writer.final, "examples": None, "computed": 0, "seconds": 0.0}
+        problem = writer.check_complete()  # the same checkpoint and settings, or refused
+        if problem is None:
+            log.info("%s: %s exists and matches its manifest, skipping (OVERWRITE=True "
+                     "recomputes it)", info.name, writer.final)
+            return {"path": writer.final, "examples": None, "computed": 0, "seconds": 0.0}
+        # Replaced only once the new shard is whole: until then the damaged file stays.
+        log.warning("%s: %s cannot be kept (%s); recomputing it", info.name, writer.final,
+                    problem)
     runner = TaskRunner(info, config, params, opts)
     writer.open()
     total = seqio.get_mixture_or_task(info.name).num_input_examples(opts.split)

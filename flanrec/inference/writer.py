@@ -16,7 +16,12 @@ removes this shard, its chunks and its record so that everything is recomputed. 
 shard is published, its record ``{task}-{mode}-manifest-{host:05d}-of-{hosts:05d}.json`` is
 written next to it: the settings, the checkpoint, the gin config and the shard's sha256, so
 the output keeps saying what produced it (and a rerun with another checkpoint is refused
-even once the shard is complete).
+even once the shard is complete). A rerun keeps a finished shard only while it still hashes
+to that sha256 (a truncated or edited shard is recomputed), and every reader
+(`flanrec.predictions.check_shards`) verifies it the same way.
+
+A write the file system refuses (a full disk, a file size limit) is one line naming the
+file; the chunks written so far stay, the previous shard and record are left as they were.
 
 Every file goes through ``flanrec.storage`` (temp name + rename), so INFER_OUTPUT_DIR may be
 on gs:// (or ram:// in tests) as well as on a local disk.
@@ -24,17 +29,21 @@ on gs:// (or ram:// in tests) as well as on a local disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from flanrec import storage
+from flanrec import predictions, storage
 from flanrec.errors import UserError
-from flanrec.predictions import manifest_name, record_lines, shard_name
+from flanrec.predictions import manifest_name, shard_name
 
 MANIFEST = "manifest.json"
+STAGED = "shard.staged"
+"""The whole shard, written inside the chunk dir before its record and its rename."""
+_KEPT = "finished chunks are kept and a rerun resumes from them"
 CHECKPOINT_KEYS = ("checkpoint_step", "params_sha256")
 
 
@@ -92,20 +101,29 @@ class ChunkWriter:
         self.record = _plain(dict(record or {}))
 
     def complete(self) -> bool:
-        """The final shard exists: this (task, mode) is done on this host."""
+        """The final shard exists: this (task, mode) is done on this host (if it is still
+        the file its record describes: `check_complete`)."""
         return storage.exists(self.final)
 
-    def check_complete(self) -> None:
-        """Refuse a finished shard that another checkpoint or other settings produced (a
-        shard of an older flanrec, without a record, is taken as it is)."""
+    def check_complete(self) -> str | None:
+        """Whether a finished shard can be kept: refuse one that another checkpoint or other
+        settings produced; return why it must be recomputed (it no longer hashes to the
+        sha256 its record holds: truncated or edited; the record is unreadable or gone,
+        since `finalize` always writes it before the shard), or None when it is intact."""
         if not storage.exists(self.manifest):
-            return
-        doc = storage.read_json(self.manifest)
-        old = doc.get("settings", {}) if isinstance(doc, dict) else {}
+            return (f"it has no record {storage.basename(self.manifest)} to verify it "
+                    "against")
+        try:
+            doc = predictions.read_manifest(self.final)
+        except predictions.PredictionsError as e:
+            return str(e).removeprefix(f"{self.final}: ")
+        assert doc is not None
+        old = doc.get("settings", {})
         if old != self.settings:
             raise ResumeMismatchError(_mismatch(self.final, old, self.settings,
                                                 doc.get("checkpoint", {}), self.record,
                                                 finished=True))
+        return predictions.shard_problem(self.final, doc)
 
     def reset(self) -> None:
         """Remove this shard, its record and its chunks (all written by this job)."""
@@ -117,10 +135,16 @@ class ChunkWriter:
 
     def open(self) -> None:
         """Create or re-open the chunk dir, checking the manifest; clear stale temp files."""
-        storage.makedirs(self.chunk_dir)
+        with predictions.reporting_write_errors(self.chunk_dir):
+            storage.makedirs(self.chunk_dir)
         path = storage.join(self.chunk_dir, MANIFEST)
         if storage.exists(path):
-            doc = storage.read_json(path)
+            try:
+                doc = storage.read_json(path)
+            except ValueError:  # a damaged record of the chunks: they cannot be trusted
+                raise ResumeMismatchError(
+                    f"{path}: unreadable record of the chunks in {self.chunk_dir}; rerun "
+                    "with --gin.OVERWRITE=True to recompute them") from None
             if isinstance(doc, dict) and isinstance(doc.get("settings"), dict):
                 old, old_record = doc["settings"], doc.get("record", {})
             else:  # written by an older flanrec: the settings themselves
@@ -129,10 +153,11 @@ class ChunkWriter:
                 raise ResumeMismatchError(_mismatch(self.chunk_dir, old, self.settings,
                                                     old_record, self.record, finished=False))
         else:
-            storage.write_json_atomic(path, {"settings": self.settings, "record": self.record},
-                                      sort_keys=True)
+            with predictions.reporting_write_errors(path, _KEPT):
+                storage.write_json_atomic(path, {"settings": self.settings,
+                                                 "record": self.record}, sort_keys=True)
         for name in storage.listdir(self.chunk_dir):
-            if ".tmp-" in name:
+            if ".tmp-" in name or name == STAGED:
                 storage.remove(storage.join(self.chunk_dir, name))
 
     def chunk_path(self, chunk: int) -> str:
@@ -142,12 +167,15 @@ class ChunkWriter:
         return storage.exists(self.chunk_path(chunk))
 
     def write(self, chunk: int, records: Iterable[Mapping[str, Any]]) -> None:
-        storage.write_atomic(self.chunk_path(chunk), record_lines(records))
+        predictions.write_shard(self.chunk_path(chunk), records, _KEPT)
 
     def finalize(self, num_chunks: int, provenance: Mapping[str, Any] | None = None) -> str:
         """Concatenate chunks 0..num_chunks-1 into the final shard; returns its path.
 
-        The record is written first and the shard last: the shard's existence means done.
+        The shard is first written whole inside the chunk dir, then its record is written,
+        then the shard is renamed into place: its existence means done, and a write that
+        fails (a full disk, a size limit) leaves the previous shard and record as they were
+        and the chunks for a rerun.
         """
         missing = [c for c in range(num_chunks) if not self.has(c)]
         if missing:
@@ -156,13 +184,23 @@ class ChunkWriter:
         for line in self._lines(num_chunks):
             digest.update(line.encode("utf-8"))
             count += bool(line.strip())
-        storage.write_json_atomic(self.manifest, {
-            "shard": storage.basename(self.final), "records": count,
-            "sha256": digest.hexdigest(), "settings": self.settings,
-            "checkpoint": self.record, **_plain(dict(provenance or {})),
-            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-            sort_keys=True)
-        storage.write_atomic(self.final, self._lines(num_chunks))
+        staged = storage.join(self.chunk_dir, STAGED)
+        with predictions.reporting_write_errors(self.final, _KEPT):
+            storage.write_atomic(staged, self._lines(num_chunks))
+        try:
+            with predictions.reporting_write_errors(self.manifest, _KEPT):
+                storage.write_json_atomic(self.manifest, {
+                    "shard": storage.basename(self.final), "records": count,
+                    "sha256": digest.hexdigest(), "settings": self.settings,
+                    "checkpoint": self.record, **_plain(dict(provenance or {})),
+                    "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                    sort_keys=True)
+            with predictions.reporting_write_errors(self.final, _KEPT):
+                storage.rename(staged, self.final, overwrite=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                storage.remove(staged)
+            raise
         storage.rmtree(self.chunk_dir)
         return self.final
 
