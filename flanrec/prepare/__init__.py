@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,7 @@ from flanrec.data import families as families_lib
 from flanrec.data.prepared_write import build_tries, write_split
 from flanrec.errors import UserError
 from flanrec.prepare.index import fit_indexes
-from flanrec.prepare.options import PrepareOptions
+from flanrec.prepare.options import PrepareOptions, check_options
 from flanrec.progress import stage
 
 if TYPE_CHECKING:  # annotations only: the job imports the data layer lazily (fast --help)
@@ -312,9 +313,16 @@ def prepare(opts: PrepareOptions, log: Any = print,
         timings[name] = round(now - since[0], 3)
         since[0] = now
 
+    check_options(opts)
+    if not opts.indexing:
+        raise UserError(f"--indexing: expected at least one of {', '.join(INDEX_SUFFIX)}, got "
+                        "none")
     for m in opts.indexing:
         if m not in INDEX_SUFFIX:
             raise UserError(f"unknown indexing {m!r}; choose from {sorted(INDEX_SUFFIX)}")
+    if not opts.families:
+        raise UserError(f"--families: expected at least one of {', '.join(FAMILIES)}, got "
+                        "none")
     unknown = [f for f in opts.families if f not in FAMILIES]
     if unknown:
         raise UserError(f"unknown families {unknown}; choose from {FAMILIES}")
@@ -333,9 +341,16 @@ def prepare(opts: PrepareOptions, log: Any = print,
             st["note"] = f"{len(dataset.interactions):,} interactions"
         lap("read")
         with stage("prepare: split (leave-one-out)", log=progress) as st:
-            split = splits_lib.leave_one_out(dataset, max_history=opts.max_history,
-                                             kcore=opts.kcore, min_rating=opts.min_rating)
+            interactions = collapse_duplicates(dataset.interactions, opts.duplicates)
+            split = splits_lib.leave_one_out(interactions, max_history=opts.max_history,
+                                             kcore=opts.kcore, min_rating=opts.min_rating,
+                                             duplicates=None)
             splits_lib.check_usable(split, dataset.interactions.source or opts.dataset)
+            report_repeated_targets(split)
+            skipped_direct = check_num_candidates(split, opts)
+            if skipped_direct:
+                opts = dataclasses.replace(opts, families=tuple(
+                    f for f in opts.families if f != "direct"))
             fps = splits_lib.fingerprints(split)
             file_hashes = write_split(split, dataset.items, os.path.join(tmp, "split"),
                                       dataset.users)
@@ -350,6 +365,8 @@ def prepare(opts: PrepareOptions, log: Any = print,
         infos = write_tasks(split, dataset, indexes, opts, os.path.join(tmp, "tasks"), prefix,
                             sample, report=progress)
         skipped = skipped_families(opts.families, infos, dataset)
+        if skipped_direct:
+            skipped["direct"] = skipped_direct
         for family, why in skipped.items():
             log(f"warning: family {family!r} not written: {why}")
         lap("tasks")
@@ -423,6 +440,81 @@ def prepare(opts: PrepareOptions, log: Any = print,
         storage.write_json_atomic(os.path.join(tmp, "prepare.json"), doc, ensure_ascii=True)
     log(summary_table(doc, out))
     return doc
+
+
+def warn(message: str) -> None:
+    """A line the user should read but that does not stop the job: on stderr, so it is
+    seen even when stdout (the summary) goes to a file."""
+    print(f"flanrec.prepare: {message}", file=sys.stderr, flush=True)
+
+
+def collapse_duplicates(interactions: Any, policy: str) -> Any:
+    """Apply `--duplicates` to the log and say on stderr what it did (see
+    `splits.drop_duplicates`: one interaction must not be both validation and test item)."""
+    from flanrec.data import splits as splits_lib
+
+    kept, dups = splits_lib.drop_duplicates(interactions, policy)
+    if dups.removed:
+        user, item, stamp, rows = dups.example
+        warn(f"{interactions.source or 'the log'}: {dups.removed:,} row(s) repeat the user, "
+             f"item and timestamp of another ({dups.groups:,} group(s), "
+             f"{dups.rating_differs:,} with different ratings; the first: user {user!r}, "
+             f"item {item!r}, timestamp {stamp}, data rows "
+             f"{', '.join(map(str, rows[:5]))}); kept the {policy} row of each "
+             f"(--duplicates {policy}), {len(kept):,} rows remain")
+    return kept
+
+
+def report_repeated_targets(split: Split) -> None:
+    """Say on stderr how many users' held-out item repeats an earlier interaction.
+
+    The split keeps re-interactions (the same item at a later timestamp is a real event),
+    but ranking masks what a user has already seen, so such a target cannot be hit: the
+    user still counts in HR/NDCG with 0. Printed so that a low score is explained.
+    """
+    from flanrec.data import splits as splits_lib
+
+    valid, test = splits_lib.repeated_targets(split)
+    if valid or test:
+        warn(f"re-interactions: {test:,} user(s)' test item and {valid:,} user(s)' "
+             "validation item repeat an item they interacted with at an earlier time; the "
+             "split keeps them, and ranking masks seen items, so these targets score 0")
+
+
+def check_num_candidates(split: Split, opts: PrepareOptions) -> str:
+    """Refuse a `--num_candidates` the direct family cannot draw for every user.
+
+    A direct question offers the target plus `num_candidates - 1` items the user never
+    interacted with; if some user has fewer such items, rendering that user's examples
+    would fail later, inside training or a baseline. Asked for by name (--families) or with
+    a `--num_candidates` other than the default, that is an error now; as part of the
+    default families with the default count, the direct family is left out and the reason
+    is returned (and printed).
+    """
+    if "direct" not in opts.families:
+        return ""
+    catalogue = set(split.all_items)
+    fewest, who = len(catalogue), None
+    for s in split.users:
+        queried = len(s.train_items) >= 2 or (s.valid_item is not None and s.train_items)
+        if not queried:
+            continue
+        seen = set(s.train_items) | {i for i in (s.valid_item, s.test_item) if i is not None}
+        free = len(catalogue - seen)
+        if free < fewest:
+            fewest, who = free, s.user
+    if who is None or fewest >= opts.num_candidates - 1:
+        return ""
+    why = (f"--num_candidates {opts.num_candidates}: user {who!r} has interacted with all "
+           f"but {fewest} of the {len(catalogue):,} catalogue items, so a direct question "
+           f"can offer at most {fewest + 1} options (the target and {fewest} unseen items)")
+    default = PrepareOptions.__dataclass_fields__["num_candidates"].default
+    if opts.families != FAMILIES or opts.num_candidates != default:
+        fix = (f"pass --num_candidates {fewest + 1} or fewer, or leave out" if fewest
+               else "leave out")
+        raise UserError(f"{why}; {fix} the direct family (--families)")
+    warn(f"family 'direct' not written: {why}")
+    return why
 
 
 def _drop_sequence_tasks(tries: dict[str, dict[str, Any]], infos: dict[str, Any],

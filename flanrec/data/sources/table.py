@@ -72,6 +72,8 @@ def read_table(
     ``item_col``; ``title_col`` gives titles, with "(YEAR)" split off).
     """
     p = Path(path)
+    if p.is_dir():
+        p = _single_file(p, format)
     fmt = _format_of(p, format)
     wanted = {"user": user_col, "item": item_col, "timestamp": timestamp_col}
     if rating_col:
@@ -121,6 +123,27 @@ def read_table(
             if year:
                 meta.year[key] = year
     return _common.finish_dataset(name or p.stem, inter, meta, None)
+
+
+_SUFFIXES = {"csv": (".csv", ".tsv", ".txt", ".dat", ".csv.gz", ".tsv.gz", ".txt.gz"),
+             "parquet": (".parquet", ".pq")}
+
+
+def _single_file(directory: Path, fmt: str | None) -> Path:
+    """The one interaction file in ``directory`` (a --raw_dir given as a folder): used when
+    exactly one file has the format's suffix, else refused naming what was found."""
+    suffixes = _SUFFIXES[fmt] if fmt in _SUFFIXES else sum(_SUFFIXES.values(), ())
+    found = sorted(f for f in directory.iterdir()
+                   if f.is_file() and f.name.lower().endswith(suffixes))
+    if len(found) == 1:
+        _common.log.warning("%s is a directory: reading its one %s file, %s", directory,
+                            fmt or "table", found[0].name)
+        return found[0]
+    got = ("none" if not found else
+           f"{len(found)} of them: {', '.join(f.name for f in found[:5])}")
+    raise DataError(directory, f"a {fmt or 'CSV/Parquet'} file, or a directory holding exactly "
+                    f"one file named *{'|*'.join(suffixes)}", got=got, has_got=True,
+                    hint="pass the file itself as --raw_dir")
 
 
 def _detect_rating_column(names: Sequence[str], path: Path, mapped: set[str]) -> str | None:
