@@ -105,12 +105,11 @@ def implicit_threshold(inter: types.Interactions, min_rating: float) -> types.In
 
     missing = int(np.isnan(inter.rating).sum())
     if missing:
-        what = ("the log has no ratings" if missing == len(inter) else
-                f"{missing} of {len(inter)} rows have no rating")
+        what = ("the log has none" if missing == len(inter) else
+                f"{missing} of its {len(inter)} rows have none (NaN)")
         raise ConfigError(
-            f"--min_rating {min_rating:g}: {inter.source or 'interactions'}: {what}, so a "
-            "threshold cannot be applied (CSV: name the rating column with --rating_col, or "
-            "leave out --min_rating)"
+            f"{inter.source or 'interactions'}: min_rating={min_rating} needs ratings, but "
+            f"{what}: leave out --min_rating, or name the rating column (CSV: --rating_col)"
         )
     return _take(inter, inter.rating >= np.float32(min_rating))
 
@@ -280,7 +279,7 @@ def leave_one_out(
     min_rating: float | None = None,
     short_users: str = "train_only",
     all_items: Sequence[str] | None = None,
-    duplicates: str | None = "last",
+    duplicates: str | None = None,
 ) -> types.Split:
     """Chronological leave-one-out split (the ml100k-loo protocol when called with defaults).
 
@@ -303,8 +302,9 @@ def leave_one_out(
 
     ``duplicates``: rows sharing (user, item, timestamp) are first reduced to one by
     :func:`drop_duplicates` with this policy (before the rating threshold, so the kept
-    row's rating is the one compared); ``None`` leaves the rows as they are (a caller that
-    has already done it).
+    row's rating is the one compared). ``None`` (the default: the protocol as published
+    splits every row) leaves them; prepare applies its ``--duplicates`` policy (default
+    "last") itself, so that it can say what it collapsed.
     """
     if short_users not in SHORT_USER_POLICIES:
         raise ValueError(f"short_users must be one of {SHORT_USER_POLICIES}, got {short_users!r}")

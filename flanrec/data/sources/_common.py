@@ -176,7 +176,10 @@ def parse_float(text: str, path: str | os.PathLike[str], line: int | None, field
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+    if not math.isfinite(value):
+        raise DataError(path, "a finite number", line=line, field=field, got=text,
+                        has_got=True, unit=unit)
+    if abs(value) > FLOAT32_MAX:
         raise DataError(path, f"a finite number within float32 range (|x| <= "
                         f"{FLOAT32_MAX:.4g})", line=line, field=field, got=text,
                         has_got=True, unit=unit)
