@@ -39,7 +39,6 @@ import numpy as np
 
 from flanrec.errors import ConfigError, UserError
 
-
 TABLE_LIMIT_ENV = "FLANREC_TRIE_TABLE_LIMIT"
 DEFAULT_TABLE_LIMIT = 4 << 30
 """Bytes the padded [nodes, widest fan-out] tables of a trie may take (both together) before

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_candidates", type=int_range(2), default=20,
                    help="direct family: options per question, the target included (>= 2, and at "
                    "most 1 + the fewest items a user has not interacted with)")
-    p.add_argument("--kcore", type=positive_int, default=None, help="k-core filter (e.g. 5 for Amazon)")
+    p.add_argument("--kcore", type=positive_int, default=None,
+                   help="k-core filter (e.g. 5 for Amazon)")
     p.add_argument("--min_rating", type=float_range(float32=True), default=None,
                    help="keep interactions rated >= this (default: all)")
     p.add_argument("--duplicates", default="last", choices=DUPLICATE_POLICIES,
