@@ -13,9 +13,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-import numpy as np
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(float32).max, without importing numpy
 
 
 def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:

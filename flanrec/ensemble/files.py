@@ -80,7 +80,7 @@ def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
         if len(targets) != 1:
             raise ValueError(f"example {key}: members disagree on the target {sorted(targets)}")
         lists = [list(r["items"]) for r in recs]
-        k = top_k or max(len(x) for x in lists)
+        k = top_k if top_k is not None else max(len(x) for x in lists)
         if method in ("mean", "weighted"):
             tables = [dict(zip(r["items"], map(float, r["scores"]), strict=True)) for r in recs]
             ranked = fusion.fuse(method, tables=tables, weights=weights, top_k=k)
