@@ -67,6 +67,8 @@ def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
     """One fused record per example; ``mean``/``weighted`` use the members' ``scores``."""
     if len(members) < 2:
         raise ValueError("an ensemble needs at least 2 members")
+    if top_k is not None and (isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k: expected an integer >= 1 (items per fused list), got {top_k!r}")
     keys = set(members[0])
     for m, member in enumerate(members[1:], start=1):
         if set(member) != keys:

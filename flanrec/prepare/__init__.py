@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import sys
 import time
@@ -333,6 +334,9 @@ def prepare(opts: PrepareOptions, log: Any = print,
         raise UserError(f"{', '.join(semantic_opts)} only apply to --indexing semantic")
     out = _check_out(opts)
     prefix = opts.task_prefix or task_prefix_for(opts.dataset)
+    if not re.fullmatch(r"[A-Za-z0-9_.:]+", prefix):
+        raise UserError(f"--task_prefix: expected letters, digits, '_', '.' or ':' (it "
+                        f"starts every seqio task name), got {prefix!r}")
     with outputs.staged_dir(out, "prepare", replace=opts.overwrite,
                             replace_hint=_NO_OVERWRITE_HINT,
                             record={"dataset": opts.dataset}) as tmp:

@@ -111,6 +111,8 @@ def read_table(
                 meta.year[item] = year
     if items_path is not None:
         ip = Path(items_path)
+        if ip.is_dir():
+            ip = _single_file(ip, None)
         id_col = item_id_col or item_col
         ifmt = _format_of(ip, None)
         icols = (_read_parquet(ip, [id_col, title_col]) if ifmt == "parquet" else
