@@ -333,6 +333,7 @@ def prepare(opts: PrepareOptions, log: Any = print,
     if semantic_opts and "semantic" not in opts.indexing:
         raise UserError(f"{', '.join(semantic_opts)} only apply to --indexing semantic")
     out = _check_out(opts)
+    named_families = opts.families != FAMILIES  # asked for by name: refuse, never drop
     prefix = opts.task_prefix or task_prefix_for(opts.dataset)
     if not re.fullmatch(r"[A-Za-z0-9_.:]+", prefix):
         raise UserError(f"--task_prefix: expected letters, digits, '_', '.' or ':' (it "
@@ -398,7 +399,8 @@ def prepare(opts: PrepareOptions, log: Any = print,
             with stage("prepare: item tries", log=progress):
                 tries = build_tries(indexes, vocabulary, split.all_items, index_root,
                                     without_eos=sequence_methods)
-            _drop_sequence_tasks(tries, infos, os.path.join(tmp, "tasks"), opts, log)
+            _drop_sequence_tasks(tries, infos, os.path.join(tmp, "tasks"), named_families,
+                                 log)
             lap("trie")
         doc = {
             "format": "flanrec.prepared",
@@ -522,7 +524,7 @@ def check_num_candidates(split: Split, opts: PrepareOptions) -> str:
 
 
 def _drop_sequence_tasks(tries: dict[str, dict[str, Any]], infos: dict[str, Any],
-                         tasks_root: str, opts: PrepareOptions, log: Any) -> None:
+                         tasks_root: str, named_families: bool, log: Any) -> None:
     """Remove seqrec tasks whose item IDs are not one fixed number of tokens.
 
     Their targets run from one item into the next without EOS, so an item must end where its
@@ -540,7 +542,7 @@ def _drop_sequence_tasks(tries: dict[str, dict[str, Any]], infos: dict[str, Any]
             msg = (f"{family} with --indexing {method}: {why} under this vocabulary; prepare "
                    "with --train_vocab (every item ID becomes one piece) or an indexing of "
                    "fixed-length codes")
-            if opts.families != FAMILIES:
+            if named_families:
                 raise UserError(msg)
             log(f"  warning: task {dirname} skipped: {msg}")
             shutil.rmtree(os.path.join(tasks_root, dirname))
