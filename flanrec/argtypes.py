@@ -18,15 +18,20 @@ FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(float32).max, without importi
 
 def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
     """An integer ``lo <= n <= hi`` (either bound may be None: unbounded)."""
-    what = _bounds("an integer", lo, hi)
+    # Name the bound that was broken: "an integer >= 1" reads better than a range whose
+    # upper end (int32) no one asks about.
+    what = _bounds("an integer", lo, None) if lo is not None else _bounds("an integer", lo, hi)
 
     def parse(text: str) -> int:
         try:
             value = int(text.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if lo is not None and value < lo:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"expected {_bounds('an integer', None, hi)}, "
+                                             f"got {text!r}")
         return value
 
     parse.__name__ = "int"  # argparse names the type in "invalid int value" messages
@@ -57,15 +62,22 @@ def float_range(lo: float | None = None, hi: float | None = None, *,
     return parse
 
 
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _bounds(noun: str, lo: float | None, hi: float | None, *, lo_open: bool = False) -> str:
     if lo is not None and hi is not None:
-        return f"{noun} in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        return f"{noun} in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}]"
     if lo is not None:
-        return f"{noun} {'>' if lo_open else '>='} {lo:g}"
+        return f"{noun} {'>' if lo_open else '>='} {_num(lo)}"
     if hi is not None:
-        return f"{noun} <= {hi:g}"
+        return f"{noun} <= {_num(hi)}"
     return noun
 
 
-positive_int = int_range(1)
-nonnegative_int = int_range(0)
+INT32_MAX = 2**31 - 1
+"""The bound of every count flag: sizes become int32 tensor shapes and features downstream."""
+
+positive_int = int_range(1, INT32_MAX)
+nonnegative_int = int_range(0, INT32_MAX)

@@ -155,6 +155,8 @@ def test_drop_duplicates_keeps_the_kept_rows_place():
                                 "got '0'"),
     (["--num_candidates", "1"], "argument --num_candidates: expected an integer >= 2"),
     (["--kcore", "0"], "argument --kcore: expected an integer >= 1, got '0'"),
+    (["--max_history", str(2**31)], "argument --max_history: expected an integer <= "
+                                    "2147483647, got '2147483648'"),
     (["--num_shards", "0"], "argument --num_shards: expected an integer >= 1"),
     (["--vocab_size", "-5"], "argument --vocab_size: expected an integer >= 1"),
     (["--min_rating", "nan"], "argument --min_rating: expected a finite number in"),
@@ -175,6 +177,7 @@ def test_options_checked_for_callers_without_the_parser(tmp_path):
     from flanrec.prepare.options import PrepareOptions
 
     for field, value in (("max_history", 0), ("num_candidates", 0), ("seqrec_window", 0),
+                         ("seqrec_tilings", 2**40),
                          ("kcore", 0), ("min_rating", float("inf")), ("duplicates", "keep")):
         opts = PrepareOptions(dataset="csv", out=str(tmp_path / "o"), raw_dir="x.csv",
                               **{field: value})
@@ -380,7 +383,7 @@ def test_padded_tables_within_the_budget_and_old_trie_files(tmp_path, monkeypatc
 @pytest.mark.parametrize("module, argv, message", [
     ("flanrec.convert.__main__", ["--from", "flanrec", "--src", "x", "--to", "t5x", "--out",
                                   "y", "--step", "-5"],
-     "flanrec.convert: error: argument --step: expected an integer in [0, 2.14748e+09], got "
+     "flanrec.convert: error: argument --step: expected an integer >= 0, got "
      "'-5'"),
     ("flanrec.ensemble.__main__", ["fuse", "--predictions", "a", "b", "--out", "o",
                                    "--top_k", "0"],

@@ -81,14 +81,16 @@ def check_options(opts: PrepareOptions) -> None:
     """
     import math
 
-    from flanrec.argtypes import FLOAT32_MAX
+    from flanrec.argtypes import FLOAT32_MAX, INT32_MAX
 
     for name, low in _MINIMUM.items():
         value = getattr(opts, name)
         if value is None and name == "kcore":
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"--{name}: expected an integer >= {low}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not \
+                low <= value <= INT32_MAX:
+            raise ConfigError(f"--{name}: expected an integer in [{low}, {INT32_MAX}], got "
+                              f"{value!r}")
     if opts.min_rating is not None and not (isinstance(opts.min_rating, int | float)
                                             and math.isfinite(opts.min_rating)
                                             and abs(opts.min_rating) <= FLOAT32_MAX):
