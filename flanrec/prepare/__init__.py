@@ -370,10 +370,10 @@ def prepare(opts: PrepareOptions, log: Any = print,
         infos = write_tasks(split, dataset, indexes, opts, os.path.join(tmp, "tasks"), prefix,
                             sample, report=progress)
         skipped = skipped_families(opts.families, infos, dataset)
-        if skipped_direct:
-            skipped["direct"] = skipped_direct
         for family, why in skipped.items():
             log(f"warning: family {family!r} not written: {why}")
+        if skipped_direct:  # said on stderr when it was decided
+            skipped["direct"] = skipped_direct
         lap("tasks")
         vocab_path = None
         if opts.train_vocab:
