@@ -123,9 +123,10 @@ class TrieArrays:
                 f"item trie of {self.num_items:,} items: {self.num_nodes:,} nodes x "
                 f"{self.max_fanout:,} children at its widest node need {_size(need)} as the "
                 f"padded tables constrained decoding gathers from, over the {_size(limit)} "
-                f"limit (${TABLE_LIMIT_ENV}); rank with the model's full softmax (seqrec "
-                "family), or use an indexing whose IDs are several tokens each (e.g. "
-                "--indexing semantic or collaborative), which keeps every node narrow")
+                f"limit (${TABLE_LIMIT_ENV}); decode without the trie (infer "
+                "--gin.CONSTRAINED=False), or prepare with an indexing whose IDs are several "
+                "tokens each (e.g. --indexing semantic or collaborative), which keeps every "
+                "node narrow")
         out = np.full((self.num_nodes, self.max_fanout), -1, np.int32)
         counts = self.num_children
         rows = np.repeat(np.arange(self.num_nodes), counts)
