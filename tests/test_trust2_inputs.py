@@ -413,3 +413,20 @@ def test_fuse_runs_top_k_is_exact():
 
     with pytest.raises(ValueError, match="top_k: expected an integer >= 1"):
         fuse_runs([{}, {}], "rrf", top_k=0)
+
+
+def test_one_column_for_two_roles_is_refused(tmp_path, capsys):
+    raw = write_csv(tmp_path / "log.csv", rows())
+    assert run(tmp_path, raw, "--item_col", "user_id") == 2
+    assert error_line(capsys) == ("flanrec.prepare: error: --user_col and --item_col both name "
+                                  "column 'user_id': each must be a column of its own")
+
+
+def test_a_header_naming_a_mapped_column_twice_is_refused(tmp_path, capsys):
+    raw = write_csv(tmp_path / "log.csv", [(u, u + "x", i, t) for u, i, t, _ in rows()],
+                    header="user_id,user_id,item_id,timestamp")
+    assert run(tmp_path, raw) == 2
+    assert error_line(capsys) == (
+        f"flanrec.prepare: error: {raw} line 1, field 'user_id': expected each column name "
+        "once in the header, got 'user_id,user_id,item_id,timestamp' (which of the columns "
+        "is meant cannot be told; rename one)")

@@ -78,6 +78,7 @@ def read_table(
     wanted = {"user": user_col, "item": item_col, "timestamp": timestamp_col}
     if rating_col:
         wanted["rating"] = rating_col
+    _check_distinct(wanted)
     names = (_parquet_names(p) if fmt == "parquet" else
              _csv_names(p, delimiter, header, column_names, encoding))
     if rating_col is None:
@@ -146,6 +147,23 @@ def _single_file(directory: Path, fmt: str | None) -> Path:
     raise DataError(directory, f"a {fmt or 'CSV/Parquet'} file, or a directory holding exactly "
                     f"one file named *{'|*'.join(suffixes)}", got=got, has_got=True,
                     hint="pass the file itself as --raw_dir")
+
+
+_FLAGS = {"user": "--user_col", "item": "--item_col", "timestamp": "--time_col",
+          "rating": "--rating_col"}
+
+
+def _check_distinct(wanted: dict[str, str]) -> None:
+    """Two roles read from one column (``--item_col user_id``) would make, say, every item
+    its user: refused, naming both options."""
+    from flanrec.errors import ConfigError
+
+    seen: dict[str, str] = {}
+    for role, col in wanted.items():
+        if col in seen:
+            raise ConfigError(f"{_FLAGS[seen[col]]} and {_FLAGS[role]} both name column "
+                              f"{col!r}: each must be a column of its own")
+        seen[col] = role
 
 
 def _detect_rating_column(names: Sequence[str], path: Path, mapped: set[str]) -> str | None:
@@ -237,6 +255,11 @@ def _read_csv(path: Path, wanted: list[str], delimiter: str, header: bool,
     if header:
         line, text = next(lines)
         names = [c.strip() for c in _parse_row(path, line, text, delimiter)]
+        twice = [w for w in dict.fromkeys(wanted) if names.count(w) > 1]
+        if twice:
+            raise DataError(path, "each column name once in the header", line=line,
+                            field=twice[0], got=text, hint="which of the columns is meant "
+                            "cannot be told; rename one")
         missing = [w for w in wanted if w not in names]
         if missing:
             hint = _delimiter_hint(text, delimiter) or (
