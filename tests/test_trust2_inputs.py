@@ -430,3 +430,24 @@ def test_a_header_naming_a_mapped_column_twice_is_refused(tmp_path, capsys):
         f"flanrec.prepare: error: {raw} line 1, field 'user_id': expected each column name "
         "once in the header, got 'user_id,user_id,item_id,timestamp' (which of the columns "
         "is meant cannot be told; rename one)")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: np.save(p, np.zeros((3, 4))),
+     "expected a 2-D array with one row per item (17), got 'shape (3, 4)'"),
+    (lambda p: np.save(p, np.full((17, 4), "a")), "expected numbers (a float array), got "
+                                                  "'dtype <U1'"),
+    (lambda p: np.save(p, np.array([None] * 17, dtype=object), allow_pickle=True),
+     "expected a .npy file of numbers (numpy.save of an [items, dim] float array), got "
+     "'Object arrays cannot be loaded when allow_pickle=False'"),
+    (lambda p: np.save(p, np.where(np.arange(68).reshape(17, 4) == 21, np.nan, 1.0)),
+     ": expected finite numbers, but row 5 (item 'i13'; rows count from 0) is not finite"),
+])
+def test_bad_semantic_embeddings_are_refused_in_one_line(tmp_path, capsys, make, message):
+    raw = write_csv(tmp_path / "log.csv", rows())
+    npy = tmp_path / "emb.npy"
+    make(npy)
+    assert run(tmp_path, raw, "--indexing", "semantic", "--semantic_embeddings", str(npy),
+               families="seq") == 2
+    line = error_line(capsys)
+    assert line.startswith(f"flanrec.prepare: error: {npy}") and line.endswith(message), line
