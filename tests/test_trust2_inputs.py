@@ -451,3 +451,24 @@ def test_bad_semantic_embeddings_are_refused_in_one_line(tmp_path, capsys, make,
                families="seq") == 2
     line = error_line(capsys)
     assert line.startswith(f"flanrec.prepare: error: {npy}") and line.endswith(message), line
+
+
+@pytest.mark.parametrize("policy", ["last", "first"])
+def test_drop_duplicates_matches_a_brute_force_reference(policy):
+    from flanrec.data.sources._common import make_interactions
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        n = int(rng.integers(1, 60))
+        data = [(f"u{rng.integers(3)}", f"i{rng.integers(4)}", int(rng.integers(3)),
+                 float(rng.integers(1, 6))) for _ in range(n)]
+        inter = make_interactions(*zip(*data, strict=True), "r.csv")
+        kept, info = splits_lib.drop_duplicates(inter, policy)
+        chosen: dict[tuple, int] = {}
+        for j, (u, i, t, _) in enumerate(data):
+            if policy == "last" or (u, i, t) not in chosen:
+                chosen[(u, i, t)] = j
+        want = [data[j] for j in sorted(chosen.values())]
+        got = list(zip(kept.user.tolist(), kept.item.tolist(), kept.timestamp.tolist(),
+                       kept.rating.tolist(), strict=True))
+        assert got == want and info.removed == n - len(want)

@@ -164,9 +164,10 @@ def drop_duplicates(inter: types.Interactions, policy: str = "last"
     n = len(inter)
     if n < 2:
         return inter, Duplicates(0, 0, 0, None)
-    keys = (np.asarray(inter.timestamp, dtype=np.int64), _codes(inter.item),
-            _codes(inter.user))
-    order = np.lexsort((np.arange(n),) + keys)  # groups contiguous, rows in file order
+    items = _codes(inter.item)
+    pair = _codes(inter.user) * (int(items.max()) + 1) + items  # (user, item) as one int64
+    keys = (np.asarray(inter.timestamp, dtype=np.int64), pair)
+    order = np.lexsort(keys)  # groups contiguous; stable, so rows stay in file order
     same_as_prev = np.ones(n - 1, dtype=bool)
     for k in keys:
         sk = k[order]
