@@ -335,8 +335,8 @@ def test_a_million_single_token_items_build_a_sparse_trie():
         trie.children_tokens  # noqa: B018 - the padded table is what would not fit
     assert str(err.value).startswith(
         "item trie of 1,000,000 items: 2,000,001 nodes x 1,000,000 children at its widest "
-        "node need 14.55 TiB as the padded tables constrained decoding gathers from, over "
-        "the 4.00 GiB limit ($FLANREC_TRIE_TABLE_LIMIT)")
+        "node need 14.55 TiB as padded tables, over the 4.00 GiB limit "
+        "($FLANREC_TRIE_TABLE_LIMIT); read its sparse rows instead")
     bare = trie_lib.build_trie([[i + 2] for i in range(n)], eos_id=1, vocab_size=n + 2,
                                dense_limit=0, end_with_eos=False)
     assert bare.num_nodes == n + 1 and trie_lib.lookup(bare, [7]) == 5
@@ -472,3 +472,58 @@ def test_drop_duplicates_matches_a_brute_force_reference(policy):
         got = list(zip(kept.user.tolist(), kept.item.tolist(), kept.timestamp.tolist(),
                        kept.rating.tolist(), strict=True))
         assert got == want and info.removed == n - len(want)
+
+
+def test_constraint_on_sparse_rows_matches_the_padded_tables(monkeypatch):
+    """A trie too wide for padded tables decodes from its sparse rows, with the same masks,
+    steps and finished items as the padded layout gives."""
+    import jax
+    import jax.numpy as jnp
+
+    from flanrec.inference.constraints import (
+        JaxTrie,
+        SparseJaxTrie,
+        TrieConstraint,
+        advance,
+        allowed_mask,
+        to_jax,
+    )
+
+    rng = np.random.default_rng(3)
+    vocab = 40
+    items = list({tuple(rng.integers(2, vocab, size=int(rng.integers(1, 4))).tolist())
+                  for _ in range(60)})
+    trie = trie_lib.build_trie(items, eos_id=1, vocab_size=vocab)
+    padded = to_jax(trie)
+    monkeypatch.setenv(trie_lib.TABLE_LIMIT_ENV, "0")
+    sparse = to_jax(trie)
+    assert isinstance(padded, JaxTrie) and isinstance(sparse, SparseJaxTrie)
+    nodes = jnp.asarray(np.concatenate([np.arange(trie.num_nodes), [-1]]), jnp.int32)
+    allowed = rng.random((1, trie.num_items)) < 0.6
+    cums = jnp.asarray(trie_lib.allowed_items_in_rank_order(trie, allowed))
+    rows = jnp.zeros(nodes.shape[0], jnp.int32)
+    for with_cums in (None, cums):
+        a = allowed_mask(padded, nodes, vocab, with_cums, rows if with_cums is not None
+                         else None)
+        b = allowed_mask(sparse, nodes, vocab, with_cums, rows if with_cums is not None
+                         else None)
+        assert (np.asarray(a) == np.asarray(b)).all()
+    for tok in range(vocab):
+        tokens = jnp.full(nodes.shape, tok, jnp.int32)
+        assert (np.asarray(advance(padded, nodes, tokens)) ==
+                np.asarray(advance(sparse, nodes, tokens))).all()
+    # A jitted walk along every item's tokens ends on that item.
+    c = TrieConstraint.create(trie, device_trie=sparse)
+    width = max(len(s) for s in items) + 1
+    toks = np.zeros((len(items), width), np.int32)
+    for r, s in enumerate(items):
+        toks[r, :len(s) + 1] = list(s) + [1]
+
+    @jax.jit
+    def walk(constraint, tokens):
+        state = constraint.init(tokens.shape[0])
+        for k in range(tokens.shape[1]):
+            state = constraint.advance(state, tokens[:, k])
+        return constraint.item(state)
+
+    assert np.asarray(walk(c, jnp.asarray(toks))).tolist() == list(range(len(items)))

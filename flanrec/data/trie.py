@@ -10,8 +10,9 @@ ascending token order):
   child_tokens[edge]        (compressed sparse rows, ascending token within a node)
   child_next[edge]          the node that edge's token leads to
   children_tokens[node, k]  derived, padded: k-th smallest child token, -1 up to the widest
-  children_next[node, k]    fan-out (what the jitted decoder gathers; built on first use,
-                            refused with the sizes beyond a memory budget)
+  children_next[node, k]    fan-out (what the jitted decoder gathers from when it fits a
+                            memory budget; built on first use, refused with the sizes beyond
+                            it, and the decoder then gathers from the sparse rows)
   leaf_item[node]           item number (position in the ``sequences`` list) for the node
                             reached by an item's EOS, else -1
   leaf_lo[node], leaf_hi[node]
@@ -78,8 +79,8 @@ class TrieArrays:
     ``child_start[n] .. child_start[n+1]-1`` of ``child_tokens`` / ``child_next``, ascending
     by token. Memory is O(edges) however wide a node is (a catalogue of single-token IDs
     hangs every item off the root); the padded [nodes, widest fan-out] tables that the
-    jitted decoder gathers from are derived on demand (``children_tokens``), within a
-    memory budget."""
+    jitted decoder prefers are derived on demand (``children_tokens``), within a memory
+    budget."""
 
     child_start: np.ndarray  # int64 [num_nodes + 1]
     child_tokens: np.ndarray  # int32 [num_edges]
@@ -121,12 +122,10 @@ class TrieArrays:
         if need > limit:
             raise TrieTooLarge(
                 f"item trie of {self.num_items:,} items: {self.num_nodes:,} nodes x "
-                f"{self.max_fanout:,} children at its widest node need {_size(need)} as the "
-                f"padded tables constrained decoding gathers from, over the {_size(limit)} "
-                f"limit (${TABLE_LIMIT_ENV}); decode without the trie (infer "
-                "--gin.CONSTRAINED=False), or prepare with an indexing whose IDs are several "
-                "tokens each (e.g. --indexing semantic or collaborative), which keeps every "
-                "node narrow")
+                f"{self.max_fanout:,} children at its widest node need {_size(need)} as "
+                f"padded tables, over the {_size(limit)} limit (${TABLE_LIMIT_ENV}); read "
+                "its sparse rows instead (child_start, child_tokens, child_next), as "
+                "constrained decoding then does")
         out = np.full((self.num_nodes, self.max_fanout), -1, np.int32)
         counts = self.num_children
         rows = np.repeat(np.arange(self.num_nodes), counts)
