@@ -359,7 +359,7 @@ def test_padded_tables_within_the_budget_and_old_trie_files(tmp_path, monkeypatc
     with pytest.raises(trie_lib.TrieTooLarge, match="over the 16 B limit"):
         fresh.children_next  # noqa: B018
     monkeypatch.delenv(trie_lib.TABLE_LIMIT_ENV)
-    # A trie file with the padded tables (the layout before the sparse one) still loads.
+    # A trie file that stores the padded tables instead of the sparse rows loads too.
     path = tmp_path / "trie.npz"
     save_trie(str(path), trie, ["a", "b", "c", "d"])
     with np.load(path) as z:

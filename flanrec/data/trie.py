@@ -147,7 +147,7 @@ class TrieArrays:
     @classmethod
     def from_padded(cls, children_tokens: np.ndarray, children_next: np.ndarray,
                     num_children: np.ndarray, **fields) -> TrieArrays:
-        """A trie stored as padded tables (trie files written before the sparse layout)."""
+        """A trie given as padded tables (a trie file that stores those, not sparse rows)."""
         counts = np.asarray(num_children, np.int64)
         keep = np.arange(children_tokens.shape[1])[None, :] < counts[:, None]
         start = np.concatenate([[0], np.cumsum(counts)])
