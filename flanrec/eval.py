@@ -480,9 +480,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _parse_ks(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(k) for k in text.split(",") if k.strip())
+        ks = tuple(int(k) for k in text.split(",") if k.strip())
     except ValueError:
         raise ConfigError(f"--ks: expected comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"--ks: expected comma-separated integers >= 1 (cut-offs such as "
+                          f"5,10,20), got {text!r}")
+    return ks
 
 
 _UNSET = object()

@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 
 from flanrec import jobs, outputs, storage
+from flanrec.argtypes import positive_int
 from flanrec.data import families, layout, locations
 from flanrec.errors import UserError
 
@@ -97,9 +98,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "{prefix}_seqrec_{indexing} of the prepared data when it has one, else "
                    "{prefix}_seq_{indexing})")
     p.add_argument("--split", default="test", choices=("validation", "test"))
-    p.add_argument("--num_beams", type=int, default=20)
+    p.add_argument("--num_beams", type=positive_int, default=20)
     p.add_argument("--baselines", default="all", choices=("popularity", "sasrec", "all", "none"))
-    p.add_argument("--sasrec_epochs", type=int, default=50,
+    p.add_argument("--sasrec_epochs", type=positive_int, default=50,
                    help="SASRec's budget in epochs (early stopping on validation NDCG@10 "
                    "may end it sooner): the same numbers on any machine, however busy")
     p.add_argument("--prepare_args", default="--train_vocab",

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 from flanrec import jobs, outputs, storage
 from flanrec import metrics as metrics_lib
+from flanrec.argtypes import float_range, nonnegative_int, positive_int
 from flanrec.baselines import common
 from flanrec.data import locations, prepared, splits
 from flanrec.errors import ConfigError
@@ -46,17 +47,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--model", default="all", choices=(*MODELS, "all"))
     p.add_argument("--out", required=True, help="directory for the JSONL predictions")
     p.add_argument("--split", default="test", choices=common.STAGES)
-    p.add_argument("--k", type=int, default=20, help="length of each top-K list")
+    p.add_argument("--k", type=positive_int, default=20, help="length of each top-K list")
     g = p.add_argument_group("sasrec")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--max_epochs", type=int, default=200)
-    g.add_argument("--eval_every", type=int, default=5)
-    g.add_argument("--patience", type=int, default=5)
-    g.add_argument("--learning_rate", type=float, default=1e-3)
-    g.add_argument("--dropout", type=float, default=0.2)
-    g.add_argument("--batch_size", type=int, default=128)
-    g.add_argument("--num_heads", type=int, default=1)
-    g.add_argument("--max_train_seconds", type=float, default=None,
+    g.add_argument("--seed", type=nonnegative_int, default=0)
+    g.add_argument("--max_epochs", type=positive_int, default=200)
+    g.add_argument("--eval_every", type=positive_int, default=5)
+    g.add_argument("--patience", type=positive_int, default=5)
+    g.add_argument("--learning_rate", type=float_range(0, lo_open=True), default=1e-3)
+    g.add_argument("--dropout", type=float_range(0, 0.99), default=0.2)
+    g.add_argument("--batch_size", type=positive_int, default=128)
+    g.add_argument("--num_heads", type=positive_int, default=1)
+    g.add_argument("--max_train_seconds", type=float_range(0, lo_open=True), default=None,
                    help="wall-clock training budget (stops at the next epoch end, keeps the "
                         "best evaluated params)")
     jobs.add_verbose_flag(p)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from flanrec import jobs, outputs, storage
+from flanrec.argtypes import int_range
 from flanrec.convert import vocabulary as vocab_files
 from flanrec.convert.exports import make_readable
 from flanrec.model.config import T5Config
@@ -235,7 +236,7 @@ def cli(argv: list[str]) -> int:
                         help="output format (default: flanrec params-only checkpoint)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --out (only once the new output is complete)")
-    parser.add_argument("--step", type=int, default=None,
+    parser.add_argument("--step", type=int_range(0, 2**31 - 1), default=None,
                         help="step of the written T5X checkpoint_N (--to t5x; default: the "
                              "flanrec checkpoint's own step, else 0). T5X continues counting "
                              "from it: TRAIN_STEPS there includes it")

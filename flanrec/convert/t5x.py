@@ -415,6 +415,10 @@ def write_t5x_checkpoint(params: Mapping[str, Any], model_dir: str | os.PathLike
     """
     from flanrec.convert import t5x_adafactor
 
+    if isinstance(step, bool) or not isinstance(step, int | np.integer) or not \
+            0 <= int(step) <= np.iinfo(np.int32).max:
+        raise ValueError(f"step: expected an integer in [0, 2**31-1] for checkpoint_N (T5X "
+                         f"stores it as int32), got {step!r}")
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     infer_config(flat, "params to write")
     moments = t5x_adafactor.optax_moments(opt_state) if opt_state is not None else {}

@@ -444,7 +444,9 @@ def fetch(
         raw = Path(raw_dir).expanduser()
         layout = _match_layout(raw, layouts) if raw.is_dir() else None
         if layout is None:
-            why = "raw_dir does not exist" if not raw.is_dir() else "raw_dir lacks the files"
+            why = ("raw_dir lacks the files" if raw.is_dir() else
+                   "raw_dir is a file, not a directory" if raw.exists() else
+                   "raw_dir does not exist")
             raise FetchError(_missing_message(name, cache, layouts, raw, why))
         return Fetched(raw, layout.kind)
     final = cache / name

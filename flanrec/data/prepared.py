@@ -157,6 +157,8 @@ def load_trie(path: str) -> tuple[TrieArrays, list[str]]:
     items = [str(x) for x in data.pop("items")]
     data.pop("vocab_id", None)
     scalars = {k: int(data.pop(k)) for k in ("eos_id", "pad_id", "vocab_size", "max_length")}
+    if "children_tokens" in data:  # a file storing padded tables, not sparse rows
+        return TrieArrays.from_padded(dense_next=None, **data, **scalars), items
     return TrieArrays(dense_next=None, **data, **scalars), items
 
 

@@ -35,6 +35,9 @@ ML100K_FINGERPRINTS = {
 """The two published sha256 digests of the ml100k-loo split (see :func:`fingerprints`)."""
 
 SHORT_USER_POLICIES = ("train_only", "drop", "error")
+DUPLICATE_POLICIES = ("last", "first", "refuse")
+"""What to do with rows that share (user, item, timestamp): keep the last / first row of each
+group (file order; its rating is the one kept), or refuse the log (:func:`drop_duplicates`)."""
 
 _INT_RE = re.compile(r"[+-]?\d+")
 
@@ -98,10 +101,15 @@ def implicit_threshold(inter: types.Interactions, min_rating: float) -> types.In
     Raises ValueError when the source has no ratings (NaN), since a threshold on missing
     ratings would silently drop everything.
     """
-    if np.isnan(inter.rating).any():
-        raise ValueError(
-            f"{inter.source or 'interactions'}: min_rating={min_rating} needs ratings, "
-            f"but {int(np.isnan(inter.rating).sum())} row(s) have none (NaN)"
+    from flanrec.errors import ConfigError
+
+    missing = int(np.isnan(inter.rating).sum())
+    if missing:
+        what = ("the log has none" if missing == len(inter) else
+                f"{missing} of its {len(inter)} rows have none (NaN)")
+        raise ConfigError(
+            f"{inter.source or 'interactions'}: min_rating={min_rating} needs ratings, but "
+            f"{what}: leave out --min_rating, or name the rating column (CSV: --rating_col)"
         )
     return _take(inter, inter.rating >= np.float32(min_rating))
 
@@ -126,6 +134,115 @@ def kcore_filter(
             break
         keep = new_keep
     return _take(inter, keep)
+
+
+class Duplicates(NamedTuple):
+    """What :func:`drop_duplicates` found: rows removed, groups they formed, groups whose
+    rows disagree on the rating, and the first group's (user, item, timestamp, row numbers;
+    1-based, data rows in file order)."""
+
+    removed: int
+    groups: int
+    rating_differs: int
+    example: tuple[str, str, int, list[int]] | None
+
+
+def drop_duplicates(inter: types.Interactions, policy: str = "last"
+                    ) -> tuple[types.Interactions, Duplicates]:
+    """Keep one row per (user, item, timestamp): the last or first of each group in file
+    order, or raise DataError naming the first group (``policy="refuse"``).
+
+    Why: two rows of one interaction that differ only in rating would otherwise become the
+    user's validation *and* test item (same timestamp, adjacent after the stable sort); the
+    test target is then masked as already seen and can never be hit. Rows with the same item
+    at *different* timestamps are re-interactions and are kept. The kept row stays where it
+    was, so the order of other rows with the same timestamp is unchanged.
+    """
+    if policy not in DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates policy must be one of {DUPLICATE_POLICIES}, got "
+                         f"{policy!r}")
+    n = len(inter)
+    if n < 2:
+        return inter, Duplicates(0, 0, 0, None)
+    items = _codes(inter.item)
+    pair = _codes(inter.user) * (int(items.max()) + 1) + items  # (user, item) as one int64
+    keys = (np.asarray(inter.timestamp, dtype=np.int64), pair)
+    order = np.lexsort(keys)  # groups contiguous; stable, so rows stay in file order
+    same_as_prev = np.ones(n - 1, dtype=bool)
+    for k in keys:
+        sk = k[order]
+        same_as_prev &= sk[1:] == sk[:-1]
+    removed = int(same_as_prev.sum())
+    if not removed:
+        return inter, Duplicates(0, 0, 0, None)
+    starts = np.flatnonzero(np.concatenate([[True], ~same_as_prev]))
+    sizes = np.diff(np.concatenate([starts, [n]]))
+    dup_starts, dup_sizes = starts[sizes > 1], sizes[sizes > 1]
+    rating = inter.rating[order].astype(np.float64)
+    r_min = np.fmin.reduceat(rating, starts)
+    r_max = np.fmax.reduceat(rating, starts)
+    differs = int(((r_min != r_max) & ~np.isnan(r_min) & (sizes > 1)).sum())
+    first = int(np.argmin(order[dup_starts]))  # the group whose first row comes first
+    rows = sorted(int(r) + 1 for r in order[dup_starts[first]:dup_starts[first]
+                                            + dup_sizes[first]])
+    j = order[dup_starts[first]]
+    info = Duplicates(removed, len(dup_starts), differs,
+                      (str(inter.user[j]), str(inter.item[j]), int(inter.timestamp[j]), rows))
+    if policy == "refuse":
+        from flanrec.data.errors import DataError
+
+        user, item, stamp, at = info.example
+        raise DataError(inter.source or None,
+                        "one row per (user, item, timestamp)",
+                        got=f"{removed} repeated row(s) in {len(dup_starts)} group(s)",
+                        has_got=True,
+                        hint=f"the first: user {user!r}, item {item!r}, timestamp {stamp} at "
+                        f"data rows {', '.join(map(str, at[:5]))}; pass --duplicates last "
+                        "or first to keep one row of each")
+    pick = starts + (sizes - 1 if policy == "last" else 0)
+    keep = np.zeros(n, dtype=bool)
+    keep[order[pick]] = True
+    return _take(inter, keep), info
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    """Dense int64 codes for an object array (one dict pass, first appearance order)."""
+    table: dict[object, int] = {}
+    return np.fromiter((table.setdefault(v, len(table)) for v in values.tolist()),
+                       dtype=np.int64, count=len(values))
+
+
+def repeated_targets(split: types.Split) -> tuple[int, int]:
+    """(users whose validation item is one of their training items, users whose test item
+    is their validation or a training item): re-interactions with an item at a later time.
+
+    Such targets are masked as already seen when ranking, so no model can hit them; the split
+    keeps them (they are real events) and prepare reports how many there are.
+    """
+    valid = test = 0
+    for s in split.users:
+        if s.valid_item is None or s.test_item is None:
+            continue
+        train = set(s.train_items)
+        valid += s.valid_item in train
+        test += s.test_item in train or s.test_item == s.valid_item
+    return valid, test
+
+
+def largest_kcore(inter: types.Interactions) -> int:
+    """The largest k whose k-core of ``inter`` is not empty (0 for an empty log): what a
+    refused ``--kcore`` names as the value that would work."""
+    if len(inter) == 0:
+        return 0
+    _, counts = np.unique(inter.user.astype(str), return_counts=True)
+    lo, hi = 1, int(counts.max())  # the 1-core is the whole log
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(kcore_filter(inter, mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 # --------------------------------------------------------------------------- ordering
@@ -163,6 +280,7 @@ def leave_one_out(
     min_rating: float | None = None,
     short_users: str = "train_only",
     all_items: Sequence[str] | None = None,
+    duplicates: str | None = None,
 ) -> types.Split:
     """Chronological leave-one-out split (the ml100k-loo protocol when called with defaults).
 
@@ -182,16 +300,39 @@ def leave_one_out(
 
     ``all_items`` is the full-ranking candidate set; by default every item that remains in
     the (filtered) interactions, in :func:`sorted_ids` order.
+
+    ``duplicates``: rows sharing (user, item, timestamp) are first reduced to one by
+    :func:`drop_duplicates` with this policy (before the rating threshold, so the kept
+    row's rating is the one compared). ``None`` (the default: the protocol as published
+    splits every row) leaves them; prepare applies its ``--duplicates`` policy (default
+    "last") itself, so that it can say what it collapsed.
     """
     if short_users not in SHORT_USER_POLICIES:
         raise ValueError(f"short_users must be one of {SHORT_USER_POLICIES}, got {short_users!r}")
     if max_history < 1:
         raise ValueError(f"max_history must be >= 1, got {max_history}")
     inter = data.interactions if isinstance(data, types.Dataset) else data
+    if duplicates is not None:
+        inter, _ = drop_duplicates(inter, duplicates)
+    source = inter.source or "interactions"
     if min_rating is not None:
+        rated = inter
         inter = implicit_threshold(inter, min_rating)
+        if len(inter) == 0:
+            from flanrec.errors import ConfigError
+
+            raise ConfigError(f"--min_rating {min_rating:g}: no interaction of {source} is "
+                              f"rated that high ({len(rated)} rows, highest rating "
+                              f"{float(rated.rating.max()):g})")
     if kcore is not None:
+        unfiltered = inter
         inter = kcore_filter(inter, kcore)
+        if len(inter) == 0:
+            from flanrec.errors import ConfigError
+
+            raise ConfigError(f"--kcore {kcore}: the {kcore}-core of {source} is empty (all "
+                              f"{len(unfiltered)} interactions are filtered out); the largest "
+                              f"k that keeps any is {largest_kcore(unfiltered)}")
     if len(inter) == 0:
         raise ValueError("no interactions left to split (after threshold / k-core filters)")
     users, rows = chronological_order(inter)

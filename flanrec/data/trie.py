@@ -6,9 +6,13 @@ decoder answer with gathers (see ``flanrec.inference.constraints``).
 
 Layout (node 0 is the root; nodes are numbered in depth-first pre-order, children visited in
 ascending token order):
-  children_tokens[node, k]  k-th smallest child token, -1 padding up to the largest fan-out
-  children_next[node, k]    the node that token leads to, -1 padding
-  num_children[node]
+  child_start[node]         node's children are edges child_start[node]..child_start[node+1]-1
+  child_tokens[edge]        (compressed sparse rows, ascending token within a node)
+  child_next[edge]          the node that edge's token leads to
+  children_tokens[node, k]  derived, padded: k-th smallest child token, -1 up to the widest
+  children_next[node, k]    fan-out (what the jitted decoder gathers from when it fits a
+                            memory budget; built on first use, refused with the sizes beyond
+                            it, and the decoder then gathers from the sparse rows)
   leaf_item[node]           item number (position in the ``sequences`` list) for the node
                             reached by an item's EOS, else -1
   leaf_lo[node], leaf_hi[node]
@@ -27,16 +31,60 @@ whose items are all excluded, and every finished beam is an allowed item.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from flanrec.errors import ConfigError, UserError
+
+TABLE_LIMIT_ENV = "FLANREC_TRIE_TABLE_LIMIT"
+DEFAULT_TABLE_LIMIT = 4 << 30
+"""Bytes the padded [nodes, widest fan-out] tables of a trie may take (both together) before
+``children_tokens`` refuses to build them; ``$FLANREC_TRIE_TABLE_LIMIT`` overrides it."""
+
+
+class TrieTooLarge(UserError, ValueError):
+    """The padded children tables of a trie would not fit the memory limit (with the sizes)."""
+
+
+def table_limit() -> int:
+    """The padded-table budget in bytes (``$FLANREC_TRIE_TABLE_LIMIT``, else 4 GiB)."""
+    text = os.environ.get(TABLE_LIMIT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TABLE_LIMIT
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"${TABLE_LIMIT_ENV}: expected a number of bytes, got {text!r}"
+                          ) from None
+    if value < 0:
+        raise ConfigError(f"${TABLE_LIMIT_ENV}: expected a number of bytes >= 0, got {text!r}")
+    return value
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.2f} TiB"  # pragma: no cover - the loop always returns
+
 
 @dataclasses.dataclass(frozen=True)
 class TrieArrays:
-    children_tokens: np.ndarray  # int32 [num_nodes, max_fanout]
-    children_next: np.ndarray  # int32 [num_nodes, max_fanout]
-    num_children: np.ndarray  # int32 [num_nodes]
+    """The trie's edges in compressed sparse rows: node n's children are entries
+    ``child_start[n] .. child_start[n+1]-1`` of ``child_tokens`` / ``child_next``, ascending
+    by token. Memory is O(edges) however wide a node is (a catalogue of single-token IDs
+    hangs every item off the root); the padded [nodes, widest fan-out] tables that the
+    jitted decoder prefers are derived on demand (``children_tokens``), within a memory
+    budget."""
+
+    child_start: np.ndarray  # int64 [num_nodes + 1]
+    child_tokens: np.ndarray  # int32 [num_edges]
+    child_next: np.ndarray  # int32 [num_edges]
     leaf_item: np.ndarray  # int32 [num_nodes]
     leaf_lo: np.ndarray  # int32 [num_nodes]
     leaf_hi: np.ndarray  # int32 [num_nodes]
@@ -50,15 +98,78 @@ class TrieArrays:
 
     @property
     def num_nodes(self) -> int:
-        return int(self.num_children.shape[0])
+        return int(self.child_start.shape[0]) - 1
 
     @property
     def num_items(self) -> int:
         return int(self.rank_item.shape[0])
 
-    @property
+    @functools.cached_property
+    def num_children(self) -> np.ndarray:
+        """int32 [num_nodes]: children per node."""
+        return np.diff(self.child_start).astype(np.int32)
+
+    @functools.cached_property
     def max_fanout(self) -> int:
-        return int(self.children_tokens.shape[1])
+        return max(1, int(self.num_children.max(initial=0)))
+
+    def padded_bytes(self) -> int:
+        """Bytes of the two padded int32 tables ``children_tokens``/``children_next``."""
+        return 2 * 4 * self.num_nodes * self.max_fanout
+
+    def _padded(self, values: np.ndarray) -> np.ndarray:
+        need, limit = self.padded_bytes(), table_limit()
+        if need > limit:
+            raise TrieTooLarge(
+                f"item trie of {self.num_items:,} items: {self.num_nodes:,} nodes x "
+                f"{self.max_fanout:,} children at its widest node need {_size(need)} as "
+                f"padded tables, over the {_size(limit)} limit (${TABLE_LIMIT_ENV}); read "
+                "its sparse rows instead (child_start, child_tokens, child_next), as "
+                "constrained decoding then does")
+        out = np.full((self.num_nodes, self.max_fanout), -1, np.int32)
+        counts = self.num_children
+        rows = np.repeat(np.arange(self.num_nodes), counts)
+        cols = np.arange(len(values)) - np.repeat(self.child_start[:-1], counts)
+        out[rows, cols] = values
+        return out
+
+    @functools.cached_property
+    def children_tokens(self) -> np.ndarray:
+        """int32 [num_nodes, max_fanout]: k-th smallest child token, -1 padding (built on
+        first use; TrieTooLarge when it would exceed the budget, with the sizes)."""
+        return self._padded(self.child_tokens)
+
+    @functools.cached_property
+    def children_next(self) -> np.ndarray:
+        """int32 [num_nodes, max_fanout]: the node each child token leads to, -1 padding."""
+        return self._padded(self.child_next)
+
+    @classmethod
+    def from_padded(cls, children_tokens: np.ndarray, children_next: np.ndarray,
+                    num_children: np.ndarray, **fields) -> TrieArrays:
+        """A trie given as padded tables (a trie file that stores those, not sparse rows)."""
+        counts = np.asarray(num_children, np.int64)
+        keep = np.arange(children_tokens.shape[1])[None, :] < counts[:, None]
+        start = np.concatenate([[0], np.cumsum(counts)])
+        return cls(start, np.asarray(children_tokens)[keep].astype(np.int32),
+                   np.asarray(children_next)[keep].astype(np.int32), **fields)
+
+
+def _first_bad_item(sequences: Sequence[Sequence[int]], bad: int, eos_id: int,
+                    vocab_size: int, pad_id: int) -> str:
+    """The message for item ``bad``, the first whose tokens break a rule (in rule order)."""
+    toks = [int(t) for t in sequences[bad]]
+    if toks and toks[-1] == eos_id:
+        toks = toks[:-1]
+    if not toks:
+        return f"item {bad}: empty token sequence"
+    for t in toks:
+        if not 0 <= t < vocab_size:
+            return f"item {bad}: token {t} outside the vocabulary [0, {vocab_size})"
+        if t in (eos_id, pad_id):
+            return (f"item {bad}: token sequence {toks} contains EOS ({eos_id}) or "
+                    f"padding ({pad_id}) before its end")
+    raise AssertionError(f"item {bad} breaks no rule")  # pragma: no cover
 
 
 def build_trie(sequences: Sequence[Sequence[int]], eos_id: int = 1, vocab_size: int = 32128,
@@ -76,102 +187,128 @@ def build_trie(sequences: Sequence[Sequence[int]], eos_id: int = 1, vocab_size: 
     its tokens end, so every item must have the same number of tokens (then no item is a
     prefix of another, and all beams finish together); otherwise ValueError names two items
     of different lengths.
-    """
-    children: list[dict[int, int]] = [{}]
-    leaf_of: dict[int, int] = {}  # raw node -> item
-    max_length = 0
-    for i, seq in enumerate(sequences):
-        toks = [int(t) for t in seq]
-        if toks and toks[-1] == eos_id:
-            toks = toks[:-1]
-        if not toks:
-            raise ValueError(f"item {i}: empty token sequence")
-        for t in toks:
-            if not 0 <= t < vocab_size:
-                raise ValueError(f"item {i}: token {t} outside the vocabulary [0, {vocab_size})")
-            if t in (eos_id, pad_id):
-                raise ValueError(f"item {i}: token sequence {toks} contains EOS ({eos_id}) or "
-                                 f"padding ({pad_id}) before its end")
-        if not end_with_eos and max_length and len(toks) != max_length:
-            raise ValueError(f"items 0 and {i} have {max_length} and {len(toks)} tokens: "
-                             "a trie without EOS needs every item ID to be the same number "
-                             "of tokens")
-        node = 0
-        for t in toks + ([eos_id] if end_with_eos else []):
-            nxt = children[node].get(t)
-            if nxt is None:
-                nxt = len(children)
-                children[node][t] = nxt
-                children.append({})
-            node = nxt
-        if node in leaf_of:
-            raise ValueError(f"items {leaf_of[node]} and {i} have the same token sequence "
-                             f"{toks}: their ID strings tokenize identically")
-        leaf_of[node] = i
-        max_length = max(max_length, len(toks) + int(end_with_eos))
 
-    n_nodes = len(children)
-    # Renumber in DFS pre-order (children by ascending token), iteratively.
-    new_id = np.full(n_nodes, -1, np.int64)
-    order: list[int] = []
-    stack = [0]
-    while stack:
-        raw = stack.pop()
-        new_id[raw] = len(order)
-        order.append(raw)
-        stack.extend(children[raw][t] for t in sorted(children[raw], reverse=True))
-    fanout = max(1, max(len(c) for c in children))
-    ctok = np.full((n_nodes, fanout), -1, np.int32)
-    cnext = np.full((n_nodes, fanout), -1, np.int32)
-    nchild = np.zeros(n_nodes, np.int32)
-    leaf_item = np.full(n_nodes, -1, np.int32)
-    for raw, node in enumerate(new_id.tolist()):
-        toks = sorted(children[raw])
-        nchild[node] = len(toks)
-        ctok[node, : len(toks)] = toks
-        cnext[node, : len(toks)] = [new_id[children[raw][t]] for t in toks]
-        if raw in leaf_of:
-            leaf_item[node] = leaf_of[raw]
-    # Leaves in DFS order get consecutive ranks; a subtree's leaves are a contiguous range.
-    is_leaf = leaf_item >= 0
-    rank_item = leaf_item[is_leaf].astype(np.int32)
-    item_rank = np.empty(len(rank_item), np.int32)
-    item_rank[rank_item] = np.arange(len(rank_item), dtype=np.int32)
-    leaves_before = np.concatenate([[0], np.cumsum(is_leaf)]).astype(np.int32)
-    # Pre-order: a subtree is nodes [node, node + size); compute sizes bottom-up.
-    size = np.ones(n_nodes, np.int64)
-    for node in range(n_nodes - 1, -1, -1):
-        k = nchild[node]
-        if k:
-            size[node] += size[cnext[node, :k]].sum()
-    leaf_lo = leaves_before[np.arange(n_nodes)]
-    leaf_hi = leaves_before[np.arange(n_nodes) + size]
+    Built with array operations on the sorted sequences (a node per distinct prefix, in the
+    sorted order that is DFS pre-order), so a catalogue of a million items takes seconds and
+    memory proportional to its tokens.
+    """
+    n = len(sequences)
+    lens = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=n)
+    flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64,
+                       count=int(lens.sum()))
+    ends = np.cumsum(lens)
+    has_eos = np.zeros(n, bool)
+    nonempty = lens > 0
+    has_eos[nonempty] = flat[ends[nonempty] - 1] == eos_id
+    body = np.ones(len(flat), bool)
+    body[ends[has_eos] - 1] = False  # a single trailing EOS is dropped (and re-added below)
+    flat = flat[body]
+    lens = lens - has_eos
+    owner = np.repeat(np.arange(n), lens)
+    bad_token = (flat < 0) | (flat >= vocab_size) | (flat == eos_id) | (flat == pad_id)
+    bad = np.concatenate([np.flatnonzero(lens == 0), owner[bad_token]])
+    if len(bad):
+        raise ValueError(_first_bad_item(sequences, int(bad.min()), eos_id, vocab_size, pad_id))
+    if n == 0:
+        raise ValueError("no items: a trie needs at least one item token sequence")
+    if not end_with_eos:
+        other = np.flatnonzero(lens != lens[0])
+        if len(other):
+            i = int(other[0])
+            raise ValueError(f"items 0 and {i} have {int(lens[0])} and {int(lens[i])} "
+                             "tokens: a trie without EOS needs every item ID to be the same "
+                             "number of tokens")
+    depth = lens + int(end_with_eos)  # path length from the root to the item's leaf
+    width = int(depth.max())
+    table = np.full((n, width), -1, np.int64)  # each item's path, -1 after its end
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    table[owner, np.arange(len(flat)) - np.repeat(starts, lens)] = flat
+    if end_with_eos:
+        table[np.arange(n), lens] = eos_id
+    order = np.lexsort(table.T[::-1])  # lexicographic by path: DFS pre-order of the leaves
+    paths = table[order]
+    plen = depth[order]
+    lcp = np.zeros(n, np.int64)  # tokens each path shares with the one before it
+    if n > 1:
+        eq = paths[1:] == paths[:-1]
+        lcp[1:] = np.where(eq.all(1), width, np.argmin(eq, axis=1))
+    dup = np.flatnonzero(lcp >= plen)
+    if len(dup):
+        # the pair whose later item comes first in the input, as a scan would find it
+        pairs = []
+        for r in dup.tolist():
+            first = r
+            while first > 0 and lcp[first] >= plen[first]:
+                first -= 1
+            group = sorted(order[first:r + 1].tolist())
+            pairs.append((group[1], group[0]))
+        b, a = min(pairs)
+        toks = [int(t) for t in table[a, :lens[a]]]
+        raise ValueError(f"items {a} and {b} have the same token sequence {toks}: their ID "
+                         "strings tokenize identically")
+    new = plen - lcp  # nodes each path adds (one per token past the shared prefix)
+    base = 1 + np.concatenate([[0], np.cumsum(new)[:-1]])
+    num_nodes = 1 + int(new.sum())
+    node_at = np.zeros((n, width + 1), np.int64)  # node reached after d tokens of path r
+    parents, tokens, children = [], [], []
+    for d in range(1, width + 1):
+        created = (d > lcp) & (d <= plen)
+        ids = np.where(created, base + d - lcp - 1, -1)
+        col = np.maximum.accumulate(ids)
+        node_at[:, d] = np.where(d <= plen, col, -1)
+        rows = np.flatnonzero(created)
+        parents.append(node_at[rows, d - 1])
+        tokens.append(paths[rows, d - 1])
+        children.append(ids[rows])
+    parent = np.concatenate(parents)
+    token = np.concatenate(tokens)
+    child = np.concatenate(children)
+    by_child = np.argsort(child, kind="stable")  # pre-order: a node's children by token
+    parent, token, child = parent[by_child], token[by_child], child[by_child]
+    by_parent = np.argsort(parent, kind="stable")
+    parent, token, child = parent[by_parent], token[by_parent], child[by_parent]
+    child_start = np.searchsorted(parent, np.arange(num_nodes + 1)).astype(np.int64)
+    leaf_item = np.full(num_nodes, -1, np.int32)
+    leaf_item[node_at[np.arange(n), plen]] = order
+    rank_item = order.astype(np.int32)
+    item_rank = np.empty(n, np.int32)
+    item_rank[rank_item] = np.arange(n, dtype=np.int32)
+    leaf_lo = np.full(num_nodes, n, np.int64)
+    leaf_hi = np.zeros(num_nodes, np.int64)
+    on_path = node_at >= 0
+    nodes = node_at[on_path]
+    ranks = np.broadcast_to(np.arange(n)[:, None], node_at.shape)[on_path]
+    np.minimum.at(leaf_lo, nodes, ranks)
+    np.maximum.at(leaf_hi, nodes, ranks + 1)
     dense = None
-    if n_nodes * vocab_size <= dense_limit:
-        dense = np.full((n_nodes, vocab_size), -1, np.int32)
-        rows, cols = np.nonzero(ctok >= 0)
-        dense[rows, ctok[rows, cols]] = cnext[rows, cols]
-    return TrieArrays(ctok, cnext, nchild, leaf_item, leaf_lo.astype(np.int32),
-                      leaf_hi.astype(np.int32), rank_item, item_rank, dense, eos_id, pad_id,
-                      vocab_size, max_length)
+    if num_nodes * vocab_size <= dense_limit:
+        dense = np.full((num_nodes, vocab_size), -1, np.int32)
+        dense[parent, token] = child
+    return TrieArrays(child_start, token.astype(np.int32), child.astype(np.int32), leaf_item,
+                      leaf_lo.astype(np.int32), leaf_hi.astype(np.int32), rank_item,
+                      item_rank, dense, eos_id, pad_id, vocab_size, int(plen.max()))
+
+
+def _edges(trie: TrieArrays, node: int) -> slice:
+    return slice(int(trie.child_start[node]), int(trie.child_start[node + 1]))
 
 
 def allowed_tokens(trie: TrieArrays, node: int) -> np.ndarray:
     """Sorted token ids that may follow ``node`` (empty for a finished or dead node)."""
     if node < 0:
         return np.zeros(0, np.int32)
-    return trie.children_tokens[node, : trie.num_children[node]].copy()
+    return trie.child_tokens[_edges(trie, node)].copy()
 
 
 def step(trie: TrieArrays, node: int, token: int) -> int:
     """The node after ``token``, or -1 if ``token`` may not follow ``node``."""
     if node < 0:
         return -1
-    k = int(trie.num_children[node])
-    toks = trie.children_tokens[node, :k]
+    edges = _edges(trie, node)
+    toks = trie.child_tokens[edges]
     j = int(np.searchsorted(toks, token))
-    if j < k and toks[j] == token:
-        return int(trie.children_next[node, j])
+    if j < len(toks) and toks[j] == token:
+        return int(trie.child_next[edges][j])
     return -1
 
 
@@ -210,10 +347,10 @@ def allowed_tokens_masked(trie: TrieArrays, node: int, cums_row: np.ndarray) -> 
     """Like allowed_tokens, keeping only children with at least one allowed item below."""
     if node < 0:
         return np.zeros(0, np.int32)
-    k = int(trie.num_children[node])
-    nxt = trie.children_next[node, :k]
+    edges = _edges(trie, node)
+    nxt = trie.child_next[edges]
     keep = cums_row[trie.leaf_hi[nxt]] - cums_row[trie.leaf_lo[nxt]] > 0
-    return trie.children_tokens[node, :k][keep].copy()
+    return trie.child_tokens[edges][keep].copy()
 
 
 def item_trie(item_ids: Sequence[str], encode: Callable[[str], Sequence[int]],

@@ -17,27 +17,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 
 from flanrec import jobs
+from flanrec.argtypes import float_range, positive_int
 from flanrec.ensemble import fusion
 
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}"
                                          ) from e
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got "
+                                         f"{text!r}")
+    return values
 
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}"
                                          ) from e
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values) or not any(values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers >= 0, not "
+                                         f"all 0, got {text!r}")
+    return values
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,11 +63,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="seq-family template indices, e.g. 0,1,2 (see flanrec.data.templates)")
     t.add_argument("--method", default="mean", choices=fusion.METHODS)
     t.add_argument("--split", default="test", choices=("validation", "test"))
-    t.add_argument("--num_beams", type=int, default=20)
-    t.add_argument("--input_length", type=int, default=512)
-    t.add_argument("--target_length", type=int, default=16)
-    t.add_argument("--batch_size", type=int, default=32)
-    t.add_argument("--temperature", type=float, default=None,
+    t.add_argument("--num_beams", type=positive_int, default=20)
+    t.add_argument("--input_length", type=positive_int, default=512)
+    t.add_argument("--target_length", type=positive_int, default=16)
+    t.add_argument("--batch_size", type=positive_int, default=32)
+    t.add_argument("--temperature", type=float_range(0, lo_open=True), default=None,
                    help="weighted: softmax temperature over validation NDCG@10 (default: "
                         "weights proportional to it)")
     t.add_argument("--out", required=True)
@@ -66,7 +76,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     f.add_argument("--predictions", nargs="+", required=True, help="dirs or globs, >= 2")
     f.add_argument("--method", default="rrf", choices=fusion.METHODS)
     f.add_argument("--weights", type=_floats, default=None)
-    f.add_argument("--top_k", type=int, default=None)
+    f.add_argument("--top_k", type=positive_int, default=None,
+                   help="items per fused list (default: the longest member list's length)")
     f.add_argument("--out", required=True)
     return p.parse_args(argv)
 

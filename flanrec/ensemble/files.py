@@ -93,6 +93,8 @@ def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
     """One fused record per example; ``mean``/``weighted`` use the members' ``scores``."""
     if len(members) < 2:
         raise ValueError("an ensemble needs at least 2 members")
+    if top_k is not None and (isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k: expected an integer >= 1 (items per fused list), got {top_k!r}")
     keys = set(members[0])
     for m, member in enumerate(members[1:], start=1):
         if set(member) != keys:
@@ -106,7 +108,7 @@ def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
         if len(targets) != 1:
             raise ValueError(f"example {key}: members disagree on the target {sorted(targets)}")
         lists = [list(r["items"]) for r in recs]
-        k = top_k or max(len(x) for x in lists)
+        k = top_k if top_k is not None else max(len(x) for x in lists)
         if method in ("mean", "weighted"):
             if any("scores" not in r for r in recs):
                 m = next(j for j, r in enumerate(recs) if "scores" not in r)

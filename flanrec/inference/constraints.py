@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flanrec.data.trie import TrieArrays, allowed_items_in_rank_order
+from flanrec.data.trie import TrieArrays, allowed_items_in_rank_order, table_limit
 
 
 class JaxTrie(NamedTuple):
@@ -40,25 +40,55 @@ class JaxTrie(NamedTuple):
     leaf_item: jax.Array  # int32 [nodes]
 
 
-def to_jax(trie: TrieArrays) -> JaxTrie:
-    return JaxTrie(jnp.asarray(trie.children_tokens), jnp.asarray(trie.children_next),
-                   jnp.asarray(trie.leaf_lo), jnp.asarray(trie.leaf_hi),
-                   jnp.asarray(trie.leaf_item))
+class SparseJaxTrie(NamedTuple):
+    """The trie's edges in compressed sparse rows, for a trie whose padded tables
+    (nodes x widest fan-out) exceed the memory budget: each step gathers only the rows'
+    own [rows, widest fan-out] window of edges. ``fanout`` carries the widest fan-out in its
+    shape (zeros), so it is static under jit."""
+
+    child_start: jax.Array  # int32 [nodes + 1]
+    child_tokens: jax.Array  # int32 [edges]
+    child_next: jax.Array  # int32 [edges]
+    leaf_lo: jax.Array  # int32 [nodes]
+    leaf_hi: jax.Array  # int32 [nodes]
+    leaf_item: jax.Array  # int32 [nodes]
+    fanout: jax.Array  # int8 [widest fan-out]
 
 
-def _as_jax(trie: JaxTrie | TrieArrays) -> JaxTrie:
+def to_jax(trie: TrieArrays) -> JaxTrie | SparseJaxTrie:
+    """The device copy: padded tables when they fit ``flanrec.data.trie.table_limit()``
+    (one gather per step), else the sparse rows (a catalogue of single-token IDs hangs every
+    item off the root, whose padded table would be nodes x items)."""
+    leaves = (jnp.asarray(trie.leaf_lo), jnp.asarray(trie.leaf_hi), jnp.asarray(trie.leaf_item))
+    if trie.padded_bytes() <= table_limit():
+        return JaxTrie(jnp.asarray(trie.children_tokens), jnp.asarray(trie.children_next),
+                       *leaves)
+    return SparseJaxTrie(jnp.asarray(trie.child_start.astype(np.int32)),
+                         jnp.asarray(trie.child_tokens), jnp.asarray(trie.child_next),
+                         *leaves, jnp.zeros((trie.max_fanout,), jnp.int8))
+
+
+def _as_jax(trie: JaxTrie | SparseJaxTrie | TrieArrays) -> JaxTrie | SparseJaxTrie:
     return to_jax(trie) if isinstance(trie, TrieArrays) else trie
 
 
-def _children(trie: JaxTrie, nodes: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _children(trie: JaxTrie | SparseJaxTrie, nodes: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
     safe = jnp.maximum(nodes, 0)
     live = (nodes >= 0)[:, None]
+    if isinstance(trie, SparseJaxTrie):
+        start = trie.child_start[safe][:, None]
+        edge = start + jnp.arange(trie.fanout.shape[0], dtype=jnp.int32)[None, :]
+        live = live & (edge < trie.child_start[safe + 1][:, None])
+        edge = jnp.minimum(edge, trie.child_tokens.shape[0] - 1)
+        return (jnp.where(live, trie.child_tokens[edge], -1),
+                jnp.where(live, trie.child_next[edge], -1))
     toks = jnp.where(live, trie.children_tokens[safe], -1)
     nxt = jnp.where(live, trie.children_next[safe], -1)
     return toks, nxt
 
 
-def allowed_mask(trie: JaxTrie | TrieArrays, nodes: jax.Array, vocab_size: int,
+def allowed_mask(trie: JaxTrie | SparseJaxTrie | TrieArrays, nodes: jax.Array, vocab_size: int,
                  cums: jax.Array | None = None, cum_rows: jax.Array | None = None,
                  pad_id: int = 0) -> jax.Array:
     """bool [len(nodes), vocab_size]: tokens that may follow each node.
@@ -86,7 +116,7 @@ def allowed_mask(trie: JaxTrie | TrieArrays, nodes: jax.Array, vocab_size: int,
     return mask.at[:, pad_id].set(mask[:, pad_id] | empty)
 
 
-def advance(trie: JaxTrie | TrieArrays, nodes: jax.Array, tokens: jax.Array,
+def advance(trie: JaxTrie | SparseJaxTrie | TrieArrays, nodes: jax.Array, tokens: jax.Array,
             pad_id: int = 0) -> jax.Array:
     """Next node per row, -1 where ``tokens`` may not follow (or the node is already dead).
 
@@ -107,8 +137,8 @@ class TrieConstraint:
     Build with ``TrieConstraint.create(trie_arrays, vocab_size, allowed_items=None, beams=1)``.
     """
 
-    def __init__(self, trie: JaxTrie, cums: jax.Array | None, vocab_size: int, beams: int,
-                 pad_id: int = 0):
+    def __init__(self, trie: JaxTrie | SparseJaxTrie, cums: jax.Array | None,
+                 vocab_size: int, beams: int, pad_id: int = 0):
         self.trie = trie
         self.cums = cums
         self.vocab_size = vocab_size
@@ -118,7 +148,7 @@ class TrieConstraint:
     @classmethod
     def create(cls, trie: TrieArrays, vocab_size: int | None = None,
                allowed_items: np.ndarray | None = None, beams: int = 1,
-               device_trie: JaxTrie | None = None) -> TrieConstraint:
+               device_trie: JaxTrie | SparseJaxTrie | None = None) -> TrieConstraint:
         """The constraint for one batch: ``trie`` with ``allowed_items`` (or all items).
 
         ``device_trie`` is ``to_jax(trie)`` made once by a caller that decodes many batches

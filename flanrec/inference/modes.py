@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flanrec.data.trie import TrieArrays
-from flanrec.inference.constraints import JaxTrie, TrieConstraint, to_jax
+from flanrec.inference.constraints import JaxTrie, SparseJaxTrie, TrieConstraint, to_jax
 from flanrec.model import decoding
 from flanrec.model.config import T5Config
 
@@ -80,7 +80,7 @@ class TriePredictor:
                              f"model embeds only {config.vocab_size}: wrong vocabulary?")
         self.config = config
         self.trie = trie
-        self.jax_trie: JaxTrie | None = None if trie is None else to_jax(trie)
+        self.jax_trie: JaxTrie | SparseJaxTrie | None = None if trie is None else to_jax(trie)
 
     def constraint(self, allowed_items: np.ndarray | None, k: int) -> TrieConstraint:
         assert self.trie is not None and self.jax_trie is not None

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -49,7 +51,7 @@ from flanrec.data import layout
 from flanrec.data.prepared_write import build_tries, write_split
 from flanrec.errors import UserError
 from flanrec.prepare.index import fit_indexes
-from flanrec.prepare.options import PrepareOptions
+from flanrec.prepare.options import PrepareOptions, check_options
 from flanrec.progress import stage
 
 if TYPE_CHECKING:  # annotations only: the job imports the data layer lazily (fast --help)
@@ -302,9 +304,16 @@ def prepare(opts: PrepareOptions, log: Any = print,
         timings[name] = round(now - since[0], 3)
         since[0] = now
 
+    check_options(opts)
+    if not opts.indexing:
+        raise UserError(f"--indexing: expected at least one of {', '.join(INDEX_SUFFIX)}, got "
+                        "none")
     for m in opts.indexing:
         if m not in INDEX_SUFFIX:
             raise UserError(f"unknown indexing {m!r}; choose from {sorted(INDEX_SUFFIX)}")
+    if not opts.families:
+        raise UserError(f"--families: expected at least one of {', '.join(FAMILIES)}, got "
+                        "none")
     unknown = [f for f in opts.families if f not in FAMILIES]
     if unknown:
         raise UserError(f"unknown families {unknown}; choose from {FAMILIES}")
@@ -314,7 +323,11 @@ def prepare(opts: PrepareOptions, log: Any = print,
     if semantic_opts and "semantic" not in opts.indexing:
         raise UserError(f"{', '.join(semantic_opts)} only apply to --indexing semantic")
     out = _check_out(opts)
+    named_families = opts.families != FAMILIES  # asked for by name: refuse, never drop
     prefix = opts.task_prefix or task_prefix_for(opts.dataset)
+    if not re.fullmatch(r"[A-Za-z0-9_.:]+", prefix):
+        raise UserError(f"--task_prefix: expected letters, digits, '_', '.' or ':' (it "
+                        f"starts every seqio task name), got {prefix!r}")
     with outputs.staged_dir(out, "prepare", replace=opts.overwrite,
                             replace_hint=_NO_OVERWRITE_HINT,
                             record={"dataset": opts.dataset}) as tmp:
@@ -323,9 +336,16 @@ def prepare(opts: PrepareOptions, log: Any = print,
             st["note"] = f"{len(dataset.interactions):,} interactions"
         lap("read")
         with stage("prepare: split (leave-one-out)", log=progress) as st:
-            split = splits_lib.leave_one_out(dataset, max_history=opts.max_history,
-                                             kcore=opts.kcore, min_rating=opts.min_rating)
+            interactions = collapse_duplicates(dataset.interactions, opts.duplicates)
+            split = splits_lib.leave_one_out(interactions, max_history=opts.max_history,
+                                             kcore=opts.kcore, min_rating=opts.min_rating,
+                                             duplicates=None)
             splits_lib.check_usable(split, dataset.interactions.source or opts.dataset)
+            report_repeated_targets(split)
+            skipped_direct = check_num_candidates(split, opts)
+            if skipped_direct:
+                opts = dataclasses.replace(opts, families=tuple(
+                    f for f in opts.families if f != "direct"))
             fps = splits_lib.fingerprints(split)
             file_hashes = write_split(split, dataset.items, os.path.join(tmp, "split"),
                                       dataset.users)
@@ -343,6 +363,8 @@ def prepare(opts: PrepareOptions, log: Any = print,
             split, dataset, indexes[next(iter(indexes))], opts, prefix))
         for family, why in skipped.items():
             log(f"warning: family {family!r} not written: {why}")
+        if skipped_direct:  # said on stderr when it was decided
+            skipped["direct"] = skipped_direct
         lap("tasks")
         vocab_path = None
         if opts.train_vocab:
@@ -368,7 +390,8 @@ def prepare(opts: PrepareOptions, log: Any = print,
             with stage("prepare: item tries", log=progress):
                 tries = build_tries(indexes, vocabulary, split.all_items, index_root,
                                     without_eos=sequence_methods)
-            _drop_sequence_tasks(tries, infos, os.path.join(tmp, "tasks"), opts, log)
+            _drop_sequence_tasks(tries, infos, os.path.join(tmp, "tasks"), named_families,
+                                 log)
             lap("trie")
         doc = {
             "format": "flanrec.prepared",
@@ -416,8 +439,83 @@ def prepare(opts: PrepareOptions, log: Any = print,
     return doc
 
 
+def warn(message: str) -> None:
+    """A line the user should read but that does not stop the job: on stderr, so it is
+    seen even when stdout (the summary) goes to a file."""
+    print(f"flanrec.prepare: {message}", file=sys.stderr, flush=True)
+
+
+def collapse_duplicates(interactions: Any, policy: str) -> Any:
+    """Apply `--duplicates` to the log and say on stderr what it did (see
+    `splits.drop_duplicates`: one interaction must not be both validation and test item)."""
+    from flanrec.data import splits as splits_lib
+
+    kept, dups = splits_lib.drop_duplicates(interactions, policy)
+    if dups.removed:
+        user, item, stamp, rows = dups.example
+        warn(f"{interactions.source or 'the log'}: {dups.removed:,} row(s) repeat the user, "
+             f"item and timestamp of another ({dups.groups:,} group(s), "
+             f"{dups.rating_differs:,} with different ratings; the first: user {user!r}, "
+             f"item {item!r}, timestamp {stamp}, data rows "
+             f"{', '.join(map(str, rows[:5]))}); kept the {policy} row of each "
+             f"(--duplicates {policy}), {len(kept):,} rows remain")
+    return kept
+
+
+def report_repeated_targets(split: Split) -> None:
+    """Say on stderr how many users' held-out item repeats an earlier interaction.
+
+    The split keeps re-interactions (the same item at a later timestamp is a real event),
+    but ranking masks what a user has already seen, so such a target cannot be hit: the
+    user still counts in HR/NDCG with 0. Printed so that a low score is explained.
+    """
+    from flanrec.data import splits as splits_lib
+
+    valid, test = splits_lib.repeated_targets(split)
+    if valid or test:
+        warn(f"re-interactions: {test:,} user(s)' test item and {valid:,} user(s)' "
+             "validation item repeat an item they interacted with at an earlier time; the "
+             "split keeps them, and ranking masks seen items, so these targets score 0")
+
+
+def check_num_candidates(split: Split, opts: PrepareOptions) -> str:
+    """Refuse a `--num_candidates` the direct family cannot draw for every user.
+
+    A direct question offers the target plus `num_candidates - 1` items the user never
+    interacted with; if some user has fewer such items, rendering that user's examples
+    would fail later, inside training or a baseline. Asked for by name (--families) or with
+    a `--num_candidates` other than the default, that is an error now; as part of the
+    default families with the default count, the direct family is left out and the reason
+    is returned (and printed).
+    """
+    if "direct" not in opts.families:
+        return ""
+    catalogue = set(split.all_items)
+    fewest, who = len(catalogue), None
+    for s in split.users:
+        queried = len(s.train_items) >= 2 or (s.valid_item is not None and s.train_items)
+        if not queried:
+            continue
+        seen = set(s.train_items) | {i for i in (s.valid_item, s.test_item) if i is not None}
+        free = len(catalogue - seen)
+        if free < fewest:
+            fewest, who = free, s.user
+    if who is None or fewest >= opts.num_candidates - 1:
+        return ""
+    why = (f"--num_candidates {opts.num_candidates}: user {who!r} has interacted with all "
+           f"but {fewest} of the {len(catalogue):,} catalogue items, so a direct question "
+           f"can offer at most {fewest + 1} options (the target and {fewest} unseen items)")
+    default = PrepareOptions.__dataclass_fields__["num_candidates"].default
+    if opts.families != FAMILIES or opts.num_candidates != default:
+        fix = (f"pass --num_candidates {fewest + 1} or fewer, or leave out" if fewest
+               else "leave out")
+        raise UserError(f"{why}; {fix} the direct family (--families)")
+    warn(f"family 'direct' not written: {why}")
+    return why
+
+
 def _drop_sequence_tasks(tries: dict[str, dict[str, Any]], infos: dict[str, Any],
-                         tasks_root: str, opts: PrepareOptions, log: Any) -> None:
+                         tasks_root: str, named_families: bool, log: Any) -> None:
     """Remove seqrec tasks whose item IDs are not one fixed number of tokens.
 
     Their targets run from one item into the next without EOS, so an item must end where its
@@ -435,7 +533,7 @@ def _drop_sequence_tasks(tries: dict[str, dict[str, Any]], infos: dict[str, Any]
             msg = (f"{family} with --indexing {method}: {why} under this vocabulary; prepare "
                    "with --train_vocab (every item ID becomes one piece) or an indexing of "
                    "fixed-length codes")
-            if opts.families != FAMILIES:
+            if named_families:
                 raise UserError(msg)
             log(f"  warning: task {dirname} skipped: {msg}")
             shutil.rmtree(os.path.join(tasks_root, dirname))

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from flanrec import jobs
+from flanrec.argtypes import float_range, int_range, nonnegative_int, positive_int
 from flanrec.data import layout, locations
 from flanrec.errors import UserError
 from flanrec.prepare import FAMILIES, INDEX_SUFFIX, prepare
-from flanrec.prepare.options import PrepareOptions, default_cache_dir
+from flanrec.prepare.options import DUPLICATE_POLICIES, PrepareOptions, default_cache_dir
 
 
 def default_out(dataset: str) -> str:
@@ -71,25 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--indexing", default="sequential",
                    help="comma list of " + "|".join(INDEX_SUFFIX) + " (first one is primary)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_shards", type=int, default=2, help="TFRecord shards per split (>= 2)")
+    p.add_argument("--num_shards", type=positive_int, default=2,
+                   help="TFRecord shards per split (>= 1)")
     p.add_argument("--train_vocab", action="store_true",
                    help="train a small SentencePiece model on the task text (vocab/spm.model)")
-    p.add_argument("--vocab_size", type=int, default=4000)
-    p.add_argument("--max_history", type=int, default=50)
+    p.add_argument("--vocab_size", type=positive_int, default=4000)
+    p.add_argument("--max_history", type=positive_int, default=50,
+                   help="items of history a model input holds (>= 1)")
     p.add_argument("--families", default=",".join(FAMILIES))
-    p.add_argument("--seqrec_window", type=int, default=40,
+    p.add_argument("--seqrec_window", type=positive_int, default=40,
                    help="seqrec: item targets per training example (decoder positions)")
-    p.add_argument("--seqrec_encoder_items", type=int, default=10,
+    p.add_argument("--seqrec_encoder_items", type=nonnegative_int, default=10,
                    help="seqrec: items before the window that the encoder reads")
-    p.add_argument("--seqrec_tilings", type=int, default=2,
+    p.add_argument("--seqrec_tilings", type=positive_int, default=2,
                    help="seqrec: shifted cuts of each sequence into windows (each training "
                    "item is a target this many times, in different contexts)")
     p.add_argument("--no_item_pieces", action="store_true",
                    help="with --train_vocab: do not force every item ID to be one piece")
-    p.add_argument("--num_candidates", type=int, default=20)
-    p.add_argument("--kcore", type=int, default=None, help="k-core filter (e.g. 5 for Amazon)")
-    p.add_argument("--min_rating", type=float, default=None,
+    p.add_argument("--num_candidates", type=int_range(2), default=20,
+                   help="direct family: options per question, the target included (>= 2, and at "
+                   "most 1 + the fewest items a user has not interacted with)")
+    p.add_argument("--kcore", type=positive_int, default=None,
+                   help="k-core filter (e.g. 5 for Amazon)")
+    p.add_argument("--min_rating", type=float_range(float32=True), default=None,
                    help="keep interactions rated >= this (default: all)")
+    p.add_argument("--duplicates", default="last", choices=DUPLICATE_POLICIES,
+                   help="rows with the same user, item and timestamp (they would make one "
+                   "interaction the validation and the test item): last = keep one, with the "
+                   "last row's rating (default); first = the first row's; refuse = stop and "
+                   "name them. What was collapsed is printed on stderr")
     p.add_argument("--task_prefix", default=None, help="default: from the dataset (ml100k)")
     p.add_argument("--offline", action="store_true", help="never download anything")
     p.add_argument("--no_unseen_eval", action="store_true",
@@ -109,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--semantic_encoder: TF-IDF of title/year/genres")
     p.add_argument("--semantic_embedding_items", default=None, metavar="FILE.json",
                    help=".json list / .txt lines naming each embeddings row's item id")
-    p.add_argument("--semantic_batch_size", type=int, default=64)
-    p.add_argument("--semantic_max_length", type=int, default=128,
+    p.add_argument("--semantic_batch_size", type=positive_int, default=64)
+    p.add_argument("--semantic_max_length", type=int_range(2), default=128,
                    help="item text tokens fed to the encoder (EOS included)")
     p.add_argument("--list_tasks", action="store_true",
                    help="print registered task and mixture names (after `import tasks`; "
@@ -232,6 +243,7 @@ def cli(argv: list[str]) -> int:
         seqrec_window=args.seqrec_window, seqrec_encoder_items=args.seqrec_encoder_items,
         seqrec_tilings=args.seqrec_tilings, item_pieces=not args.no_item_pieces,
         num_candidates=args.num_candidates, kcore=args.kcore, min_rating=args.min_rating,
+        duplicates=args.duplicates,
         task_prefix=args.task_prefix, allow_download=not args.offline,
         unseen_eval=not args.no_unseen_eval, overwrite=not args.no_overwrite,
         semantic_encoder=args.semantic_encoder,

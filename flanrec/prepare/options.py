@@ -11,6 +11,10 @@ from typing import Any
 
 from flanrec.data import families as families_lib
 from flanrec.data import locations
+from flanrec.data.splits import DUPLICATE_POLICIES
+from flanrec.errors import ConfigError
+
+__all__ = ["DUPLICATE_POLICIES", "PrepareOptions", "check_options", "default_cache_dir"]
 
 
 def default_cache_dir() -> str:
@@ -41,6 +45,8 @@ class PrepareOptions:
     num_candidates: int = 20
     kcore: int | None = None
     min_rating: float | None = None
+    # Rows with the same (user, item, timestamp): keep the last / first one, or refuse.
+    duplicates: str = "last"
     task_prefix: str | None = None
     allow_download: bool = True
     unseen_eval: bool = True
@@ -57,3 +63,39 @@ class PrepareOptions:
     # keywords: delimiter, header, column_names, user_col, item_col, timestamp_col,
     # rating_col, title_col, encoding, items_path); gin bindings of read_table fill the rest.
     table_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# (field, smallest allowed value): what `python -m flanrec.prepare` checks at parse time,
+# checked again for callers that build PrepareOptions themselves (notebooks, the quickstart).
+_MINIMUM = {"num_shards": 1, "vocab_size": 1, "max_history": 1, "seqrec_window": 1,
+            "seqrec_encoder_items": 0, "seqrec_tilings": 1, "num_candidates": 2, "kcore": 1,
+            "semantic_batch_size": 1, "semantic_max_length": 2}
+
+
+def check_options(opts: PrepareOptions) -> None:
+    """Refuse (ConfigError, named by its flag) an option value no prepare can honour.
+
+    Why here as well as in the argument parser: a value that slips through would end in a
+    traceback deep in the split or the family builders, or in a silently different data set
+    (a threshold that keeps every row because it is NaN).
+    """
+    import math
+
+    from flanrec.argtypes import FLOAT32_MAX, INT32_MAX
+
+    for name, low in _MINIMUM.items():
+        value = getattr(opts, name)
+        if value is None and name == "kcore":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not \
+                low <= value <= INT32_MAX:
+            raise ConfigError(f"--{name}: expected an integer in [{low}, {INT32_MAX}], got "
+                              f"{value!r}")
+    if opts.min_rating is not None and not (isinstance(opts.min_rating, int | float)
+                                            and math.isfinite(opts.min_rating)
+                                            and abs(opts.min_rating) <= FLOAT32_MAX):
+        raise ConfigError(f"--min_rating: expected a finite number within float32 range, "
+                          f"got {opts.min_rating!r}")
+    if opts.duplicates not in DUPLICATE_POLICIES:
+        raise ConfigError(f"--duplicates: expected one of {', '.join(DUPLICATE_POLICIES)}, "
+                          f"got {opts.duplicates!r}")

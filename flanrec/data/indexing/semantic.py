@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from flanrec.data.errors import DataError
 from flanrec.data.indexing.core import ItemIndex
 from flanrec.data.indexing.kmeans import kmeans
 from flanrec.data.types import ItemMeta
@@ -67,7 +68,16 @@ def load_embeddings(catalogue: Sequence[str], meta: ItemMeta | None,
     else:
         if isinstance(embeddings, (str, os.PathLike)):
             source = os.fspath(embeddings)
-            emb = np.load(source, allow_pickle=False)
+            try:
+                emb = np.load(source, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:  # not .npy, object arrays, truncated
+                raise DataError(source, "a .npy file of numbers (numpy.save of an [items, "
+                                "dim] float array)", got=" ".join(str(e).split()),
+                                has_got=True) from None
+            if not isinstance(emb, np.ndarray):  # an .npz archive
+                emb.close()
+                raise DataError(source, "a .npy file of numbers, not an .npz archive",
+                                got="an archive of " + ", ".join(emb.files), has_got=True)
         else:
             source = "embeddings array"
             emb = np.asarray(embeddings)
@@ -78,16 +88,23 @@ def load_embeddings(catalogue: Sequence[str], meta: ItemMeta | None,
         else:
             rows = list(embedding_items)
     if emb.ndim != 2 or emb.shape[0] != len(rows):
-        raise ValueError(f"{source}: expected a 2-D array with one row per item ({len(rows)}), "
-                         f"got shape {emb.shape}")
+        raise DataError(source, f"a 2-D array with one row per item ({len(rows)})",
+                        got=f"shape {emb.shape}", has_got=True)
+    if emb.dtype == bool or not np.issubdtype(emb.dtype, np.number):
+        raise DataError(source, "numbers (a float array)", got=f"dtype {emb.dtype}",
+                        has_got=True)
+    if np.iscomplexobj(emb):
+        raise DataError(source, "real numbers", got=f"dtype {emb.dtype}", has_got=True)
     if not np.all(np.isfinite(emb)):
         bad = int(np.argwhere(~np.isfinite(emb))[0, 0])
-        raise ValueError(f"{source}: row {bad} (item {rows[bad]!r}) is not finite")
+        raise DataError(source, f"finite numbers, but row {bad} (item {rows[bad]!r}; rows "
+                        "count from 0) is not finite")
     row_of = {item: r for r, item in enumerate(rows)}
     missing = [i for i in catalogue if i not in row_of]
     if missing:
-        raise ValueError(f"{source}: no embedding for {len(missing)} catalogue items, e.g. "
-                         f"{missing[:3]}")
+        raise DataError(source, "a row for every catalogue item",
+                        got=f"no embedding for {len(missing)} catalogue items", has_got=True,
+                        hint=f"e.g. {missing[:3]}")
     return emb[[row_of[i] for i in catalogue]].astype(np.float64)
 
 

@@ -122,6 +122,7 @@ def split_fields(
 
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_int64(value: int, text: str, path: str | os.PathLike[str], line: int | None,
@@ -169,13 +170,18 @@ def parse_integral(text: str, path: str | os.PathLike[str], line: int | None, fi
 
 def parse_float(text: str, path: str | os.PathLike[str], line: int | None, field: str,
                 unit: str = "line") -> float:
-    """Parse a finite float."""
+    """Parse a finite float that float32 can hold (ratings are stored as float32: a larger
+    value would become infinity there, and its row would drop out of every comparison)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
         raise DataError(path, "a finite number", line=line, field=field, got=text,
+                        has_got=True, unit=unit)
+    if abs(value) > FLOAT32_MAX:
+        raise DataError(path, f"a finite number within float32 range (|x| <= "
+                        f"{FLOAT32_MAX:.4g})", line=line, field=field, got=text,
                         has_got=True, unit=unit)
     return value
 
@@ -266,8 +272,9 @@ def finish_dataset(
     dups = count_duplicates(interactions)
     if dups:
         log.warning(
-            "%s: %d exact duplicate row(s) (same user, item, timestamp and rating); kept, "
-            "see Dataset.duplicate_rows", interactions.source, dups,
+            "%s: %d exact duplicate row(s) (same user, item, timestamp and rating); read "
+            "as they are (prepare --duplicates decides what the split keeps)",
+            interactions.source, dups,
         )
     meta = items if items is not None else types.ItemMeta(title={})
     for item in dict.fromkeys(interactions.item.tolist()):

@@ -72,10 +72,13 @@ def read_table(
     ``item_col``; ``title_col`` gives titles, with "(YEAR)" split off).
     """
     p = Path(path)
+    if p.is_dir():
+        p = _single_file(p, format)
     fmt = _format_of(p, format)
     wanted = {"user": user_col, "item": item_col, "timestamp": timestamp_col}
     if rating_col:
         wanted["rating"] = rating_col
+    _check_distinct(wanted)
     names = (_parquet_names(p) if fmt == "parquet" else
              _csv_names(p, delimiter, header, column_names, encoding))
     if rating_col is None:
@@ -109,6 +112,8 @@ def read_table(
                 meta.year[item] = year
     if items_path is not None:
         ip = Path(items_path)
+        if ip.is_dir():
+            ip = _single_file(ip, None)
         id_col = item_id_col or item_col
         ifmt = _format_of(ip, None)
         icols = (_read_parquet(ip, [id_col, title_col]) if ifmt == "parquet" else
@@ -121,6 +126,44 @@ def read_table(
             if year:
                 meta.year[key] = year
     return _common.finish_dataset(name or p.stem, inter, meta, None)
+
+
+_SUFFIXES = {"csv": (".csv", ".tsv", ".txt", ".dat", ".csv.gz", ".tsv.gz", ".txt.gz"),
+             "parquet": (".parquet", ".pq")}
+
+
+def _single_file(directory: Path, fmt: str | None) -> Path:
+    """The one interaction file in ``directory`` (a --raw_dir given as a folder): used when
+    exactly one file has the format's suffix, else refused naming what was found."""
+    suffixes = _SUFFIXES[fmt] if fmt in _SUFFIXES else sum(_SUFFIXES.values(), ())
+    found = sorted(f for f in directory.iterdir()
+                   if f.is_file() and f.name.lower().endswith(suffixes))
+    if len(found) == 1:
+        _common.log.warning("%s is a directory: reading its one %s file, %s", directory,
+                            fmt or "table", found[0].name)
+        return found[0]
+    got = ("none" if not found else
+           f"{len(found)} of them: {', '.join(f.name for f in found[:5])}")
+    raise DataError(directory, f"a {fmt or 'CSV/Parquet'} file, or a directory holding exactly "
+                    f"one file named *{'|*'.join(suffixes)}", got=got, has_got=True,
+                    hint="pass the file itself as --raw_dir")
+
+
+_FLAGS = {"user": "--user_col", "item": "--item_col", "timestamp": "--time_col",
+          "rating": "--rating_col"}
+
+
+def _check_distinct(wanted: dict[str, str]) -> None:
+    """Two roles read from one column (``--item_col user_id``) would make, say, every item
+    its user: refused, naming both options."""
+    from flanrec.errors import ConfigError
+
+    seen: dict[str, str] = {}
+    for role, col in wanted.items():
+        if col in seen:
+            raise ConfigError(f"{_FLAGS[seen[col]]} and {_FLAGS[role]} both name column "
+                              f"{col!r}: each must be a column of its own")
+        seen[col] = role
 
 
 def _detect_rating_column(names: Sequence[str], path: Path, mapped: set[str]) -> str | None:
@@ -212,6 +255,11 @@ def _read_csv(path: Path, wanted: list[str], delimiter: str, header: bool,
     if header:
         line, text = next(lines)
         names = [c.strip() for c in _parse_row(path, line, text, delimiter)]
+        twice = [w for w in dict.fromkeys(wanted) if names.count(w) > 1]
+        if twice:
+            raise DataError(path, "each column name once in the header", line=line,
+                            field=twice[0], got=text, hint="which of the columns is meant "
+                            "cannot be told; rename one")
         missing = [w for w in wanted if w not in names]
         if missing:
             hint = _delimiter_hint(text, delimiter) or (
