@@ -61,3 +61,27 @@ def test_amazon_beauty_matches_its_published_counts():
     assert len(it) == 198_502
     assert len(set(it.user.tolist())) == 22_363
     assert len(set(it.item.tolist())) == 12_101
+
+
+def test_prepare_reads_a_sequence_file_into_the_protocol_split(tmp_path):
+    """amazon5-loo: the last item of a line is the test target, the one before validation."""
+    import subprocess
+    import sys
+
+    from flanrec.data.prepared import load_split
+
+    lines = [f"u{u} " + " ".join(f"i{(u * 7 + k) % 40}" for k in range(5 + u % 4))
+             for u in range(30)]
+    raw = _write(tmp_path / "Toy.txt", "\n".join(lines) + "\n")
+    out = tmp_path / "prepared"
+    run = subprocess.run(
+        [sys.executable, "-m", "flanrec.prepare", "--dataset", "sequences", "--raw_dir",
+         str(raw), "--out", str(out), "--task_prefix", "toy", "--families", "seqrec"],
+        capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    by_user = {s.user: s for s in load_split(str(out)).users}
+    for line in lines:
+        user, *items = line.split()
+        got = by_user[user]
+        assert (got.train_items, got.valid_item, got.test_item) == \
+            (items[:-2], items[-2], items[-1])

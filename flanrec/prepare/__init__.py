@@ -96,22 +96,27 @@ def task_prefix_for(dataset: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# Dataset kinds read straight from --raw_dir (a user's own files): nothing to fetch.
+USER_FILE_KINDS = ("csv", "parquet", "sequences")
+
+
 def load_dataset(opts: PrepareOptions, out: str | None = None) -> Dataset:
-    """fetch + read: `--dataset csv|parquet` read `--raw_dir` directly. A `--raw_dir` URL
+    """fetch + read: `--dataset csv|parquet|sequences` read `--raw_dir` directly (a user's own
+    files, nothing to fetch). A `--raw_dir` URL
     (gs://...) is read from a local copy. With `out`, an output that would replace the
     fetched input folder is refused before the input is read."""
     from flanrec.data.fetch import fetch
     from flanrec.data.sources import read_dataset
 
     name = DATASET_ALIASES.get(opts.dataset, opts.dataset)
-    if name in ("csv", "parquet") and not opts.raw_dir:
+    if name in USER_FILE_KINDS and not opts.raw_dir:
         raise UserError(f"--dataset {name} needs --raw_dir (the file or directory)")
     if name not in ("csv", "parquet") and opts.table_options:
         raise UserError(f"--dataset {opts.dataset} has its own reader: the CSV mapping options "
                         f"({', '.join(sorted(opts.table_options))}) apply to --dataset csv or "
                         "parquet only")
     with storage.local_copy(opts.raw_dir or "") as raw_dir:
-        if name in ("csv", "parquet"):
+        if name in USER_FILE_KINDS:
             return read_dataset(name, raw_dir, **opts.table_options)
         fetched = fetch(name, opts.cache_dir, raw_dir=raw_dir or None,
                         allow_download=opts.allow_download)

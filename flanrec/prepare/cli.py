@@ -61,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prepare a recommendation dataset as SeqIO instruction tasks (offline).",
     )
     p.add_argument("--dataset", help="ml-100k, ml-1m, ml-20m, amazon-2014-<Cat>, "
-                   "amazon-beauty, csv, parquet, ...")
+                   "amazon-beauty, csv, parquet, sequences (one line per user: user item_1 ... "
+                   "item_n, oldest first), ...")
     p.add_argument("--out", help="output directory (written atomically; an existing one is "
                    "replaced only if flanrec.prepare wrote it); default "
                    f"${locations.DATA_DIR_ENV} if set, else "
                    f"{locations.default_prepared_dir('DATASET')}")
-    p.add_argument("--raw_dir", help="raw files (skips fetching); required for csv/parquet")
+    p.add_argument("--raw_dir",
+                   help="raw files (skips fetching); required for csv/parquet/sequences")
     p.add_argument("--cache_dir", default=default_cache_dir(),
                    help="fetch cache (default $FLANREC_CACHE or ~/.cache/flanrec)")
     p.add_argument("--indexing", default="sequential",
