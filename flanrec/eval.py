@@ -467,6 +467,7 @@ def evaluate_from_gin(files: Sequence[str], bindings: Sequence[str],
     return evaluate(predictions=predictions, **partial)
 
 
+@outputs.releases_locks
 def cli(argv: Sequence[str]) -> int:
     """The job: parse, then evaluate (gin form or flags). Raises UserError on bad input."""
     args, bindings = parse_args(argv)

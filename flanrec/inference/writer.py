@@ -24,6 +24,7 @@ on gs:// (or ram:// in tests) as well as on a local disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from flanrec import storage
-from flanrec.errors import UserError
+from flanrec.errors import DISK_ERRNOS, UserError, disk_error
 from flanrec.predictions import manifest_name, record_lines, shard_name
 
 MANIFEST = "manifest.json"
@@ -142,7 +143,22 @@ class ChunkWriter:
         return storage.exists(self.chunk_path(chunk))
 
     def write(self, chunk: int, records: Iterable[Mapping[str, Any]]) -> None:
-        storage.write_atomic(self.chunk_path(chunk), record_lines(records))
+        with self._disk_errors(f"cannot write chunk {chunk} of {self.final}"):
+            storage.write_atomic(self.chunk_path(chunk), record_lines(records))
+
+    @contextlib.contextmanager
+    def _disk_errors(self, doing: str) -> Iterator[None]:
+        """A full (or read-only, over-quota) disk: one line saying what is kept. Nothing
+        half-written stays (`write_atomic` removes its temp file), finished chunks stay and
+        a rerun resumes from them."""
+        try:
+            yield
+        except OSError as e:
+            if e.errno not in DISK_ERRNOS:
+                raise
+            raise disk_error(e, f"INFER_OUTPUT_DIR: {doing}",
+                             "the chunks finished before are kept and a rerun resumes from "
+                             "them") from e
 
     def finalize(self, num_chunks: int, provenance: Mapping[str, Any] | None = None) -> str:
         """Concatenate chunks 0..num_chunks-1 into the final shard; returns its path.
@@ -156,13 +172,14 @@ class ChunkWriter:
         for line in self._lines(num_chunks):
             digest.update(line.encode("utf-8"))
             count += bool(line.strip())
-        storage.write_json_atomic(self.manifest, {
-            "shard": storage.basename(self.final), "records": count,
-            "sha256": digest.hexdigest(), "settings": self.settings,
-            "checkpoint": self.record, **_plain(dict(provenance or {})),
-            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-            sort_keys=True)
-        storage.write_atomic(self.final, self._lines(num_chunks))
+        with self._disk_errors(f"cannot write {self.final}"):
+            storage.write_json_atomic(self.manifest, {
+                "shard": storage.basename(self.final), "records": count,
+                "sha256": digest.hexdigest(), "settings": self.settings,
+                "checkpoint": self.record, **_plain(dict(provenance or {})),
+                "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                sort_keys=True)
+            storage.write_atomic(self.final, self._lines(num_chunks))
         storage.rmtree(self.chunk_dir)
         return self.final
 
