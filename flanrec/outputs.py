@@ -277,6 +277,13 @@ def acquire_lock(directory: str | os.PathLike[str], job: str, *, what: str = "--
         stale = _stale_on_this_host(doc, flock_free=True)
         if stale is None:
             raise _other_host(what, d, doc, path)
+    except BaseException:
+        os.close(fd)  # drops our flock; the file (someone else's) stays
+        raise
+    # Ours from here: registered before the slow part, so that an exception raised in it
+    # (SIGTERM's SystemExit during the fsync) still releases it and removes the file.
+    _HELD[path] = _Held(path, token, fd)
+    try:
         if doc.get("format") == LOCK_FORMAT:
             _take_over_note(what, d, doc)
         data = (json.dumps(mine, sort_keys=True) + "\n").encode()
@@ -284,9 +291,8 @@ def acquire_lock(directory: str | os.PathLike[str], job: str, *, what: str = "--
         os.pwrite(fd, data, 0)
         os.fsync(fd)
     except BaseException:
-        os.close(fd)  # drops our flock; the file (someone else's) stays
+        release_lock(path)
         raise
-    _HELD[path] = _Held(path, token, fd)
     return path
 
 
