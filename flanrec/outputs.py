@@ -362,20 +362,28 @@ atexit.register(release_locks)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+_SCOPES = [0]  # how many `releases_locks` calls are running (nested)
+
+
 def releases_locks(fn: _F) -> _F:
-    """Decorator for a job's entry point: locks taken during the call are released when it
-    returns or raises (a job run in-process, as tests and notebooks do, must not keep its
-    output directories locked against the next run)."""
+    """Decorator for a job's entry points (its cli, and the library functions that claim an
+    output, e.g. `run_inference`): locks taken during the outermost such call are released
+    when it returns or raises. A job run in-process (tests, notebooks) must not keep its
+    output directories locked against the next run; nested calls (a cli calling the library
+    function) keep the lock until the outer one ends, so it is held for the whole job."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         before = set(_HELD)
+        _SCOPES[0] += 1
         try:
             return fn(*args, **kwargs)
         finally:
-            for path in list(_HELD):
-                if path not in before:
-                    release_lock(path)
+            _SCOPES[0] -= 1
+            if _SCOPES[0] == 0:
+                for path in list(_HELD):
+                    if path not in before:
+                        release_lock(path)
 
     return wrapper  # type: ignore[return-value]
 
@@ -449,7 +457,9 @@ def ownership_problem(path: str, job: str, adopt: Adopt | None = None) -> str | 
         if marker.get("job") == job:
             return None
         return f"holds the output of flanrec.{marker.get('job')}, not of flanrec.{job}"
-    names = listdir(path)
+    # The marker being written by another process of this job (a multi-host run claims
+    # its output on every host) and a lock file are flanrec's, not the user's.
+    names = [n for n in listdir(path) if n != LOCK and not n.startswith(f".{MARKER}.tmp-")]
     if not names or (adopt is not None and adopt(path, names)):
         return None
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

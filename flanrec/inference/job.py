@@ -491,6 +491,7 @@ def validate_options(opts: InferenceOptions) -> None:
         raise InferenceConfigError("INFER_OUTPUT_DIR is required")
 
 
+@outputs.releases_locks
 def run_inference(checkpoint_path: str, task_name: str, opts: InferenceOptions,
                   data_dirs: Sequence[str] = (), dtype: str | None = None,
                   provenance: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
