@@ -47,7 +47,6 @@ def disk_error(error: OSError, doing: str, kept: str = "") -> DiskError:
     code = error.errno or 0
     name = errno.errorcode.get(code, str(code))
     reason = error.strerror or os.strerror(code)
-    where = f" ({error.filename})" if error.filename else ""
     tail = f"; {kept}" if kept else ""
-    return DiskError(f"{doing}: {reason} [{name}]{where}{tail}; free space on that disk "
+    return DiskError(f"{doing}: {reason} [{name}]{tail}; free space on that disk "
                      "(or raise the quota / the file size limit) and rerun")

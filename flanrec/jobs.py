@@ -244,7 +244,8 @@ def run(prog: str, body: Callable[[list[str]], int | None], argv: Sequence[str] 
     except OSError as e:
         if e.errno not in DISK_ERRNOS:
             raise
-        return report_user_error(prog, disk_error(e, "cannot write"), verbose)
+        where = f" {e.filename}" if e.filename else ""
+        return report_user_error(prog, disk_error(e, f"cannot write{where}"), verbose)
     finally:
         outputs.release_locks()
 

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from flanrec import storage
+from flanrec.errors import DISK_ERRNOS, disk_error
 from flanrec.storage import (
     MARKER,
     MARKER_FORMAT,
@@ -656,7 +657,16 @@ def staged_dir(out: str | os.PathLike[str], job: str, *, what: str = "--out",
         try:
             build = os.path.join(scratch, "out")
             os.mkdir(build)
-            yield build
+            try:
+                yield build
+            except OSError as e:
+                if e.errno not in DISK_ERRNOS:
+                    raise
+                raise disk_error(
+                    e, f"{what} {target}: cannot write " + (e.filename or "its files"),
+                    "nothing was published: the scratch directory is removed and "
+                    + ("the previous output is intact" if exists(target)
+                       else "no output was created")) from e
             files = sorted(f for f in walk_files(build) if f != MARKER)
             write_marker(build, job, complete=True, **dict(record or {}), files=files)
             check_replaceable(target, job, what=what, replace=replace,

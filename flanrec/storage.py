@@ -362,9 +362,12 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes | Iterable[str 
                     f.flush()
                     os.fsync(f.fileno())
             os.replace(tmp, p)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
+            if isinstance(e, OSError) and e.errno and not e.filename:
+                # a write refused mid-file (full disk, EFBIG) names no file: name ours
+                raise OSError(e.errno, e.strerror or os.strerror(e.errno), p) from e
             raise
         return
     tmp = join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")

@@ -458,3 +458,28 @@ def test_full_disk_during_infer_is_one_line_and_keeps_finished_chunks(toy, tmp_p
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted(r["index"] for r in _records(out, task, "score")) == list(range(24))
+
+
+def test_full_disk_during_prepare_keeps_the_previous_output_and_no_scratch(tmp_path):
+    raw, out = _log(tmp_path), tmp_path / "out"
+    assert _prepare(raw, out) == 0
+    before = _tree(out)
+    big = raw.parent / "big.csv"  # a larger log: its split files pass the size limit
+    big.write_text("user_id,item_id,timestamp\n" + "".join(
+        f"u{u},i{(u * 3 + t * 5) % 97},{1000 + 10 * t + u}\n"
+        for u in range(300) for t in range(8)))
+    full = subprocess.run(
+        _limited(20_000) + ["-m", "flanrec.prepare", "--dataset", "csv", "--raw_dir", str(big),
+                            "--out", str(out), "--offline", "--families", "seq",
+                            "--num_shards", "1"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"},
+        capture_output=True, text=True, timeout=300)
+    assert full.returncode == 2, full.stderr[-3000:]
+    line = _one_error(full, "flanrec.prepare")
+    assert line == (f"flanrec.prepare: error: --out {out}: cannot write its files: File too "
+                    "large [EFBIG]; nothing was published: the scratch directory is removed "
+                    "and the previous output is intact; free space on that disk (or raise the "
+                    "quota / the file size limit) and rerun")
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]  # no scratch, no lock
+
