@@ -371,6 +371,7 @@ def _json_safe(metrics: Mapping[str, float]) -> dict[str, float | None]:
             metrics.items()}
 
 
+@outputs.releases_locks
 @gin.configurable
 def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
              baselines: str | None = None, data_dir: str | None = None,
@@ -500,6 +501,7 @@ def _macro(name: str, default: Any = None) -> Any:
         return default
 
 
+@outputs.releases_locks
 def evaluate_from_gin(files: Sequence[str], bindings: Sequence[str],
                       search_paths: Sequence[str] = (), verbose: bool = False,
                       allow_partial: bool = False,
@@ -538,6 +540,7 @@ def evaluate_from_gin(files: Sequence[str], bindings: Sequence[str],
     return evaluate(predictions=predictions, **partial)
 
 
+@outputs.releases_locks
 def cli(argv: Sequence[str]) -> int:
     """The job: parse, then evaluate (gin form or flags). Raises UserError on bad input."""
     args, bindings = parse_args(argv)

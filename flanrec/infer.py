@@ -44,7 +44,7 @@ from typing import Any
 
 import gin
 
-from flanrec import jobs, storage
+from flanrec import jobs, outputs, storage
 from flanrec.data.layout import PREPARE_FILE
 from flanrec.errors import ConfigError
 from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
@@ -99,6 +99,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, bindings
 
 
+@outputs.releases_locks
 def cli(argv: Sequence[str]) -> int:
     """The job: parse, configure gin, infer. Raises UserError for what the user can fix."""
     # Registers the model's configurables (T5Config, ...): a gin/models/*.gin file, which

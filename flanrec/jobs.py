@@ -35,7 +35,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from flanrec.errors import UserError
+from flanrec.errors import DISK_ERRNOS, UserError, disk_error
 
 VERBOSE_FLAG = "--verbose"
 VERBOSE_ENV = "FLANREC_VERBOSE"
@@ -289,9 +289,45 @@ def run(prog: str, body: Callable[[list[str]], int | None], argv: Sequence[str] 
     verbose = VERBOSE_FLAG in args or os.environ.get(VERBOSE_ENV) == "1"
     wants_help = "-h" in args or "--help" in args
     configure(verbose, tensorflow=tensorflow and not wants_help)
+    from flanrec import outputs
+
     try:
-        return int(body(args) or 0)
+        with _sigterm_exits():
+            return int(body(args) or 0)
     except UserError as e:
         return report_user_error(prog, e, verbose)
     except user_errors as e:
         return report_user_error(prog, e, verbose)
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        return report_user_error(prog, disk_error(e, f"cannot write{where}"), verbose)
+    finally:
+        outputs.release_locks()
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM (what `kill`, schedulers and preemption send) ends the job as an exception
+    (SystemExit 143) instead of at once, so every `finally` runs: run locks are released and
+    scratch directories removed. Only when SIGTERM has its default action and this is the
+    main thread; a job with its own handler (training saves a checkpoint first) installs it
+    over this one and restores it afterwards."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        del frame
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -187,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _output_problem(dirs: Sequence[tuple[str, str, str | None]]) -> str | None:
-    """The first output directory its stage would refuse (the storage ownership rule), as
-    one line; None when every stage may write where it will."""
+    """The first output directory its stage would refuse (not flanrec's, or in use by
+    another live run), as one line; None when every stage may write where it will."""
     for what, path, job in dirs:
         if job is None:
             continue
@@ -196,6 +196,9 @@ def _output_problem(dirs: Sequence[tuple[str, str, str | None]]) -> str | None:
         if why:
             return (f"{what} {path} {why}; the {job} stage would refuse to write into it: "
                     "choose a new or empty directory")
+        busy = outputs.lock_problem(path, what=what) if storage.isdir(path) else None
+        if busy:
+            return busy
     return None
 
 

@@ -90,6 +90,17 @@ def normalize(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def resolve(path: str | os.PathLike[str]) -> str:
+    """`normalize`, with every symlink of a local path followed (``os.path.realpath``).
+
+    Every decision about where a job writes (is this inside an input? whose directory is
+    this? which lock guards it?) is taken on the resolved path: two spellings of one
+    directory, one through a link, must never look like two directories. URLs have no links.
+    """
+    p = normalize(path)
+    return p if is_url(p) else os.path.realpath(p)
+
+
 def join(base: str | os.PathLike[str], *parts: str) -> str:
     """os.path.join for local paths; '/'-joined for URLs (nothing normalized away)."""
     text = fspath(base)
@@ -351,9 +362,12 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes | Iterable[str 
                     f.flush()
                     os.fsync(f.fileno())
             os.replace(tmp, p)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
+            if isinstance(e, OSError) and e.errno and not e.filename:
+                # a write refused mid-file (full disk, EFBIG) names no file: name ours
+                raise OSError(e.errno, e.strerror or os.strerror(e.errno), p) from e
             raise
         return
     tmp = join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
@@ -424,5 +438,6 @@ def orbax_path(path: str | os.PathLike[str]) -> Any:
 __all__ = ["MARKER", "NotOwnedError", "StorageError", "StorageNotFoundError", "copy_file",
            "exists", "glob", "is_url", "isdir", "isfile", "join", "listdir", "local_copy",
            "makedirs", "normalize", "open", "orbax_path", "parent", "read_bytes", "read_json",
+           "resolve",
            "read_text", "remove", "rename", "rmtree", "scheme", "split_path_list", "walk_files",
            "write_atomic", "write_json_atomic"]

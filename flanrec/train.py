@@ -133,6 +133,7 @@ def _prepare_model_dir(model_dir: str) -> epath.Path:
 
 
 # ------------------------------------------------------------------------------ the job
+@outputs.releases_locks  # MODEL_DIR is locked while this call runs
 @gin.configurable(denylist=["devices"])
 def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRED,
           train_dataset: DatasetConfig = gin.REQUIRED,
@@ -556,6 +557,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return parse_gin_job_args(parser, argv)
 
 
+@outputs.releases_locks
 def cli(argv: Sequence[str]) -> int:
     """The job: parse, configure gin, train. Raises UserError (one line via `main`) for what
     the user can fix."""

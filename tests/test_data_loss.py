@@ -280,14 +280,18 @@ def test_train_refuses_a_model_dir_of_user_files(tmp_path):
 
 @pytest.mark.parametrize("job", ["eval", "baselines", "ensemble"])
 def test_a_job_adds_to_its_own_output_but_not_to_another_jobs(toy, tmp_path, job):
-    """Rerunning a job into its output works (also an unmarked one of an older flanrec that
-    holds only that job's files); another job's output directory is refused."""
+    """Rerunning a job into its output works; another job's output directory is refused,
+    and so is an unmarked one, even if it holds only file names that job writes (a familiar
+    name proves nothing: ownership is the marker's)."""
     first = tmp_path / "first"
     assert _job(job, toy, first)[0] == 0
-    assert json.loads((first / ".flanrec-output.json").read_text())["job"] == job
+    marker = (first / ".flanrec-output.json").read_text()
+    assert json.loads(marker)["job"] == job
     assert _job(job, toy, first)[0] == 0
-    (first / ".flanrec-output.json").unlink()  # as an older flanrec left it
-    assert _job(job, toy, first)[0] == 0
+    (first / ".flanrec-output.json").unlink()
+    rc, err = _job(job, toy, first)
+    assert rc == 2 and "not written by flanrec" in err, err
+    (first / ".flanrec-output.json").write_text(marker)
     other = {"eval": "baselines", "baselines": "ensemble", "ensemble": "eval"}[job]
     rc, err = _job(other, toy, first)
     assert rc == 2 and f"holds the output of flanrec.{job}" in err, err

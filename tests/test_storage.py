@@ -107,16 +107,18 @@ def test_staged_dir_failure_removes_only_its_own_scratch(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["local", "ram"])
-def test_claim_dir_accepts_new_empty_own_and_older_outputs_only(tmp_path, where):
+def test_claim_dir_accepts_new_empty_and_own_outputs_only(tmp_path, where):
     root = str(tmp_path) if where == "local" else _ram("c")
     new = outputs.claim_dir(storage.join(root, "new"), "eval")
     assert outputs.read_marker(new)["job"] == "eval"
     assert outputs.claim_dir(new, "eval") == new  # its own output
     with pytest.raises(storage.NotOwnedError, match="holds the output of flanrec.eval"):
         outputs.claim_dir(new, "baselines")
-    older = storage.join(root, "older")
-    storage.write_atomic(storage.join(older, "metrics.json"), "{}")  # no marker yet
-    outputs.claim_dir(older, "eval")
+    familiar = storage.join(root, "familiar")  # a file name eval writes proves nothing
+    storage.write_atomic(storage.join(familiar, "metrics.json"), "{}")
+    with pytest.raises(storage.NotOwnedError, match="not written by flanrec.*metrics.json"):
+        outputs.claim_dir(familiar, "eval")
+    assert storage.read_text(storage.join(familiar, "metrics.json")) == "{}"
     theirs = storage.join(root, "theirs")
     storage.write_atomic(storage.join(theirs, "thesis.txt"), "mine")
     with pytest.raises(storage.NotOwnedError, match="not written by flanrec.*thesis.txt"):

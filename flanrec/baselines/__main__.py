@@ -73,6 +73,7 @@ def _summary(name: str, examples: Sequence[splits.EvalExample],
     return m
 
 
+@outputs.releases_locks
 def cli(argv: Sequence[str]) -> int:
     """The job: train/rank each baseline and write its predictions. Raises UserError."""
     args = parse_args(argv)

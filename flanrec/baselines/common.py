@@ -38,6 +38,7 @@ def prediction_rows(task: str, stage: str, examples: Sequence[splits.EvalExample
     return rows
 
 
+@outputs.releases_locks
 def write_predictions(out_dir: str, task: str, rows: Sequence[dict], mode: str = "predict"
                       ) -> str:
     """Write one shard atomically (temp name, then rename); returns its path.

@@ -9,8 +9,12 @@ enough to be read is decided before any array is touched, by `flanrec.checkpoint
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -39,6 +43,7 @@ from flanrec.checkpoints.integrity import (
     step_dirs,
     verify_checkpoint,
 )
+from flanrec.errors import DISK_ERRNOS, DiskError
 from flanrec.model.config import T5Config
 from flanrec.model.params import check_params, flatten, unflatten
 from flanrec.version import __version__
@@ -128,6 +133,81 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_ORBAX_TMP = ".orbax-checkpoint-tmp"
+
+
+def disk_errno(error: BaseException) -> int | None:
+    """The errno when `error` (or what caused it) is the disk refusing a write (full, over
+    quota, file too large, read-only), else None. TensorStore reports these as ValueError
+    with `[os_error_code='28']` in the text, Python as OSError."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            return e.errno
+        m = _OS_ERROR_CODE.search(str(e))
+        if m and int(m.group(1)) in DISK_ERRNOS:
+            return int(m.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class _DiskNoise(logging.Filter):
+    """Drops Orbax's own log records about a write the disk refused (one per array and
+    thread, each with a traceback): the job reports that failure once, as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is not ours to judge
+            return True
+        if record.exc_info and record.exc_info[1] is not None and \
+                disk_errno(record.exc_info[1]) is not None:
+            return False
+        m = _OS_ERROR_CODE.search(text)
+        return not (m and int(m.group(1)) in DISK_ERRNOS)
+
+
+def _quiet_abandoned_writes() -> None:
+    """When a write is refused, Orbax closes that save's event loop at the first error while
+    TensorStore still completes the save's other writes and calls back into the closed
+    loop: one "Event loop is closed" report per array, each with a traceback, printed from
+    background threads before the job hears of the failure. They say nothing the job's one
+    error line does not, so from a checkpointer's creation on this process drops exactly
+    those (every other unraisable exception is still reported)."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_flanrec_quiet", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._flanrec_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def remove_orbax_scratch(model_dir: epath.Path, note: bool = True) -> None:
+    """Remove Orbax's `*.orbax-checkpoint-tmp*` directories from a MODEL_DIR: never a
+    committed checkpoint (Orbax renames a finished save to checkpoint_N), only the remains of
+    a save that failed or was killed, which would otherwise keep filling the disk."""
+    for child in model_dir.iterdir() if model_dir.is_dir() else ():
+        if _ORBAX_TMP in child.name:
+            if note:
+                log.warning("removing %s: the unfinished save of a run that failed or was "
+                            "killed (never a committed checkpoint)", child)
+            with contextlib.suppress(OSError):
+                child.rmtree() if child.is_dir() else child.unlink()
+
+
 # ----------------------------------------------------------------------------------------------
 # Training checkpoints
 
@@ -152,8 +232,13 @@ class TrainCheckpointer:
                  async_save: bool = True, save_interval_steps: int = 1,
                  best_metric: str | None = None) -> None:
         self.model_dir = as_path(model_dir)
+        self._started: list[int] = []
+        self._broken = False
+        self._noise = _DiskNoise()
+        _quiet_abandoned_writes()
         if jax.process_index() == 0:
             self.model_dir.mkdir(parents=True, exist_ok=True)
+            remove_orbax_scratch(self.model_dir)
             for _, d in step_dirs(self.model_dir):
                 if not is_complete(d):
                     aside = d.parent / f"{d.name}.incomplete-{int(time.time())}"
@@ -180,6 +265,7 @@ class TrainCheckpointer:
             save_interval_steps=save_interval_steps,
             enable_async_checkpointing=async_save, step_prefix=STEP_PREFIX,
             cleanup_tmp_directories=True, create=True, preservation_policy=policy)
+        logging.getLogger("absl").addFilter(self._noise)  # removed by `close`
         self._manager = ocp.CheckpointManager(self.model_dir, options=options)
 
     def save(self, step: int, params: Any, opt_state: Any = None,
@@ -193,17 +279,54 @@ class TrainCheckpointer:
         if opt_state is not None:
             items[OPT_STATE] = ocp.args.StandardSave(opt_state)
         items[META] = ocp.args.JsonSave(_json_meta(meta, step))
+        if self._broken:
+            raise DiskError(f"MODEL_DIR {self.model_dir}: an earlier save failed; not saving "
+                            f"checkpoint {step}")
         try:
-            started = bool(self._manager.save(
-                int(step), args=ocp.args.Composite(**items), force=force,
-                metrics=dict(metrics) if metrics is not None else None))
+            with self._disk_errors(int(step)):
+                started = bool(self._manager.save(
+                    int(step), args=ocp.args.Composite(**items), force=force,
+                    metrics=dict(metrics) if metrics is not None else None))
         except ocp.checkpoint_manager.StepAlreadyExistsError:
             # As T5X: a step is written once (e.g. the final save right after a periodic one).
             log.info("checkpoint for step %d already exists; not saving it again", step)
             return False
         if started:
+            self._started.append(int(step))
             self._record_when_committed(int(step))
         return started
+
+    @contextlib.contextmanager
+    def _disk_errors(self, step: int | None = None) -> Any:
+        """A save the disk refused (full, quota, file too large, read-only; raised here by a
+        synchronous save or by the wait for an async one): stop Orbax, remove the unfinished
+        save so nothing is left filling the disk, and raise one DiskError naming the last
+        committed checkpoint, which is untouched (Orbax commits by rename). Any other
+        failure propagates as it is."""
+        try:
+            yield
+        except Exception as e:
+            code = disk_errno(e)
+            if code is None:
+                raise
+            self._broken = True
+            with contextlib.suppress(Exception):
+                self._manager.close()  # let its threads finish before the scratch goes
+            self._stop_recorders.set()
+            if jax.process_index() == 0:
+                remove_orbax_scratch(self.model_dir, note=False)
+            committed = latest_complete_step(self.model_dir)
+            failed = [s for s in [*self._started, *([step] if step is not None else [])]
+                      if committed is None or s > committed]
+            what = f"checkpoint {min(failed)}" if failed else "a checkpoint"
+            kept = (f"checkpoint {committed}, the last committed, is intact"
+                    if committed is not None else "no checkpoint had been committed yet")
+            name = errno.errorcode.get(code, str(code))
+            raise DiskError(f"MODEL_DIR {self.model_dir}: cannot save {what}: "
+                            f"{os.strerror(code)} [{name}]; its unfinished files were "
+                            f"removed and {kept}: free space on that disk (or raise the "
+                            "quota / the file size limit) and rerun the same command to "
+                            "resume") from None
 
     def _set_aside_damaged(self) -> str:
         """Primary host, at start: move complete checkpoints newer than the newest intact one
@@ -294,13 +417,22 @@ class TrainCheckpointer:
         return _restore_items(d, abstract_params, abstract_opt_state, restore_opt=True)
 
     def wait(self) -> None:
-        """Block until an async save is committed (call before reading it or exiting)."""
-        self._manager.wait_until_finished()
-        self._finish_recording()
+        """Block until an async save is committed (call before reading it or exiting).
+        After a failed save (already reported) there is nothing left to wait for."""
+        if self._broken:
+            return
+        with self._disk_errors():
+            self._manager.wait_until_finished()
+            self._finish_recording()
 
     def close(self) -> None:
-        self._manager.close()
-        self._finish_recording()
+        try:
+            if not self._broken:
+                with self._disk_errors():
+                    self._manager.close()
+                    self._finish_recording()
+        finally:
+            logging.getLogger("absl").removeFilter(self._noise)
 
     def __enter__(self) -> TrainCheckpointer:
         return self

@@ -215,6 +215,7 @@ def summary(cfg: T5Config, src_kind: str, dst_kind: str, out: str | Path) -> str
     return f"{src_kind} -> {dst_kind}: {name}, {n:,} params ({n / 1e6:.1f}M) -> {out}"
 
 
+@outputs.releases_locks
 def cli(argv: list[str]) -> int:
     """The job: convert or average checkpoints, then print a one-line summary."""
     parser = jobs.JobArgumentParser(

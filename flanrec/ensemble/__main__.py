@@ -21,7 +21,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-from flanrec import jobs
+from flanrec import jobs, outputs
 from flanrec.argtypes import float_range, positive_int
 from flanrec.ensemble import fusion
 
@@ -82,6 +82,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@outputs.releases_locks
 def cli(argv: Sequence[str]) -> int:
     """The job: run the chosen ensemble and print its summary."""
     args = parse_args(argv)

@@ -131,6 +131,7 @@ def fuse_runs(members: Sequence[dict[Key, dict[str, Any]]], method: str,
     return fused
 
 
+@outputs.releases_locks
 def fuse_prediction_dirs(specs: Sequence[str], out_dir: str, method: str = "rrf",
                          weights: Sequence[float] | None = None, top_k: int | None = None
                          ) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from flanrec import metrics as metrics_lib
-from flanrec import storage
+from flanrec import outputs, storage
 from flanrec.ensemble import fusion
 from flanrec.ensemble.files import check_output, claim_output
 from flanrec.predictions import shard_name, write_shard
@@ -181,6 +181,7 @@ def ndcg_at_10(records: Sequence[dict[str, Any]]) -> float:
     return float(m["ndcg@10"])
 
 
+@outputs.releases_locks
 def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
                           opts: TemplateEnsembleOptions) -> dict[str, Any]:
     """Predict under each template, fuse, and write members + ensemble as JSONL."""

@@ -497,6 +497,7 @@ def validate_options(opts: InferenceOptions) -> None:
         raise InferenceConfigError("INFER_OUTPUT_DIR is required")
 
 
+@outputs.releases_locks
 def run_inference(checkpoint_path: str, task_name: str, opts: InferenceOptions,
                   data_dirs: Sequence[str] = (), dtype: str | None = None,
                   provenance: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -521,7 +522,8 @@ def run_inference(checkpoint_path: str, task_name: str, opts: InferenceOptions,
     if not storage.exists(checkpoint_path):
         raise InferenceConfigError(f"CHECKPOINT_PATH {checkpoint_path}: no such file or "
                                    "directory")
-    out = outputs.claim_dir(opts.output_dir, "infer", what="INFER_OUTPUT_DIR")
+    out = outputs.claim_dir(opts.output_dir, "infer", what="INFER_OUTPUT_DIR",
+                            lock=jax.process_index() == 0)  # process 0 locks for all
     opts = dataclasses.replace(opts, output_dir=out)
     ref, config, params = load_checkpoint(checkpoint_path)
     checkpoint = CheckpointIdentity(ref.path, ref.resolved, ref.step, params_sha256(params))

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flanrec import jobs
+from flanrec import jobs, outputs
 from flanrec.argtypes import float_range, int_range, nonnegative_int, positive_int
 from flanrec.data import layout, locations
 from flanrec.errors import UserError
@@ -217,6 +217,7 @@ def configure_table_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     gin.parse_config_files_and_bindings(list(files), list(bindings))
 
 
+@outputs.releases_locks
 def cli(argv: list[str]) -> int:
     """Parse `argv` and run the job; raises UserError (what `main` turns into exit code 2)."""
     from flanrec.gin_cli import bindings_from_flags
