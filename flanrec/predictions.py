@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import math
@@ -35,7 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from flanrec import storage
-from flanrec.errors import UserError
+from flanrec.errors import DISK_ERRNOS, UserError, disk_error
 
 MODES = ("predict", "score", "rating")
 """predict: ranked items; score: log-likelihoods of candidates (or p_yes); rating: the
@@ -96,23 +95,16 @@ class PredictionsWriteError(UserError, OSError):
         return str(self.strerror)
 
 
-_WRITE_HINTS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is used up",
-    errno.EFBIG: "the file is larger than this system or process allows",
-}
-
-
-def write_failed(path: str, error: OSError, kept: str = "") -> PredictionsWriteError:
+def write_failed(path: str, error: OSError, kept: str = "") -> OSError:
     """The one-line error for an OSError raised while writing `path`; `kept` says what is
-    still intact (e.g. "finished chunks are kept; a rerun resumes")."""
+    still intact (e.g. "finished chunks are kept; a rerun resumes"). A refusing disk (full,
+    over quota, file too large, read-only) gets the jobs' one wording (`disk_error`)."""
+    kept_text = "no half-written file was left" + (f"; {kept}" if kept else "")
+    if error.errno in DISK_ERRNOS:
+        return disk_error(error, f"{path}: cannot write it", kept_text)
     why = error.strerror or str(error) or type(error).__name__
-    hint = _WRITE_HINTS.get(error.errno or 0)
-    text = f"{path}: cannot write it ({why}" + (f": {hint})" if hint else ")")
-    text += "; no half-written file was left"
-    if kept:
-        text += f"; {kept}"
-    return PredictionsWriteError(error.errno or 0, text)
+    return PredictionsWriteError(error.errno or 0, f"{path}: cannot write it ({why}); "
+                                 f"{kept_text}")
 
 
 @contextlib.contextmanager

@@ -446,10 +446,10 @@ def test_full_disk_during_infer_is_one_line_and_keeps_finished_chunks(toy, tmp_p
     assert full.returncode == 2, full.stderr[-3000:]
     line = _one_error(full, "flanrec.infer")
     shard = out / f"{task}-score.jsonl-00000-of-00001"
-    assert line == (f"flanrec.infer: error: INFER_OUTPUT_DIR: cannot write {shard}: File too "
-                    f"large [EFBIG]; the chunks finished before are kept and a rerun resumes "
-                    "from them; free space on that disk (or raise the quota / the file size "
-                    "limit) and rerun")
+    assert line == (f"flanrec.infer: error: {shard}: cannot write it: File too large "
+                    "[EFBIG]; no half-written file was left; finished chunks are kept and a "
+                    "rerun resumes from them; free space on that disk (or raise the quota / "
+                    "the file size limit) and rerun")
     chunks = out / f".{shard.name}.chunks"
     assert len(list(chunks.glob("chunk-*.jsonl"))) == 3
     assert not shard.exists()

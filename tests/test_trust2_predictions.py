@@ -574,7 +574,7 @@ def test_disk_full_during_eval_and_ensemble_is_one_line(split, tmp_path, data):
                      "--out", str(out), "--no_plot"], 200)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert f"{out / E.METRICS_FILE}: cannot write it (File too large" in proc.stderr
+    assert f"{out / E.METRICS_FILE}: cannot write it: File too large [EFBIG]" in proc.stderr
     assert "no half-written file was left" in proc.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # previous run intact
     assert _leftovers(tmp_path) == []
@@ -585,7 +585,7 @@ def test_disk_full_during_eval_and_ensemble_is_one_line(split, tmp_path, data):
                      "--out", str(tmp_path / "ens")], 1000)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert f"{SEQ}-ens-predict.jsonl-00000-of-00001: cannot write it (File too large" \
+    assert f"{SEQ}-ens-predict.jsonl-00000-of-00001: cannot write it: File too large [EFBIG]" \
         in proc.stderr
     assert _leftovers(tmp_path) == [] and not list((tmp_path / "ens").glob("*.jsonl-*"))
 
@@ -664,7 +664,7 @@ def test_infer_recomputes_a_damaged_shard_and_survives_a_full_disk(data, checkpo
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     [line] = [x for x in proc.stderr.splitlines() if ": error: " in x]
-    assert f"{path}: cannot write it (File too large" in line, line
+    assert f"{path}: cannot write it: File too large [EFBIG]" in line, line
     assert "finished chunks are kept and a rerun resumes from them" in line
     assert path.read_bytes() == edited and manifest.read_bytes() == record
     assert _leftovers(out) == []
