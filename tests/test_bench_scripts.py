@@ -57,6 +57,15 @@ def test_decode_throughput_smoke(tmp_path: Path) -> None:
     assert rec["invalid_items"] == 0 and rec["max_score_diff"] < 1e-3
 
 
+def test_seqrec_inference_smoke(tmp_path: Path) -> None:
+    out = _run(["bench/seqrec_inference.py"], tmp_path / "r.jsonl")
+    assert "users/s" in out
+    (rec,) = _records(tmp_path / "r.jsonl")
+    # The infer job's path and the one-shot scorer agree: same items, seen ones never returned.
+    assert rec["identical_users"] == rec["batch"], out
+    assert rec["seen_returned"] == 0 and rec["max_score_diff"] < 1e-4
+
+
 def test_input_pipeline_smoke(tmp_path: Path) -> None:
     from train_fixtures import make_task
 
