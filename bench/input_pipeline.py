@@ -49,7 +49,7 @@ def _examples_in(batch: dict[str, Any], packed: bool) -> int:
 def measure(task: str, lengths: dict[str, int], batch: int, pack: bool, batches: int,
             warmup: int, use_cached: bool = False) -> dict[str, float]:
     """Batches/s and source examples/s of the trainer's own stream after `warmup` batches."""
-    from flanrec import train
+    from flanrec.train import job as train
 
     cfg = train.DatasetConfig(mixture_or_task_name=task, task_feature_lengths=lengths,
                               split="train", batch_size=batch, shuffle=True, seed=0, pack=pack,

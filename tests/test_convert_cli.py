@@ -14,8 +14,8 @@ import pytest
 import torch
 import transformers
 
-import flanrec.convert.hf as hf
-from flanrec.convert import __main__ as cli
+import flanrec.interop.hf as hf
+from flanrec.convert import job as cli
 from flanrec.model.config import get_preset
 from flanrec.model.params import count_params, flatten
 

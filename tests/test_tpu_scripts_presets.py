@@ -35,9 +35,10 @@ PROBE = r'''
 import json, math, sys
 import gin, jax
 import numpy as np
-from flanrec import partitioning, trainer
+from flanrec import partitioning
+from flanrec.train import steps as trainer
 from flanrec.model.network import Transformer
-from flanrec.train import configure_gin
+from flanrec.train.job import configure_gin
 
 @gin.configurable
 def probe(model_config, mesh_shape, rules, batch_size, lengths, num_microbatches, optimizer,

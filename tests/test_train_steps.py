@@ -13,8 +13,21 @@ import optax
 import pytest
 import train_fixtures as tfx
 
-from flanrec import losses, optimizers, partitioning, train, train_monitor, trainer
+from flanrec import partitioning
 from flanrec.model.config import get_preset
+from flanrec.train import (
+    job as train,
+)
+from flanrec.train import (
+    losses,
+    optimizers,
+)
+from flanrec.train import (
+    monitor as train_monitor,
+)
+from flanrec.train import (
+    steps as trainer,
+)
 
 
 # ---------------------------------------------------------------------------------- losses
@@ -118,8 +131,8 @@ def test_memorises_sixteen_examples(task, tmp_path):
     acc = tfx.read_scalars(model_dir / "train", "accuracy")
     assert loss[60] < 0.25 * loss[10]
     assert acc[60] > 0.95, acc
-    # T5X's names (flanrec.scalars) for what T5X logs too, plus flanrec's extras.
-    from flanrec import scalars
+    # T5X's names (flanrec.train.scalars) for what T5X logs too, plus flanrec's extras.
+    from flanrec.train import scalars
 
     tags = {tag: tfx.read_scalars(model_dir / "train", tag) for tag in (
         *scalars.TRAIN_TAGS, "grad_norm", "param_norm", "mfu", "timing/eta_seconds",

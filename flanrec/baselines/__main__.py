@@ -18,8 +18,8 @@ interactive use only and makes the result depend on the machine's speed).
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.runtime)
-    from flanrec import runtime
+if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.frontend.runtime)
+    from flanrec.frontend import runtime
 
     runtime.reexec_with_tcmalloc()
 
@@ -28,11 +28,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-from flanrec import jobs, outputs, storage
 from flanrec import metrics as metrics_lib
 from flanrec.baselines import common
 from flanrec.data import locations, prepared, splits
 from flanrec.errors import ConfigError
+from flanrec.files import outputs, storage
+from flanrec.frontend import jobs
 
 MODELS = ("popularity", "sasrec", "families")
 

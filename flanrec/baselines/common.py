@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from flanrec import outputs, storage
 from flanrec.data import splits, types
-from flanrec.predictions import record_lines, shard_name, shard_prefix
+from flanrec.files import outputs, storage
+from flanrec.files.predictions import record_lines, shard_name, shard_prefix
 
 STAGES = ("validation", "test")
 

@@ -6,7 +6,7 @@ there are per split (`count`), which template families phrase it, what its targe
 (item IDs, a rating, yes/no, free text), which splits it has, whether there is one task per
 item indexing, and its cap in the default mixture. `flanrec.prepare` reads the registry to
 decide what to record, `flanrec.data.family_source` renders the examples when seqio reads
-them, and `flanrec.inference` takes the target kind and layout from it.
+them, and `flanrec.infer` takes the target kind and layout from it.
 
 Adding a family is therefore one `register(Family(...))` call from user code (a module in
 `tasks/`, a notebook), next to its templates (`flanrec.data.templates.register_templates`);

@@ -49,7 +49,7 @@ def load_family_data(data_dir: str, index_method: str | None) -> FamilyData:
     The cache key includes prepare.json's sha256, so a dir prepared again in the same
     process (a notebook, the tests) is read again.
     """
-    from flanrec import storage
+    from flanrec.files import storage
 
     doc = storage.read_text(storage.join(data_dir, "prepare.json"))
     return _load(data_dir, index_method, hashlib.sha256(doc.encode("utf-8")).hexdigest())
@@ -60,9 +60,9 @@ _LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=8)
 def _cached(data_dir: str, index_method: str | None, doc_sha: str) -> FamilyData:
-    from flanrec import storage
     from flanrec.data import prepared
     from flanrec.data.indexing import ItemIndex
+    from flanrec.files import storage
 
     doc = prepared.read_prepare_json(data_dir)
     methods = doc.get("index_methods") or []

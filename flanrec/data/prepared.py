@@ -16,10 +16,10 @@ import io
 import json
 from typing import TYPE_CHECKING, Any
 
-from flanrec import outputs, storage
 from flanrec.data import layout
 from flanrec.data.types import ItemMeta, Split, UserFeatures, UserSequence
 from flanrec.errors import UserError
+from flanrec.files import outputs, storage
 
 if TYPE_CHECKING:
     import seqio

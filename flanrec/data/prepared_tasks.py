@@ -64,7 +64,7 @@ def register_prepared(
             f"{data_dir}: no prepare.json, so not a flanrec.prepare output. Run "
             f"`python -m flanrec.prepare --dataset ml-100k --out {data_dir}` first."
         )
-    from flanrec import outputs
+    from flanrec.files import outputs
 
     outputs.require_complete(data_dir, "prepared data dir")  # an unfinished gs:// upload
     vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)
@@ -143,10 +143,10 @@ def register_family_task(
     `{prefix}_{family}`; `index_method` defaults to the dir's first indexing; its
     info.json-equivalent is kept on the source (`source.info`) for the inference job.
     """
-    from flanrec import outputs
     from flanrec.data import family_source
     from flanrec.data import vocab as vocab_lib
     from flanrec.data.prepared import read_prepare_json
+    from flanrec.files import outputs
 
     outputs.require_complete(data_dir, "prepared data dir")
     doc = read_prepare_json(data_dir)

@@ -17,8 +17,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from flanrec import storage
 from flanrec.data import layout
+from flanrec.files import storage
 
 if TYPE_CHECKING:
     import seqio

@@ -191,7 +191,7 @@ def write_task(
         "splits": split_info,
         **dict(metadata or {}),
     }
-    from flanrec import storage
+    from flanrec.files import storage
 
     storage.write_json_atomic(os.path.join(task_dir, INFO_FILE), info, sort_keys=True,
                               ensure_ascii=True)

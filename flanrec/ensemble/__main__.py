@@ -20,8 +20,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from flanrec import jobs
 from flanrec.ensemble import fusion
+from flanrec.frontend import jobs
 
 
 def _ints(text: str) -> tuple[int, ...]:

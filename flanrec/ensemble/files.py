@@ -13,9 +13,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from flanrec import outputs, storage
 from flanrec.ensemble import fusion
-from flanrec.predictions import mode_glob, record_lines, shard_name
+from flanrec.files import outputs, storage
+from flanrec.files.predictions import mode_glob, record_lines, shard_name
 
 Key = tuple[str, str, int]
 def check_output(out_dir: str) -> str:

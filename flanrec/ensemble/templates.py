@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from flanrec import metrics as metrics_lib
-from flanrec import storage
 from flanrec.ensemble import fusion
 from flanrec.ensemble.files import check_output, claim_output
-from flanrec.predictions import record_lines, shard_name
-from flanrec.progress import Progress
+from flanrec.files import storage
+from flanrec.files.predictions import record_lines, shard_name
+from flanrec.frontend.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ class _Resources:
         from flanrec.checkpoints import load_params_any
         from flanrec.data import prepared
         from flanrec.data import vocab as vocab_lib
-        from flanrec.inference import modes
+        from flanrec.infer import modes
 
         info = prepared.read_prepare_json(data_dir)
         self.method = index_method or info["index_methods"][0]
@@ -97,7 +97,7 @@ def _seen_cols(res: _Resources, split_name: str) -> dict[str, list[int]]:
 def predict_member(res: _Resources, opts: TemplateEnsembleOptions, split_name: str,
                    template: int, progress: bool = True) -> list[dict[str, Any]]:
     """One template's top-K per user, in the inference output's predict format."""
-    from flanrec.inference import modes
+    from flanrec.infer import modes
 
     rows = _queries(res, split_name, template)
     seen = _seen_cols(res, split_name)
@@ -134,7 +134,7 @@ def rescore_union(res: _Resources, opts: TemplateEnsembleOptions, split_name: st
                   ) -> list[list[dict[str, float]]]:
     """tables[m][u]: item -> log-probability under template m, for the union of all members'
     lists of user u (exact: every template scores every fused item)."""
-    from flanrec.inference import modes
+    from flanrec.infer import modes
 
     n_users = len(members[0])
     unions = []

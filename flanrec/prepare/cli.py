@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flanrec import jobs
 from flanrec.data import layout, locations
 from flanrec.errors import UserError
-from flanrec.prepare import FAMILIES, INDEX_SUFFIX, prepare
+from flanrec.frontend import jobs
+from flanrec.prepare.job import FAMILIES, INDEX_SUFFIX, prepare
 from flanrec.prepare.options import PrepareOptions, default_cache_dir
 
 
@@ -206,7 +206,7 @@ def configure_table_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
 
 def cli(argv: list[str]) -> int:
     """Parse `argv` and run the job; raises UserError (what `main` turns into exit code 2)."""
-    from flanrec.gin_cli import bindings_from_flags
+    from flanrec.frontend.gin_cli import bindings_from_flags
 
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)

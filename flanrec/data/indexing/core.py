@@ -98,7 +98,7 @@ class ItemIndex:
         ``slot_map`` defaults to ``token_slot_map(self.new_tokens, **slot_opts)`` (Flan-T5
         layout), so the mapping the model trains with is always stored beside the index.
         """
-        from flanrec import storage
+        from flanrec.files import storage
 
         storage.makedirs(directory)
         if "reserved_extra_ids" in slot_opts:  # used twice below: no one-shot iterators
@@ -119,7 +119,7 @@ class ItemIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ItemIndex:
-        from flanrec import storage
+        from flanrec.files import storage
 
         path = storage.join(os.fspath(directory), INDEX_FILE)
         try:
@@ -156,9 +156,9 @@ class ItemIndex:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """JSON through `flanrec.storage.write_atomic` (temp name, then rename: never half a
+    """JSON through `flanrec.files.storage.write_atomic` (temp name, then rename: never half a
     file; the mode a plain open() gives, so indexes in shared data dirs stay readable)."""
-    from flanrec import storage
+    from flanrec.files import storage
 
     storage.write_json_atomic(path, obj)
 

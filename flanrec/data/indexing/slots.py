@@ -78,8 +78,8 @@ def load_slot_map(directory: str) -> dict[str, int]:
     """Read ``token_slots.json`` saved by ``ItemIndex.save``; {} if the index has no new tokens."""
     import os
 
-    from flanrec import storage
     from flanrec.data import layout
+    from flanrec.files import storage
 
     path = storage.join(os.fspath(directory), layout.TOKEN_SLOTS_FILE)
     return read_slot_map(path) if storage.exists(path) else {}
@@ -95,8 +95,8 @@ def read_slot_map(path: str) -> dict[str, int]:
     """
     import json
 
-    from flanrec import storage
     from flanrec.data.errors import DataError
+    from flanrec.files import storage
 
     try:
         data = storage.read_json(path)

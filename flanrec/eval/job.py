@@ -14,7 +14,7 @@ The gin flags are train's and infer's: `--gin_file`, `--gin.NAME=VALUE`, `--gin_
 `--gin_search_paths` (comma-separated).
 
 Reads the JSONL shards `flanrec.infer` writes (`{task}-{mode}.jsonl-{i:05d}-of-{n:05d}`, the
-contract of `flanrec.predictions`; the baselines write the same format under task names
+contract of `flanrec.files.predictions`; the baselines write the same format under task names
 `popularity` / `sasrec`), computes per task and mode the metrics that fit it, and writes
 into the output dir (each file to a temp name, then renamed, so a reader never sees half a
 file):
@@ -53,15 +53,18 @@ from typing import Any
 
 import gin
 
-from flanrec import eval_truth, jobs, outputs, paired, report, storage
 from flanrec import metrics as M
 from flanrec.errors import ConfigError
-from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
-from flanrec.predictions import PredictionsError, Record, find_prediction_files, read_records
+from flanrec.eval import paired, report
+from flanrec.eval import truth as eval_truth
+from flanrec.files import outputs, storage
+from flanrec.files.predictions import PredictionsError, Record, find_prediction_files, read_records
+from flanrec.frontend import jobs
+from flanrec.frontend.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
 
 EvalInputError = PredictionsError
 """A predictions file is missing, incomplete or malformed (the message names file:line).
-The contract's own error (`flanrec.predictions`), under the name eval has always raised."""
+The contract's own error (`flanrec.files.predictions`), under the name eval has always raised."""
 
 METRICS_FILE = "metrics.json"
 TABLE_FILE = "metrics.md"
@@ -181,7 +184,7 @@ def evaluate_dir(spec: str, ks: Sequence[int] = M.DEFAULT_KS,
     """One Section per (task, mode) found under ``spec`` (a directory or a glob).
 
     With a catalogue (a prepared dir), every target comes from its split and the records
-    are checked against it first (``flanrec.eval_truth.check_records``)."""
+    are checked against it first (``flanrec.eval.truth.check_records``)."""
     sections = []
     for (task, mode), paths in find_prediction_files(spec).items():
         records = read_records(paths, task, mode, targets_required=catalogue is None)
@@ -322,7 +325,7 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
     test-split model with validation-split baselines would be meaningless, so it is refused.
     ``predictions`` may name several runs of one system, comma separated (e.g. seeds): the
     model row is then their mean (`num_runs`, `{metric}_std`). ``paired_test``: a paired
-    bootstrap of the model against each baseline on the same users (`flanrec.paired`),
+    bootstrap of the model against each baseline on the same users (`flanrec.eval.paired`),
     keys `paired/{model}_vs_{baseline}/{metric}_{diff,lo,hi,p}` and a table.
     Every target comes from the split of ``data_dir`` (required); ``allow_partial`` scores a
     file covering only part of the split's users, and the table says how many.
@@ -440,8 +443,8 @@ def evaluate_from_gin(files: Sequence[str], bindings: Sequence[str],
     serves all three. `distributed`: the parsed multi-process flags, for the inference.
     """
     jobs.load_tensorflow(verbose)  # the task module and inference read data through TF
-    from flanrec import infer as infer_job  # registers `infer`, whose bindings eval.gin holds
-    from flanrec import train  # noqa: F401 - the model configurables, as for infer
+    from flanrec.infer import job as infer_job  # registers `infer`, whose bindings eval.gin holds
+    from flanrec.train import job as train  # noqa: F401 - the model configurables, as for infer
 
     configure_gin(files, bindings, search_paths)
     if distributed is not None:

@@ -128,7 +128,7 @@ def add_gin_flags(parser: argparse.ArgumentParser, job: str = "train") -> None:
 def add_gin_job_flags(parser: argparse.ArgumentParser, job: str) -> None:
     """Every flag a gin job (train, infer, eval) shares: the gin flags, the multi-process
     flags and --verbose. One place, so the three jobs cannot drift apart."""
-    from flanrec import jobs
+    from flanrec.frontend import jobs
 
     add_gin_flags(parser, job=job)
     jobs.add_distributed_flags(parser)

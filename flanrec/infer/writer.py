@@ -18,7 +18,7 @@ written next to it: the settings, the checkpoint, the gin config and the shard's
 the output keeps saying what produced it (and a rerun with another checkpoint is refused
 even once the shard is complete).
 
-Every file goes through ``flanrec.storage`` (temp name + rename), so INFER_OUTPUT_DIR may be
+Every file goes through ``flanrec.files.storage`` (temp name + rename), so INFER_OUTPUT_DIR may be
 on gs:// (or ram:// in tests) as well as on a local disk.
 """
 
@@ -30,9 +30,9 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from flanrec import storage
 from flanrec.errors import UserError
-from flanrec.predictions import manifest_name, record_lines, shard_name
+from flanrec.files import storage
+from flanrec.files.predictions import manifest_name, record_lines, shard_name
 
 MANIFEST = "manifest.json"
 CHECKPOINT_KEYS = ("checkpoint_step", "params_sha256")

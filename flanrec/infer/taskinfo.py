@@ -13,8 +13,8 @@ import dataclasses
 import json
 from typing import Any
 
-from flanrec import storage
 from flanrec.errors import UserError
+from flanrec.files import storage
 
 BINARY_ANSWERS = ("no", "yes")  # flanrec.data.examples.binary_examples writes these
 RATING_ANSWERS = ("1", "2", "3", "4", "5")  # examples.format_rating of ML ratings

@@ -80,7 +80,7 @@ def record(ckpt_dir: PathLike) -> epath.Path:
     root = _path(ckpt_dir)
     doc = {"format": FORMAT, "version": 1, "algorithm": "sha256", "files": compute(root)}
     target = root / CHECKSUMS_FILE
-    from flanrec import storage
+    from flanrec.files import storage
 
     storage.write_json_atomic(os.fspath(target), doc, sort_keys=True, ensure_ascii=True)
     return target

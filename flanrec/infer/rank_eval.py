@@ -24,7 +24,8 @@ import jax
 import numpy as np
 
 from flanrec import metrics as metrics_lib
-from flanrec.inference import job, taskinfo
+from flanrec.infer import run as job
+from flanrec.infer import taskinfo
 from flanrec.model.config import T5Config
 
 log = logging.getLogger("flanrec.train")
@@ -65,7 +66,7 @@ def default_data_dirs() -> list[str]:
     import os
     import sys
 
-    from flanrec import storage
+    from flanrec.files import storage
 
     dirs = [p if storage.is_url(p) else os.path.expanduser(p)
             for p in storage.split_path_list(os.environ.get("FLANREC_DATA_DIR", ""))]

@@ -31,8 +31,8 @@ path from any directory, also from an installed wheel.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.runtime)
-    from flanrec import runtime
+if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.frontend.runtime)
+    from flanrec.frontend import runtime
 
     runtime.reexec_with_tcmalloc()
 
@@ -45,11 +45,12 @@ from typing import Any
 
 import gin
 
-from flanrec import jobs, storage
 from flanrec.errors import ConfigError
-from flanrec.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
-from flanrec.inference.job import InferenceOptions, run_inference
-from flanrec.inference.taskinfo import InferenceConfigError
+from flanrec.files import storage
+from flanrec.frontend import jobs
+from flanrec.frontend.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
+from flanrec.infer.run import InferenceOptions, run_inference
+from flanrec.infer.taskinfo import InferenceConfigError
 
 log = logging.getLogger("flanrec.infer")
 
@@ -97,7 +98,7 @@ def infer(*, checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
         num_beams=int(num_beams), mask_seen=bool(mask_seen), constrained=bool(constrained),
         length_penalty=float(length_penalty), chunk_size=int(chunk_size),
         candidate_block=int(candidate_block), overwrite=bool(overwrite))
-    from flanrec.inference.job import validate_options
+    from flanrec.infer.run import validate_options
 
     validate_options(opts)  # a MODE typo fails before any data or checkpoint is read
     return run_inference(str(checkpoint_path), str(mixture_or_task_name), opts,
@@ -118,7 +119,7 @@ def cli(argv: Sequence[str]) -> int:
     """The job: parse, configure gin, infer. Raises UserError for what the user can fix."""
     # Registers the model's configurables (T5Config, ...): a gin/models/*.gin file, which
     # tpu_scripts/launch.sh passes to every job, must parse here as it does for train.
-    from flanrec import train  # noqa: F401
+    from flanrec.train import job as train  # noqa: F401
 
     args, bindings = parse_args(argv)
     configure_gin(args.gin_file, bindings, args.gin_search_paths)

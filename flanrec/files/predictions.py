@@ -12,8 +12,8 @@ ensembles and the rank validation read them. Here are
 * one line's encoding (``record_line``) and the validation of a file (``read_records``,
   ``validate_record``, ``find_prediction_files``), whose errors name ``file:line``.
 
-It lives at the top of the package, not in `flanrec.inference`, since the light jobs (eval,
-baselines) read and write the format without importing JAX, and `flanrec.inference`'s
+It lives at the top of the package, not in `flanrec.infer`, since the light jobs (eval,
+baselines) read and write the format without importing JAX, and `flanrec.infer`'s
 package imports the decoding code.
 """
 
@@ -25,8 +25,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flanrec import storage
 from flanrec.errors import UserError
+from flanrec.files import storage
 
 MODES = ("predict", "score", "rating")
 """predict: ranked items; score: log-likelihoods of candidates (or p_yes); rating: the

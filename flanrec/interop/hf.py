@@ -18,7 +18,7 @@ field existed (transformers 4), when `tie_word_embeddings` is not false.
 
 An export is a directory transformers loads as it loads google/flan-t5-*: config.json,
 generation_config.json, model.safetensors and, when the checkpoint carries its vocabulary,
-spiece.model with the tokenizer files of `flanrec.convert.hf_tokenizer`, all readable by
+spiece.model with the tokenizer files of `flanrec.interop.hf_tokenizer`, all readable by
 everyone (0644 files in a 0755 directory).
 """
 
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from flanrec.convert.exports import make_readable
 from flanrec.errors import UserError
+from flanrec.interop.exports import make_readable
 from flanrec.model.config import T5Config
 from flanrec.model.params import check_params, flatten, param_specs, unflatten
 
@@ -312,8 +312,8 @@ def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLi
     """
     from safetensors.numpy import save_file
 
-    from flanrec.convert import hf_tokenizer
-    from flanrec.convert import vocabulary as vocab_files
+    from flanrec.interop import hf_tokenizer
+    from flanrec.interop import vocabulary as vocab_files
 
     flat = flatten(_unbox(params))
     check_params(flat, cfg, "export_hf params")

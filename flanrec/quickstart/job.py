@@ -25,9 +25,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from flanrec import jobs, outputs, storage
 from flanrec.data import layout, locations
 from flanrec.errors import UserError
+from flanrec.files import outputs, storage
+from flanrec.frontend import jobs
 
 DEFAULT_EXPERIMENT = "gin/experiments/ml100k_quickstart.gin"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

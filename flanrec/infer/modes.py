@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flanrec.data.trie import TrieArrays
-from flanrec.inference.constraints import JaxTrie, TrieConstraint, to_jax
+from flanrec.infer.constraints import JaxTrie, TrieConstraint, to_jax
 from flanrec.model import decoding
 from flanrec.model.config import T5Config
 

@@ -97,7 +97,7 @@ def check_gin_settings() -> None:
 def start_step_of(initial_checkpoint_path: str) -> int:
     """The step a fresh run starts at: a T5X checkpoint's own step (T5X restores it into the
     train state), 0 for HF and flanrec checkpoints (params only, fresh optimizer)."""
-    from flanrec.convert.t5x import checkpoint_step
+    from flanrec.interop.t5x import checkpoint_step
 
     return int(checkpoint_step(initial_checkpoint_path) or 0)
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flanrec import storage
+from flanrec.files import storage
 
 # (header, metrics key, format): the protocol's headline numbers first, then the
 # multi-target and diagnostic columns. "{k}" marks the K-dependent keys.

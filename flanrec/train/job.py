@@ -13,14 +13,14 @@ CHECKPOINT_PERIOD, KEEP_CHECKPOINTS, LOG_PERIOD, NUM_MICROBATCHES, PACK, TUNING.
 T5X, TRAIN_STEPS counts the step of a T5X INITIAL_CHECKPOINT_PATH too (see `train`).
 `--gin.X=V` is a gin binding `X = V`; a V that is not a Python literal or gin reference is
 taken as a string, so `--gin.MODEL_DIR=/tmp/run` needs no quotes. `--gin_file=runs/...`
-finds flanrec's own gin files from any directory (`flanrec.gin_cli`).
+finds flanrec's own gin files from any directory (`flanrec.frontend.gin_cli`).
 
 The job reads top to bottom in `train()`: output dir → mesh → data → state (resume, initial
 checkpoint or scratch) → compiled steps → loop (log, validate, checkpoint) → final save. What
-it calls lives next to it: the input streams in `flanrec.train_inputs`, the settings checks
-and step counting in `flanrec.train_settings`, the loop's watchers (metric window, SIGTERM,
-best-checkpoint record) in `flanrec.train_monitor`, the gin and multi-host flags in
-`flanrec.gin_cli` / `flanrec.jobs`.
+it calls lives next to it: the input streams in `flanrec.train.inputs`, the settings checks
+and step counting in `flanrec.train.settings`, the loop's watchers (metric window, SIGTERM,
+best-checkpoint record) in `flanrec.train.monitor`, the gin and multi-host flags in
+`flanrec.frontend.gin_cli` / `flanrec.frontend.jobs`.
 
 Exact resume. The training input is a *deterministic* function of (seed, host shard): seqio
 shuffles with a fixed seed and repeats, and `data_position` (batches consumed, stored in the
@@ -41,8 +41,8 @@ one. `flanrec.api.load` turns such a checkpoint back into a usable model.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.runtime)
-    from flanrec import runtime
+if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.frontend.runtime)
+    from flanrec.frontend import runtime
 
     runtime.reexec_with_tcmalloc()
 
@@ -61,33 +61,27 @@ import jax
 import numpy as np
 from etils import epath
 
-from flanrec import (
-    flops,
-    jobs,
-    losses,
-    optimizers,
-    outputs,
-    partitioning,
-    scalars,
-    storage,
-    trainer,
-)
+from flanrec import partitioning
 from flanrec.data import length_check
 from flanrec.errors import ConfigError, UserError
-from flanrec.gin_cli import (
+from flanrec.files import outputs, storage
+from flanrec.frontend import jobs
+from flanrec.frontend.gin_cli import (
     add_gin_job_flags,
     configure_gin,
     parse_gin_job_args,
     split_search_paths,
 )
-from flanrec.inference.rank_eval import RankEvalConfig
+from flanrec.frontend.progress import Progress
+from flanrec.infer.rank_eval import RankEvalConfig
 from flanrec.model import adapters
 from flanrec.model.config import T5Config
 from flanrec.model.params import check_finite, check_params, count_params, flatten
 from flanrec.peft import params as peft_params
-from flanrec.progress import Progress
-from flanrec.train_inputs import DatasetConfig, check_task, eval_batches, train_batches
-from flanrec.train_monitor import (
+from flanrec.train import flops, losses, optimizers, scalars
+from flanrec.train import steps as trainer
+from flanrec.train.inputs import DatasetConfig, check_task, eval_batches, train_batches
+from flanrec.train.monitor import (
     BEST_FILE,
     BEST_METRIC,
     NonFiniteLossError,
@@ -98,7 +92,7 @@ from flanrec.train_monitor import (
     rank_better,
     read_best,
 )
-from flanrec.train_settings import check_gin_settings, check_settings, start_step_of, total_steps
+from flanrec.train.settings import check_gin_settings, check_settings, start_step_of, total_steps
 
 log = logging.getLogger("flanrec.train")
 
@@ -313,7 +307,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         evals = eval_batches(eval_dataset, eval_dataset.batch_size // jax.process_count())
     ranker = None
     if ranking:
-        from flanrec.inference.rank_eval import RankValidator
+        from flanrec.infer.rank_eval import RankValidator
 
         assert rank_eval is not None
         ranker = RankValidator(rank_eval, model_config.replace(dropout_rate=0.0),
@@ -481,10 +475,10 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
 # ------------------------------------------------------------------ steps and vocabulary
 def _save_task_vocabulary(model_dir: Any, task_name: str) -> None:
     """MODEL_DIR/spiece.model + flanrec_vocabulary.json: the ids' meaning, for
-    `flanrec.load(...).generate_text` and `convert --to hf` (`flanrec.convert.vocabulary`)."""
+    `flanrec.load(...).generate_text` and `convert --to hf` (`flanrec.interop.vocabulary`)."""
     import seqio
 
-    from flanrec.convert import vocabulary
+    from flanrec.interop import vocabulary
 
     vocab = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
     vocabulary.write_vocabulary(vocab, os.fspath(model_dir))

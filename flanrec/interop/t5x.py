@@ -26,7 +26,7 @@ its step count (`flanrec.train`).
 
 Writing (`write_t5x_checkpoint`) produces the legacy layout with the whole T5X train state:
 `target` plus `state/step` and `state/param_states` in the shape of T5X's Adafactor
-(`flanrec.convert.t5x_adafactor`), so T5X's stock fine-tuning (`RestoreCheckpointConfig(
+(`flanrec.interop.t5x_adafactor`), so T5X's stock fine-tuning (`RestoreCheckpointConfig(
 mode='specific')`) restores it as it restores a checkpoint of its own.
 
 Which step T5X resumes from: T5X's `latest_step` takes the highest `checkpoint_N` *by
@@ -49,8 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from flanrec.convert.exports import make_readable
-from flanrec.convert.t5x_adafactor import AdafactorLayout, stored_inline
+from flanrec.interop.exports import make_readable
+from flanrec.interop.t5x_adafactor import AdafactorLayout, stored_inline
 from flanrec.model.config import PRESETS, T5Config
 from flanrec.model.params import check_params, flatten, unflatten
 
@@ -413,7 +413,7 @@ def write_t5x_checkpoint(params: Mapping[str, Any], model_dir: str | os.PathLike
     leaves no `checkpoint_N` behind. Returns the checkpoint dir; how many moments were copied
     is logged.
     """
-    from flanrec.convert import t5x_adafactor
+    from flanrec.interop import t5x_adafactor
 
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     infer_config(flat, "params to write")

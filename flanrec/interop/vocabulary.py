@@ -95,7 +95,7 @@ def write_vocabulary(vocab: Any, out_dir: str | os.PathLike[str]) -> bool:
         if old is not None:
             return True
     gfile.makedirs(out)
-    from flanrec import storage
+    from flanrec.files import storage
 
     for path, data in ((spm_path, model), (json_path, text.encode())):
         storage.write_atomic(path, data)  # the mode a plain open() gives, as for every file

@@ -26,10 +26,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flanrec import losses, partitioning
+from flanrec import partitioning
 from flanrec.model import hash_prng
 from flanrec.model.config import T5Config
 from flanrec.peft import params as peft_params
+from flanrec.train import losses
 
 Batch = Mapping[str, jax.Array]
 _norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm

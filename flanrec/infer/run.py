@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from flanrec import outputs, predictions, storage
-from flanrec.inference import modes, taskinfo
-from flanrec.inference.taskinfo import InferenceConfigError, TaskInfo
-from flanrec.inference.writer import ChunkWriter
+from flanrec.files import outputs, predictions, storage
+from flanrec.frontend.progress import Progress
+from flanrec.infer import modes, taskinfo
+from flanrec.infer.taskinfo import InferenceConfigError, TaskInfo
+from flanrec.infer.writer import ChunkWriter
 from flanrec.model.config import T5Config
-from flanrec.progress import Progress
 
 log = logging.getLogger("flanrec.infer")
 

@@ -27,7 +27,7 @@ an array without axes inline in the msgpack file (`_ParameterInfo(ts_spec=None)`
 full-size `v` or `m` is a TensorStore array. T5X refuses to read an axis-less array from
 TensorStore, so the split matters (`stored_inline`).
 
-optax's Adafactor (what flanrec trains with, `flanrec.optimizers.adafactor`) keeps the very
+optax's Adafactor (what flanrec trains with, `flanrec.train.optimizers.adafactor`) keeps the very
 same statistics under the same rule (`optax.scale_by_factored_rms`: same factored dims, same
 decay schedule 1 - (step + 1)^-0.8, same epsilon added to the squared gradient) and its
 momentum is an EMA of the same scaled update, so its moments are copied over unchanged. Where

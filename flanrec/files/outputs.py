@@ -12,7 +12,7 @@ published with its marker written last: locally with one ``rename``; on object s
 which have no atomic directory rename, file by file and the marker last, so a remote
 directory without the marker is incomplete and readers (``require_complete``) refuse it.
 
-Split from `flanrec.storage` (the file-system layer these rules are written on, which
+Split from `flanrec.files.storage` (the file-system layer these rules are written on, which
 still exposes every name here, so callers keep one import: ``storage.claim_dir``).
 """
 
@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from flanrec import storage
-from flanrec.storage import (
+from flanrec.files import storage
+from flanrec.files.storage import (
     MARKER,
     MARKER_FORMAT,
     NotOwnedError,

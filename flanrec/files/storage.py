@@ -18,7 +18,7 @@ Publishing, one rule everywhere:
   ``open()`` gives (0666 minus the umask: 0644 usually), directories 0777 minus the umask;
 * **a directory** (``staged_dir``) is built in scratch and published with its ownership
   marker written last; that, and who may write into which directory, is
-  `flanrec.outputs`, which builds on this module.
+  `flanrec.files.outputs`, which builds on this module.
 """
 
 from __future__ import annotations
