@@ -15,7 +15,7 @@ import train_fixtures as tfx
 import flanrec
 from flanrec.convert import job as cli
 from flanrec.interop.vocabulary import VocabularyMismatchError
-from flanrec.train import job as train
+from flanrec.train import cli as train
 
 
 @pytest.fixture(scope="module")

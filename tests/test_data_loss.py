@@ -189,7 +189,7 @@ def _run_infer(toy, out: Path) -> tuple[int, str]:
 
     import gin
 
-    from flanrec.infer import job as infer
+    from flanrec.infer import cli as infer
 
     _, data, ckpt, _ = toy
     err = io.StringIO()
@@ -219,7 +219,7 @@ def _job(name: str, toy, out: Path) -> tuple[int, str]:
     if name == "infer":
         return _run_infer(toy, out)
     if name == "eval":
-        from flanrec.eval.job import main
+        from flanrec.eval.cli import main
 
         return _capture(main, ["--predictions", str(preds), "--data_dir", str(data),
                                "--out", str(out), "--no_plot"])
@@ -265,7 +265,7 @@ def test_train_refuses_a_model_dir_of_user_files(tmp_path):
     import train_fixtures as tfx
 
     from flanrec.files import storage
-    from flanrec.train import job as train
+    from flanrec.train import cli as train
 
     task = tfx.make_task(tmp_path / "task", n_train=8, n_val=4)
     sys.path.insert(0, task["dir"])

@@ -14,7 +14,7 @@ import pytest
 
 from flanrec.baselines.__main__ import main as baselines_main
 from flanrec.data import types
-from flanrec.eval import job as E
+from flanrec.eval import cli as E
 
 REPO = Path(__file__).resolve().parents[1]
 L2 = math.log2

@@ -352,7 +352,7 @@ def test_resume_refuses_another_checkpoint_and_overwrite_recomputes(registered, 
     (("--gin.NUM_BEAM=3",), "NUM_BEAM is set on the command line but no gin file uses it"),
 ], ids=["mode", "task", "checkpoint", "mode-task", "split", "macro"])
 def test_bad_input_fails_clearly(registered, tmp_path, capsys, extra, message):
-    from flanrec.infer import job as infer
+    from flanrec.infer import cli as infer
 
     data, ckpt = registered
     argv = _args(ckpt, tmp_path / "out", "toyinf_seq_seqidx", f"--gin.DATA_DIR={data}")[3:]
@@ -432,7 +432,7 @@ def test_eval_takes_a_checkpoint_like_t5x_eval(registered, tmp_path):
     assert [(r["index"], r["items"]) for r in records] == [(r["index"], r["items"])
                                                            for r in plain]
 
-    from flanrec.eval import job as E
+    from flanrec.eval import cli as E
 
     assert E.main(["--predictions", str(out / "infer"), "--data_dir", str(data),
                    "--out", str(tmp_path / "two_step"), "--no_plot"]) == 0

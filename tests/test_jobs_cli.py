@@ -140,8 +140,8 @@ def test_bugs_keep_their_traceback_and_user_errors_become_one_line(capsys):
 def test_no_job_module_imports_tensorflow_at_import_time():
     """The front end sets TF's environment before TF loads: no job may import it earlier."""
     code = ("import sys\n"
-            "for m in ['flanrec.prepare', 'flanrec.train.job', 'flanrec.infer.job',\n"
-            "          'flanrec.eval.job', 'flanrec.baselines.__main__', 'flanrec.convert.job',\n"
+            "for m in ['flanrec.prepare', 'flanrec.train.cli', 'flanrec.infer.cli',\n"
+            "          'flanrec.eval.cli', 'flanrec.baselines.__main__', 'flanrec.convert.job',\n"
             "          'flanrec.ensemble.__main__', 'flanrec.quickstart.job']:\n"
             "    __import__(m)\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "

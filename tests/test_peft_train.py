@@ -197,7 +197,7 @@ def test_lora_run_merges_and_exports_to_hf(setup, capsys):
 
 
 def test_bad_settings_fail_before_compiling(setup):
-    from flanrec.train import job as train
+    from flanrec.train import cli as train
 
     base = tfx.train_args(setup["task"], setup["root"] / "bad", steps=2, batch=8)
     cases = [

@@ -127,7 +127,7 @@ def test_checkpoints_on_ram_load_and_gs_urls_keep_their_scheme(bucket, tmp_path,
 def test_training_reads_ram_data_and_initial_checkpoint(bucket, tmp_path):
     import gin
 
-    from flanrec.train import job as train
+    from flanrec.train import cli as train
 
     def args(model_dir: str) -> list[str]:
         return ["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
@@ -215,7 +215,7 @@ def _quiet(fn, *args):
 def test_baselines_eval_and_ensembles_write_to_ram(bucket, tmp_path, monkeypatch):
     from flanrec.baselines.__main__ import main as baselines_main
     from flanrec.ensemble.__main__ import main as ensemble_main
-    from flanrec.eval.job import main as eval_main
+    from flanrec.eval.cli import main as eval_main
 
     monkeypatch.chdir(tmp_path)
     url, data = bucket["url"], bucket["data"]
@@ -242,7 +242,7 @@ def test_infer_to_an_unreachable_bucket_fails_without_writing_locally(bucket, tm
     """Today: INFER_OUTPUT_DIR=gs://bucket/x wrote ./gs:/bucket/x and reported success."""
     import gin
 
-    from flanrec.infer import job as infer
+    from flanrec.infer import cli as infer
 
     monkeypatch.chdir(tmp_path)
     url = "gs://flanrec-test-no-such-bucket-7f3a/infer"

@@ -38,7 +38,8 @@ import numpy as np
 from flanrec import partitioning
 from flanrec.train import steps as trainer
 from flanrec.model.network import Transformer
-from flanrec.train.job import configure_gin
+import flanrec.configurables
+from flanrec.frontend.gin_cli import configure_gin
 
 @gin.configurable
 def probe(model_config, mesh_shape, rules, batch_size, lengths, num_microbatches, optimizer,

@@ -13,21 +13,14 @@ import optax
 import pytest
 import train_fixtures as tfx
 
+import flanrec.configurables  # noqa: F401 - the names the gin files bind
 from flanrec import partitioning
 from flanrec.model.config import get_preset
-from flanrec.train import (
-    job as train,
-)
-from flanrec.train import (
-    losses,
-    optimizers,
-)
-from flanrec.train import (
-    monitor as train_monitor,
-)
-from flanrec.train import (
-    steps as trainer,
-)
+from flanrec.train import cli as train_cli
+from flanrec.train import job as train
+from flanrec.train import losses, optimizers
+from flanrec.train import monitor as train_monitor
+from flanrec.train import steps as trainer
 
 
 # ---------------------------------------------------------------------------------- losses
@@ -116,7 +109,7 @@ def _main(args: list[str]) -> int:
     """The job's body (`train.cli`): diagnosed problems raise instead of becoming exit code 2
     (tests/test_jobs_cli.py checks that conversion)."""
     try:
-        return train.cli(args)
+        return train_cli.cli(args)
     finally:
         gin.clear_config()
 
@@ -247,7 +240,7 @@ def test_model_gins_bind_exactly_the_presets(model):
     from flanrec.model.config import PRESETS
 
     for part in ("data_parallel", "model_parallel", "fsdp"):
-        train.configure_gin([f"gin/models/{model}.gin", "gin/runs/finetune.gin",
+        train_cli.configure_gin([f"gin/models/{model}.gin", "gin/runs/finetune.gin",
                              f"gin/partitioning/{part}.gin"],
                             [*_REQUIRED, "DROPOUT_RATE = 0.0", "ACTIVATION_DTYPE = 'float32'"])
         cfg = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
@@ -257,8 +250,8 @@ def test_model_gins_bind_exactly_the_presets(model):
 
 def test_required_macros_and_the_quickstart_gin():
     with pytest.raises(ValueError, match="MODEL_DIR.*gin.REQUIRED"):
-        train.configure_gin(["gin/models/tiny.gin", "gin/runs/finetune.gin"], _REQUIRED[1:])
-    train.configure_gin(["gin/experiments/ml100k_tiny_cpu.gin"], ["MODEL_DIR = '/tmp/x'"])
+        train_cli.configure_gin(["gin/models/tiny.gin", "gin/runs/finetune.gin"], _REQUIRED[1:])
+    train_cli.configure_gin(["gin/experiments/ml100k_tiny_cpu.gin"], ["MODEL_DIR = '/tmp/x'"])
     assert gin.query_parameter("%MIXTURE_OR_TASK_MODULE") == "tasks.movielens"
     gin.clear_config()
 

@@ -17,7 +17,7 @@ from flanrec.frontend import jobs
 from flanrec.interop.t5x import checkpoint_step, write_t5x_checkpoint
 from flanrec.model.config import get_preset
 from flanrec.model.params import param_specs, unflatten
-from flanrec.train import job as train
+from flanrec.train import cli as train
 
 T5X_STEP = 1000
 

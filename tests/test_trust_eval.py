@@ -21,7 +21,7 @@ import pytest
 
 from flanrec.baselines.__main__ import main as baselines_main
 from flanrec.data import types
-from flanrec.eval import job as E
+from flanrec.eval import cli as E
 
 REPO = Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS = 943, 120

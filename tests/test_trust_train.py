@@ -20,7 +20,7 @@ from flanrec.checkpoints import load_params, save_params_checkpoint
 from flanrec.errors import UserError
 from flanrec.model.config import get_preset
 from flanrec.model.params import NonFiniteParamsError, flatten, param_specs, unflatten
-from flanrec.train import job as train
+from flanrec.train import cli as train
 
 
 @pytest.fixture(scope="module")

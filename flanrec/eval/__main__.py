@@ -1,8 +1,8 @@
-"""`python -m flanrec.eval`: the command line (`flanrec.eval.job.main`)."""
+"""`python -m flanrec.eval`: the command line (`flanrec.eval.cli`)."""
 
 import sys
 
-from flanrec.eval.job import main
+from flanrec.eval.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

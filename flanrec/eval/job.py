@@ -43,7 +43,6 @@ are (the infer job can mask at decode time) and coverage is not reported.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -54,13 +53,10 @@ from typing import Any
 import gin
 
 from flanrec import metrics as M
-from flanrec.errors import ConfigError
 from flanrec.eval import paired, report
 from flanrec.eval import truth as eval_truth
 from flanrec.files import outputs, storage
 from flanrec.files.predictions import PredictionsError, Record, find_prediction_files, read_records
-from flanrec.frontend import jobs
-from flanrec.frontend.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
 
 EvalInputError = PredictionsError
 """A predictions file is missing, incomplete or malformed (the message names file:line).
@@ -313,7 +309,6 @@ def _json_safe(metrics: Mapping[str, float]) -> dict[str, float | None]:
             metrics.items()}
 
 
-@gin.configurable
 def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
              baselines: str | None = None, data_dir: str | None = None,
              ks: Sequence[int] = M.DEFAULT_KS, primary_task: str | None = None,
@@ -377,124 +372,3 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
     if echo:
         print(table, end="")
     return flat
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-
-
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = jobs.JobArgumentParser(prog="python -m flanrec.eval", description=__doc__,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--predictions", help="directory or glob of {task}-{mode}.jsonl-* "
-                        "shards (INFER_OUTPUT_DIR); several runs of one system (seeds), "
-                        "comma separated, are averaged")
-    parser.add_argument("--baselines", default=None,
-                        help="directory of baseline shards (python -m flanrec.baselines)")
-    parser.add_argument("--out", help="output directory (EVAL_OUTPUT_DIR)")
-    parser.add_argument("--data_dir", default=None,
-                        help="prepared dir for masking and coverage (default $FLANREC_DATA_DIR)")
-    parser.add_argument("--ks", default=",".join(map(str, M.DEFAULT_KS)),
-                        help="comma-separated K values (default 1,5,10,20)")
-    parser.add_argument("--primary_task", default=None,
-                        help="task whose metrics also get flat keys when there are several")
-    parser.add_argument("--ties", default="pessimistic", choices=M.TIE_POLICIES,
-                        help="tie policy when ranking scored candidates")
-    parser.add_argument("--no_plot", action="store_true")
-    parser.add_argument("--no_paired", action="store_true",
-                        help="skip the paired bootstrap against each baseline")
-    parser.add_argument("--allow_partial", action="store_true",
-                        help="score a predictions file that covers only part of the split's "
-                             "users (an error otherwise); the table says how many were scored")
-    add_gin_job_flags(parser, job="evaluate")
-    args, bindings = parse_gin_job_args(parser, argv)
-    if not args.gin_file and not bindings and (args.predictions is None or args.out is None):
-        parser.error("--predictions and --out are required (or --gin_file=gin/runs/eval.gin)")
-    return args, bindings
-
-
-def _parse_ks(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(k) for k in text.split(",") if k.strip())
-    except ValueError:
-        raise ConfigError(f"--ks: expected comma-separated integers, got {text!r}") from None
-
-
-_UNSET = object()
-
-
-def _macro(name: str, default: Any = None) -> Any:
-    """A gin macro's value, `default` when no gin file defines it."""
-    try:
-        return gin.query_parameter(f"%{name}")
-    except ValueError:
-        return default
-
-
-def evaluate_from_gin(files: Sequence[str], bindings: Sequence[str],
-                      search_paths: Sequence[str] = (), verbose: bool = False,
-                      allow_partial: bool = False,
-                      distributed: argparse.Namespace | None = None) -> dict[str, float]:
-    """The gin form of the job, with T5X's eval role: CHECKPOINT_PATH set → infer, then score.
-
-    Configured exactly as `flanrec.train` / `flanrec.infer` are (`gin_cli.configure_gin`:
-    same search paths, task module import, misspelled-macro check), so one set of gin files
-    serves all three. `distributed`: the parsed multi-process flags, for the inference.
-    """
-    jobs.load_tensorflow(verbose)  # the task module and inference read data through TF
-    from flanrec.infer import job as infer_job  # registers `infer`, whose bindings eval.gin holds
-    from flanrec.train import job as train  # noqa: F401 - the model configurables, as for infer
-
-    configure_gin(files, bindings, search_paths)
-    if distributed is not None:
-        jobs.init_distributed(distributed)
-    partial = {"allow_partial": True} if allow_partial else {}  # else gin's binding holds
-    checkpoint = _macro("CHECKPOINT_PATH")
-    if not checkpoint:
-        if _macro("INFER_OUTPUT_DIR", _UNSET) is None:
-            raise ConfigError("INFER_OUTPUT_DIR (the predictions to score) or CHECKPOINT_PATH "
-                              "(infer with it first, then score) is required")
-        return evaluate(**partial)
-    out_dir = _macro("EVAL_OUTPUT_DIR")
-    if not out_dir:
-        raise ConfigError("EVAL_OUTPUT_DIR is required (where metrics.json is written)")
-    predictions = _macro("INFER_OUTPUT_DIR")
-    if not predictions:  # T5X's layout: the inferences inside the eval dir, which eval owns
-        predictions = storage.join(outputs.claim_dir(str(out_dir), "eval",
-                                                     what="EVAL_OUTPUT_DIR"), "infer")
-    if not _macro("MIXTURE_OR_TASK_NAME"):
-        raise ConfigError("CHECKPOINT_PATH is set: MIXTURE_OR_TASK_NAME (the task to infer "
-                          "and score) is required too")
-    infer_job.infer(output_dir=predictions)
-    return evaluate(predictions=predictions, **partial)
-
-
-def cli(argv: Sequence[str]) -> int:
-    """The job: parse, then evaluate (gin form or flags). Raises UserError on bad input."""
-    args, bindings = parse_args(argv)
-    if args.gin_file or bindings:
-        try:
-            evaluate_from_gin(args.gin_file, bindings, args.gin_search_paths, args.verbose,
-                              allow_partial=args.allow_partial, distributed=args)
-        except ValueError as e:
-            if "gin.REQUIRED" in str(e):  # a macro left unset
-                raise ConfigError(str(e)) from e
-            raise
-    else:
-        evaluate(predictions=args.predictions, out_dir=args.out, baselines=args.baselines,
-                 data_dir=args.data_dir or os.environ.get("FLANREC_DATA_DIR") or None,
-                 ks=_parse_ks(args.ks), primary_task=args.primary_task, ties=args.ties,
-                 plot=not args.no_plot, paired_test=not args.no_paired,
-                 allow_partial=args.allow_partial)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    # FileNotFoundError: a predictions, baselines or data path the user named does not exist.
-    return jobs.run("flanrec.eval", cli, argv, tensorflow=False,
-                    user_errors=(FileNotFoundError,))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import gin
 
 from flanrec.errors import ConfigError
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # flanrec/
 
 
 def as_binding(name: str, value: str) -> str:
@@ -166,9 +167,9 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
                   search_paths: Sequence[str] = ()) -> None:
     """Parse gin files and bindings, import MIXTURE_OR_TASK_MODULE, then lock the config.
 
-    The caller imports the modules whose configurables its gin files bind first (train,
-    infer, eval each do at import), so a misspelled name fails here with gin's own message,
-    before anything is compiled; a command-line macro no file uses fails too.
+    The caller imports `flanrec.configurables` first (train, infer and eval each do), so
+    every name a gin file may bind exists and a misspelled one fails here with gin's own
+    message, before anything is compiled; a command-line macro no file uses fails too.
     """
     gin.clear_config()
     files = resolve_gin_files(files, add_search_paths(search_paths))
@@ -183,6 +184,26 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
         module = None
     if module:
         importlib.import_module(module)
-    from flanrec.data import vocab  # noqa: F401 - its configurables must exist before the lock
-
     gin.finalize()
+
+
+def is_unset_macro(error: BaseException) -> bool:
+    """Whether `error` is gin refusing to call a configurable whose argument is still
+    `gin.REQUIRED` (a macro such as MODEL_DIR = %gin.REQUIRED left unset), or another error
+    gin raises while binding arguments: the user's config, not a bug."""
+    text = str(error)
+    return (isinstance(error, ValueError | RuntimeError)
+            and ("gin.REQUIRED" in text or "Required bindings" in text
+                 or "gin" in type(error).__module__))
+
+
+@contextlib.contextmanager
+def refusing_unset_macros() -> Iterator[None]:
+    """Run a gin job's body; an unset macro (`is_unset_macro`) becomes a ConfigError, the
+    one-line exit-2 refusal, the same way in every job."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as e:
+        if is_unset_macro(e):
+            raise ConfigError(str(e)) from e
+        raise

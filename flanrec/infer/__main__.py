@@ -1,4 +1,4 @@
-"""`python -m flanrec.infer`: the command line (`flanrec.infer.job.main`)."""
+"""`python -m flanrec.infer`: the command line (`flanrec.infer.cli`)."""
 
 import sys
 
@@ -7,7 +7,7 @@ if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.
 
     runtime.reexec_with_tcmalloc()
 
-from flanrec.infer.job import main  # noqa: E402 - after the allocator re-exec
+from flanrec.infer.cli import main  # noqa: E402 - after the allocator re-exec
 
 if __name__ == "__main__":
     sys.exit(main())

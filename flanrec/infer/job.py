@@ -31,24 +31,15 @@ path from any directory, also from an installed wheel.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.frontend.runtime)
-    from flanrec.frontend import runtime
-
-    runtime.reexec_with_tcmalloc()
-
-import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import gin
 
-from flanrec.errors import ConfigError
 from flanrec.files import storage
-from flanrec.frontend import jobs
-from flanrec.frontend.gin_cli import add_gin_job_flags, configure_gin, parse_gin_job_args
 from flanrec.infer.run import InferenceOptions, run_inference
 from flanrec.infer.taskinfo import InferenceConfigError
 
@@ -81,7 +72,6 @@ def _data_dirs(data_dir: str | None) -> list[str]:
     return list(dict.fromkeys(dirs))
 
 
-@gin.configurable
 def infer(*, checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           output_dir: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           data_dir: str | None = None, split: str = "test", batch_size: int = 32,
@@ -103,45 +93,3 @@ def infer(*, checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
     validate_options(opts)  # a MODE typo fails before any data or checkpoint is read
     return run_inference(str(checkpoint_path), str(mixture_or_task_name), opts,
                          _data_dirs(data_dir), dtype, {"gin_config": gin.config_str()})
-
-
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = jobs.JobArgumentParser(prog="python -m flanrec.infer", description=__doc__,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_gin_job_flags(parser, job="infer")
-    args, bindings = parse_gin_job_args(parser, argv)
-    if not args.gin_file:
-        args.gin_file = ["runs/infer.gin"]  # flanrec's own, found on the gin search path
-    return args, bindings
-
-
-def cli(argv: Sequence[str]) -> int:
-    """The job: parse, configure gin, infer. Raises UserError for what the user can fix."""
-    # Registers the model's configurables (T5Config, ...): a gin/models/*.gin file, which
-    # tpu_scripts/launch.sh passes to every job, must parse here as it does for train.
-    from flanrec.train import job as train  # noqa: F401
-
-    args, bindings = parse_args(argv)
-    configure_gin(args.gin_file, bindings, args.gin_search_paths)
-    jobs.init_distributed(args)
-    try:
-        summaries = infer()
-    except (ValueError, RuntimeError) as e:
-        if "gin" in type(e).__module__ or "gin.REQUIRED" in str(e):  # a macro left unset
-            raise ConfigError(str(e)) from e
-        raise
-    for s in summaries:
-        rate = s.get("users_per_sec")
-        log.info("%s: %s (%s examples, %d computed now%s)", s["task"], s["path"],
-                 s["examples"] if s["examples"] is not None else "all",
-                 s["computed"], f", {rate:.1f} users/s" if rate and rate == rate else "")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    # FileNotFoundError: a CHECKPOINT_PATH or data file the user named does not exist.
-    return jobs.run("flanrec.infer", cli, argv, user_errors=(FileNotFoundError,))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,7 +31,7 @@ from flanrec.files import outputs, storage
 from flanrec.frontend import jobs
 
 DEFAULT_EXPERIMENT = "gin/experiments/ml100k_quickstart.gin"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class StageError(RuntimeError):

@@ -1,4 +1,4 @@
-"""`python -m flanrec.train`: the command line (`flanrec.train.job.main`)."""
+"""`python -m flanrec.train`: the command line (`flanrec.train.cli`)."""
 
 import sys
 
@@ -7,7 +7,7 @@ if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.
 
     runtime.reexec_with_tcmalloc()
 
-from flanrec.train.job import main  # noqa: E402 - after the allocator re-exec
+from flanrec.train.cli import main  # noqa: E402 - after the allocator re-exec
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,17 +41,10 @@ one. `flanrec.api.load` turns such a checkpoint back into a usable model.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.frontend.runtime)
-    from flanrec.frontend import runtime
-
-    runtime.reexec_with_tcmalloc()
-
-import argparse
 import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -65,13 +58,6 @@ from flanrec import partitioning
 from flanrec.data import length_check
 from flanrec.errors import ConfigError, UserError
 from flanrec.files import outputs, storage
-from flanrec.frontend import jobs
-from flanrec.frontend.gin_cli import (
-    add_gin_job_flags,
-    configure_gin,
-    parse_gin_job_args,
-    split_search_paths,
-)
 from flanrec.frontend.progress import Progress
 from flanrec.infer.rank_eval import RankEvalConfig
 from flanrec.model import adapters
@@ -84,7 +70,6 @@ from flanrec.train.inputs import DatasetConfig, check_task, eval_batches, train_
 from flanrec.train.monitor import (
     BEST_FILE,
     BEST_METRIC,
-    NonFiniteLossError,
     Preemption,
     Window,
     format_eta,
@@ -92,17 +77,9 @@ from flanrec.train.monitor import (
     rank_better,
     read_best,
 )
-from flanrec.train.settings import check_gin_settings, check_settings, start_step_of, total_steps
+from flanrec.train.settings import check_settings, start_step_of, total_steps
 
 log = logging.getLogger("flanrec.train")
-
-# T5Config is a plain frozen dataclass; registering (not decorating) it keeps instances of the
-# real class while gin checks every field name (`T5Config.d_modle = …` fails at parse time).
-gin.register(T5Config, module="flanrec.model.config")
-gin.register(adapters.PromptConfig, module="flanrec.peft")
-gin.register(adapters.LoraConfig, module="flanrec.peft")
-gin.register(RankEvalConfig, module="flanrec.inference")
-
 
 class ModelDirError(UserError, PermissionError):
     """MODEL_DIR cannot be created or written (checked before anything compiles)."""
@@ -127,7 +104,6 @@ def _prepare_model_dir(model_dir: str) -> epath.Path:
 
 
 # ------------------------------------------------------------------------------ the job
-@gin.configurable(denylist=["devices"])
 def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRED,
           train_dataset: DatasetConfig = gin.REQUIRED,
           eval_dataset: DatasetConfig | None = None,
@@ -531,52 +507,3 @@ def _check_resumed_adapters(meta: Mapping[str, Any], cfg: T5Config, tuning: str,
         raise ConfigError(f"{where}: cannot resume: the checkpoint was trained with "
                           + ", ".join(f"{k}={got[k]!r}" for k in bad) + " but this run has "
                           + ", ".join(f"{k}={norm[k]!r}" for k in bad))
-
-
-# ---------------------------------------------------------------------------- entry point
-
-
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = jobs.JobArgumentParser(prog="python -m flanrec.train", description=__doc__,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_gin_job_flags(parser, job="train")
-    parser.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
-                        help="directories holding seqio caches (seqio.scripts.cache_tasks_main "
-                             "output), searched when USE_CACHED_TASKS = True (comma-separated "
-                             "or repeated; T5X's flag)")
-    return parse_gin_job_args(parser, argv)
-
-
-def cli(argv: Sequence[str]) -> int:
-    """The job: parse, configure gin, train. Raises UserError (one line via `main`) for what
-    the user can fix."""
-    args, bindings = parse_args(argv)
-    configure_gin(args.gin_file, bindings, args.gin_search_paths)  # before any jax backend use
-    check_gin_settings()
-    from flanrec.data import seqio_cache
-
-    seqio_cache.add_cache_dirs(split_search_paths(args.seqio_additional_cache_dirs))
-    jobs.init_distributed(args)
-    if jax.process_count() > 1:
-        log.info("process %d of %d", jax.process_index(), jax.process_count())
-    try:
-        result = train()
-    except NonFiniteLossError as e:
-        log.error("%s", e)
-        return 1
-    except ValueError as e:
-        if "gin.REQUIRED" in str(e) or "Required bindings" in str(e):  # a macro left unset
-            raise ConfigError(str(e)) from e
-        raise
-    if result["preempted"]:
-        log.info("stopped early at step %d after SIGTERM; rerun the same command to resume",
-                 result["step"])
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return jobs.run("flanrec.train", cli, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
