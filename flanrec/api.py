@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flanrec.checkpoints.loading import load_params_any
+from flanrec.interop import vocabulary as vocab_files
 from flanrec.model import decoding
 from flanrec.model.adapters import adapter_specs, check_all_params
 from flanrec.model.config import T5Config
@@ -195,7 +196,6 @@ def _resolve_vocabulary(path: str | os.PathLike[str], vocabulary: Any,
                         backbone: str | os.PathLike[str] | None) -> Any:
     if vocabulary is not None and not isinstance(vocabulary, str | os.PathLike):
         return vocabulary
-    from flanrec.interop import vocabulary as vocab_files
 
     if vocabulary is not None:
         return vocab_files.from_path(vocabulary)

@@ -93,7 +93,7 @@ def _seen(data: Path, stage: str) -> dict[str, set[str]]:
 
 
 def _opts(out: Path, mode: str, **kw):
-    from flanrec.infer import InferenceOptions
+    from flanrec.infer.run import InferenceOptions
 
     return InferenceOptions(output_dir=str(out), task_feature_lengths=LENGTHS, mode=mode,
                             progress_every=1000.0, **kw)
@@ -162,7 +162,7 @@ def test_modes_agree_with_each_other(registered, tmp_path):
     """predict's scores are the score mode's log-likelihoods of the same items; the top
     predicted item is the best unseen item when beams cover the catalogue; rating and
     binary probabilities are proper distributions."""
-    from flanrec.infer import run_inference
+    from flanrec.infer.run import run_inference
 
     data, ckpt = registered
     out = tmp_path / "out"
@@ -206,8 +206,7 @@ def test_modes_agree_with_each_other(registered, tmp_path):
 
 
 def test_killed_run_resumes_without_duplicates_or_gaps(registered, tmp_path):
-    from flanrec.infer import run_inference
-    from flanrec.infer.run import SLEEP_ENV
+    from flanrec.infer.run import SLEEP_ENV, run_inference
 
     data, ckpt = registered
     out = tmp_path / "out"
@@ -272,8 +271,7 @@ def test_resume_refuses_another_checkpoint_and_overwrite_recomputes(registered, 
     some users from step 50 and the rest from step 60. Now the rerun is refused (naming both
     steps); OVERWRITE=True recomputes every record from the new step; the output keeps a
     record of the checkpoint, settings and gin config; a finished shard is guarded too."""
-    from flanrec.infer import run_inference
-    from flanrec.infer.run import SLEEP_ENV, params_sha256
+    from flanrec.infer.run import SLEEP_ENV, params_sha256, run_inference
     from flanrec.infer.writer import ResumeMismatchError
 
     data, _ = registered
@@ -410,7 +408,7 @@ def test_eval_takes_a_checkpoint_like_t5x_eval(registered, tmp_path):
     scores: the same predictions as `flanrec.infer` and the same metrics as the two-step infer
     + eval. The gin flags are train's and infer's (here a gin file found only through T5X's
     comma-separated --gin_search_paths)."""
-    from flanrec.infer import run_inference
+    from flanrec.infer.run import run_inference
 
     data, ckpt = registered
     out = tmp_path / "eval"

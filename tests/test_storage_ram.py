@@ -155,7 +155,7 @@ def test_training_reads_ram_data_and_initial_checkpoint(bucket, tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_inference_resumes_on_ram(bucket, tmp_path, monkeypatch):
-    from flanrec.infer import InferenceOptions, run_inference
+    from flanrec.infer.run import InferenceOptions, run_inference
     from flanrec.infer.writer import ChunkWriter, read_jsonl
 
     class Interrupted(Exception):

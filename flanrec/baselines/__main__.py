@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 
 from flanrec import metrics as metrics_lib
-from flanrec.baselines import common
+from flanrec.baselines import common, popularity
 from flanrec.data import locations, prepared, splits
 from flanrec.errors import ConfigError
 from flanrec.files import outputs, storage
@@ -82,7 +82,6 @@ def cli(argv: Sequence[str]) -> int:
     split = prepared.load_split(args.data_dir or locations.default_data_dir())
     models = MODELS if args.model == "all" else (args.model,)
     if "popularity" in models:
-        from flanrec.baselines import popularity
 
         examples, ranked, scores = popularity.recommend(split, args.split, args.k)
         path = common.write_predictions(args.out, "popularity", common.prediction_rows(
@@ -90,6 +89,7 @@ def cli(argv: Sequence[str]) -> int:
         print(f"popularity: wrote {path}", flush=True)
         _summary("popularity", examples, ranked)
     if "sasrec" in models:
+        # Lazy: JAX/Flax, 3.4 s to import here; popularity alone runs without them.
         from flanrec.baselines import sasrec
 
         cfg = sasrec.SASRecConfig(
@@ -116,7 +116,7 @@ def cli(argv: Sequence[str]) -> int:
         # The family baselines read the prepared TFRecords: import TF through the front end
         # (quiet, off accelerators) rather than letting the first read print its start-up.
         jobs.load_tensorflow(args.verbose)
-        from flanrec.baselines import families
+        from flanrec.baselines import families  # lazy: scipy and the data layer, 0.9 s
 
         rows, info = families.all_rows(split, args.data_dir, args.split)
         for task, (mode, records) in rows.items():

@@ -26,6 +26,7 @@ from etils import epath
 
 from flanrec.errors import UserError
 from flanrec.files import checksums as checksums_lib
+from flanrec.files import storage
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ def as_path(path: PathLike) -> epath.Path:
     """An epath for `path`, made absolute when local: Orbax's OCDBT writer refuses relative
     directories, and users type `--gin.MODEL_DIR=runs/x`. gs:// URLs pass as they are; other
     schemes are refused by name (`flanrec.files.storage.orbax_path`)."""
-    from flanrec.files import storage
 
     return storage.orbax_path(path)
 

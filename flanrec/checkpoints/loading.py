@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from flanrec.checkpoints.integrity import BEST_FILE, META, PARAMS, resolve_checkpoint
 from flanrec.checkpoints.store import load_params
 from flanrec.files import storage
+from flanrec.interop import hf, t5x
 from flanrec.model import adapters
 from flanrec.model.config import T5Config
 from flanrec.model.params import check_params, flatten, unflatten
@@ -117,12 +118,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, merge_lora: bool = True,
         return (CheckpointRef(given, storage.join(given, rel) if rel else given, ref.format,
                               ref.step), cfg, params)
     if fmt == "hf":
-        from flanrec.interop import hf
 
         cfg, params = hf.import_hf(given)
         return CheckpointRef(given, given, fmt, None), cfg, params
     if fmt == "t5x":
-        from flanrec.interop import t5x
 
         resolved = os.fspath(t5x.find_t5x_checkpoint(given))
         cfg, params = t5x.import_t5x(resolved)

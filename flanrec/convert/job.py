@@ -34,10 +34,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flanrec.checkpoints import (
+    is_adapter_checkpoint,
+    load_adapter_checkpoint,
+    load_optimizer_state,
+    load_params,
+    local_checkpoint,
+    read_adapters,
+    resolve_checkpoint,
+    save_params_checkpoint,
+)
+from flanrec.convert.average import load_for_average
 from flanrec.files import outputs, storage
 from flanrec.frontend import jobs
 from flanrec.interop import vocabulary as vocab_files
 from flanrec.interop.exports import make_readable
+from flanrec.interop.hf import export_hf, import_hf
+from flanrec.interop.t5x import import_t5x, match_preset, write_t5x_checkpoint
+from flanrec.interop.vocabulary import write_vocabulary
+from flanrec.model.adapters import lora_of, prompt_of
 from flanrec.model.config import T5Config
 from flanrec.model.params import check_finite, count_params, flatten
 
@@ -51,21 +66,12 @@ def read_source(kind: str, src: str, merge_lora: bool = False) -> tuple[T5Config
     A flanrec checkpoint of a LoRA run needs `merge_lora`; one of a prompt run is refused
     (a plain T5 checkpoint has no place for a soft prompt)."""
     if kind == "hf":
-        from flanrec.interop.hf import import_hf
 
         return import_hf(src)
     if kind == "t5x":
-        from flanrec.interop.t5x import import_t5x
 
         return import_t5x(src)
     if kind == "flanrec":
-        from flanrec.checkpoints import (
-            is_adapter_checkpoint,
-            load_adapter_checkpoint,
-            load_params,
-            read_adapters,
-        )
-        from flanrec.model.adapters import lora_of, prompt_of
 
         if is_adapter_checkpoint(src):
             adapted, _, _ = read_adapters(src)
@@ -85,7 +91,6 @@ def find_vocabulary(kind: str, src: str) -> Any:
     HF/flanrec outputs; None when it has none (T5X checkpoints never do)."""
     candidates = [src]
     if kind == "flanrec":
-        from flanrec.checkpoints import resolve_checkpoint
 
         try:
             candidates.append(os.fspath(resolve_checkpoint(src)))
@@ -103,7 +108,6 @@ def source_optimizer_state(kind: str, src: str) -> tuple[int | None, Any]:
     None) for anything else."""
     if kind != "flanrec":
         return None, None
-    from flanrec.checkpoints import is_adapter_checkpoint, load_optimizer_state
 
     if is_adapter_checkpoint(src):
         return None, None  # adapters' moments: no place in a plain T5X state
@@ -114,18 +118,14 @@ def write_target(kind: str, cfg: T5Config, params: dict[str, Any], out: Path, *,
                  step: int, vocabulary: Any = None, opt_state: Any = None) -> None:
     """Write one output of `kind` at `out` (a path that does not exist yet)."""
     if kind == "flanrec":
-        from flanrec.checkpoints import save_params_checkpoint
-        from flanrec.interop.vocabulary import write_vocabulary
 
         save_params_checkpoint(cfg, params, out)
         if vocabulary is not None:
             write_vocabulary(vocabulary, out)
     elif kind == "hf":
-        from flanrec.interop.hf import export_hf
 
         export_hf(cfg, params, out, vocabulary=vocabulary)
     elif kind == "t5x":
-        from flanrec.interop.t5x import write_t5x_checkpoint
 
         write_t5x_checkpoint(params, out, step, opt_state=opt_state)
     else:
@@ -142,7 +142,6 @@ def convert(src_kind: str, src: str, out: str, dst_kind: str = "flanrec", *,
 
     `step` (T5X output): default the source's own step for a flanrec training checkpoint,
     else 0. `vocab`: see `vocabulary.from_path`; default the vocabulary the source carries."""
-    from flanrec.checkpoints import local_checkpoint
 
     out_path = _check_out(out, [src], overwrite)
     with local_checkpoint(src) as local_src:  # a URL source is read from a local copy
@@ -161,8 +160,6 @@ def convert(src_kind: str, src: str, out: str, dst_kind: str = "flanrec", *,
 def average(srcs: list[str], out: str, dst_kind: str = "flanrec", *, overwrite: bool = False,
             step: int | None = None, vocab: str | None = None) -> tuple[T5Config, str]:
     """Write the elementwise mean of the checkpoints `srcs` to `out` (of `dst_kind`)."""
-    from flanrec.checkpoints import local_checkpoint
-    from flanrec.convert.average import load_for_average
 
     out_path = _check_out(out, srcs, overwrite)
     with contextlib.ExitStack() as stack:
@@ -204,7 +201,6 @@ def _write(dst_kind: str, cfg: T5Config, params: dict[str, Any], out_path: str, 
 
 
 def summary(cfg: T5Config, src_kind: str, dst_kind: str, out: str | Path) -> str:
-    from flanrec.interop.t5x import match_preset
 
     name = match_preset(cfg)
     if name == "custom":

@@ -53,6 +53,7 @@ from typing import Any
 import gin
 
 from flanrec import metrics as M
+from flanrec.data import prepared, splits
 from flanrec.eval import paired, report
 from flanrec.eval import truth as eval_truth
 from flanrec.files import outputs, storage
@@ -81,7 +82,6 @@ class Catalogue:
 
     @classmethod
     def load(cls, data_dir: str) -> Catalogue:
-        from flanrec.data import prepared, splits
 
         split = prepared.load_split(data_dir)
         seen = {stage: {u.user: frozenset(splits.seen_items(u, stage)) for u in split.users

@@ -26,6 +26,8 @@ from typing import Any
 
 from etils import epath
 
+from flanrec.files import storage
+
 log = logging.getLogger(__name__)
 
 CHECKSUMS_FILE = "checksums.json"
@@ -80,7 +82,6 @@ def record(ckpt_dir: PathLike) -> epath.Path:
     root = _path(ckpt_dir)
     doc = {"format": FORMAT, "version": 1, "algorithm": "sha256", "files": compute(root)}
     target = root / CHECKSUMS_FILE
-    from flanrec.files import storage
 
     storage.write_json_atomic(os.fspath(target), doc, sort_keys=True, ensure_ascii=True)
     return target

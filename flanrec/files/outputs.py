@@ -51,6 +51,7 @@ from flanrec.files.storage import (
     walk_files,
     write_json_atomic,
 )
+from flanrec.version import __version__
 
 
 def read_marker(directory: str) -> dict[str, Any] | None:
@@ -66,7 +67,6 @@ def read_marker(directory: str) -> dict[str, Any] | None:
 
 
 def marker_document(job: str, **fields: Any) -> dict[str, Any]:
-    from flanrec.version import __version__
 
     return {**fields, "format": MARKER_FORMAT, "version": 1, "job": job,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

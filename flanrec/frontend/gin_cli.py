@@ -26,6 +26,7 @@ from pathlib import Path
 import gin
 
 from flanrec.errors import ConfigError
+from flanrec.frontend import jobs
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # flanrec/
 
@@ -129,7 +130,6 @@ def add_gin_flags(parser: argparse.ArgumentParser, job: str = "train") -> None:
 def add_gin_job_flags(parser: argparse.ArgumentParser, job: str) -> None:
     """Every flag a gin job (train, infer, eval) shares: the gin flags, the multi-process
     flags and --verbose. One place, so the three jobs cannot drift apart."""
-    from flanrec.frontend import jobs
 
     add_gin_flags(parser, job=job)
     jobs.add_distributed_flags(parser)

@@ -40,7 +40,7 @@ from typing import Any
 import gin
 
 from flanrec.files import storage
-from flanrec.infer.run import InferenceOptions, run_inference
+from flanrec.infer.run import InferenceOptions, run_inference, validate_options
 from flanrec.infer.taskinfo import InferenceConfigError
 
 log = logging.getLogger("flanrec.infer")
@@ -88,7 +88,6 @@ def infer(*, checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
         num_beams=int(num_beams), mask_seen=bool(mask_seen), constrained=bool(constrained),
         length_penalty=float(length_penalty), chunk_size=int(chunk_size),
         candidate_block=int(candidate_block), overwrite=bool(overwrite))
-    from flanrec.infer.run import validate_options
 
     validate_options(opts)  # a MODE typo fails before any data or checkpoint is read
     return run_inference(str(checkpoint_path), str(mixture_or_task_name), opts,

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from flanrec import metrics as metrics_lib
+from flanrec.files import storage
 from flanrec.infer import run as job
 from flanrec.infer import taskinfo
 from flanrec.model.config import T5Config
@@ -65,8 +66,6 @@ def default_data_dirs() -> list[str]:
     """Prepared dirs the task may come from: $FLANREC_DATA_DIR and what `tasks` registered."""
     import os
     import sys
-
-    from flanrec.files import storage
 
     dirs = [p if storage.is_url(p) else os.path.expanduser(p)
             for p in storage.split_path_list(os.environ.get("FLANREC_DATA_DIR", ""))]

@@ -25,12 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from flanrec.checkpoints import load_checkpoint
+from flanrec.data import prepared, splits
 from flanrec.files import outputs, predictions, storage
 from flanrec.frontend.progress import Progress
 from flanrec.infer import modes, taskinfo
 from flanrec.infer.taskinfo import InferenceConfigError, TaskInfo
 from flanrec.infer.writer import ChunkWriter
 from flanrec.model.config import T5Config
+from flanrec.model.params import flatten
 
 log = logging.getLogger("flanrec.infer")
 
@@ -72,7 +75,6 @@ class CheckpointIdentity:
 
 def params_sha256(params: Any) -> str:
     """sha256 over every parameter's name, dtype, shape and bytes, in name order."""
-    from flanrec.model.params import flatten
 
     h = hashlib.sha256()
     for name, value in sorted(flatten(params).items()):
@@ -166,7 +168,6 @@ class TaskRunner:
 
     # ---------------------------------------------------------------- resources
     def _load_items(self) -> None:
-        from flanrec.data import prepared
 
         method = self.info.index_method
         self._trie, items = prepared.item_trie(self.info.data_dir, self.vocab, method,
@@ -177,7 +178,6 @@ class TaskRunner:
         self.item_col = {item: j for j, item in enumerate(items)}
 
     def _load_seen(self, stage: str) -> None:
-        from flanrec.data import prepared, splits
 
         split = prepared.load_split(self.info.data_dir)
         for seq in split.users:
@@ -502,8 +502,6 @@ def run_inference(checkpoint_path: str, task_name: str, opts: InferenceOptions,
     identified by step and params sha256, which every chunk manifest and shard record carries.
     """
     import jax
-
-    from flanrec.checkpoints import load_checkpoint
 
     validate_options(opts)
     infos = resolve_tasks(task_name, opts.split, opts.mode, list(data_dirs))

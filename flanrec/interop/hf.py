@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from flanrec.errors import UserError
+from flanrec.interop import hf_tokenizer
+from flanrec.interop import vocabulary as vocab_files
 from flanrec.interop.exports import make_readable
 from flanrec.model.config import T5Config
 from flanrec.model.params import check_params, flatten, param_specs, unflatten
@@ -311,9 +313,6 @@ def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLi
     like `vocabulary` is logged as a warning (`hf_tokenizer.warn_differences`).
     """
     from safetensors.numpy import save_file
-
-    from flanrec.interop import hf_tokenizer
-    from flanrec.interop import vocabulary as vocab_files
 
     flat = flatten(_unbox(params))
     check_params(flat, cfg, "export_hf params")

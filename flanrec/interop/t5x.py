@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from flanrec.interop import t5x_adafactor
 from flanrec.interop.exports import make_readable
 from flanrec.interop.t5x_adafactor import AdafactorLayout, stored_inline
 from flanrec.model.config import PRESETS, T5Config
@@ -413,7 +414,6 @@ def write_t5x_checkpoint(params: Mapping[str, Any], model_dir: str | os.PathLike
     leaves no `checkpoint_N` behind. Returns the checkpoint dir; how many moments were copied
     is logged.
     """
-    from flanrec.interop import t5x_adafactor
 
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     infer_config(flat, "params to write")

@@ -112,7 +112,7 @@ def optax_moments(opt_state: Any) -> dict[str, dict[str, np.ndarray]]:
     second moments come from the one `FactoredState` (count, v_row, v_col, v), momentum from
     an `EmaState` (count, ema) next to it; {} when the state is not Adafactor's (e.g. AdamW)
     or is ambiguous."""
-    from flanrec.model.params import flatten
+    from flanrec.model.params import flatten  # lazy: JAX/Flax (3.5 s); reading stays numpy
 
     factored = _find(opt_state, {"count", "v_row", "v_col", "v"})
     if len(factored) != 1:

@@ -24,6 +24,8 @@ import os
 import re
 from typing import Any
 
+from flanrec.files import storage
+
 log = logging.getLogger(__name__)
 
 SPIECE_FILE = "spiece.model"
@@ -95,7 +97,6 @@ def write_vocabulary(vocab: Any, out_dir: str | os.PathLike[str]) -> bool:
         if old is not None:
             return True
     gfile.makedirs(out)
-    from flanrec.files import storage
 
     for path, data in ((spm_path, model), (json_path, text.encode())):
         storage.write_atomic(path, data)  # the mode a plain open() gives, as for every file
@@ -169,7 +170,7 @@ def load_vocabulary(directory: str | os.PathLike[str]) -> Any:
     extra = int(doc.get("extra_ids", 100))
     slots = doc.get("token_slots") or {}
     if slots:
-        from flanrec.data.vocab import ItemTokenVocabulary
+        from flanrec.data.vocab import ItemTokenVocabulary  # lazy: TF + seqio, 12 s
 
         return ItemTokenVocabulary(spm, slots, extra_ids=extra, max_rows=doc.get("max_rows"))
     return seqio.SentencePieceVocabulary(spm, extra_ids=extra)
@@ -182,7 +183,7 @@ def from_path(path: str | os.PathLike[str]) -> Any:
     gfile = _gfile()
     p = os.fspath(path)
     if gfile.exists(os.path.join(p, "prepare.json")):
-        from flanrec.data.vocab import vocabulary_for_prepared
+        from flanrec.data.vocab import vocabulary_for_prepared  # lazy: TF + seqio, 12 s
 
         return vocabulary_for_prepared(p)
     if gfile.isdir(p):

@@ -44,7 +44,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flanrec.data import families as families_lib
+from flanrec.data import splits as splits_lib
+from flanrec.data.fetch import fetch
 from flanrec.data.prepared_write import build_tries, write_split
+from flanrec.data.sources import read_dataset
 from flanrec.errors import UserError
 from flanrec.files import outputs, storage
 from flanrec.frontend.progress import stage
@@ -99,8 +102,6 @@ def load_dataset(opts: PrepareOptions, out: str | None = None) -> Dataset:
     """fetch + read: `--dataset csv|parquet` read `--raw_dir` directly. A `--raw_dir` URL
     (gs://...) is read from a local copy. With `out`, an output that would replace the
     fetched input folder is refused before the input is read."""
-    from flanrec.data.fetch import fetch
-    from flanrec.data.sources import read_dataset
 
     name = DATASET_ALIASES.get(opts.dataset, opts.dataset)
     if name in ("csv", "parquet") and not opts.raw_dir:
@@ -173,7 +174,7 @@ def write_tasks(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
     seqio reads them (flanrec.data.family_source), so what prepare stores grows with the
     interactions, not with families x templates x windows. `report` gets a line per task.
     """
-    from flanrec.data import family_source, writer
+    from flanrec.data import family_source, writer  # lazy: TF + seqio (12 s); fast --help
 
     methods = list(indexes)
     infos = {}
@@ -301,8 +302,7 @@ def prepare(opts: PrepareOptions, log: Any = print,
     `log` gets the final summary table; `progress` (default: stdout) one line as each stage
     starts and ends and, while tasks are rendered, a count-and-rate line every few seconds.
     """
-    from flanrec.data import splits as splits_lib
-    from flanrec.data import vocab as vocab_lib
+    from flanrec.data import vocab as vocab_lib  # lazy: TF + seqio (12 s); fast --help
 
     t0 = time.time()
     timings: dict[str, float] = {}
@@ -355,7 +355,7 @@ def prepare(opts: PrepareOptions, log: Any = print,
         lap("tasks")
         vocab_path = None
         if opts.train_vocab:
-            from flanrec.data import vocab as vocab_lib
+            from flanrec.data import vocab as vocab_lib  # lazy: TF + seqio, as above
 
             pieces = item_pieces(indexes, split.all_items) if opts.item_pieces else []
             size = opts.vocab_size

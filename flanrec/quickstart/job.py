@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 
 from flanrec.data import layout, locations
+from flanrec.data.prepared import read_prepare_json
 from flanrec.errors import UserError
 from flanrec.files import outputs, storage
 from flanrec.frontend import jobs
@@ -197,7 +198,6 @@ def _output_problem(dirs: Sequence[tuple[str, str, str | None]]) -> str | None:
 def _default_task(data_dir: str, experiment: str, bindings: Sequence[str]) -> str:
     """The task the experiment validates on (RANK_EVAL_TASK), else the prepared dir's seqrec
     task, else its seq task."""
-    from flanrec.data.prepared import read_prepare_json
 
     given = _gin_value(experiment, "RANK_EVAL_TASK")
     for b in bindings:

@@ -17,6 +17,7 @@ import gin
 import jax
 import numpy as np
 
+from flanrec.data import seqio_cache
 from flanrec.errors import ConfigError
 
 
@@ -41,7 +42,6 @@ def seqio_dataset(cfg: DatasetConfig, *, repeat: bool, shuffle: bool) -> Any:
     import seqio
 
     if cfg.use_cached:
-        from flanrec.data import seqio_cache
 
         seqio_cache.add_cache_dirs()
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
@@ -80,7 +80,6 @@ def check_task(cfg: DatasetConfig, model_vocab: int) -> None:
             raise ConfigError(f"{cfg.mixture_or_task_name}: feature {name!r} uses a vocabulary "
                               f"of {size} ids, but the model embeds only {model_vocab}")
     if cfg.use_cached:
-        from flanrec.data import seqio_cache
 
         seqio_cache.check_cached(cfg.mixture_or_task_name, cfg.split)
 

@@ -55,13 +55,16 @@ import numpy as np
 from etils import epath
 
 from flanrec import partitioning
+from flanrec.checkpoints import TrainCheckpointer, load_params_any
 from flanrec.data import length_check
 from flanrec.errors import ConfigError, UserError
 from flanrec.files import outputs, storage
 from flanrec.frontend.progress import Progress
-from flanrec.infer.rank_eval import RankEvalConfig
+from flanrec.infer.rank_eval import RankEvalConfig, RankValidator
+from flanrec.interop import vocabulary
 from flanrec.model import adapters
 from flanrec.model.config import T5Config
+from flanrec.model.network import Transformer
 from flanrec.model.params import check_finite, check_params, count_params, flatten
 from flanrec.peft import params as peft_params
 from flanrec.train import flops, losses, optimizers, scalars
@@ -150,9 +153,6 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                     "KEEP_CHECKPOINTS": keep_checkpoints, "RANDOM_SEED": random_seed,
                     "TASK_FEATURE_LENGTHS": train_dataset.task_feature_lengths})
     import tensorflow as tf
-
-    from flanrec.checkpoints import TrainCheckpointer
-    from flanrec.model.network import Transformer
 
     tf.config.set_visible_devices([], "GPU")  # the input pipeline must not grab accelerators
     loss_cfg = loss or losses.LossConfig()
@@ -256,7 +256,6 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     else:
         init_params = None
         if initial_checkpoint_path:
-            from flanrec.checkpoints import load_params_any
 
             src_cfg, init_params = load_params_any(initial_checkpoint_path)
             check_params(flatten(init_params), model_config,
@@ -283,7 +282,6 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         evals = eval_batches(eval_dataset, eval_dataset.batch_size // jax.process_count())
     ranker = None
     if ranking:
-        from flanrec.infer.rank_eval import RankValidator
 
         assert rank_eval is not None
         ranker = RankValidator(rank_eval, model_config.replace(dropout_rate=0.0),
@@ -454,8 +452,6 @@ def _save_task_vocabulary(model_dir: Any, task_name: str) -> None:
     `flanrec.load(...).generate_text` and `convert --to hf` (`flanrec.interop.vocabulary`)."""
     import seqio
 
-    from flanrec.interop import vocabulary
-
     vocab = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
     vocabulary.write_vocabulary(vocab, os.fspath(model_dir))
 
@@ -486,7 +482,6 @@ def _with_tuning(cfg: T5Config, tuning: str, prompt: adapters.PromptConfig | Non
 
 
 def _load_backbone(path: str, base: T5Config) -> dict[str, Any]:
-    from flanrec.checkpoints import load_params_any
 
     src_cfg, params = load_params_any(path)
     check_params(flatten(params), base, f"INITIAL_CHECKPOINT_PATH {path}")

@@ -17,6 +17,7 @@ import gin
 import numpy as np
 
 from flanrec.errors import UserError
+from flanrec.interop.t5x import checkpoint_step
 
 # (macro, minimum or None for "any integer", what it means): each must be an int (not a bool,
 # not a string gin took from `--gin.X=abc`). Checked against the parsed gin config before
@@ -97,7 +98,6 @@ def check_gin_settings() -> None:
 def start_step_of(initial_checkpoint_path: str) -> int:
     """The step a fresh run starts at: a T5X checkpoint's own step (T5X restores it into the
     train state), 0 for HF and flanrec checkpoints (params only, fresh optimizer)."""
-    from flanrec.interop.t5x import checkpoint_step
 
     return int(checkpoint_step(initial_checkpoint_path) or 0)
 
