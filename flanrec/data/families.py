@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from flanrec.data import examples as ex_lib
+from flanrec.data import splits as splits_lib
+from flanrec.data import templates
 from flanrec.data.indexing import ItemIndex
 from flanrec.data.types import ItemMeta, Split, UserFeatures
 
@@ -105,7 +107,6 @@ _REGISTRY: dict[str, Family] = {}
 
 def register(family: Family, replace: bool = False) -> Family:
     """Add `family` to the registry (an existing name needs `replace=True`)."""
-    from flanrec.data import templates
 
     if family.name in _REGISTRY and not replace:
         raise ValueError(f"family {family.name!r} is registered already (replace=True "
@@ -205,7 +206,6 @@ def _needs_titles(data: FamilyData) -> str | None:
 
 
 def _seqrec_train_targets(data: FamilyData) -> int:
-    from flanrec.data import splits as splits_lib
 
     return int(_opt(data, "seqrec_tilings", ex_lib.SEQREC_TILINGS)) * \
         splits_lib.count_train_windows(data.split)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 
+from flanrec.files import storage
+
 CACHE_ENV = "FLANREC_CACHE"
 DATA_DIR_ENV = "FLANREC_DATA_DIR"
 DEFAULT_DATASET = "ml-100k"
@@ -36,7 +38,6 @@ def default_prepared_dir(dataset: str = DEFAULT_DATASET) -> str:
 def configured_data_dirs(value: str | None = None) -> list[str]:
     """The prepared dirs `import tasks` registers: `value` (e.g. a gin macro), else
     `$FLANREC_DATA_DIR`, else the default ml-100k dir; expanded, in order."""
-    from flanrec.files import storage
 
     raw = value or os.environ.get(DATA_DIR_ENV) or default_prepared_dir()
     return [p if storage.is_url(p) else os.path.expanduser(p)
@@ -48,7 +49,6 @@ def default_data_dir(dataset: str = DEFAULT_DATASET) -> str:
 
     `$FLANREC_DATA_DIR` when it names exactly one dir, else the dataset's default dir.
     """
-    from flanrec.files import storage
 
     env = storage.split_path_list(os.environ.get(DATA_DIR_ENV) or "")
     if len(env) == 1:

@@ -17,7 +17,10 @@ import gin
 import seqio
 import tensorflow as tf
 
-from flanrec.data import families, writer
+from flanrec.data import families, family_source, writer
+from flanrec.data import vocab as vocab_lib
+from flanrec.data.family_source import FamilySource
+from flanrec.data.prepared import read_prepare_json
 from flanrec.data.seqio_tasks import (
     example_count_rate,
     output_features,
@@ -27,6 +30,7 @@ from flanrec.data.seqio_tasks import (
     standard_preprocessors,
     tfrecord_source,
 )
+from flanrec.files import outputs
 
 PREPARED_TASKS: set[str] = set()
 """Names registered by `register_prepared`/`register_family_task`: one preprocessed example
@@ -57,14 +61,12 @@ def register_prepared(
     `replace=False` an already registered name raises (seqio's own behaviour). Returns the
     registered names.
     """
-    from flanrec.data import vocab as vocab_lib
 
     if not tf.io.gfile.exists(os.path.join(data_dir, "prepare.json")):
         raise FileNotFoundError(
             f"{data_dir}: no prepare.json, so not a flanrec.prepare output. Run "
             f"`python -m flanrec.prepare --dataset ml-100k --out {data_dir}` first."
         )
-    from flanrec.files import outputs
 
     outputs.require_complete(data_dir, "prepared data dir")  # an unfinished gs:// upload
     vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)
@@ -102,7 +104,6 @@ def prepared_source(data_dir: str, task_dir: str, info: Mapping[str, Any]) -> se
     writes now) or the TFRecords an older prepare wrote."""
     if info.get("source") != "rendered":
         return tfrecord_source(task_dir, info)
-    from flanrec.data.family_source import FamilySource
 
     counts = {s: v["num_input_examples"] for s, v in info["splits"].items()}
     return FamilySource(data_dir, info["family"], info.get("index_method"), counts,
@@ -143,10 +144,6 @@ def register_family_task(
     `{prefix}_{family}`; `index_method` defaults to the dir's first indexing; its
     info.json-equivalent is kept on the source (`source.info`) for the inference job.
     """
-    from flanrec.data import family_source
-    from flanrec.data import vocab as vocab_lib
-    from flanrec.data.prepared import read_prepare_json
-    from flanrec.files import outputs
 
     outputs.require_complete(data_dir, "prepared data dir")
     doc = read_prepare_json(data_dir)
