@@ -13,7 +13,7 @@ import seqio
 import train_fixtures as tfx
 
 import flanrec
-from flanrec.convert import job as cli
+from flanrec.convert import cli
 from flanrec.interop.vocabulary import VocabularyMismatchError
 from flanrec.train import cli as train
 

@@ -11,7 +11,7 @@ from hf_fixtures import random_params
 
 from flanrec import checkpoints
 from flanrec.convert.average import average_params
-from flanrec.convert.job import main
+from flanrec.convert.cli import main
 from flanrec.model import get_preset
 from flanrec.model.params import flatten
 

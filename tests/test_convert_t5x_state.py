@@ -20,7 +20,7 @@ import tensorstore as ts
 from flax import serialization
 
 from flanrec.checkpoints import TrainCheckpointer
-from flanrec.convert import job as cli
+from flanrec.convert import cli
 from flanrec.interop.t5x import write_t5x_checkpoint
 from flanrec.interop.t5x_adafactor import AdafactorLayout, slot_shapes, stored_inline
 from flanrec.model.config import get_preset

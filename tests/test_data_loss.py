@@ -234,7 +234,7 @@ def _job(name: str, toy, out: Path) -> tuple[int, str]:
         return _capture(main, ["fuse", "--predictions", str(preds), str(preds), "--out",
                                str(out)])
     if name == "convert":
-        from flanrec.convert.job import main
+        from flanrec.convert.cli import main
 
         return _capture(main, ["--from", "flanrec", "--src", str(ckpt), "--out", str(out),
                                "--to", "hf", "--overwrite"])

@@ -141,7 +141,7 @@ def test_no_job_module_imports_tensorflow_at_import_time():
     """The front end sets TF's environment before TF loads: no job may import it earlier."""
     code = ("import sys\n"
             "for m in ['flanrec.prepare', 'flanrec.train.cli', 'flanrec.infer.cli',\n"
-            "          'flanrec.eval.cli', 'flanrec.baselines.__main__', 'flanrec.convert.job',\n"
+            "          'flanrec.eval.cli', 'flanrec.baselines.__main__', 'flanrec.convert.cli',\n"
             "          'flanrec.ensemble.__main__', 'flanrec.quickstart.job']:\n"
             "    __import__(m)\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "

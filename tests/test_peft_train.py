@@ -163,7 +163,7 @@ def test_prompt_run_writes_small_checkpoints_and_resumes_exactly(setup, capsys):
     dec = np.array([[0, 7, 3]])
     assert np.max(np.abs(model.logits(enc, dec) - plain.logits(enc, dec))) > 1e-3
     # A plain T5 checkpoint has no place for a soft prompt: export is refused by name.
-    from flanrec.convert.job import main as convert_main
+    from flanrec.convert.cli import main as convert_main
 
     assert convert_main(["--from", "flanrec", "--src", str(setup["root"] / "interrupted"),
                          "--out", str(setup["root"] / "p-hf"), "--to", "hf"]) == 2
@@ -172,7 +172,7 @@ def test_prompt_run_writes_small_checkpoints_and_resumes_exactly(setup, capsys):
 
 @pytest.mark.slow
 def test_lora_run_merges_and_exports_to_hf(setup, capsys):
-    from flanrec.convert.job import main as convert_main
+    from flanrec.convert.cli import main as convert_main
 
     _run(setup, "lora", 2, "lora", "--gin.LORA_RANK=2", "--gin.LEARNING_RATE=0.01")
     run = setup["root"] / "lora"

@@ -48,7 +48,7 @@ def bucket(tmp_path_factory):
     written by the jobs themselves; the prepared tasks are registered."""
     import tasks
     from flanrec.checkpoints import save_params_checkpoint
-    from flanrec.convert.job import main as convert_main
+    from flanrec.convert.cli import main as convert_main
     from flanrec.prepare import PrepareOptions, prepare
 
     root = tmp_path_factory.mktemp("ram")

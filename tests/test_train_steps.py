@@ -196,10 +196,11 @@ def test_non_finite_loss_or_params_stop_naming_the_step():
     ok = {"loss": 2.0, "grad_norm": 1.0, "param_norm": 3.0, "accuracy": 0.5,
           "learning_rate": 1e-3, "target_tokens": 10.0, "z_loss": 0.0}
     assert window.add(3, ok) == 10.0
-    with pytest.raises(train.NonFiniteLossError, match="at step 4: loss nan"):
+    with pytest.raises(train_monitor.NonFiniteLossError, match="at step 4: loss nan"):
         window.add(4, {**ok, "loss": float("nan")})
     # A finite loss (computed before the update) with weights blown up by the update.
-    with pytest.raises(train.NonFiniteLossError, match="at step 5: .*norm after the update inf"):
+    with pytest.raises(train_monitor.NonFiniteLossError,
+                       match="at step 5: .*norm after the update inf"):
         window.add(5, {**ok, "param_norm": float("inf")})
     assert window.pop()["loss"] == 2.0
 

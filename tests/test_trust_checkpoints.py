@@ -30,7 +30,7 @@ from flanrec.checkpoints import (
     load_params_any,
     save_params_checkpoint,
 )
-from flanrec.convert import job as convert_cli
+from flanrec.convert import cli as convert_cli
 from flanrec.files import checksums
 from flanrec.model.config import get_preset
 from flanrec.model.params import flatten, param_specs, unflatten

@@ -1,8 +1,8 @@
-"""`python -m flanrec.convert`: the command line (`flanrec.convert.job.main`)."""
+"""`python -m flanrec.convert`: the command line (`flanrec.convert.cli`)."""
 
 import sys
 
-from flanrec.convert.job import main
+from flanrec.convert.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())
