@@ -7,7 +7,7 @@
     python bench/input_pipeline.py --cached /data/seqio_cache   # + the same streams from
                                                                 # seqio's offline cache
 
-Builds the training stream exactly as the trainer does (`flanrec.train.train_batches`: seqio
+Builds the training stream exactly as the trainer does (`flanrec.train.inputs.train_batches`: seqio
 `get_dataset` with the `EncDecFeatureConverter`, shuffle, repeat, batch, prefetch), by default
 at the shape train_throughput.py measures (batch 16, 128 input / 8 target tokens; the CPU
 experiment gin uses 256 / 16: pass --inputs/--targets), packed and unpacked, and times how
