@@ -9,7 +9,7 @@ needs it, and the error says how to convert instead).
 The gin configs stay in the top-level `gin/` directory (the source of truth, what a checkout
 uses) and are shipped inside the wheel as package data of `flanrec.gin`, mapped onto that
 directory, so an installed flanrec finds `runs/infer.gin` without a checkout
-(`flanrec.gin_cli.default_search_paths`).
+(`flanrec.frontend.gin_cli.default_search_paths`).
 """
 
 from setuptools import find_packages, setup

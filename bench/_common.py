@@ -157,7 +157,7 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
 
 def append_result(record: dict[str, Any], path: Path | None = None) -> Path:
     """Append one JSON line to the results file (`results_path`), atomically
-    (`flanrec.storage.write_atomic`), so an interrupted run never leaves a half-written line
+    (`flanrec.files.storage.write_atomic`), so an interrupted run never leaves a half-written line
     behind."""
     path = results_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def append_result(record: dict[str, Any], path: Path | None = None) -> Path:
     old = path.read_text() if path.exists() else ""
     if old and not old.endswith("\n"):
         old += "\n"
-    from flanrec import storage
+    from flanrec.files import storage
 
     storage.write_atomic(path, old + json.dumps(record, sort_keys=True) + "\n")
     return path
@@ -209,8 +209,8 @@ def experiment_settings(gin_file: str) -> dict[str, Any]:
     """
     import gin
 
-    from flanrec import train as train_lib  # noqa: F401  (registers the configurables)
     from flanrec.model.config import T5Config
+    from flanrec.train import job as train_lib  # noqa: F401  (registers the configurables)
 
     gin.clear_config()
     for p in (os.getcwd(), str(REPO)):

@@ -5,7 +5,7 @@ Not a test: prints a table of forward and forward+backward times and their ratio
     python bench/bench_model.py --preset tiny
     python bench/bench_model.py --preset flan-t5-small --batch 8 --enc_len 128 --dec_len 16
 
-Both sides get identical random weights (exported through `flanrec.convert.hf`), inputs and
+Both sides get identical random weights (exported through `flanrec.interop.hf`), inputs and
 loss (mean token cross-entropy over non-padding targets); the first (compiling) call is
 excluded from the timings, then the median of `--repeats` runs is reported.
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flanrec.convert import hf  # noqa: E402
+from flanrec.interop import hf  # noqa: E402
 from flanrec.model import Transformer, get_preset  # noqa: E402
 from flanrec.model.params import count_params, param_specs, unflatten  # noqa: E402
 

@@ -4,10 +4,10 @@
     python bench/decode_throughput.py --smoke         # seconds; for the test
 
 A random HF T5 (gated-GELU, untied, small so the HF side finishes) is saved and imported into
-flanrec with `flanrec.convert.hf.import_hf`: both sides decode with the same weights. Items
+flanrec with `flanrec.interop.hf.import_hf`: both sides decode with the same weights. Items
 are MovieLens-style sequential IDs "0001".."1682", one token per digit (4 tokens + EOS), and
 the trie over them constrains both sides: flanrec's jitted `beam_search` with
-`flanrec.inference.constraints.TrieConstraint`, transformers' `generate(num_beams=20,
+`flanrec.infer.constraints.TrieConstraint`, transformers' `generate(num_beams=20,
 num_return_sequences=20, prefix_allowed_tokens_fn=...)` with a precomputed prefix -> allowed
 tokens dict (the fastest honest HF callback). Every item is exactly 4 tokens + EOS, so all
 hypotheses end at the same step and `length_penalty` (0.0 on both sides: plain summed
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from flanrec.convert import hf
     from flanrec.data.trie import build_trie, lookup
-    from flanrec.inference.constraints import TrieConstraint
+    from flanrec.infer.constraints import TrieConstraint
+    from flanrec.interop import hf
     from flanrec.model.decoding import beam_search
     from tests.hf_fixtures import make_hf_t5, padded_batch
 

@@ -7,7 +7,7 @@
     python bench/input_pipeline.py --cached /data/seqio_cache   # + the same streams from
                                                                 # seqio's offline cache
 
-Builds the training stream exactly as the trainer does (`flanrec.train.train_batches`: seqio
+Builds the training stream exactly as the trainer does (`flanrec.train.inputs.train_batches`: seqio
 `get_dataset` with the `EncDecFeatureConverter`, shuffle, repeat, batch, prefetch), by default
 at the shape train_throughput.py measures (batch 16, 128 input / 8 target tokens; the CPU
 experiment gin uses 256 / 16: pass --inputs/--targets), packed and unpacked, and times how
@@ -49,7 +49,7 @@ def _examples_in(batch: dict[str, Any], packed: bool) -> int:
 def measure(task: str, lengths: dict[str, int], batch: int, pack: bool, batches: int,
             warmup: int, use_cached: bool = False) -> dict[str, float]:
     """Batches/s and source examples/s of the trainer's own stream after `warmup` batches."""
-    from flanrec import train
+    from flanrec.train import job as train
 
     cfg = train.DatasetConfig(mixture_or_task_name=task, task_feature_lengths=lengths,
                               split="train", batch_size=batch, shuffle=True, seed=0, pack=pack,

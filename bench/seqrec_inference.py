@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import numpy as np
 
     from flanrec.data.trie import build_trie
-    from flanrec.inference.modes import TriePredictor, allowed_from_seen
+    from flanrec.infer.modes import TriePredictor, allowed_from_seen
     from flanrec.model import Transformer, get_preset
     from flanrec.model.params import param_specs, unflatten
 

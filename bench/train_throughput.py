@@ -16,12 +16,12 @@ Each framework runs in its own worker subprocess (so peak RSS is separable), on 
 random weights (flanrec's export to an HF directory), the identical batch (16 x 128 input
 tokens, 8 target tokens, no padding), the same loss (mean token cross-entropy, no z-loss)
 and AdamW (lr 1e-4, no weight decay): flanrec's jitted, state-donating step from
-`flanrec.trainer.make_train_step` + `flanrec.optimizers.adamw` against
+`flanrec.train.steps.make_train_step` + `flanrec.train.optimizers.adamw` against
 `T5ForConditionalGeneration` + `torch.optim.AdamW`. The parent drives the workers in
 alternating rounds (A B, B A, ...) and reports medians and ratios; the first-step losses of
 both sides are printed as a check that they compute the same thing.
 
-MFU = analytic model FLOPs (`flanrec.flops.train_flops_per_step`) / step time / peak, the
+MFU = analytic model FLOPs (`flanrec.train.flops.train_flops_per_step`) / step time / peak, the
 peak being the best rate of a jitted 2048 x 2048 fp32 matmul measured between rounds on CPU;
 on a GPU/TPU flanrec runs in bf16 and the peak is the device's published bf16 figure.
 Memory: peak RSS growth during the timed steps over the worker's RSS after imports, against
@@ -121,9 +121,11 @@ def worker_flanrec(args: argparse.Namespace) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from flanrec import flops, losses, optimizers, partitioning, trainer
-    from flanrec.convert import hf
+    from flanrec import partitioning
+    from flanrec.interop import hf
     from flanrec.model import Transformer
+    from flanrec.train import flops, losses, optimizers
+    from flanrec.train import steps as trainer
 
     jnp.zeros(()).block_until_ready()  # runtime up before the baseline
     base_rss = _common.rss_bytes()
@@ -264,7 +266,7 @@ class Worker:
         self.log = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
         # One allocator for both sides (flanrec's jobs preload tcmalloc when installed, and
-        # it speeds up PyTorch as much): see flanrec.runtime.
+        # it speeds up PyTorch as much): see flanrec.frontend.runtime.
         preload = env.get("LD_PRELOAD", "")
         env["LD_PRELOAD"] = " ".join(p for p in (args.tcmalloc_path, preload) if p)
         if args.single_thread:  # one core each: per-core efficiency, robust to a busy machine
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--worker", choices=["flanrec", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--export_dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    from flanrec import runtime
+    from flanrec.frontend import runtime
 
     args.tcmalloc_path = None if args.allocator == "system" else runtime.tcmalloc_path()
     if args.allocator == "tcmalloc" and args.tcmalloc_path is None:
@@ -346,7 +348,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.rounds, args.repeats, args.peak_seconds = 1, 1, 0.05
 
     from bench.memory import train_step_bytes
-    from flanrec import flops, trainer
+    from flanrec.train import flops
+    from flanrec.train import steps as trainer
 
     with tempfile.TemporaryDirectory(prefix="flanrec-bench-") as tmp:
         data_source = "random tokens"
@@ -455,7 +458,7 @@ def _from_experiment(args: argparse.Namespace, tmp: str) -> str:
 
     import numpy as np
 
-    from flanrec import train as train_lib
+    from flanrec.train import job as train_lib
 
     exp = _common.experiment_settings(args.experiment)
     cfg, task, lengths = exp["model"], exp["task"], exp["lengths"]

@@ -8,7 +8,7 @@
 Inputs are integer token arrays padded with 0; outputs are numpy. Each method is jitted once
 per input shape, so batching with fixed shapes avoids recompiles.
 
-Text in, text out, when the checkpoint carries its vocabulary (`flanrec.convert.vocabulary`:
+Text in, text out, when the checkpoint carries its vocabulary (`flanrec.interop.vocabulary`:
 a training MODEL_DIR, a converted checkpoint, an HF dir with spiece.model) or one is given
 with `load(path, vocabulary=...)`:
 
@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flanrec.checkpoints.loading import load_params_any
+from flanrec.interop import vocabulary as vocab_files
 from flanrec.model import decoding
 from flanrec.model.adapters import adapter_specs, check_all_params
 from flanrec.model.config import T5Config
@@ -195,7 +196,6 @@ def _resolve_vocabulary(path: str | os.PathLike[str], vocabulary: Any,
                         backbone: str | os.PathLike[str] | None) -> Any:
     if vocabulary is not None and not isinstance(vocabulary, str | os.PathLike):
         return vocabulary
-    from flanrec.convert import vocabulary as vocab_files
 
     if vocabulary is not None:
         return vocab_files.from_path(vocabulary)

@@ -20,7 +20,7 @@ class ConfigError(UserError, ValueError):
     """A flag, gin binding or setting that cannot work (named, with what was expected).
 
     Also a ValueError, so code that validated settings with ValueError before keeps catching
-    it; the job front end (`flanrec.jobs`) reports it as one line with exit code 2.
+    it; the job front end (`flanrec.frontend.jobs`) reports it as one line with exit code 2.
     """
 
 

@@ -11,8 +11,8 @@ import os
 
 import gin
 
-from flanrec import storage
 from flanrec.data.vocab import gin_macro
+from flanrec.files import storage
 from tasks import _prepared
 
 DATA_DIR_ENV = "FLANREC_AMAZON_DATA_DIR"

@@ -43,11 +43,11 @@ import seqio  # noqa: E402
 from t5x import adafactor, models, partitioning, utils  # noqa: E402
 from t5x.examples.t5 import network  # noqa: E402
 
-from flanrec import optimizers  # noqa: E402
 from flanrec.checkpoints import load_optimizer_state, load_params  # noqa: E402
-from flanrec.convert.t5x import import_t5x  # noqa: E402
-from flanrec.convert.t5x_adafactor import optax_moments  # noqa: E402
+from flanrec.interop.t5x import import_t5x  # noqa: E402
+from flanrec.interop.t5x_adafactor import optax_moments  # noqa: E402
 from flanrec.model.params import flatten  # noqa: E402
+from flanrec.train import optimizers  # noqa: E402
 
 
 def main() -> int:

@@ -53,7 +53,7 @@ def test_load_bfloat16(hf_dir):
 
 def test_load_params_any_dispatches_t5x_and_flanrec(hf_dir, tmp_path):
     from flanrec import checkpoints
-    from flanrec.convert import t5x
+    from flanrec.interop import t5x
 
     _, path = hf_dir
     cfg, params = checkpoints.load_params_any(path)

@@ -13,9 +13,9 @@ import seqio
 import train_fixtures as tfx
 
 import flanrec
-from flanrec import train
-from flanrec.convert import __main__ as cli
-from flanrec.convert.vocabulary import VocabularyMismatchError
+from flanrec.convert import cli
+from flanrec.interop.vocabulary import VocabularyMismatchError
+from flanrec.train import cli as train
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flanrec import eval as E
 from flanrec import metrics as M
 from flanrec.baselines import popularity, sasrec
 from flanrec.baselines.__main__ import main as baselines_main
 from flanrec.data import splits, types
+from flanrec.eval import job as E
 
 
 def random_split(seed: int, n_users: int = 40, n_items: int = 30) -> types.Split:

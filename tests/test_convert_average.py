@@ -10,8 +10,8 @@ import pytest
 from hf_fixtures import random_params
 
 from flanrec import checkpoints
-from flanrec.convert.__main__ import main
 from flanrec.convert.average import average_params
+from flanrec.convert.cli import main
 from flanrec.model import get_preset
 from flanrec.model.params import flatten
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 import transformers
 
-import flanrec.convert.hf as hf
-from flanrec.convert import __main__ as cli
+import flanrec.interop.hf as hf
+from flanrec.convert import cli
+from flanrec.convert import job as convert_job
 from flanrec.model.config import get_preset
 from flanrec.model.params import count_params, flatten
 
@@ -147,13 +148,13 @@ def test_clear_errors_and_nothing_half_written(tmp_path, hf_dir, capsys, monkeyp
     assert not (tmp_path / "x").exists()
 
     # A writer that dies half-way leaves neither --out nor a temp dir behind.
-    real = cli.write_target
+    real = convert_job.write_target
 
     def dies_half_way(kind, cfg, params, out, **kw):
         real(kind, cfg, params, out, **kw)
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(cli, "write_target", dies_half_way)
+    monkeypatch.setattr(convert_job, "write_target", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         cli.main(["--from", "hf", "--src", str(hf_dir), "--out", str(tmp_path / "y")])
     assert not (tmp_path / "y").exists()

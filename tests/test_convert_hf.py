@@ -13,7 +13,7 @@ import torch
 from hf_fixtures import hf_logits, make_hf_t5, padded_batch, shift_right
 from safetensors.numpy import load_file, save_file
 
-from flanrec.convert import hf
+from flanrec.interop import hf
 from flanrec.model.params import check_params, flatten, unflatten
 
 

@@ -15,10 +15,10 @@ import pytest
 import seqio
 import transformers
 
-from flanrec.convert import hf, hf_tokenizer
 from flanrec.data import families  # noqa: F401 (registers the built-in templates)
 from flanrec.data.templates import PATTERNS
 from flanrec.data.vocab import ItemTokenVocabulary, train_sentencepiece
+from flanrec.interop import hf, hf_tokenizer
 from flanrec.model.config import get_preset
 from flanrec.model.params import param_specs, unflatten
 
@@ -98,7 +98,7 @@ def _export(vocab: seqio.Vocabulary, out: Path) -> Path:
 @pytest.mark.parametrize("kind", ["trained", "slots"])
 def test_autotokenizer_gives_the_task_ids(spm_models, tmp_path, caplog, kind):
     vocab = _vocabularies(spm_models)[kind]
-    with caplog.at_level(logging.WARNING, logger="flanrec.convert.hf_tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="flanrec.interop.hf_tokenizer"):
         out = _export(vocab, tmp_path / "export")
     names = {p.name for p in out.iterdir()}
     assert {"spiece.model", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",

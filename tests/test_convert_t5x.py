@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flanrec.convert.t5x import (
+from flanrec.interop.t5x import (
     find_t5x_checkpoint,
     import_t5x,
     write_legacy_layout,

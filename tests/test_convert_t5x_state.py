@@ -19,13 +19,13 @@ import pytest
 import tensorstore as ts
 from flax import serialization
 
-from flanrec import optimizers
 from flanrec.checkpoints import TrainCheckpointer
-from flanrec.convert import __main__ as cli
-from flanrec.convert.t5x import write_t5x_checkpoint
-from flanrec.convert.t5x_adafactor import AdafactorLayout, slot_shapes, stored_inline
+from flanrec.convert import cli
+from flanrec.interop.t5x import write_t5x_checkpoint
+from flanrec.interop.t5x_adafactor import AdafactorLayout, slot_shapes, stored_inline
 from flanrec.model.config import get_preset
 from flanrec.model.params import flatten, param_specs, unflatten
+from flanrec.train import optimizers
 
 TESTS = Path(__file__).resolve().parent
 
@@ -161,7 +161,7 @@ def test_factored_moments_copied_and_mismatches_zeroed(tmp_path, caplog):
     np.testing.assert_array_equal(slots[f"{norm}/v"], flatten(state.v)[norm])
     # Trained with min_dim 16 but exported for T5X's default 128: the factored moments do
     # not fit a full `v`, so those slots start from zero, and the export says so.
-    with caplog.at_level(logging.WARNING, logger="flanrec.convert.t5x"):
+    with caplog.at_level(logging.WARNING, logger="flanrec.interop.t5x"):
         ckpt = write_t5x_checkpoint(params, tmp_path / "t5x128", step, opt_state=stored)
     _, slots = _read_t5x(ckpt)
     assert slots[f"{name}/v"].shape == (64, 32) and not slots[f"{name}/v"].any()

@@ -91,7 +91,7 @@ def test_prepare_default_out_is_where_tasks_look_and_progress_is_shown(tmp_path)
     assert {"ml100k_seq_seqidx", "ml100k_rec_mix", "ml100k_rating"} <= set(names), names
     assert " W " not in after.stdout
     loud = _run(["--list_tasks", "--verbose"], env)  # TF's start-up notices are back
-    from flanrec import jobs
+    from flanrec.frontend import jobs
 
     assert any(p.search(loud.stderr) for p in jobs.STDERR_NOISE), loud.stderr[:2000]
 
@@ -103,10 +103,10 @@ def test_prepare_default_out_is_where_tasks_look_and_progress_is_shown(tmp_path)
 
 
 def test_every_job_defaults_to_the_same_dir(tmp_path, monkeypatch):
-    from flanrec import quickstart
     from flanrec.baselines.__main__ import parse_args as baseline_args
     from flanrec.data import locations
     from flanrec.prepare.cli import default_out
+    from flanrec.quickstart import job as quickstart
 
     monkeypatch.delenv("FLANREC_DATA_DIR", raising=False)
     monkeypatch.setenv("FLANREC_CACHE", str(tmp_path))

@@ -2,7 +2,7 @@
 
 Every job that writes a directory (prepare, convert, infer, eval, baselines, ensemble,
 train, quickstart) writes only into a new or empty directory or into its own earlier output
-(the `.flanrec-output.json` marker, `flanrec.storage`); anything else is refused with one
+(the `.flanrec-output.json` marker, `flanrec.files.storage`); anything else is refused with one
 line naming the directory, before any work, and the user's files stay byte for byte. The
 data is a real `flanrec.prepare` output of a small CSV log and the checkpoint a real Orbax
 params checkpoint, so each job runs exactly as a user's would.
@@ -113,7 +113,7 @@ def test_prepare_cli_refuses_a_users_directory_in_one_line(toy, tmp_path):
 
 
 def test_prepare_refuses_an_out_that_holds_its_input(tmp_path):
-    from flanrec import storage
+    from flanrec.files import storage
     from flanrec.prepare import prepare
 
     log = _write_log(tmp_path / "project" / "raw" / "log.csv")
@@ -189,7 +189,7 @@ def _run_infer(toy, out: Path) -> tuple[int, str]:
 
     import gin
 
-    from flanrec import infer
+    from flanrec.infer import cli as infer
 
     _, data, ckpt, _ = toy
     err = io.StringIO()
@@ -219,7 +219,7 @@ def _job(name: str, toy, out: Path) -> tuple[int, str]:
     if name == "infer":
         return _run_infer(toy, out)
     if name == "eval":
-        from flanrec.eval import main
+        from flanrec.eval.cli import main
 
         return _capture(main, ["--predictions", str(preds), "--data_dir", str(data),
                                "--out", str(out), "--no_plot"])
@@ -234,7 +234,7 @@ def _job(name: str, toy, out: Path) -> tuple[int, str]:
         return _capture(main, ["fuse", "--predictions", str(preds), str(preds), "--out",
                                str(out)])
     if name == "convert":
-        from flanrec.convert.__main__ import main
+        from flanrec.convert.cli import main
 
         return _capture(main, ["--from", "flanrec", "--src", str(ckpt), "--out", str(out),
                                "--to", "hf", "--overwrite"])
@@ -264,7 +264,8 @@ def test_train_refuses_a_model_dir_of_user_files(tmp_path):
     import gin
     import train_fixtures as tfx
 
-    from flanrec import storage, train
+    from flanrec.files import storage
+    from flanrec.train import cli as train
 
     task = tfx.make_task(tmp_path / "task", n_train=8, n_val=4)
     sys.path.insert(0, task["dir"])

@@ -115,7 +115,7 @@ def _padded(c):
     jitted checks below compile once for all hypothesis examples."""
     import jax.numpy as jnp
 
-    from flanrec.inference.constraints import JaxTrie
+    from flanrec.infer.constraints import JaxTrie
 
     def pad(a, rows, cols=None, value=-1):
         a = np.asarray(a)
@@ -136,7 +136,7 @@ def _jitted():
     import jax
     import jax.numpy as jnp
 
-    from flanrec.inference.constraints import advance, allowed_mask
+    from flanrec.infer.constraints import advance, allowed_mask
 
     @jax.jit
     def tables(jt, cums):
@@ -156,7 +156,7 @@ def _jitted():
 @settings(max_examples=40, deadline=None)
 @given(items=item_sets, data=st.data())
 def test_trie_constraint_masks_seen_items_exactly(items, data):
-    from flanrec.inference.constraints import TrieConstraint
+    from flanrec.infer.constraints import TrieConstraint
 
     t = trie_lib.build_trie(items, eos_id=EOS, vocab_size=VOCAB)
     batch, beams = 2, 2
@@ -188,7 +188,7 @@ def test_trie_constraint_masks_seen_items_exactly(items, data):
 
 
 def test_constraint_maps_beams_to_batch_rows():
-    from flanrec.inference.constraints import TrieConstraint
+    from flanrec.infer.constraints import TrieConstraint
 
     items = [[2, 3], [2, 4], [5], [6, 2]]
     t = trie_lib.build_trie(items, vocab_size=VOCAB)
@@ -202,7 +202,7 @@ def test_constraint_jits_and_handles_finished_rows():
     import jax
     import jax.numpy as jnp
 
-    from flanrec.inference.constraints import TrieConstraint, advance, allowed_mask, to_jax
+    from flanrec.infer.constraints import TrieConstraint, advance, allowed_mask, to_jax
 
     items = [[2, 3], [2, 4], [5]]
     t = trie_lib.build_trie(items, vocab_size=VOCAB)
@@ -250,7 +250,7 @@ def test_trie_constraint_in_the_models_beam_search():
     import jax.numpy as jnp
     from hf_fixtures import random_params
 
-    from flanrec.inference.constraints import TrieConstraint
+    from flanrec.infer.constraints import TrieConstraint
     from flanrec.model import decoding
     from flanrec.model.config import get_preset
 

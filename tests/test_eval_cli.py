@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from flanrec import eval as E
 from flanrec.baselines.__main__ import main as baselines_main
 from flanrec.data import types
+from flanrec.eval import cli as E
 
 REPO = Path(__file__).resolve().parents[1]
 L2 = math.log2

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from test_eval_cli import rec, write_prepared, write_shards
 
-from flanrec import eval as E
-from flanrec import paired
+from flanrec.eval import job as E
+from flanrec.eval import paired
 
 
 def test_bootstrap_interval_brackets_the_mean_difference_and_is_deterministic():

@@ -85,7 +85,7 @@ def next_genre(prepared_ml100k, monkeypatch):
 
 
 def test_user_family_renders_from_the_prepared_split(next_genre, prepared_ml100k):
-    from flanrec.inference.taskinfo import find_task_info
+    from flanrec.infer.taskinfo import find_task_info
 
     assert next_genre.NAMES == ["ml100k_next_genre_seqidx"]
     task = seqio.get_mixture_or_task("ml100k_next_genre_seqidx")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from flanrec import api
 from flanrec.data.trie import build_trie, lookup
-from flanrec.inference import modes
+from flanrec.infer import modes
 from flanrec.model.config import T5Config
 
 EOS = 1

@@ -79,7 +79,7 @@ def _args(ckpt: Path, out: Path, task: str, *extra: str) -> list[str]:
 
 
 def _records(out: Path, task: str, mode: str) -> list[dict]:
-    from flanrec.inference.writer import read_jsonl
+    from flanrec.infer.writer import read_jsonl
 
     files = sorted(out.glob(f"{task}-{mode}.jsonl-*-of-*"))
     assert [f.name for f in files] == [f"{task}-{mode}.jsonl-00000-of-00001"]
@@ -93,7 +93,7 @@ def _seen(data: Path, stage: str) -> dict[str, set[str]]:
 
 
 def _opts(out: Path, mode: str, **kw):
-    from flanrec.inference import InferenceOptions
+    from flanrec.infer.run import InferenceOptions
 
     return InferenceOptions(output_dir=str(out), task_feature_lengths=LENGTHS, mode=mode,
                             progress_every=1000.0, **kw)
@@ -114,7 +114,7 @@ def test_cli_predict_two_hosts_writes_the_contract(toy, tmp_path):
     """Two real processes (jax.distributed on localhost) each write their own shard; together
     they hold every test user exactly once, in the JSONL contract."""
     from flanrec.data.indexing import ItemIndex
-    from flanrec.inference.writer import read_jsonl
+    from flanrec.infer.writer import read_jsonl
 
     data, ckpt = toy
     out = tmp_path / "out"
@@ -162,7 +162,7 @@ def test_modes_agree_with_each_other(registered, tmp_path):
     """predict's scores are the score mode's log-likelihoods of the same items; the top
     predicted item is the best unseen item when beams cover the catalogue; rating and
     binary probabilities are proper distributions."""
-    from flanrec.inference import run_inference
+    from flanrec.infer.run import run_inference
 
     data, ckpt = registered
     out = tmp_path / "out"
@@ -206,8 +206,7 @@ def test_modes_agree_with_each_other(registered, tmp_path):
 
 
 def test_killed_run_resumes_without_duplicates_or_gaps(registered, tmp_path):
-    from flanrec.inference import run_inference
-    from flanrec.inference.job import SLEEP_ENV
+    from flanrec.infer.run import SLEEP_ENV, run_inference
 
     data, ckpt = registered
     out = tmp_path / "out"
@@ -247,7 +246,7 @@ def test_killed_run_resumes_without_duplicates_or_gaps(registered, tmp_path):
                             [str(data)])
     assert again["computed"] == 0
     # Resuming chunks with other settings is refused, naming the setting.
-    from flanrec.inference.writer import ChunkWriter, ResumeMismatchError
+    from flanrec.infer.writer import ChunkWriter, ResumeMismatchError
 
     w = ChunkWriter(str(tmp_path / "o2"), task, "score", 0, 1, {"num_beams": 20})
     w.open()
@@ -272,9 +271,8 @@ def test_resume_refuses_another_checkpoint_and_overwrite_recomputes(registered, 
     some users from step 50 and the rest from step 60. Now the rerun is refused (naming both
     steps); OVERWRITE=True recomputes every record from the new step; the output keeps a
     record of the checkpoint, settings and gin config; a finished shard is guarded too."""
-    from flanrec.inference import run_inference
-    from flanrec.inference.job import SLEEP_ENV, params_sha256
-    from flanrec.inference.writer import ResumeMismatchError
+    from flanrec.infer.run import SLEEP_ENV, params_sha256, run_inference
+    from flanrec.infer.writer import ResumeMismatchError
 
     data, _ = registered
     task = "toyinf_direct_seqidx"
@@ -295,7 +293,7 @@ def test_resume_refuses_another_checkpoint_and_overwrite_recomputes(registered, 
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert 2 <= len(list(chunk_dir.glob("chunk-*.jsonl"))) < USERS // 4
-    from flanrec.inference.writer import read_jsonl
+    from flanrec.infer.writer import read_jsonl
 
     step50 = {r["index"]: r for r in read_jsonl(sorted(chunk_dir.glob("chunk-*.jsonl")))}
     new_params = _save_step(model_dir, 60, seed=2)  # training went on meanwhile
@@ -352,7 +350,7 @@ def test_resume_refuses_another_checkpoint_and_overwrite_recomputes(registered, 
     (("--gin.NUM_BEAM=3",), "NUM_BEAM is set on the command line but no gin file uses it"),
 ], ids=["mode", "task", "checkpoint", "mode-task", "split", "macro"])
 def test_bad_input_fails_clearly(registered, tmp_path, capsys, extra, message):
-    from flanrec import infer
+    from flanrec.infer import cli as infer
 
     data, ckpt = registered
     argv = _args(ckpt, tmp_path / "out", "toyinf_seq_seqidx", f"--gin.DATA_DIR={data}")[3:]
@@ -365,8 +363,8 @@ def test_bad_input_fails_clearly(registered, tmp_path, capsys, extra, message):
 def test_writer_is_atomic_and_progress_reports_rate(tmp_path):
     import io
 
-    from flanrec.inference.writer import ChunkWriter
-    from flanrec.progress import Progress
+    from flanrec.frontend.progress import Progress
+    from flanrec.infer.writer import ChunkWriter
 
     w = ChunkWriter(str(tmp_path), "t", "predict", 0, 1, {"a": 1})
     w.open()
@@ -393,7 +391,7 @@ def test_writer_is_atomic_and_progress_reports_rate(tmp_path):
 def test_host_shards_partition_the_split_by_index(registered):
     """Each host keeps every n-th example of the same deterministic order, so indices are
     global: the hosts' shards are disjoint, cover the split, and agree with one host's."""
-    from flanrec.inference.job import task_examples
+    from flanrec.infer.run import task_examples
 
     one = {i: ex["inputs_pretokenized"] for i, ex in
            task_examples("toyinf_rating", "validation", LENGTHS, 0, 1)}
@@ -410,7 +408,7 @@ def test_eval_takes_a_checkpoint_like_t5x_eval(registered, tmp_path):
     scores: the same predictions as `flanrec.infer` and the same metrics as the two-step infer
     + eval. The gin flags are train's and infer's (here a gin file found only through T5X's
     comma-separated --gin_search_paths)."""
-    from flanrec.inference import run_inference
+    from flanrec.infer.run import run_inference
 
     data, ckpt = registered
     out = tmp_path / "eval"
@@ -432,7 +430,7 @@ def test_eval_takes_a_checkpoint_like_t5x_eval(registered, tmp_path):
     assert [(r["index"], r["items"]) for r in records] == [(r["index"], r["items"])
                                                            for r in plain]
 
-    from flanrec import eval as E
+    from flanrec.eval import cli as E
 
     assert E.main(["--predictions", str(out / "infer"), "--data_dir", str(data),
                    "--out", str(tmp_path / "two_step"), "--no_plot"]) == 0

@@ -1,4 +1,4 @@
-"""One way to fail, for every job (`flanrec.jobs`).
+"""One way to fail, for every job (`flanrec.frontend.jobs`).
 
 Each job runs as a real subprocess (`python -m flanrec.JOB`) with an input it must refuse:
 the exit code is 2, stderr is exactly one line `flanrec.JOB: error: ...` naming the file,
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from flanrec import jobs
 from flanrec.errors import UserError
+from flanrec.frontend import jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,9 +143,9 @@ def test_bugs_keep_their_traceback_and_user_errors_become_one_line(capsys):
 def test_no_job_module_imports_tensorflow_at_import_time():
     """The front end sets TF's environment before TF loads: no job may import it earlier."""
     code = ("import sys\n"
-            "for m in ['flanrec.prepare', 'flanrec.train', 'flanrec.infer', 'flanrec.eval',\n"
-            "          'flanrec.baselines.__main__', 'flanrec.convert.__main__',\n"
-            "          'flanrec.ensemble.__main__', 'flanrec.quickstart']:\n"
+            "for m in ['flanrec.prepare', 'flanrec.train.cli', 'flanrec.infer.cli',\n"
+            "          'flanrec.eval.cli', 'flanrec.baselines.__main__', 'flanrec.convert.cli',\n"
+            "          'flanrec.ensemble.__main__', 'flanrec.quickstart.job']:\n"
             "    __import__(m)\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('tensorflow', 'seqio')))\n")

@@ -85,7 +85,7 @@ def test_item_trie_constraint_with_per_user_exclusion(model):
     """Integration with the data side's trie (flanrec.data.trie / trie_jax): every beam is a
     catalog item, all distinct, and items a user may not get never appear."""
     import flanrec.data.trie as trie_mod
-    import flanrec.inference.constraints as trie_jax
+    import flanrec.infer.constraints as trie_jax
     rng = np.random.default_rng(5)
     items = sorted({tuple(int(t) for t in rng.integers(2, CFG.vocab_size, rng.integers(1, 4)))
                     for _ in range(12)})

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from flanrec import optimizers
+from flanrec.train import optimizers
 
 
 def test_rsqrt_schedule_is_t5x_constant_times_rsqrt_decay():

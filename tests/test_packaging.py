@@ -106,9 +106,10 @@ def test_gin_files_resolve_t5x_style_from_any_directory(tmp_path, monkeypatch):
     inside it, and `--gin_search_paths` in T5X's comma-separated form, searched first."""
     import gin
 
-    from flanrec import train
-    from flanrec.eval import parse_args as eval_args
-    from flanrec.infer import parse_args as infer_args
+    import flanrec.configurables  # noqa: F401 - every name the gin files bind
+    from flanrec.eval.cli import parse_args as eval_args
+    from flanrec.infer.cli import parse_args as infer_args
+    from flanrec.train import cli as train
 
     mine, other = tmp_path / "mine", tmp_path / "other"
     for d in (mine, other):

@@ -111,7 +111,9 @@ def test_state_specs_of_an_adapter_run_come_from_the_same_table():
 _EQUIVALENCE = r"""
 import json, sys
 import jax, numpy as np
-from flanrec import losses, optimizers, partitioning, trainer
+from flanrec import partitioning
+from flanrec.train import losses, optimizers
+from flanrec.train import steps as trainer
 from flanrec.model.config import get_preset
 from flanrec.model.network import Transformer
 from flanrec.model.params import flatten

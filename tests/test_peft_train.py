@@ -16,12 +16,14 @@ import pytest
 import train_fixtures as tfx
 from hf_fixtures import random_params
 
-from flanrec import api, checkpoints, losses, optimizers, partitioning, trainer
+from flanrec import api, checkpoints, partitioning
 from flanrec.checkpoints import read_adapters
 from flanrec.model import Transformer, get_preset
 from flanrec.model.adapters import LoraConfig, PromptConfig, adapter_specs, with_adapters
 from flanrec.model.params import count_params, flatten, unflatten
 from flanrec.peft import params as peft_params
+from flanrec.train import losses, optimizers
+from flanrec.train import steps as trainer
 
 # One layer per stack (every block kind is still there) halves XLA compile time.
 TINY = get_preset("tiny", dropout_rate=0.1, num_encoder_layers=1, num_decoder_layers=1)
@@ -161,7 +163,7 @@ def test_prompt_run_writes_small_checkpoints_and_resumes_exactly(setup, capsys):
     dec = np.array([[0, 7, 3]])
     assert np.max(np.abs(model.logits(enc, dec) - plain.logits(enc, dec))) > 1e-3
     # A plain T5 checkpoint has no place for a soft prompt: export is refused by name.
-    from flanrec.convert.__main__ import main as convert_main
+    from flanrec.convert.cli import main as convert_main
 
     assert convert_main(["--from", "flanrec", "--src", str(setup["root"] / "interrupted"),
                          "--out", str(setup["root"] / "p-hf"), "--to", "hf"]) == 2
@@ -170,7 +172,7 @@ def test_prompt_run_writes_small_checkpoints_and_resumes_exactly(setup, capsys):
 
 @pytest.mark.slow
 def test_lora_run_merges_and_exports_to_hf(setup, capsys):
-    from flanrec.convert.__main__ import main as convert_main
+    from flanrec.convert.cli import main as convert_main
 
     _run(setup, "lora", 2, "lora", "--gin.LORA_RANK=2", "--gin.LEARNING_RATE=0.01")
     run = setup["root"] / "lora"
@@ -195,7 +197,7 @@ def test_lora_run_merges_and_exports_to_hf(setup, capsys):
 
 
 def test_bad_settings_fail_before_compiling(setup):
-    from flanrec import train
+    from flanrec.train import cli as train
 
     base = tfx.train_args(setup["task"], setup["root"] / "bad", steps=2, batch=8)
     cases = [
@@ -218,7 +220,9 @@ def test_bad_settings_fail_before_compiling(setup):
 _LORA_MESH = r"""
 import json, sys
 import jax, numpy as np
-from flanrec import losses, optimizers, partitioning, trainer
+from flanrec import partitioning
+from flanrec.train import losses, optimizers
+from flanrec.train import steps as trainer
 from flanrec.model.config import get_preset
 from flanrec.model.network import Transformer
 from flanrec.model.adapters import LoraConfig, with_adapters

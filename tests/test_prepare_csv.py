@@ -121,7 +121,7 @@ def test_failure_late_in_the_job_leaves_the_old_output(toy_prepared, tmp_path):
     """The vocabulary step fails after every task was written: nothing of it may remain."""
     import os
 
-    from flanrec import outputs
+    from flanrec.files import outputs
     from flanrec.prepare import PrepareOptions, prepare
 
     out_dir, _, _ = toy_prepared

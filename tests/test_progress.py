@@ -1,4 +1,4 @@
-"""`flanrec.progress`: the one progress line every job prints (a fake clock, no sleeping).
+"""`flanrec.frontend.progress`: the one progress line every job prints (a fake clock, no sleeping).
 
 Its use on a real prepare run (stage lines, one line per task family with examples/s) is in
 tests/test_data_dir.py; on inference in tests/test_infer_job.py.
@@ -10,7 +10,7 @@ import io
 
 import pytest
 
-from flanrec.progress import Progress, format_eta, stage
+from flanrec.frontend.progress import Progress, format_eta, stage
 
 
 class Clock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from flanrec import quickstart
+from flanrec.quickstart import job as quickstart
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,8 @@ def test_t5x_style_gin_file_parses_from_a_dir_that_has_runs(tmp_path, monkeypatc
     for a (namespace) Python package and crashes with a TypeError."""
     import gin
 
-    import flanrec.infer  # noqa: F401 - registers `infer`, which infer.gin binds
-    from flanrec import train
+    import flanrec.configurables  # noqa: F401 - registers `infer`, which infer.gin binds
+    from flanrec.train import cli as train
 
     (tmp_path / "runs" / "quickstart").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

@@ -130,7 +130,7 @@ def test_cache_holds_exactly_the_uncached_examples(cached):
 
 
 def _batches(cfg, n: int, skip: int = 0) -> list[dict[str, np.ndarray]]:
-    from flanrec import train
+    from flanrec.train import job as train
 
     it = train.train_batches(cfg, 4, skip)
     return [next(it) for _ in range(n)]
@@ -143,7 +143,8 @@ def _equal(a: list[dict], b: list[dict]) -> bool:
 
 
 def test_training_stream_from_the_cache_is_deterministic_and_resumes(cached):
-    from flanrec import train, train_inputs
+    from flanrec.train import inputs as train_inputs
+    from flanrec.train import job as train
 
     cfg = train.DatasetConfig(mixture_or_task_name=f"{PREFIX}_rec_mix",
                               task_feature_lengths=LENGTHS, split="train", batch_size=4,

@@ -134,7 +134,7 @@ def test_infer_ranks_what_teacher_forcing_predicts(toy, tmp_path):
     """flanrec.infer on a seqrec task = the logits at the last prefix position, seen items
     masked, best first."""
     from flanrec.data import prepared, splits
-    from flanrec.inference import job
+    from flanrec.infer import run as job
     from flanrec.model.config import T5Config
     from flanrec.model.network import Transformer
 
@@ -168,8 +168,8 @@ def test_infer_ranks_what_teacher_forcing_predicts(toy, tmp_path):
 
 
 def test_seqrec_refuses_score_mode(toy):
-    from flanrec.inference import job
-    from flanrec.inference.taskinfo import InferenceConfigError
+    from flanrec.infer import run as job
+    from flanrec.infer.taskinfo import InferenceConfigError
 
     with pytest.raises(InferenceConfigError, match="MODE='predict'"):
         job.resolve_tasks("toysr_seqrec_seqidx", "validation", "score")

@@ -1,4 +1,4 @@
-"""`flanrec.storage`, the one file-system layer: URL paths kept whole, one atomic write, one
+"""`flanrec.files.storage`, the one file-system layer: URL paths kept whole, one atomic write, one
 directory publish with the ownership marker written last, on a local disk and on TensorFlow's
 in-memory `ram://` file system (an object-store-like file system that runs here: directories
 are implicit and renaming one does not move its children, as on GCS).
@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from flanrec import outputs, storage
+from flanrec.files import outputs, storage
 
 
 def _ram(name: str) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from hf_fixtures import random_params
 
-from flanrec import outputs, storage
+from flanrec.files import outputs, storage
 from flanrec.model.config import T5Config
 from flanrec.model.params import flatten
 
@@ -48,7 +48,7 @@ def bucket(tmp_path_factory):
     written by the jobs themselves; the prepared tasks are registered."""
     import tasks
     from flanrec.checkpoints import save_params_checkpoint
-    from flanrec.convert.__main__ import main as convert_main
+    from flanrec.convert.cli import main as convert_main
     from flanrec.prepare import PrepareOptions, prepare
 
     root = tmp_path_factory.mktemp("ram")
@@ -127,7 +127,7 @@ def test_checkpoints_on_ram_load_and_gs_urls_keep_their_scheme(bucket, tmp_path,
 def test_training_reads_ram_data_and_initial_checkpoint(bucket, tmp_path):
     import gin
 
-    from flanrec import train
+    from flanrec.train import cli as train
 
     def args(model_dir: str) -> list[str]:
         return ["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/finetune.gin",
@@ -155,8 +155,8 @@ def test_training_reads_ram_data_and_initial_checkpoint(bucket, tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_inference_resumes_on_ram(bucket, tmp_path, monkeypatch):
-    from flanrec.inference import InferenceOptions, run_inference
-    from flanrec.inference.writer import ChunkWriter, read_jsonl
+    from flanrec.infer.run import InferenceOptions, run_inference
+    from flanrec.infer.writer import ChunkWriter, read_jsonl
 
     class Interrupted(Exception):
         pass
@@ -215,7 +215,7 @@ def _quiet(fn, *args):
 def test_baselines_eval_and_ensembles_write_to_ram(bucket, tmp_path, monkeypatch):
     from flanrec.baselines.__main__ import main as baselines_main
     from flanrec.ensemble.__main__ import main as ensemble_main
-    from flanrec.eval import main as eval_main
+    from flanrec.eval.cli import main as eval_main
 
     monkeypatch.chdir(tmp_path)
     url, data = bucket["url"], bucket["data"]
@@ -242,7 +242,7 @@ def test_infer_to_an_unreachable_bucket_fails_without_writing_locally(bucket, tm
     """Today: INFER_OUTPUT_DIR=gs://bucket/x wrote ./gs:/bucket/x and reported success."""
     import gin
 
-    from flanrec import infer
+    from flanrec.infer import cli as infer
 
     monkeypatch.chdir(tmp_path)
     url = "gs://flanrec-test-no-such-bucket-7f3a/infer"

@@ -35,9 +35,11 @@ PROBE = r'''
 import json, math, sys
 import gin, jax
 import numpy as np
-from flanrec import partitioning, trainer
+from flanrec import partitioning
+from flanrec.train import steps as trainer
 from flanrec.model.network import Transformer
-from flanrec.train import configure_gin
+import flanrec.configurables
+from flanrec.frontend.gin_cli import configure_gin
 
 @gin.configurable
 def probe(model_config, mesh_shape, rules, batch_size, lengths, num_microbatches, optimizer,

@@ -13,8 +13,14 @@ import optax
 import pytest
 import train_fixtures as tfx
 
-from flanrec import losses, optimizers, partitioning, train, train_monitor, trainer
+import flanrec.configurables  # noqa: F401 - the names the gin files bind
+from flanrec import partitioning
 from flanrec.model.config import get_preset
+from flanrec.train import cli as train_cli
+from flanrec.train import job as train
+from flanrec.train import losses, optimizers
+from flanrec.train import monitor as train_monitor
+from flanrec.train import steps as trainer
 
 
 # ---------------------------------------------------------------------------------- losses
@@ -103,7 +109,7 @@ def _main(args: list[str]) -> int:
     """The job's body (`train.cli`): diagnosed problems raise instead of becoming exit code 2
     (tests/test_jobs_cli.py checks that conversion)."""
     try:
-        return train.cli(args)
+        return train_cli.cli(args)
     finally:
         gin.clear_config()
 
@@ -118,8 +124,8 @@ def test_memorises_sixteen_examples(task, tmp_path):
     acc = tfx.read_scalars(model_dir / "train", "accuracy")
     assert loss[60] < 0.25 * loss[10]
     assert acc[60] > 0.95, acc
-    # T5X's names (flanrec.scalars) for what T5X logs too, plus flanrec's extras.
-    from flanrec import scalars
+    # T5X's names (flanrec.train.scalars) for what T5X logs too, plus flanrec's extras.
+    from flanrec.train import scalars
 
     tags = {tag: tfx.read_scalars(model_dir / "train", tag) for tag in (
         *scalars.TRAIN_TAGS, "grad_norm", "param_norm", "mfu", "timing/eta_seconds",
@@ -190,10 +196,11 @@ def test_non_finite_loss_or_params_stop_naming_the_step():
     ok = {"loss": 2.0, "grad_norm": 1.0, "param_norm": 3.0, "accuracy": 0.5,
           "learning_rate": 1e-3, "target_tokens": 10.0, "z_loss": 0.0}
     assert window.add(3, ok) == 10.0
-    with pytest.raises(train.NonFiniteLossError, match="at step 4: loss nan"):
+    with pytest.raises(train_monitor.NonFiniteLossError, match="at step 4: loss nan"):
         window.add(4, {**ok, "loss": float("nan")})
     # A finite loss (computed before the update) with weights blown up by the update.
-    with pytest.raises(train.NonFiniteLossError, match="at step 5: .*norm after the update inf"):
+    with pytest.raises(train_monitor.NonFiniteLossError,
+                       match="at step 5: .*norm after the update inf"):
         window.add(5, {**ok, "param_norm": float("inf")})
     assert window.pop()["loss"] == 2.0
 
@@ -234,7 +241,7 @@ def test_model_gins_bind_exactly_the_presets(model):
     from flanrec.model.config import PRESETS
 
     for part in ("data_parallel", "model_parallel", "fsdp"):
-        train.configure_gin([f"gin/models/{model}.gin", "gin/runs/finetune.gin",
+        train_cli.configure_gin([f"gin/models/{model}.gin", "gin/runs/finetune.gin",
                              f"gin/partitioning/{part}.gin"],
                             [*_REQUIRED, "DROPOUT_RATE = 0.0", "ACTIVATION_DTYPE = 'float32'"])
         cfg = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
@@ -244,8 +251,8 @@ def test_model_gins_bind_exactly_the_presets(model):
 
 def test_required_macros_and_the_quickstart_gin():
     with pytest.raises(ValueError, match="MODEL_DIR.*gin.REQUIRED"):
-        train.configure_gin(["gin/models/tiny.gin", "gin/runs/finetune.gin"], _REQUIRED[1:])
-    train.configure_gin(["gin/experiments/ml100k_tiny_cpu.gin"], ["MODEL_DIR = '/tmp/x'"])
+        train_cli.configure_gin(["gin/models/tiny.gin", "gin/runs/finetune.gin"], _REQUIRED[1:])
+    train_cli.configure_gin(["gin/experiments/ml100k_tiny_cpu.gin"], ["MODEL_DIR = '/tmp/x'"])
     assert gin.query_parameter("%MIXTURE_OR_TASK_MODULE") == "tasks.movielens"
     gin.clear_config()
 

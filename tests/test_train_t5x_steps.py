@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import train_fixtures as tfx
 
-from flanrec import jobs, train
-from flanrec.convert.t5x import checkpoint_step, write_t5x_checkpoint
 from flanrec.errors import UserError
+from flanrec.frontend import jobs
+from flanrec.interop.t5x import checkpoint_step, write_t5x_checkpoint
 from flanrec.model.config import get_preset
 from flanrec.model.params import param_specs, unflatten
+from flanrec.train import cli as train
 
 T5X_STEP = 1000
 

@@ -225,7 +225,7 @@ def test_num_candidates_beyond_what_every_user_can_be_offered(tmp_path, capsys):
         "direct family (--families)")
     assert run(tmp_path, raw, "--num_candidates", "12", families="seq,direct") == 0
     from flanrec.data import prepared
-    from flanrec.data.examples import direct_examples
+    from flanrec.data.families.direct import direct_examples
 
     out = str(tmp_path / "out")
     for stage in ("train", "test"):  # every user's examples render, with 12 distinct options
@@ -480,7 +480,7 @@ def test_constraint_on_sparse_rows_matches_the_padded_tables(monkeypatch):
     import jax
     import jax.numpy as jnp
 
-    from flanrec.inference.constraints import (
+    from flanrec.infer.constraints import (
         JaxTrie,
         SparseJaxTrie,
         TrieConstraint,

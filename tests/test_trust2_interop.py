@@ -17,7 +17,7 @@ import tokenizers
 import transformers
 from test_convert_hf_tokenizer import ITEM_TOKENS, _export, _vocabularies
 
-from flanrec.convert import hf_tokenizer
+from flanrec.interop import hf_tokenizer
 
 # Characters and strings a careless or hostile user types: every ASCII punctuation mark,
 # digits, whitespace of several kinds (tab, NBSP, ideographic space, zero-width space, a
@@ -101,7 +101,7 @@ def _fast(out: Path) -> tokenizers.Tokenizer:
 @pytest.mark.parametrize("kind", ["trained", "slots"])
 def test_generated_texts_get_the_task_ids(spm_models, tmp_path, caplog, kind):
     vocab = _vocabularies(spm_models)[kind]
-    with caplog.at_level(logging.WARNING, logger="flanrec.convert.hf_tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="flanrec.interop.hf_tokenizer"):
         out = _export(vocab, tmp_path / "export")
     # Natural probe texts: both files agree, nothing to warn about.
     assert not [r for r in caplog.records if r.name.startswith("flanrec.convert")]
@@ -148,7 +148,7 @@ def test_export_warns_when_natural_text_differs(spm_models, tmp_path, caplog):
     """The check encodes its probes with both tokenizers and names the first that differs."""
     vocab = _vocabularies(spm_models)["trained"]
     texts = hf_tokenizer.probe_texts(vocab) + ["decomposed accents: Vie\u0302\u0323t Nam"]
-    with caplog.at_level(logging.WARNING, logger="flanrec.convert.hf_tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="flanrec.interop.hf_tokenizer"):
         messages = hf_tokenizer.warn_differences(vocab, texts, "HF export")
     assert len(messages) == 1 and f"1 of {len(texts)} probe texts" in messages[0]
     assert "Vie\u0302\u0323t" in caplog.text and "grapheme" in caplog.text
@@ -182,7 +182,7 @@ def test_every_rendered_example_of_a_prepared_dir(small_prepared, tmp_path, capl
     from flanrec.data import vocab as vocab_lib
 
     vocab = vocab_lib.vocabulary_for_prepared(str(small_prepared))
-    with caplog.at_level(logging.WARNING, logger="flanrec.convert.hf_tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="flanrec.interop.hf_tokenizer"):
         out = _export(vocab, tmp_path / "export")
     assert not [r for r in caplog.records if r.name.startswith("flanrec.convert")]
     names = tasks.register_prepared(str(small_prepared), prefix="trust2_interop")
@@ -244,7 +244,7 @@ def test_baselines_all_without_data_dir(small_prepared, tmp_path, monkeypatch, c
 
 _JOB_SNIPPET = """
 import logging
-from flanrec import jobs
+from flanrec.frontend import jobs
 jobs.configure(False, tensorflow=False)
 logging.getLogger("flanrec.checkpoints").warning("a warning")
 logging.getLogger("flanrec.train").info("an info line")
@@ -298,7 +298,8 @@ def test_benchmarks_append_to_an_untracked_file(monkeypatch):
 def test_mfu_is_never_above_100_percent(caplog):
     import time
 
-    from flanrec import flops, trainer
+    from flanrec.train import flops
+    from flanrec.train import steps as trainer
 
     assert flops.utilisation(5.0, 10.0) == 0.5
     assert flops.utilisation(12.0, 10.0) != flops.utilisation(12.0, 10.0)  # NaN
@@ -313,7 +314,7 @@ def test_mfu_is_never_above_100_percent(caplog):
     # is raised to the achieved rate, once said; MFU 100%, then below as steps slow down.
     measured = trainer.Throughput(122.0, 100.0, global_batch=1, total_steps=10,
                                   peak_measured=True)
-    with caplog.at_level(logging.INFO, logger="flanrec.trainer"):
+    with caplog.at_level(logging.INFO, logger="flanrec.train.steps"):
         first = run(measured)
         second = run(measured, seconds=2.0)
     assert 0.999 < first["mfu"] <= 1.0 and first["flops_per_sec"] > 120
@@ -321,10 +322,10 @@ def test_mfu_is_never_above_100_percent(caplog):
     assert caplog.text.count("above the matmul peak measured at start-up") == 1
     # A datasheet / gin peak is never raised: MFU is not reported, with a warning.
     given = trainer.Throughput(122.0, 100.0, global_batch=1, total_steps=10)
-    with caplog.at_level(logging.WARNING, logger="flanrec.trainer"):
+    with caplog.at_level(logging.WARNING, logger="flanrec.train.steps"):
         rates = run(given)
     assert rates["mfu"] != rates["mfu"] and "the peak figure is wrong" in caplog.text
-    from flanrec import scalars
+    from flanrec.train import scalars
 
     window = {"loss": 1.0, "z_loss": 0.0, "accuracy": 0.5, "learning_rate": 0.1,
               "grad_norm": 1.0, "param_norm": 1.0, "target_tokens": 8.0}

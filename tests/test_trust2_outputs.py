@@ -36,7 +36,8 @@ import gin
 import pytest
 import train_fixtures as tfx
 
-from flanrec import jobs, outputs, storage
+from flanrec.files import outputs, storage
+from flanrec.frontend import jobs
 from flanrec.prepare import cli as prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,10 +117,10 @@ def _train(task, env, model_dir: Path, steps: int, prefix: tuple[str, ...] = ()
 
 
 def _train_in_process(task, model_dir: Path, steps: int = 1) -> int:
-    from flanrec import train
+    from flanrec.train import cli as train_cli
 
     try:
-        return train.cli(tfx.train_args(task, model_dir, steps=steps))
+        return train_cli.cli(tfx.train_args(task, model_dir, steps=steps))
     finally:
         gin.clear_config()
 
@@ -208,7 +209,7 @@ def test_another_hosts_lock_is_refused_with_the_file_to_delete(task, trained, tm
 def test_prepare_refuses_while_another_process_holds_its_output(tmp_path):
     raw, out = _log(tmp_path), tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from flanrec import outputs; "
+        [sys.executable, "-c", "import sys, time; from flanrec.files import outputs; "
          f"outputs.acquire_lock({str(out)!r}, 'prepare', beside=True); print('held', "
          "flush=True); time.sleep(120)"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,

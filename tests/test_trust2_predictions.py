@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 
 from flanrec import eval as E
-from flanrec import report
 from flanrec.data import splits, types
-from flanrec.inference.writer import ChunkWriter
+from flanrec.eval import report
+from flanrec.infer.writer import ChunkWriter
 
 REPO = Path(__file__).resolve().parents[1]
 USERS, ITEMS, CANDS = 24, 30, 5
@@ -194,8 +194,8 @@ def test_forged_direct_candidate_lists_are_refused(split, tmp_path, run_eval, fo
 def test_a_repeated_target_is_not_a_seen_candidate(tmp_path):
     """On data with repeat interactions the held-out item can be in the history too: the
     direct query's candidate list holds it as the target, which is no forgery."""
-    from flanrec import eval_truth
-    from flanrec.predictions import Record
+    from flanrec.eval import truth as eval_truth
+    from flanrec.files.predictions import Record
 
     users = [types.UserSequence(user="1", train_items=["1", "2"], valid_item="3",
                                 test_item="1")]
@@ -613,7 +613,7 @@ def checkpoint(data, tmp_path_factory) -> Path:
 
 
 def _opts(out: Path, **kw):
-    from flanrec.inference import InferenceOptions
+    from flanrec.infer.run import InferenceOptions
 
     settings = {"mode": "predict", "num_beams": 5, "batch_size": 8, "chunk_size": 8, **kw}
     return InferenceOptions(output_dir=str(out), task_feature_lengths=LENGTHS,
@@ -622,7 +622,7 @@ def _opts(out: Path, **kw):
 
 def test_infer_recomputes_a_damaged_shard_and_survives_a_full_disk(data, checkpoint,
                                                                    tmp_path, caplog):
-    from flanrec.inference import run_inference
+    from flanrec.infer.run import run_inference
 
     out = tmp_path / "infer"
     [first] = run_inference(str(checkpoint), SEQ, _opts(out), [str(data)])
@@ -679,7 +679,7 @@ def test_infer_recomputes_a_damaged_shard_and_survives_a_full_disk(data, checkpo
     assert [(r["index"], r["items"]) for r in got] == [(r["index"], r["items"]) for r in want]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g["scores"], w["scores"], rtol=1e-5, atol=1e-5)
-    from flanrec.predictions import check_shards
+    from flanrec.files.predictions import check_shards
 
     check_shards([str(path)])
 
@@ -689,7 +689,7 @@ def test_what_infer_and_the_baselines_write_passes_every_check(data, checkpoint,
     files (full ranking and the direct family's candidates) and the families' baselines
     are all scored, and the plot puts the candidate tasks on their own axes."""
     from flanrec.baselines.__main__ import main as baselines_main
-    from flanrec.inference import run_inference
+    from flanrec.infer.run import run_inference
 
     out = tmp_path / "infer"
     run_inference(str(checkpoint), SEQ, _opts(out), [str(data)])

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import pytest
 
-from flanrec import api, checksums
+from flanrec import api
 from flanrec.checkpoints import (
     DamagedCheckpointError,
     TrainCheckpointer,
@@ -30,7 +30,8 @@ from flanrec.checkpoints import (
     load_params_any,
     save_params_checkpoint,
 )
-from flanrec.convert import __main__ as convert_cli
+from flanrec.convert import cli as convert_cli
+from flanrec.files import checksums
 from flanrec.model.config import get_preset
 from flanrec.model.params import flatten, param_specs, unflatten
 

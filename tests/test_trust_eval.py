@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flanrec import eval as E
 from flanrec.baselines.__main__ import main as baselines_main
 from flanrec.data import types
+from flanrec.eval import cli as E
 
 REPO = Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS = 943, 120
@@ -87,7 +87,7 @@ def run_eval(capsys):
 
 
 def error_line(proc: Result | subprocess.CompletedProcess) -> str:
-    # The job front end (flanrec.jobs) prefixes the job: "flanrec.eval: error: ...".
+    # The job front end (flanrec.frontend.jobs) prefixes the job: "flanrec.eval: error: ...".
     lines = [line for line in proc.stderr.splitlines()
              if line.startswith(("error:", "flanrec.eval: error:"))]
     assert len(lines) == 1, proc.stderr

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import train_fixtures as tfx
 
-from flanrec import train
 from flanrec.checkpoints import load_params, save_params_checkpoint
 from flanrec.errors import UserError
 from flanrec.model.config import get_preset
 from flanrec.model.params import NonFiniteParamsError, flatten, param_specs, unflatten
+from flanrec.train import cli as train
 
 
 @pytest.fixture(scope="module")

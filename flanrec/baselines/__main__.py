@@ -18,8 +18,8 @@ interactive use only and makes the result depend on the machine's speed).
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.runtime)
-    from flanrec import runtime
+if __name__ == "__main__":  # before JAX is imported: a caching malloc (flanrec.frontend.runtime)
+    from flanrec.frontend import runtime
 
     runtime.reexec_with_tcmalloc()
 
@@ -28,12 +28,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-from flanrec import jobs, outputs, storage
 from flanrec import metrics as metrics_lib
-from flanrec.argtypes import float_range, nonnegative_int, positive_int
-from flanrec.baselines import common
+from flanrec.baselines import common, popularity
 from flanrec.data import locations, prepared, splits
 from flanrec.errors import ConfigError
+from flanrec.files import outputs, storage
+from flanrec.frontend import jobs
+from flanrec.frontend.argtypes import float_range, nonnegative_int, positive_int
 
 MODELS = ("popularity", "sasrec", "families")
 
@@ -85,7 +86,6 @@ def cli(argv: Sequence[str]) -> int:
     split = prepared.load_split(data_dir)
     models = MODELS if args.model == "all" else (args.model,)
     if "popularity" in models:
-        from flanrec.baselines import popularity
 
         examples, ranked, scores = popularity.recommend(split, args.split, args.k)
         path = common.write_predictions(args.out, "popularity", common.prediction_rows(
@@ -93,6 +93,7 @@ def cli(argv: Sequence[str]) -> int:
         print(f"popularity: wrote {path}", flush=True)
         _summary("popularity", examples, ranked)
     if "sasrec" in models:
+        # Lazy: JAX/Flax, 3.4 s to import here; popularity alone runs without them.
         from flanrec.baselines import sasrec
 
         cfg = sasrec.SASRecConfig(
@@ -119,7 +120,7 @@ def cli(argv: Sequence[str]) -> int:
         # The family baselines read the prepared TFRecords: import TF through the front end
         # (quiet, off accelerators) rather than letting the first read print its start-up.
         jobs.load_tensorflow(args.verbose)
-        from flanrec.baselines import families
+        from flanrec.baselines import families  # lazy: scipy and the data layer, 0.9 s
 
         rows, info = families.all_rows(split, data_dir, args.split)
         for task, (mode, records) in rows.items():
@@ -130,7 +131,7 @@ def cli(argv: Sequence[str]) -> int:
 
 
 def _write_json(path: str, obj: object) -> None:
-    from flanrec.predictions import reporting_write_errors
+    from flanrec.files.predictions import reporting_write_errors
 
     with reporting_write_errors(path):  # a full disk: one line, the old file intact
         storage.write_json_atomic(path, obj, ensure_ascii=True)

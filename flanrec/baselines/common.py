@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from flanrec import outputs, storage
 from flanrec.data import splits, types
-from flanrec.predictions import shard_name, shard_prefix, write_shard
+from flanrec.files import outputs, storage
+from flanrec.files.predictions import shard_name, shard_prefix, write_shard
 
 STAGES = ("validation", "test")
 

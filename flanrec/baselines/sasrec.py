@@ -41,7 +41,7 @@ import optax
 
 from flanrec import metrics as metrics_lib
 from flanrec.data import splits, types
-from flanrec.progress import Progress
+from flanrec.frontend.progress import Progress
 
 log = logging.getLogger("flanrec.baselines.sasrec")
 

@@ -4,7 +4,7 @@ names.
 "Complete": a step counts only when its directory carries Orbax's commit marker, so a job
 killed mid-save (or a directory copied half-way) is never resumed from. "Intact": once a step
 is committed the primary host records the sha256 of each of its files (`checksums.json`,
-`flanrec.checksums`), and every reader verifies the files it reads. Reading a MODEL_DIR falls
+`flanrec.files.checksums`), and every reader verifies the files it reads. Reading a MODEL_DIR falls
 back to the newest checkpoint that verifies, warning about each damaged one; a checkpoint
 named explicitly must verify itself. Checkpoints from before checksums load with a warning.
 
@@ -24,8 +24,9 @@ from typing import Any
 import jax
 from etils import epath
 
-from flanrec import checksums as checksums_lib
 from flanrec.errors import UserError
+from flanrec.files import checksums as checksums_lib
+from flanrec.files import storage
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,7 @@ PathLike = str | os.PathLike
 def as_path(path: PathLike) -> epath.Path:
     """An epath for `path`, made absolute when local: Orbax's OCDBT writer refuses relative
     directories, and users type `--gin.MODEL_DIR=runs/x`. gs:// URLs pass as they are; other
-    schemes are refused by name (`flanrec.storage.orbax_path`)."""
-    from flanrec import storage
+    schemes are refused by name (`flanrec.files.storage.orbax_path`)."""
 
     return storage.orbax_path(path)
 

@@ -1,11 +1,11 @@
 """Loading any checkpoint flanrec reads, in one place: a Hugging Face directory, a T5X
 checkpoint, a flanrec checkpoint, or the adapters of a TUNING='prompt'|'lora' run together
-with their frozen backbone; on a local disk or any file system `flanrec.storage` reaches.
+with their frozen backbone; on a local disk or any file system `flanrec.files.storage` reaches.
 
 `load_params_any` (config, params) and `load_checkpoint` (plus which directory was read) are
 what the notebook API (`flanrec.api.load`), training's INITIAL_CHECKPOINT_PATH, inference,
 ensembles and `flanrec.convert` call; the format-specific readers stay with their formats
-(`flanrec.convert.hf`, `flanrec.convert.t5x`, `flanrec.checkpoints.store`).
+(`flanrec.interop.hf`, `flanrec.interop.t5x`, `flanrec.checkpoints.store`).
 
 Adapter checkpoints: a TUNING='prompt'|'lora' run writes ordinary flanrec step directories
 whose `params` item holds only the adapter subtree (`prompt/…` or `lora/…`) and whose `meta`
@@ -27,9 +27,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flanrec import storage
 from flanrec.checkpoints.integrity import BEST_FILE, META, PARAMS, resolve_checkpoint
 from flanrec.checkpoints.store import load_params
+from flanrec.files import storage
+from flanrec.interop import hf, t5x
 from flanrec.model import adapters
 from flanrec.model.config import T5Config
 from flanrec.model.params import check_params, flatten, unflatten
@@ -96,7 +97,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, merge_lora: bool = True,
                     backbone: str | os.PathLike[str] | None = None
                     ) -> tuple[CheckpointRef, T5Config, Any]:
     """(what was read, T5Config, params) from an HF directory, a T5X checkpoint or a flanrec
-    checkpoint, on a local disk or any file system `flanrec.storage` reaches.
+    checkpoint, on a local disk or any file system `flanrec.files.storage` reaches.
 
     HF: a directory with config.json. T5X: a directory with a `checkpoint` file or `state/`,
     or holding such `checkpoint_N` dirs. Anything else is a flanrec checkpoint
@@ -117,12 +118,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, merge_lora: bool = True,
         return (CheckpointRef(given, storage.join(given, rel) if rel else given, ref.format,
                               ref.step), cfg, params)
     if fmt == "hf":
-        from flanrec.convert import hf
 
         cfg, params = hf.import_hf(given)
         return CheckpointRef(given, given, fmt, None), cfg, params
     if fmt == "t5x":
-        from flanrec.convert import t5x
 
         resolved = os.fspath(t5x.find_t5x_checkpoint(given))
         cfg, params = t5x.import_t5x(resolved)

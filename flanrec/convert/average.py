@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from flanrec.checkpoints import load_params_any
+from flanrec.model.adapters import base_config, prompt_of
 from flanrec.model.config import T5Config
 from flanrec.model.params import check_finite, flatten, unflatten
 
@@ -49,8 +51,6 @@ def average_params(trees: Sequence[Mapping[str, Any]], names: Sequence[str] | No
 
 def load_for_average(paths: Sequence[str]) -> tuple[T5Config, dict[str, Any]]:
     """Load every checkpoint, check they share one config, return (config, mean params)."""
-    from flanrec.checkpoints import load_params_any
-    from flanrec.model.adapters import base_config, prompt_of
 
     if len(paths) < 2:
         raise ValueError(f"--average needs at least two checkpoints, got {list(paths)}")

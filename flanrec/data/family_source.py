@@ -33,9 +33,11 @@ import seqio
 import tensorflow as tf
 
 from flanrec.data import families as families_lib
-from flanrec.data import layout, templates
+from flanrec.data import layout, prepared, templates
 from flanrec.data.choice import choose_template
 from flanrec.data.families import UNSEEN_SPLIT, FamilyData
+from flanrec.data.indexing import ItemIndex
+from flanrec.files import storage
 
 log = logging.getLogger("flanrec.tasks")
 
@@ -52,7 +54,6 @@ def load_family_data(data_dir: str, index_method: str | None) -> FamilyData:
     The cache key includes prepare.json's sha256, so a dir prepared again in the same
     process (a notebook, the tests) is read again.
     """
-    from flanrec import storage
 
     doc = storage.read_text(storage.join(data_dir, layout.PREPARE_FILE))
     return _load(data_dir, index_method, hashlib.sha256(doc.encode("utf-8")).hexdigest())
@@ -63,9 +64,6 @@ _LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=8)
 def _cached(data_dir: str, index_method: str | None, doc_sha: str) -> FamilyData:
-    from flanrec import storage
-    from flanrec.data import prepared
-    from flanrec.data.indexing import ItemIndex
 
     doc = prepared.read_prepare_json(data_dir)
     methods = doc.get("index_methods") or []
@@ -246,6 +244,7 @@ def _plain(value: Any, kind: str) -> Any:
 def rephrase(fields_json: bytes, key: bytes, template_family: bytes, epoch: int, seed: int
              ) -> tuple[str, str, int, str]:
     """(inputs, targets, template index, template type) of an example in a later epoch."""
+
     tfam = template_family.decode("utf-8")
     pool = templates.template_indices(tfam, ("seen",))
     idx = choose_template(seed, tfam, "train", f"{key.decode('utf-8')}@{epoch}", pool)

@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from flanrec.data import splits
+from flanrec.data.sources import read_dataset
 from flanrec.errors import UserError
 
 log = logging.getLogger("flanrec.data.fetch")
@@ -503,8 +505,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 allow_download=not args.offline)
     print(f"{got.path}\t{got.kind}")
     if args.check:
-        from flanrec.data import splits
-        from flanrec.data.sources import read_dataset
 
         split = splits.leave_one_out(read_dataset(got.kind, got.path))
         prints = splits.fingerprints(split)

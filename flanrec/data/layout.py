@@ -7,7 +7,7 @@ was spelled in three modules). This module imports nothing from flanrec, so any 
 lowest ones included (``flanrec.data.indexing``), can take its names without a circle.
 
 Paths are relative to the prepared directory's root and use ``/``, which both ``os.path``
-and ``flanrec.storage`` (local or gs://) join correctly.
+and ``flanrec.files.storage`` (local or gs://) join correctly.
 """
 
 from __future__ import annotations

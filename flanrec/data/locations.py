@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 
+from flanrec.files import storage
+
 CACHE_ENV = "FLANREC_CACHE"
 DATA_DIR_ENV = "FLANREC_DATA_DIR"
 DEFAULT_DATASET = "ml-100k"
@@ -36,7 +38,7 @@ def default_prepared_dir(dataset: str = DEFAULT_DATASET) -> str:
 def env_data_dirs() -> list[str]:
     """The dirs `$FLANREC_DATA_DIR` names (``os.pathsep``-separated, expanded); [] when
     unset. The one place flanrec reads the variable."""
-    from flanrec import storage
+    from flanrec.files import storage
 
     return [p if storage.is_url(p) else os.path.expanduser(p)
             for p in storage.split_path_list(os.environ.get(DATA_DIR_ENV) or "")]
@@ -51,7 +53,6 @@ def env_data_dir() -> str | None:
 def configured_data_dirs(value: str | None = None) -> list[str]:
     """The prepared dirs `import tasks` registers: `value` (e.g. a gin macro), else
     `$FLANREC_DATA_DIR`, else the default ml-100k dir; expanded, in order."""
-    from flanrec import storage
 
     if not value:
         return env_data_dirs() or [default_prepared_dir()]

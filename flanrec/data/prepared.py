@@ -16,10 +16,11 @@ import io
 import json
 from typing import TYPE_CHECKING, Any
 
-from flanrec import outputs, storage
 from flanrec.data import layout
+from flanrec.data.trie import TrieArrays, build_trie
 from flanrec.data.types import ItemMeta, Split, UserFeatures, UserSequence
 from flanrec.errors import UserError
+from flanrec.files import outputs, storage
 
 if TYPE_CHECKING:
     import seqio
@@ -150,8 +151,6 @@ def load_trie(path: str) -> tuple[TrieArrays, list[str]]:
     ``build_trie`` can recompute it)."""
     import numpy as np
 
-    from flanrec.data.trie import TrieArrays
-
     with np.load(io.BytesIO(storage.read_bytes(path))) as z:
         data = {k: z[k] for k in z.files}
     items = [str(x) for x in data.pop("items")]
@@ -176,7 +175,6 @@ def item_trie(data_dir: str, vocabulary: seqio.Vocabulary | None = None,
     import numpy as np
 
     from flanrec.data import vocab as vocab_lib
-    from flanrec.data.trie import build_trie
 
     method = method or index_methods(data_dir)[0]
     vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)

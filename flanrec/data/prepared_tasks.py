@@ -16,7 +16,6 @@ import gin
 import seqio
 import tensorflow as tf
 
-from flanrec import outputs, storage
 from flanrec.data import families, layout, prepared, writer
 from flanrec.data import vocab as vocab_lib
 from flanrec.data.family_source import FamilySource, load_family_data, record
@@ -29,6 +28,7 @@ from flanrec.data.seqio_tasks import (
     standard_preprocessors,
 )
 from flanrec.data.task_meta import registered_data_dirs
+from flanrec.files import outputs, storage
 
 PREPARED_TASKS: set[str] = set()
 """Names registered by `register_prepared`/`register_family_task`: one preprocessed example
@@ -144,6 +144,7 @@ def register_family_task(
     (what info.json holds for a prepared task) is kept on the source (`source.info`), where
     `flanrec.data.task_meta` finds it.
     """
+
     outputs.require_complete(data_dir, "prepared data dir")
     doc = prepared.read_prepare_json(data_dir)
     fam = families.get(family)

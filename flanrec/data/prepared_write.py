@@ -17,8 +17,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from flanrec import storage
 from flanrec.data import layout
+from flanrec.data import splits as splits_lib
+from flanrec.data.trie import build_trie
+from flanrec.files import storage
 
 if TYPE_CHECKING:
     import seqio
@@ -41,7 +43,6 @@ def write_split(split: Split, meta: ItemMeta, out_dir: str,
     `out_dir` is the prepared dir's ``split/``. The hashes go into prepare.json, where
     ``prepared.load_split`` checks them, so an edited split fails instead of shifting metrics.
     """
-    from flanrec.data import splits as splits_lib
 
     os.makedirs(out_dir, exist_ok=True)
     doc = {
@@ -110,7 +111,6 @@ def build_tries(indexes: Mapping[str, ItemIndex], vocabulary: seqio.Vocabulary,
     """index/{method}/trie.npz for every indexing (+ trie_noeos.npz for the methods in
     `without_eos`); returns per-method sizes. A method whose IDs cannot form a trie without
     EOS (unequal token counts) gets the reason under "noeos_error" instead."""
-    from flanrec.data.trie import build_trie
     from flanrec.data.vocab import vocabulary_fingerprint
 
     out: dict[str, dict[str, Any]] = {}

@@ -28,7 +28,7 @@ import seqio
 import tensorflow as tf
 
 from flanrec import metrics as metrics_lib
-from flanrec.data import families, writer
+from flanrec.data import families, family_source, writer
 
 log = logging.getLogger("flanrec.tasks")
 
@@ -131,7 +131,6 @@ def standard_preprocessors(task_name: str, targets_eos: bool = True,
         seqio.CacheDatasetPlaceholder(),
     ]
     if rephrase_seed is not None:
-        from flanrec.data import family_source
 
         steps.append(functools.partial(family_source.vary_templates, seed=rephrase_seed))
     if targets_eos:

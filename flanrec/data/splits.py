@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from flanrec.data import types
+from flanrec.errors import UserError
 
 ML100K_FINGERPRINTS = {
     "sequences": "148274ebc6f53f91a884ee9c1e87db45ffc42d4e1bbc53ad9a21242ba6c524e7",
@@ -403,8 +404,6 @@ def check_usable(split: types.Split, source: str = "interactions") -> None:
     every later job would then run on nothing and report nothing wrong.
     """
     from collections import Counter
-
-    from flanrec.errors import UserError
 
     sizes = Counter(len(s.train_items) + (s.valid_item is not None) + (s.test_item is not None)
                     for s in split.users)

@@ -13,10 +13,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from flanrec import storage
 from flanrec.data import layout
 from flanrec.data.families import Family
 from flanrec.errors import UserError
+from flanrec.files import storage
 
 # seqio and FamilySource (TensorFlow) are imported inside the functions: the jobs import
 # this module through the inference job, and their front end must set TF's environment

@@ -2,7 +2,7 @@
 
 Constrained beam search asks, at every step and for every beam, "which tokens may come
 next?". A Python dict trie would need a host callback per step; these arrays let a jitted
-decoder answer with gathers (see ``flanrec.inference.constraints``).
+decoder answer with gathers (see ``flanrec.infer.constraints``).
 
 Layout (node 0 is the root; nodes are numbered in depth-first pre-order, children visited in
 ascending token order):

@@ -30,6 +30,7 @@ from sentencepiece import sentencepiece_model_pb2
 
 from flanrec.data import layout
 from flanrec.errors import ConfigError, UserError
+from flanrec.files import storage
 
 VOCAB_ENV = "FLANREC_VOCAB"
 FLAN_T5_GCS_VOCAB = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
@@ -97,7 +98,6 @@ def train_sentencepiece(
             "byte_fallback the vocabulary needs room for 256 byte pieces plus every "
             "character seen: raise vocab_size."
         ) from None
-    from flanrec import storage
 
     storage.write_atomic(out_path, model.getvalue())
     return out_path
@@ -250,7 +250,6 @@ def resolve_spm_path(path: str | None = None) -> str:
     path = path or gin_macro(VOCAB_ENV) or os.environ.get(VOCAB_ENV) or None
     tried: list[str] = []
     if path:
-        from flanrec import storage
 
         if storage.is_url(path) and path.endswith(".model"):
             return path  # read by seqio through tf.io.gfile; no listing of the bucket
@@ -286,7 +285,6 @@ def load_token_slots(data_dir: str) -> dict[str, int]:
 
     Parsed by `flanrec.data.indexing.slots.read_slot_map`, the one reader of the format.
     """
-    from flanrec import storage
     from flanrec.data.indexing.slots import read_slot_map
 
     for path in (storage.join(data_dir, layout.token_slots_file()),

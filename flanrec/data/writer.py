@@ -24,6 +24,8 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from flanrec.files import storage
+
 INFO_FILE = "info.json"
 INFO_FORMAT = "flanrec.task_info"
 SHARD_PATTERN = "{split}.tfrecord-{i:05d}-of-{n:05d}"
@@ -191,7 +193,6 @@ def write_task(
         "splits": split_info,
         **dict(metadata or {}),
     }
-    from flanrec import storage
 
     storage.write_json_atomic(os.path.join(task_dir, INFO_FILE), info, sort_keys=True,
                               ensure_ascii=True)

@@ -13,9 +13,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from flanrec import outputs, storage
 from flanrec.ensemble import fusion
-from flanrec.predictions import (
+from flanrec.files import outputs, storage
+from flanrec.files.predictions import (
     SHARD_RE,
     PredictionsError,
     check_shards,
@@ -56,7 +56,7 @@ def _files(spec: str) -> list[str]:
 
 
 def _check_record(rec: Any, where: str) -> Key:
-    """A predict record of the contract (`flanrec.predictions.validate_record`: fields,
+    """A predict record of the contract (`flanrec.files.predictions.validate_record`: fields,
     types, one finite score per item), under whatever task name it carries, since members
     of a template ensemble name their tasks apart; returns its (task, split, index)."""
     if not isinstance(rec, dict) or not isinstance(rec.get("task"), str):

@@ -21,11 +21,16 @@ from typing import Any
 import numpy as np
 
 from flanrec import metrics as metrics_lib
-from flanrec import outputs, storage
+from flanrec.checkpoints import load_params_any
+from flanrec.data import prepared, splits
+from flanrec.data import templates as templates_lib
+from flanrec.data import vocab as vocab_lib
 from flanrec.ensemble import fusion
 from flanrec.ensemble.files import check_output, claim_output
-from flanrec.predictions import shard_name, write_shard
-from flanrec.progress import Progress
+from flanrec.files import outputs, storage
+from flanrec.files.predictions import shard_name, write_shard
+from flanrec.frontend.progress import Progress
+from flanrec.infer import modes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +52,6 @@ class _Resources:
     """The model, vocabulary, trie and split of one prepared dir, loaded once."""
 
     def __init__(self, checkpoint: str, data_dir: str, index_method: str | None):
-        from flanrec.checkpoints import load_params_any
-        from flanrec.data import prepared
-        from flanrec.data import vocab as vocab_lib
-        from flanrec.inference import modes
 
         info = prepared.read_prepare_json(data_dir)
         self.method = index_method or info["index_methods"][0]
@@ -87,7 +88,6 @@ def _encode_inputs(res: _Resources, rows: Sequence[dict[str, Any]], length: int,
 
 
 def _seen_cols(res: _Resources, split_name: str) -> dict[str, list[int]]:
-    from flanrec.data import splits
 
     stage = "test" if split_name.startswith("test") else "validation"
     return {seq.user: [res.col[i] for i in splits.seen_items(seq, stage) if i in res.col]
@@ -97,7 +97,6 @@ def _seen_cols(res: _Resources, split_name: str) -> dict[str, list[int]]:
 def predict_member(res: _Resources, opts: TemplateEnsembleOptions, split_name: str,
                    template: int, progress: bool = True) -> list[dict[str, Any]]:
     """One template's top-K per user, in the inference output's predict format."""
-    from flanrec.inference import modes
 
     rows = _queries(res, split_name, template)
     seen = _seen_cols(res, split_name)
@@ -134,7 +133,6 @@ def rescore_union(res: _Resources, opts: TemplateEnsembleOptions, split_name: st
                   ) -> list[list[dict[str, float]]]:
     """tables[m][u]: item -> log-probability under template m, for the union of all members'
     lists of user u (exact: every template scores every fused item)."""
-    from flanrec.inference import modes
 
     n_users = len(members[0])
     unions = []
@@ -185,7 +183,6 @@ def ndcg_at_10(records: Sequence[dict[str, Any]]) -> float:
 def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
                           opts: TemplateEnsembleOptions) -> dict[str, Any]:
     """Predict under each template, fuse, and write members + ensemble as JSONL."""
-    from flanrec.data import templates as templates_lib
     from flanrec.data.families import seq
 
     if len(opts.templates) < 2:

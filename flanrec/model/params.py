@@ -2,7 +2,7 @@
 logical axes that the network, every converter, the partitioner and the checkpoints agree on.
 
 Names follow T5X (`encoder/layers_0/attention/query/kernel`, …) so T5X checkpoints map one to
-one; the HF mapping is then a single renaming table in `flanrec.convert.hf`. The table lives
+one; the HF mapping is then a single renaming table in `flanrec.interop.hf`. The table lives
 with the model (it *is* the model's parameter tree; a test checks `Transformer.init` against
 it) but is plain Python, so converters validate a checkpoint before any JAX model is built.
 Adapters add their own entries under separate top-level keys: `flanrec.model.adapters`.

@@ -15,11 +15,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flanrec import jobs, outputs
-from flanrec.argtypes import float_range, int_range, nonnegative_int, positive_int
 from flanrec.data import layout, locations
+from flanrec.data.sources import table  # noqa: F401 - registers read_table with gin
 from flanrec.errors import UserError
-from flanrec.prepare import FAMILIES, INDEX_SUFFIX, prepare
+from flanrec.files import outputs
+from flanrec.frontend import jobs
+from flanrec.frontend.argtypes import float_range, int_range, nonnegative_int, positive_int
+from flanrec.frontend.gin_cli import bindings_from_flags
+from flanrec.prepare.job import FAMILIES, INDEX_SUFFIX, prepare
 from flanrec.prepare.options import DUPLICATE_POLICIES, PrepareOptions, default_cache_dir
 
 
@@ -209,8 +212,6 @@ def configure_table_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     take them; a misspelled name fails here with gin's message."""
     import gin
 
-    import flanrec.data.sources.table  # noqa: F401 - registers read_table with gin
-
     gin.clear_config()
     for path in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
         gin.add_config_file_search_path(path)
@@ -220,7 +221,6 @@ def configure_table_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
 @outputs.releases_locks
 def cli(argv: list[str]) -> int:
     """Parse `argv` and run the job; raises UserError (what `main` turns into exit code 2)."""
-    from flanrec.gin_cli import bindings_from_flags
 
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)

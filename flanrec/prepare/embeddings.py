@@ -74,7 +74,7 @@ def _pooled_encoder(config: Any) -> Callable[[Any, Any], Any]:
     import jax
     import jax.numpy as jnp
 
-    from flanrec.model.network import Transformer
+    from flanrec.model.network import Transformer  # lazy: JAX/Flax (2.8 s), for --semantic only
 
     model = Transformer(config)
 
@@ -130,7 +130,7 @@ def t5_encoder_embed_fn(checkpoint_path: str | os.PathLike[str], vocabulary: Tex
     Use with ``fit_index('semantic', split, catalogue, meta, embed_fn=...)``, which feeds it
     ``item_text`` of every catalogue item.
     """
-    from flanrec import api
+    from flanrec import api  # lazy: JAX/Flax/Orbax (3.3 s), for --semantic_encoder only
 
     # The caller's vocabulary, not the one the checkpoint may carry (an HF dir's spiece.model
     # read with HF's 100 extra ids can outnumber a small model's embedding rows).

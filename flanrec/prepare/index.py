@@ -12,7 +12,10 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from flanrec.data import prepared_write
+from flanrec.data.indexing import fit_index, item_text, token_slot_map
 from flanrec.errors import UserError
+from flanrec.prepare.embeddings import t5_encoder_embed_fn
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,8 +66,7 @@ def semantic_embedding_source(opts: PrepareOptions) -> tuple[dict[str, Any], dic
     if opts.semantic_encoder:
         import seqio
 
-        from flanrec.data import vocab as vocab_lib
-        from flanrec.prepare.embeddings import t5_encoder_embed_fn
+        from flanrec.data import vocab as vocab_lib  # lazy: TF + seqio (12 s); fast --help
 
         if not os.path.exists(opts.semantic_encoder):
             raise UserError(f"--semantic_encoder {opts.semantic_encoder}: no such checkpoint")
@@ -90,8 +92,6 @@ def _embedded(kwargs: dict[str, Any], catalogue: Sequence[str],
     """`embed_fn` applied here, so the indexer gets a plain array (in catalogue order)."""
     import numpy as np
 
-    from flanrec.data.indexing import item_text
-
     fn = kwargs.pop("embed_fn", None)
     if fn is not None:
         kwargs["embeddings"] = np.asarray(fn([item_text(i, meta) for i in catalogue]))
@@ -107,8 +107,6 @@ def fit_indexes(split: Split, meta: ItemMeta, opts: PrepareOptions, index_root: 
     piece count: 32000 for Flan-T5) over the 128 rows above it; too many raises with the
     counts (then prepare the indexings into separate dirs).
     """
-    from flanrec.data import prepared_write
-    from flanrec.data.indexing import fit_index, token_slot_map
 
     indexes = {}
     for method in opts.indexing:

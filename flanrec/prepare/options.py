@@ -81,7 +81,7 @@ def check_options(opts: PrepareOptions) -> None:
     """
     import math
 
-    from flanrec.argtypes import FLOAT32_MAX, INT32_MAX
+    from flanrec.frontend.argtypes import FLOAT32_MAX, INT32_MAX
 
     for name, low in _MINIMUM.items():
         value = getattr(opts, name)

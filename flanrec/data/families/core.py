@@ -125,6 +125,7 @@ _REGISTRY: dict[str, Family] = {}
 
 def register(family: Family, replace: bool = False) -> Family:
     """Add `family` to the registry (an existing name needs `replace=True`)."""
+
     if family.name in _REGISTRY and not replace:
         raise ValueError(f"family {family.name!r} is registered already (replace=True "
                          "replaces it)")

@@ -17,7 +17,9 @@ from typing import Any
 
 from flanrec.data import layout
 from flanrec.data.errors import DataError
+from flanrec.data.indexing.slots import slot_map_json, token_slot_map
 from flanrec.data.types import Split
+from flanrec.files import storage
 
 # The prepared dir's file-name table owns these names; kept here under their old names.
 INDEX_FILE = layout.INDEX_FILE
@@ -98,7 +100,6 @@ class ItemIndex:
         ``slot_map`` defaults to ``token_slot_map(self.new_tokens, **slot_opts)`` (Flan-T5
         layout), so the mapping the model trains with is always stored beside the index.
         """
-        from flanrec import storage
 
         storage.makedirs(directory)
         if "reserved_extra_ids" in slot_opts:  # used twice below: no one-shot iterators
@@ -106,7 +107,6 @@ class ItemIndex:
         write_json_atomic(os.path.join(directory, INDEX_FILE), self.to_json())
         slots_path = os.path.join(directory, SLOTS_FILE)
         if self.new_tokens:
-            from flanrec.data.indexing.slots import slot_map_json, token_slot_map
 
             if slot_map is None:
                 slot_map = token_slot_map(self.new_tokens, **slot_opts)
@@ -119,7 +119,6 @@ class ItemIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ItemIndex:
-        from flanrec import storage
 
         path = storage.join(os.fspath(directory), INDEX_FILE)
         try:
@@ -156,9 +155,8 @@ class ItemIndex:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """JSON through `flanrec.storage.write_atomic` (temp name, then rename: never half a
+    """JSON through `flanrec.files.storage.write_atomic` (temp name, then rename: never half a
     file; the mode a plain open() gives, so indexes in shared data dirs stay readable)."""
-    from flanrec import storage
 
     storage.write_json_atomic(path, obj)
 

@@ -14,6 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from flanrec.data import layout
+from flanrec.data.errors import DataError
+from flanrec.files import storage
+
 NUM_EXTRA_IDS = 100
 
 
@@ -78,9 +82,6 @@ def load_slot_map(directory: str) -> dict[str, int]:
     """Read ``token_slots.json`` saved by ``ItemIndex.save``; {} if the index has no new tokens."""
     import os
 
-    from flanrec import storage
-    from flanrec.data import layout
-
     path = storage.join(os.fspath(directory), layout.TOKEN_SLOTS_FILE)
     return read_slot_map(path) if storage.exists(path) else {}
 
@@ -94,9 +95,6 @@ def read_slot_map(path: str) -> dict[str, int]:
     ValueError) naming the file when it is not JSON or ``tokens`` is not token -> int.
     """
     import json
-
-    from flanrec import storage
-    from flanrec.data.errors import DataError
 
     try:
         data = storage.read_json(path)

@@ -1,0 +1,1 @@
+"""Evaluation: `python -m flanrec.eval` (the job is `flanrec.eval.job`)."""
