@@ -33,6 +33,7 @@ from flanrec.baselines import common, popularity
 from flanrec.data import locations, prepared, splits
 from flanrec.errors import ConfigError
 from flanrec.files import outputs, storage
+from flanrec.files.predictions import reporting_write_errors
 from flanrec.frontend import jobs
 from flanrec.frontend.argtypes import float_range, nonnegative_int, positive_int
 
@@ -131,7 +132,6 @@ def cli(argv: Sequence[str]) -> int:
 
 
 def _write_json(path: str, obj: object) -> None:
-    from flanrec.files.predictions import reporting_write_errors
 
     with reporting_write_errors(path):  # a full disk: one line, the old file intact
         storage.write_json_atomic(path, obj, ensure_ascii=True)

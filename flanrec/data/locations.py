@@ -38,7 +38,6 @@ def default_prepared_dir(dataset: str = DEFAULT_DATASET) -> str:
 def env_data_dirs() -> list[str]:
     """The dirs `$FLANREC_DATA_DIR` names (``os.pathsep``-separated, expanded); [] when
     unset. The one place flanrec reads the variable."""
-    from flanrec.files import storage
 
     return [p if storage.is_url(p) else os.path.expanduser(p)
             for p in storage.split_path_list(os.environ.get(DATA_DIR_ENV) or "")]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from flanrec.data import layout
 from flanrec.data import splits as splits_lib
+from flanrec.data.indexing.slots import slot_map_json
 from flanrec.data.trie import build_trie
 from flanrec.files import storage
 
@@ -84,7 +85,6 @@ def write_token_slots(index_root: str, slots: Mapping[str, int], vocab_size: int
     All indexings of one dir share one vocabulary, so the union of their new tokens is one
     map (`flanrec.data.vocab.load_token_slots` reads it).
     """
-    from flanrec.data.indexing.slots import slot_map_json
 
     storage.write_json_atomic(os.path.join(index_root, layout.TOKEN_SLOTS_FILE),
                               slot_map_json(slots, vocab_size=vocab_size, sp_size=sp_size))

@@ -27,7 +27,8 @@ from typing import NamedTuple
 import numpy as np
 
 from flanrec.data import types
-from flanrec.errors import UserError
+from flanrec.data.errors import DataError
+from flanrec.errors import ConfigError, UserError
 
 ML100K_FINGERPRINTS = {
     "sequences": "148274ebc6f53f91a884ee9c1e87db45ffc42d4e1bbc53ad9a21242ba6c524e7",
@@ -102,7 +103,6 @@ def implicit_threshold(inter: types.Interactions, min_rating: float) -> types.In
     Raises ValueError when the source has no ratings (NaN), since a threshold on missing
     ratings would silently drop everything.
     """
-    from flanrec.errors import ConfigError
 
     missing = int(np.isnan(inter.rating).sum())
     if missing:
@@ -190,7 +190,6 @@ def drop_duplicates(inter: types.Interactions, policy: str = "last"
     info = Duplicates(removed, len(dup_starts), differs,
                       (str(inter.user[j]), str(inter.item[j]), int(inter.timestamp[j]), rows))
     if policy == "refuse":
-        from flanrec.data.errors import DataError
 
         user, item, stamp, at = info.example
         raise DataError(inter.source or None,
@@ -320,7 +319,6 @@ def leave_one_out(
         rated = inter
         inter = implicit_threshold(inter, min_rating)
         if len(inter) == 0:
-            from flanrec.errors import ConfigError
 
             raise ConfigError(f"--min_rating {min_rating:g}: no interaction of {source} is "
                               f"rated that high ({len(rated)} rows, highest rating "
@@ -329,7 +327,6 @@ def leave_one_out(
         unfiltered = inter
         inter = kcore_filter(inter, kcore)
         if len(inter) == 0:
-            from flanrec.errors import ConfigError
 
             raise ConfigError(f"--kcore {kcore}: the {kcore}-core of {source} is empty (all "
                               f"{len(unfiltered)} interactions are filtered out); the largest "

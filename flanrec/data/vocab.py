@@ -29,6 +29,7 @@ import tensorflow as tf
 from sentencepiece import sentencepiece_model_pb2
 
 from flanrec.data import layout
+from flanrec.data.indexing.slots import read_slot_map
 from flanrec.errors import ConfigError, UserError
 from flanrec.files import storage
 
@@ -285,7 +286,6 @@ def load_token_slots(data_dir: str) -> dict[str, int]:
 
     Parsed by `flanrec.data.indexing.slots.read_slot_map`, the one reader of the format.
     """
-    from flanrec.data.indexing.slots import read_slot_map
 
     for path in (storage.join(data_dir, layout.token_slots_file()),
                  storage.join(data_dir, layout.TOKEN_SLOTS_FILE)):

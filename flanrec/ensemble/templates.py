@@ -25,6 +25,7 @@ from flanrec.checkpoints import load_params_any
 from flanrec.data import prepared, splits
 from flanrec.data import templates as templates_lib
 from flanrec.data import vocab as vocab_lib
+from flanrec.data.families import seq
 from flanrec.ensemble import fusion
 from flanrec.ensemble.files import check_output, claim_output
 from flanrec.files import outputs, storage
@@ -72,7 +73,6 @@ class _Resources:
 
 
 def _queries(res: _Resources, split_name: str, template: int) -> list[dict[str, Any]]:
-    from flanrec.data.families import seq
 
     return list(seq.seq_examples(res.split, res.index, res.meta, split_name=split_name,
                                  template_idx=template, task_prefix=""))
@@ -183,7 +183,6 @@ def ndcg_at_10(records: Sequence[dict[str, Any]]) -> float:
 def run_template_ensemble(checkpoint: str, data_dir: str, out_dir: str,
                           opts: TemplateEnsembleOptions) -> dict[str, Any]:
     """Predict under each template, fuse, and write members + ensemble as JSONL."""
-    from flanrec.data.families import seq
 
     if len(opts.templates) < 2:
         raise ValueError("a template ensemble needs at least 2 templates")

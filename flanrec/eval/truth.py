@@ -30,7 +30,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flanrec.data import families, layout
+from flanrec.data import families, layout, splits
 from flanrec.data.types import Split
 from flanrec.errors import UserError
 
@@ -84,7 +84,6 @@ class SplitTruth:
 
     def __init__(self, split: Split, data_dir: str, prepare_info: Mapping[str, Any] | None,
                  like_threshold: float = 4.0):
-        from flanrec.data import splits
 
         self.data_dir = data_dir
         self.info = dict(prepare_info or {})

@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 from flanrec.data import layout
 from flanrec.errors import DISK_ERRNOS, disk_error
-from flanrec.files import storage
+from flanrec.files import checksums, storage
 from flanrec.files.storage import (
     MARKER,
     MARKER_FORMAT,
@@ -424,7 +424,6 @@ def _older_prepare_output(directory: str, names: Sequence[str]) -> bool:
 
 def _older_train_output(directory: str, names: Sequence[str]) -> bool:
     """Only names training writes, and at least one checkpoint_N with flanrec's checksums."""
-    from flanrec.files import checksums
 
     if not names or not all(_TRAIN_NAME.fullmatch(n) for n in names):
         return False

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from flanrec.errors import DISK_ERRNOS, UserError, disk_error
+from flanrec.files import outputs
 
 VERBOSE_FLAG = "--verbose"
 VERBOSE_ENV = "FLANREC_VERBOSE"
@@ -289,7 +290,6 @@ def run(prog: str, body: Callable[[list[str]], int | None], argv: Sequence[str] 
     verbose = VERBOSE_FLAG in args or os.environ.get(VERBOSE_ENV) == "1"
     wants_help = "-h" in args or "--help" in args
     configure(verbose, tensorflow=tensorflow and not wants_help)
-    from flanrec.files import outputs
 
     try:
         with _sigterm_exits():

@@ -453,7 +453,6 @@ def warn(message: str) -> None:
 def collapse_duplicates(interactions: Any, policy: str) -> Any:
     """Apply `--duplicates` to the log and say on stderr what it did (see
     `splits.drop_duplicates`: one interaction must not be both validation and test item)."""
-    from flanrec.data import splits as splits_lib
 
     kept, dups = splits_lib.drop_duplicates(interactions, policy)
     if dups.removed:
@@ -474,7 +473,6 @@ def report_repeated_targets(split: Split) -> None:
     but ranking masks what a user has already seen, so such a target cannot be hit: the
     user still counts in HR/NDCG with 0. Printed so that a low score is explained.
     """
-    from flanrec.data import splits as splits_lib
 
     valid, test = splits_lib.repeated_targets(split)
     if valid or test:

@@ -13,6 +13,7 @@ from flanrec.data import families as families_lib
 from flanrec.data import locations
 from flanrec.data.splits import DUPLICATE_POLICIES
 from flanrec.errors import ConfigError
+from flanrec.frontend.argtypes import FLOAT32_MAX, INT32_MAX
 
 __all__ = ["DUPLICATE_POLICIES", "PrepareOptions", "check_options", "default_cache_dir"]
 
@@ -81,7 +82,6 @@ def check_options(opts: PrepareOptions) -> None:
     """
     import math
 
-    from flanrec.frontend.argtypes import FLOAT32_MAX, INT32_MAX
 
     for name, low in _MINIMUM.items():
         value = getattr(opts, name)

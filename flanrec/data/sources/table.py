@@ -32,6 +32,7 @@ import gin
 from flanrec.data import types
 from flanrec.data.errors import DataError
 from flanrec.data.sources import _common
+from flanrec.errors import ConfigError
 
 FORMATS = ("csv", "parquet")
 RATING_COLUMN_NAMES = ("rating", "score", "stars")
@@ -156,7 +157,6 @@ _FLAGS = {"user": "--user_col", "item": "--item_col", "timestamp": "--time_col",
 def _check_distinct(wanted: dict[str, str]) -> None:
     """Two roles read from one column (``--item_col user_id``) would make, say, every item
     its user: refused, naming both options."""
-    from flanrec.errors import ConfigError
 
     seen: dict[str, str] = {}
     for role, col in wanted.items():
