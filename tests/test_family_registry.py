@@ -21,8 +21,8 @@ SECTION = "### Add a task family"
 
 
 def test_builtin_families_are_the_registry():
-    from flanrec import prepare
     from flanrec.data import families
+    from flanrec.prepare import job as prepare
 
     assert families.names()[:7] == list(prepare.FAMILIES)
     assert prepare.INDEXED_FAMILIES == ("seq", "seqrec", "direct", "grounding")

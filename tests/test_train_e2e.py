@@ -83,6 +83,7 @@ def test_sigterm_then_sigkill_then_resume_is_bitwise_exact(setup, straight):
     rest = proc.stdout.read()
     proc.wait()
     assert proc.returncode == 0, rest[-3000:]
+    rest += (setup["root"] / "term.err").read_text()  # warnings go to stderr
     match = re.search(r"preempted: checkpoint (\d+) saved", rest)
     assert match, rest[-3000:]
     saved = int(match.group(1))

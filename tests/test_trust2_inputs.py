@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -53,10 +54,14 @@ def run(tmp_path: Path, raw: Path | str, *flags: str, out: str = "out",
                  "--offline", "--families", families, *flags])
 
 
+_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [WI] ")
+
+
 def error_line(capsys) -> str:
-    """The job's stderr, which must be exactly one line."""
+    """The job's error, which must be exactly one line; logged warnings (stderr too, each
+    one line of the log format) may precede it."""
     err = capsys.readouterr().err
-    lines = [x for x in err.splitlines() if x.strip()]
+    lines = [x for x in err.splitlines() if x.strip() and not _LOG_LINE.match(x)]
     assert len(lines) == 1, err
     return lines[0]
 
@@ -396,9 +401,9 @@ def test_padded_tables_within_the_budget_and_old_trie_files(tmp_path, monkeypatc
      "flanrec.baselines: error: argument --k: expected an integer >= 1, got '0'"),
     ("flanrec.baselines.__main__", ["--out", "o", "--dropout", "1.5"],
      "flanrec.baselines: error: argument --dropout: expected a finite number in [0, 0.99]"),
-    ("flanrec.quickstart", ["--num_beams", "0"],
+    ("flanrec.quickstart.job", ["--num_beams", "0"],
      "flanrec.quickstart: error: argument --num_beams: expected an integer >= 1, got '0'"),
-    ("flanrec.eval", ["--predictions", "a", "--out", "b", "--ks", "0,10"],
+    ("flanrec.eval.cli", ["--predictions", "a", "--out", "b", "--ks", "0,10"],
      "flanrec.eval: error: --ks: expected comma-separated integers >= 1"),
 ])
 def test_other_jobs_refuse_numbers_out_of_range(capsys, module, argv, message):

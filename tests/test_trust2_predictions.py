@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flanrec import eval as E
 from flanrec.data import splits, types
+from flanrec.eval import cli as eval_cli
+from flanrec.eval import job as E
 from flanrec.eval import report
 from flanrec.infer.writer import ChunkWriter
 
@@ -137,7 +138,7 @@ def run_eval(capsys, data):
     """The eval job in-process (its `main`: what `python -m flanrec.eval` runs)."""
     def run(pred: Path | str, out: Path, *extra: str) -> Result:
         capsys.readouterr()
-        rc = E.main(["--predictions", str(pred), "--data_dir", str(data), "--out", str(out),
+        rc = eval_cli.main(["--predictions", str(pred), "--data_dir", str(data), "--out", str(out),
                      "--no_plot", *extra])
         captured = capsys.readouterr()
         return Result(rc, captured.out, captured.err)
@@ -492,7 +493,7 @@ def test_careless_edits_are_scored_or_refused_in_one_line(split, data, tmp_path,
     for trial in range(100):
         task, mode = keys[trial % len(keys)]
         d = shard(tmp_path / f"p{trial}", task, mode, _mutated(genuine[task, mode], rng))
-        _one_line_or_scored(E.main, ["--predictions", str(d.parent), "--data_dir", str(data),
+        _one_line_or_scored(eval_cli.main, ["--predictions", str(d.parent), "--data_dir", str(data),
                                      "--out", str(tmp_path / f"e{trial}"), "--no_plot"],
                             capsys)
     a = shard(tmp_path / "a", SEQ, "predict", predict_rows(split)).parent
@@ -517,7 +518,7 @@ def test_plot_keeps_candidate_tasks_off_the_full_ranking_axes(split, tmp_path, d
     shard(tmp_path / "base", "popularity_direct", "score",
           direct_rows(split, "popularity_direct"))
     out = tmp_path / "eval"
-    assert E.main(["--predictions", str(d), "--baselines", str(tmp_path / "base"),
+    assert eval_cli.main(["--predictions", str(d), "--baselines", str(tmp_path / "base"),
                    "--data_dir", str(data), "--out", str(out)]) == 0
     catalogue = E.Catalogue.load(str(data))
     sections = E.evaluate_dir(str(d), catalogue=catalogue) + \
@@ -530,7 +531,7 @@ def test_plot_keeps_candidate_tasks_off_the_full_ranking_axes(split, tmp_path, d
     assert matplotlib.image.imread(str(out / E.PLOT_FILE)).shape[0] == 800
     shutil.rmtree(tmp_path / "base")
     (d / f"{DIRECT}-score.jsonl-00000-of-00001").unlink()
-    assert E.main(["--predictions", str(d), "--data_dir", str(data), "--out",
+    assert eval_cli.main(["--predictions", str(d), "--data_dir", str(data), "--out",
                    str(tmp_path / "eval2")]) == 0
     assert matplotlib.image.imread(str(tmp_path / "eval2" / E.PLOT_FILE)).shape[0] == 400
 
@@ -567,7 +568,7 @@ def test_disk_full_during_eval_and_ensemble_is_one_line(split, tmp_path, data):
     d = tmp_path / "infer"
     shard(d, SEQ, "predict", predict_rows(split))
     out = tmp_path / "eval"
-    assert E.main(["--predictions", str(d), "--data_dir", str(data), "--out", str(out),
+    assert eval_cli.main(["--predictions", str(d), "--data_dir", str(data), "--out", str(out),
                    "--no_plot"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     proc = _limited(["-m", "flanrec.eval", "--predictions", str(d), "--data_dir", str(data),
@@ -698,7 +699,7 @@ def test_what_infer_and_the_baselines_write_passes_every_check(data, checkpoint,
     base = tmp_path / "base"
     assert baselines_main(["--data_dir", str(data), "--model", "families", "--split", "test",
                            "--out", str(base)]) == 0
-    assert E.main(["--predictions", str(out), "--baselines", str(base), "--data_dir",
+    assert eval_cli.main(["--predictions", str(out), "--baselines", str(base), "--data_dir",
                    str(data), "--out", str(tmp_path / "eval")]) == 0
     catalogue = E.Catalogue.load(str(data))
     layouts = {(s.task, s.mode): s.layout for s in

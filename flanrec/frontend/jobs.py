@@ -66,6 +66,9 @@ LOG_NOISE = tuple(re.compile(p) for p in (
     r"not cached so using number of input examples instead of preprocessed examples",
     r"has no '[^']*' split, skipping",
     r"does not exist in any task cache directories",
+    # gin tries each search path for an included file and logs every miss at ERROR level; a
+    # file found on none of them raises, and that error is what the user sees.
+    r"^Path not found: ",
 ))
 
 
