@@ -210,7 +210,7 @@ def experiment_settings(gin_file: str) -> dict[str, Any]:
     import gin
 
     from flanrec.model.config import T5Config
-    from flanrec.train import job as train_lib  # noqa: F401  (registers the configurables)
+    from flanrec import configurables  # noqa: F401  (registers the gin configurables)
 
     gin.clear_config()
     for p in (os.getcwd(), str(REPO)):
