@@ -288,11 +288,12 @@ def test_older_model_dir_is_recognised_by_its_checkpoint_checksums_only(trained,
 # ------------------------------------------------------------------------------ prepare
 
 
-def _log(tmp_path: Path) -> Path:
+def _log(tmp_path: Path, users: int = 12, length: int = 6) -> Path:
     raw = tmp_path / "raw" / "log.csv"
     raw.parent.mkdir(exist_ok=True)
     rows = ["user_id,item_id,timestamp"] + [
-        f"u{u},i{(u * 3 + t * 5) % 17},{1000 + 10 * t + u}" for u in range(12) for t in range(6)]
+        f"u{u},i{(u * 3 + t * 5) % 17},{1000 + 10 * t + u}"
+        for u in range(users) for t in range(length)]
     raw.write_text("\n".join(rows) + "\n")
     return raw
 
@@ -373,7 +374,9 @@ def test_killed_prepares_scratch_is_removed_but_a_live_ones_never(tmp_path, caps
 
 
 def test_sigterm_during_prepare_leaves_no_scratch_and_no_lock(tmp_path):
-    raw, out = _log(tmp_path), tmp_path / "out"
+    # A log large enough that prepare holds its lock for a while (a tiny one can finish
+    # between two polls of the lock file).
+    raw, out = _log(tmp_path, users=4000, length=30), tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "flanrec.prepare", "--dataset", "csv", "--raw_dir", str(raw),
          "--out", str(out), "--offline", "--families", "seq", "--num_shards", "1"],
