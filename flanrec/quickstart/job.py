@@ -1,11 +1,11 @@
 r"""The end-to-end CPU quickstart: prepare -> train -> constrained inference -> baselines -> eval.
 
-    python -m flanrec.quickstart            # ML-100K, about 8-10 min on 2 CPU cores
+    python -m flanrec.quickstart            # ML-100K, about 7.5 min on 2 idle CPU cores
 
-What the minutes go to (2 cores, measured with the test suite running beside it): prepare
-25 s, train 4.5 min (3,000 steps), constrained inference 15 s, baselines 2.5 min (SASRec's
-50 epochs, then the family baselines), eval 3 s; plus about 1.5 min for `pip install` on a
-fresh clone. Training's share grows with the machine's load: the budget is steps, not seconds.
+What the minutes go to (2 cores, idle): prepare 11 s, train 4.6 min (3,000 steps),
+constrained inference 12 s, baselines 2.3 min (SASRec's 50 epochs, then the family
+baselines), eval 3 s; plus the `pip install` of a fresh clone. A busy machine only takes
+longer: the budget is steps, not seconds.
 
 The prepared data goes where every other job looks for it by default
 (`$FLANREC_DATA_DIR`, else `~/.cache/flanrec/prepared/ml-100k`: `flanrec.data.locations`), so
