@@ -209,8 +209,8 @@ def experiment_settings(gin_file: str) -> dict[str, Any]:
     """
     import gin
 
-    from flanrec.model.config import T5Config
     from flanrec import configurables  # noqa: F401  (registers the gin configurables)
+    from flanrec.model.config import T5Config
 
     gin.clear_config()
     for p in (os.getcwd(), str(REPO)):
