@@ -133,7 +133,8 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_OS_ERROR_CODE = re.compile(r"os_error_code=\\?'?(\d+)")  # also inside a repr: =\'27\'
+
 _ORBAX_TMP = ".orbax-checkpoint-tmp"
 
 
@@ -172,6 +173,9 @@ class _DiskNoise(logging.Filter):
         return not (m and int(m.group(1)) in DISK_ERRNOS)
 
 
+_ASYNCIO_DISK_NOISE = _DiskNoise()
+
+
 def _quiet_abandoned_writes() -> None:
     """When a write is refused, Orbax closes that save's event loop at the first error while
     TensorStore still completes the save's other writes and calls back into the closed
@@ -193,6 +197,10 @@ def _quiet_abandoned_writes() -> None:
 
     hook._flanrec_quiet = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+    # The same abandoned writes surface once more when their asyncio tasks are collected
+    # ("Task exception was never retrieved", with a traceback), possibly after the
+    # checkpointer is closed: the asyncio logger drops those records for the process's life.
+    logging.getLogger("asyncio").addFilter(_ASYNCIO_DISK_NOISE)
 
 
 def remove_orbax_scratch(model_dir: epath.Path, note: bool = True) -> None:
