@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from flanrec.data import splits as splits_lib
 from flanrec.data import templates
 from flanrec.data.choice import choose_template, shard
 from flanrec.data.examples import (
@@ -67,13 +66,17 @@ def seqrec_windows(n_items: int, window: int, tilings: int) -> list[tuple[int, i
 
     Each tiling cuts the positions into consecutive windows of ``window`` targets, counted
     from the most recent item backwards (as SASRec does), tiling ``t`` shifted by
-    ``t * window // tilings``; so every training item but the first is a target exactly once
-    per tiling, and different tilings give it different contexts. Position 0 is never a
-    target: nothing precedes it.
+    ``t * window // tilings``; so every training item but the first is a target once per
+    tiling, and different tilings give it different contexts. A window an earlier tiling
+    already cut (same start and end: a sequence too short for the shift to move a cut) is
+    left out, because it would be the identical example again: on short-sequence logs (a
+    median of 4 train items on Amazon 5-core) that halves an epoch's work for the same
+    information. Position 0 is never a target: nothing precedes it.
     """
     if window < 1 or tilings < 1:
         raise ValueError(f"window and tilings must be >= 1, got {window}, {tilings}")
-    out = []
+    out: list[tuple[int, int, int]] = []
+    cut: set[tuple[int, int]] = set()
     for t in range(tilings):
         ends = [n_items]
         shift = (t * window) // tilings
@@ -82,7 +85,10 @@ def seqrec_windows(n_items: int, window: int, tilings: int) -> list[tuple[int, i
         while ends[-1] - window > 1:
             ends.append(ends[-1] - window)
         bounds = [1] + sorted(set(ends))
-        out += [(t, a, e) for a, e in zip(bounds, bounds[1:], strict=False) if e > a]
+        for a, e in zip(bounds, bounds[1:], strict=False):
+            if e > a and (a, e) not in cut:
+                cut.add((a, e))
+                out.append((t, a, e))
     return out
 
 
@@ -181,8 +187,11 @@ def count(data: FamilyData, split_name: str) -> int:
 
 def train_targets(data: FamilyData) -> int:
     """Item predictions that carry loss in the train split: every train item but the
-    first, once per tiling."""
-    return _shape(data)["tilings"] * splits_lib.count_train_windows(data.split)
+    first, once per distinct window (:func:`seqrec_windows`), counted without rendering."""
+    shape = _shape(data)
+    return sum(e - a for s in data.split.users
+               for _, a, e in seqrec_windows(len(s.train_items), shape["window"],
+                                             shape["tilings"]))
 
 
 FAMILY = register(Family(name="seqrec", target_kind="item", examples=examples, count=count,
