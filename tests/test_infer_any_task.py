@@ -208,6 +208,7 @@ def test_a_family_whose_answer_is_another_item_is_scored_on_its_own_targets(regi
     """tasks/next_after.py: its answer is an item of the history, not the held-out one.
     Predict ranks with nothing masked; eval ranks each example against its own target_item
     (HR@K recomputed here), and decoding scores it with the task's HR@1 metric fn."""
+    from flanrec.data import prepared
     from flanrec.infer.run import run_inference
 
     data, ckpt = registered
@@ -218,8 +219,7 @@ def test_a_family_whose_answer_is_another_item_is_scored_on_its_own_targets(regi
     examples = list(seqio.get_mixture_or_task(task).get_dataset(
         None, split="test", shuffle=False).as_numpy_iterator())
     assert len(recs) == len(examples)
-    held_out = {s.user: s.test_item for s in __import__(
-        "flanrec.data.prepared", fromlist=["x"]).load_split(str(data)).users}
+    held_out = {s.user: s.test_item for s in prepared.load_split(str(data)).users}
     own = {r["index"]: r["target_item"] for r in recs}
     assert any(own[i] != held_out[r["user"]] for i, r in enumerate(recs))
     for r in recs:
@@ -236,30 +236,43 @@ def test_a_family_whose_answer_is_another_item_is_scored_on_its_own_targets(regi
     assert "hr@1" in metrics and 0.0 <= metrics["hr@1"] <= 1.0
 
 
-def test_unseen_templates_are_reported_beside_test(registered, tmp_path):
-    """SPLIT=test_unseen (held-out templates) of the seq task, reported beside test with the
-    relative difference and a paired interval."""
+UNSEEN_RUNS = [("toyany_seq_seqidx", "predict"), ("toyany_seqrec_seqidx", "predict"),
+               ("toyany_direct_seqidx", "score"), ("toyany_rating", "rating"),
+               ("toyany_binary", "score"), ("toyany_next_genre_seqidx", "decode"),
+               ("toyany_next_after_seqidx", "predict")]
+"""Every family that has a test split, in its mode (grounding has a train split only)."""
+
+
+def test_every_family_runs_on_unseen_templates_reported_beside_test(registered, tmp_path):
+    """SPLIT=test_unseen (the test queries phrased with held-out templates) runs for every
+    family, and eval reports each task's unseen numbers beside test with the relative
+    difference (and a paired interval for ranking); the test numbers do not change."""
     from flanrec.infer.run import run_inference
 
     data, ckpt = registered
-    task = "toyany_seq_seqidx"
-    run_inference(str(ckpt), task, _opts(tmp_path / "seen", "predict", num_beams=5),
-                  [str(data)])
-    run_inference(str(ckpt), task, _opts(tmp_path / "unseen", "predict", num_beams=5,
-                                         split="test_unseen"), [str(data)])
-    unseen = _records(tmp_path / "unseen", task, "predict")
-    assert {r["template_type"] for r in unseen} == {"unseen"}
+    for task, mode in UNSEEN_RUNS:
+        for split, out in (("test", "seen"), ("test_unseen", "unseen")):
+            run_inference(str(ckpt), task, _opts(tmp_path / out, mode, num_beams=5,
+                                                 split=split), [str(data)])
+        unseen = _records(tmp_path / "unseen", task, mode)
+        assert {r["template_type"] for r in unseen} == {"unseen"}, task
+    common = ("--data_dir", str(data), "--task_module", "tasks.next_genre,tasks.next_after")
     metrics = _eval("--predictions", str(tmp_path / "seen"), "--unseen_predictions",
-                    str(tmp_path / "unseen"), "--out", str(tmp_path / "ev"),
-                    "--data_dir", str(data))
+                    str(tmp_path / "unseen"), "--out", str(tmp_path / "ev"), *common)
     seen_only = _eval("--predictions", str(tmp_path / "seen"), "--out", str(tmp_path / "ev0"),
-                      "--data_dir", str(data))
+                      *common)
     assert {k: v for k, v in metrics.items() if k in seen_only} == seen_only
-    a, b = metrics["ndcg@10"], metrics[f"test_unseen/{task}/ndcg@10"]
+    for task, _ in UNSEEN_RUNS:
+        rows = [k for k in metrics if k.startswith(f"unseen_vs_seen/{task}/")]
+        assert rows and any(k.startswith(f"test_unseen/{task}/") for k in metrics), task
+    task = "toyany_seq_seqidx"
+    a, b = metrics[f"{task}/ndcg@10"], metrics[f"test_unseen/{task}/ndcg@10"]
     if a:
         assert metrics[f"unseen_vs_seen/{task}/ndcg@10_rel"] == pytest.approx((b - a) / a)
     assert f"unseen_vs_seen/{task}/hr@10_lo" in metrics
-    assert "Seen vs unseen templates" in (tmp_path / "ev" / "metrics.md").read_text()
+    table = (tmp_path / "ev" / "metrics.md").read_text()
+    assert "Seen vs unseen templates" in table and "toyany_rating" in table.split(
+        "Seen vs unseen templates")[1]
 
 
 # ------------------------------------------------------------------------------ end to end
