@@ -118,7 +118,31 @@ def _norm(text: str) -> str:
 # ------------------------------------------------------------------------------ text targets
 
 
-def test_predict_on_a_text_family_decodes_and_eval_runs_its_metric_fns(registered, tmp_path):
+def test_modes_are_chosen_from_the_targets(registered):
+    """predict: trie ranking on item tasks, free decoding on text tasks; decode on any task
+    but a seqrec one; score/rating on a text task say what to use instead."""
+    from flanrec.infer.run import InferenceConfigError, resolve_runs, resolve_tasks
+
+    def modes(task: str, mode: str) -> list[str]:
+        return [m for _, m in resolve_runs(task, "test", mode)]
+
+    assert modes("toyany_seq_seqidx", "predict") == ["predict"]
+    assert modes("toyany_next_after_seqidx", "predict") == ["predict"]
+    assert modes("toyany_next_genre_seqidx", "predict") == ["decode"]
+    assert modes("toyany_seq_seqidx", "decode") == ["decode"]
+    assert modes("toyany_rating", "decode") == ["decode"]
+    (info,) = resolve_tasks("toyany_next_after_seqidx", "test", "predict")
+    assert info.held_out_target is False and info.target_kind == "item"
+    with pytest.raises(InferenceConfigError, match="MODE='decode'"):
+        resolve_runs("toyany_next_genre_seqidx", "test", "score")
+    with pytest.raises(InferenceConfigError, match="seqrec task"):
+        resolve_runs("toyany_seqrec_seqidx", "test", "decode")
+    with pytest.raises(InferenceConfigError, match="targets are text"):
+        resolve_tasks("toyany_next_genre_seqidx", "test", "predict")  # the rank validation's
+
+
+def test_predict_on_a_text_family_decodes_and_eval_runs_its_metric_fns(registered, tmp_path,
+                                                                       capsys):
     """MODE=predict on tasks/next_genre.py's task decodes freely (no trie); eval reads the
     targets from the task and runs its postprocess_fn + metric fns (exact match) on them."""
     from flanrec.infer.run import run_inference
@@ -165,9 +189,13 @@ def test_predict_on_a_text_family_decodes_and_eval_runs_its_metric_fns(registere
         "".join(json.dumps(r) + "\n" for r in recs))
     from flanrec.eval import cli as E
 
+    capsys.readouterr()
     assert E.main(["--predictions", str(staged), "--out", str(tmp_path / "ev2"),
                    "--data_dir", str(data), "--task_module", "tasks.next_genre",
                    "--no_plot"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "disagree with the task's own examples" in err and "example 1 has targets" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_a_jsonl_task_with_no_prepared_dir_runs_end_to_end(registered, tmp_path):
