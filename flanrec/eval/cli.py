@@ -43,6 +43,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--no_plot", action="store_true")
     parser.add_argument("--no_paired", action="store_true",
                         help="skip the paired bootstrap against each baseline")
+    parser.add_argument("--unseen_predictions", default=None,
+                        help="the same system's predictions on SPLIT=test_unseen (held-out "
+                             "templates), reported beside --predictions' test split")
+    parser.add_argument("--task_module", default="",
+                        help="modules that register the tasks of decode predictions, comma "
+                             "separated (default: the MIXTURE_OR_TASK_MODULE inference "
+                             "recorded)")
     parser.add_argument("--allow_partial", action="store_true",
                         help="score a predictions file that covers only part of the split's "
                              "users (an error otherwise); the table says how many were scored")
@@ -128,7 +135,8 @@ def cli(argv: Sequence[str]) -> int:
                  data_dir=args.data_dir or locations.env_data_dir(),
                  ks=_parse_ks(args.ks), primary_task=args.primary_task, ties=args.ties,
                  plot=not args.no_plot, paired_test=not args.no_paired,
-                 allow_partial=args.allow_partial)
+                 allow_partial=args.allow_partial,
+                 unseen_predictions=args.unseen_predictions, task_modules=args.task_module)
     return 0
 
 

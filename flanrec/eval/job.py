@@ -32,7 +32,20 @@ What is computed (`flanrec.metrics` has the definitions):
 * `score` with `candidates` — the candidates ranked by `scores` (ties pessimistic), then
   the same ranking metrics; with `p_yes` and `label` (binary family) — AUC, accuracy,
   precision, recall, F1 at p_yes >= 0.5;
-* `rating` — RMSE and MAE of `expected_rating` against `target_rating`.
+* `rating` — RMSE and MAE of `expected_rating` against `target_rating`;
+* `decode` — free-decoded text, scored as T5X's infer-eval scores it: the task's own
+  `postprocess_fn` on each target and prediction, then each of its `metric_fns`
+  (`flanrec.eval.task_truth`; the targets are read again from the task, never from the
+  file; `--task_module` imports the module that registers it, by default the
+  MIXTURE_OR_TASK_MODULE the inference recorded). No prepared dir is needed for it.
+
+A family whose answer is another item than the split's held-out one
+(`Family.held_out_target` False) is ranked against its own examples' `target_item`, with no
+seen items masked. `--unseen_predictions` (the same system on `SPLIT=test_unseen`: the test
+queries phrased with held-out templates) adds each task's numbers on the unseen templates
+beside `test`, with the relative difference and, for ranking tasks, a paired bootstrap over
+users (`metrics.md`'s "Seen vs unseen templates"; keys `test_unseen/...` and
+`unseen_vs_seen/...`).
 
 Before anything is scored, each shard is checked against the manifest `flanrec.infer` wrote
 beside it (its sha256, and the same run for every shard), a glob matching two runs' shards
@@ -60,7 +73,7 @@ import gin
 
 from flanrec import metrics as M
 from flanrec.data import locations, prepared
-from flanrec.eval import paired, report
+from flanrec.eval import paired, report, task_truth
 from flanrec.eval import truth as eval_truth
 from flanrec.files import outputs, storage
 from flanrec.files.predictions import (
@@ -75,6 +88,9 @@ from flanrec.files.predictions import (
 EvalInputError = PredictionsError
 """A predictions file is missing, incomplete or malformed (the message names file:line).
 The contract's own error (`flanrec.files.predictions`), under the name eval has always raised."""
+
+NO_DATA_DIR = ("no prepared data dir (--data_dir, $FLANREC_DATA_DIR or gin FLANREC_DATA_DIR): "
+               "each user's target is taken from its split, never from the predictions file")
 
 METRICS_FILE = "metrics.json"
 TABLE_FILE = "metrics.md"
@@ -120,7 +136,7 @@ class Section:
 
     task: str
     mode: str
-    kind: str  # "ranking" | "binary" | "rating"
+    kind: str  # "ranking" | "binary" | "rating" | "task" (the task's own metric fns)
     split: str
     metrics: dict[str, float]
     baseline: bool = False
@@ -201,16 +217,60 @@ def evaluate_records(records: Sequence[Record], mode: str, ks: Sequence[int] = M
     raise ValueError(f"unknown mode {mode!r}")
 
 
+def _own_targets(mode: str, facts: Mapping[str, Any]) -> bool:
+    """Whether a (task, mode) is scored on the task's own targets (`task_truth`): decoded
+    text, or a family whose answer is not the held-out item (as inference recorded it)."""
+    info = facts.get("task_info") or {}
+    return mode == "decode" or info.get("held_out_target") is False
+
+
+def _own_target_section(spec: str, task: str, mode: str, records: Sequence[Record],
+                        facts: Mapping[str, Any], ks: Sequence[int],
+                        catalogue: Catalogue | None, baseline: bool, ties: str,
+                        allow_partial: bool, task_modules: Sequence[str]) -> Section:
+    """A (task, mode) scored on the task's own examples (`flanrec.eval.task_truth`)."""
+    task_truth.import_modules([*task_modules, facts.get("task_module") or ""])
+    split = records[0].data["split"]
+    truth = task_truth.TaskExamples.load(task, split)
+    coverage = task_truth.check_records(records, task, mode, truth, allow_partial, spec,
+                                        item_targets=mode != "decode")
+    if mode == "decode":
+        values = task_truth.task_metrics(records, truth)
+        kind, layout = "task", ""
+    else:  # the answer may be an item the user has seen: nothing is masked
+        unmasked = dataclasses.replace(catalogue, seen={}) if catalogue else None
+        kind, values = evaluate_records(records, mode, ks, unmasked, ties)
+        layout = _layout_of(records, mode) if kind == "ranking" else ""
+    if coverage.partial:
+        values["users_in_split"] = float(coverage.expected)
+    return Section(task, mode, kind, split, values, baseline, {}, coverage, layout)
+
+
 def evaluate_dir(spec: str, ks: Sequence[int] = M.DEFAULT_KS,
                  catalogue: Catalogue | None = None, baseline: bool = False,
-                 ties: str = "pessimistic", allow_partial: bool = False) -> list[Section]:
+                 ties: str = "pessimistic", allow_partial: bool = False,
+                 task_modules: Sequence[str] = (), require_split: bool = False
+                 ) -> list[Section]:
     """One Section per (task, mode) found under ``spec`` (a directory or a glob).
 
     With a catalogue (a prepared dir), every target comes from its split and the records
-    are checked against it first (``flanrec.eval.truth.check_records``)."""
+    are checked against it first (``flanrec.eval.truth.check_records``). Decoded text and
+    families whose answer is not the held-out item take their targets from the task itself
+    (``flanrec.eval.task_truth``; `task_modules` register it). `require_split`: without a
+    catalogue, refuse what only the split can score (the job's rule)."""
     sections = []
     for (task, mode), paths in find_prediction_files(spec).items():
-        records = read_records(paths, task, mode, targets_required=catalogue is None)
+        facts = task_truth.manifest_facts(paths)
+        own = _own_targets(mode, facts)
+        records = read_records(paths, task, mode,
+                               targets_required=catalogue is None and not own)
+        if own:
+            sections.append(_own_target_section(spec, task, mode, records, facts, ks,
+                                                catalogue, baseline, ties, allow_partial,
+                                                task_modules))
+            continue
+        if catalogue is None and require_split:
+            raise EvalInputError(NO_DATA_DIR)
         coverage = None
         if catalogue is not None and catalogue.truth is not None:
             coverage = eval_truth.check_records(records, task, mode, catalogue.truth,
@@ -360,6 +420,72 @@ def default_primary(model: Sequence[Section]) -> str | None:
     return None
 
 
+def _runs(predictions: str | Sequence[str]) -> list[str]:
+    return [p for p in predictions.split(",") if p] if isinstance(predictions, str) else \
+        list(predictions)
+
+
+def _only_decode(predictions: str | Sequence[str], unseen: str | None) -> bool:
+    """Whether every predictions file named is a `decode` one (scored on its task, so no
+    prepared dir is needed)."""
+    specs = _runs(predictions) + (_runs(unseen) if unseen else [])
+    return bool(specs) and all(mode == "decode" for spec in specs
+                               for _, mode in find_prediction_files(spec))
+
+
+UNSEEN_METRICS = {"ranking": ("ndcg@10", "hr@10"), "rating": ("rmse", "mae"),
+                  "binary": ("auc", "accuracy")}
+"""What the seen/unseen comparison reports per kind ("task": every metric fn's value)."""
+_NOT_COMPARED = {"num_examples", "empty_predictions", "num_runs", "users_in_split"}
+
+
+def check_unseen(model: Sequence[Section], unseen: Sequence[Section]) -> None:
+    """The unseen-template run must be the same tasks on `test_unseen`, beside `test`."""
+    seen_keys = {(s.task, s.mode) for s in model}
+    for s in unseen:
+        if s.split != "test_unseen":
+            raise EvalInputError(f"--unseen_predictions: {s.task}-{s.mode} is on split "
+                                 f"{s.split!r}; infer it with SPLIT=test_unseen (the test "
+                                 "queries phrased with held-out templates)")
+        if (s.task, s.mode) not in seen_keys:
+            raise EvalInputError(f"--unseen_predictions: {s.task}-{s.mode} has no "
+                                 "counterpart in --predictions to compare with")
+    for s in model:
+        if s.split != "test" and any(u.task == s.task for u in unseen):
+            raise EvalInputError(f"--predictions: {s.task}-{s.mode} is on split {s.split!r}; "
+                                 "the unseen templates are compared with the test split")
+
+
+def unseen_comparisons(model: Sequence[Section], unseen: Sequence[Section],
+                       paired_test: bool = True, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per (task, metric): the seen (`test`) and unseen (`test_unseen`) values and
+    the relative difference (unseen - seen) / seen; ranking tasks also a paired bootstrap
+    over users (the same queries, phrased with other templates)."""
+    rows = []
+    seen_by = {(s.task, s.mode): (n, s) for n, s in zip(section_names(model), model,
+                                                         strict=True)}
+    for u in unseen:
+        name, s = seen_by[(u.task, u.mode)]
+        metrics = UNSEEN_METRICS.get(u.kind) or tuple(
+            k for k in sorted(u.metrics) if k not in _NOT_COMPARED and "@" not in k
+            and not k.endswith("_std"))
+        for metric in metrics:
+            a, b = s.metrics.get(metric), u.metrics.get(metric)
+            if a is None or b is None or math.isnan(a) or math.isnan(b):
+                continue
+            row: dict[str, Any] = {"task": name, "metric": metric, "seen": a, "unseen": b,
+                                   "diff": b - a, "relative": (b - a) / a if a else math.nan,
+                                   "lo": None, "hi": None, "p_value": None}
+            if paired_test and s.per_user and u.per_user and metric in PAIRED_METRICS:
+                res = paired.paired_bootstrap({k: v[metric] for k, v in u.per_user.items()},
+                                              {k: v[metric] for k, v in s.per_user.items()},
+                                              seed=seed)
+                row.update(lo=res["lo"], hi=res["hi"], p_value=res["p_value"],
+                           num_users=res["num_users"])
+            rows.append(row)
+    return rows
+
+
 # ------------------------------------------------------------------------------ writing
 
 
@@ -374,7 +500,9 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
              baselines: str | None = None, data_dir: str | None = None,
              ks: Sequence[int] = M.DEFAULT_KS, primary_task: str | None = None,
              ties: str = "pessimistic", plot: bool = True, echo: bool = True,
-             paired_test: bool = True, allow_partial: bool = False) -> dict[str, float]:
+             paired_test: bool = True, allow_partial: bool = False,
+             unseen_predictions: str | None = None,
+             task_modules: str | Sequence[str] = ()) -> dict[str, float]:
     """Evaluate ``predictions`` (+ ``baselines``) and write metrics.json/.md/.png to out_dir.
 
     Returns the metrics.json object. Baselines must be on the model's split: comparing a
@@ -383,26 +511,41 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
     model row is then their mean (`num_runs`, `{metric}_std`). ``paired_test``: a paired
     bootstrap of the model against each baseline on the same users (`flanrec.eval.paired`),
     keys `paired/{model}_vs_{baseline}/{metric}_{diff,lo,hi,p}` and a table.
-    Every target comes from the split of ``data_dir`` (required); ``allow_partial`` scores a
-    file covering only part of the split's users, and the table says how many.
+    Every target comes from the split of ``data_dir`` (required, except for predictions that
+    are all `decode` records, whose targets come from their task); ``allow_partial`` scores
+    a file covering only part of the split's users, and the table says how many.
+    ``unseen_predictions``: the same system on `test_unseen` (held-out templates), reported
+    beside the seen templates (`unseen_comparisons`). ``task_modules``: modules that register
+    the tasks of decode runs (comma separated), imported before they are looked up.
     """
     outputs.check_claimable(out_dir, "eval", what="--out")  # before any work
     data_dir = data_dir or locations.env_data_dir()
-    if not data_dir:
-        raise EvalInputError("no prepared data dir (--data_dir, $FLANREC_DATA_DIR or gin "
-                             "FLANREC_DATA_DIR): each user's target is taken from its split, "
-                             "never from the predictions file")
-    if not storage.is_url(data_dir):  # a gin value keeps "~/" (no shell expanded it)
-        data_dir = os.path.expanduser(data_dir)
-    catalogue = Catalogue.load(data_dir)
-    runs = [p for p in predictions.split(",") if p] if isinstance(predictions, str) else \
-        list(predictions)
+    if not data_dir and (baselines or not _only_decode(predictions, unseen_predictions)):
+        raise EvalInputError(NO_DATA_DIR)
+    catalogue = None
+    if data_dir:
+        if not storage.is_url(data_dir):  # a gin value keeps "~/" (no shell expanded it)
+            data_dir = os.path.expanduser(data_dir)
+        catalogue = Catalogue.load(data_dir)
+    modules = [m for m in (task_modules.split(",") if isinstance(task_modules, str)
+                           else task_modules or ()) if m]
+    runs = _runs(predictions)
     check_distinct_runs(runs)
-    model = mean_of_runs([evaluate_dir(p, ks, catalogue, ties=ties, allow_partial=allow_partial)
-                          for p in runs])
-    base = evaluate_dir(baselines, ks, catalogue, baseline=True, ties=ties,
-                        allow_partial=allow_partial) if baselines else []
-    for s in [*model, *base]:
+
+    def score(spec: str, baseline: bool = False) -> list[Section]:
+        return evaluate_dir(spec, ks, catalogue, baseline=baseline, ties=ties,
+                            allow_partial=allow_partial, task_modules=modules,
+                            require_split=True)
+
+    model = mean_of_runs([score(p) for p in runs])
+    base = score(baselines, baseline=True) if baselines else []
+    unseen: list[Section] = []
+    if unseen_predictions:
+        unseen_runs = _runs(unseen_predictions)
+        check_distinct_runs(unseen_runs)
+        unseen = mean_of_runs([score(p) for p in unseen_runs])
+        check_unseen(model, unseen)
+    for s in [*model, *base, *unseen]:
         if s.coverage is not None and s.coverage.partial:
             missing = ", ".join(repr(u) for u in s.coverage.missing_examples)
             print(f"warning: {s.task}-{s.mode}: scored {s.coverage.scored} of "
@@ -420,12 +563,23 @@ def evaluate(predictions: str = gin.REQUIRED, out_dir: str = gin.REQUIRED,
         key = f"paired/{row['model']}_vs_{row['baseline']}/{row['metric']}"
         flat.update({f"{key}_diff": row["diff"], f"{key}_lo": row["lo"],
                      f"{key}_hi": row["hi"], f"{key}_p": row["p_value"]})
+    unseen_rows = unseen_comparisons(model, unseen, paired_test) if unseen else []
+    for name, s in zip(section_names(unseen), unseen, strict=True):
+        flat.update(M.prefix_keys(s.metrics, f"{s.split}/{name}"))
+    for row in unseen_rows:
+        key = f"unseen_vs_seen/{row['task']}/{row['metric']}"
+        flat[f"{key}_rel"] = row["relative"]
+        if row.get("lo") is not None:
+            flat.update({f"{key}_diff": row["diff"], f"{key}_lo": row["lo"],
+                         f"{key}_hi": row["hi"]})
     out_dir = outputs.claim_dir(out_dir, "eval", what="--out")
     names = section_names(model) + section_names(base)
     systems = list(zip(names, [*model, *base], strict=True))
     table = report.markdown(systems, ks)
     if comparisons:
         table += "\n" + report.paired_markdown(comparisons)
+    if unseen_rows:
+        table += "\n" + report.unseen_markdown(unseen_rows)
     path = storage.join(out_dir, METRICS_FILE)
     with reporting_write_errors(path):
         storage.write_json_atomic(path, _json_safe(flat), sort_keys=True, ensure_ascii=True)

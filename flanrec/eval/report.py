@@ -61,7 +61,8 @@ def markdown(systems: Sequence[tuple[str, Any]], ks: Sequence[int] = (1, 5, 10, 
     one of the rating/binary tasks. ``systems`` are (name, Section) pairs."""
     del ks  # the columns are the protocol's fixed set; the JSON has every K
     ranking = [(n, s) for n, s in systems if s.kind == "ranking"]
-    other = [(n, s) for n, s in systems if s.kind != "ranking"]
+    other = [(n, s) for n, s in systems if s.kind in ("rating", "binary")]
+    own = [(n, s) for n, s in systems if s.kind == "task"]
     parts = []
     if ranking:
         split = ", ".join(sorted({s.split for _, s in ranking}))
@@ -75,6 +76,8 @@ def markdown(systems: Sequence[tuple[str, Any]], ks: Sequence[int] = (1, 5, 10, 
                 for n, s in other]
         parts.append("Rating and binary tasks\n\n"
                      + _table(["task", "mode", *(h for h, _, _ in OTHER_COLUMNS)], rows))
+    if own:
+        parts.append(task_metrics_markdown(own))
     partial = [(n, s.coverage) for n, s in systems
                if getattr(s, "coverage", None) is not None and s.coverage.partial]
     if partial:  # --allow_partial: numbers over part of the users must say so
@@ -140,4 +143,33 @@ def paired_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                      f"{r['b']:.4f} | {r['diff']:+.4f} | [{r['lo']:+.4f}, {r['hi']:+.4f}] | "
                      f"{100 * r['relative']:+.1f}% | {r['p_value']:.3f} | "
                      f"{r['num_users']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def task_metrics_markdown(systems: Sequence[tuple[str, Any]]) -> str:
+    """Decoded tasks: one row per task, one column per key its metric fns returned (tasks
+    with other metric fns leave a cell empty), then the example and empty-answer counts."""
+    keys: list[str] = []
+    for _, s in systems:
+        keys += [k for k in s.metrics
+                 if k not in keys and k not in ("num_examples", "empty_predictions")]
+    rows = [[n, s.split, *(_cell(s.metrics, k, ".4f") for k in keys),
+             _cell(s.metrics, "empty_predictions", ".0f"),
+             _cell(s.metrics, "num_examples", ".0f")] for n, s in systems]
+    return ("Decoded tasks (each task's own postprocess_fn and metric_fns)\n\n"
+            + _table(["task", "split", *keys, "empty", "examples"], rows))
+
+
+def unseen_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Seen (`test`) against unseen (`test_unseen`, held-out templates) per task and metric:
+    both values, the relative difference and, for ranking metrics, the paired interval."""
+    lines = ["Seen vs unseen templates (test vs test_unseen)", "",
+             "| task | metric | seen | unseen | relative | difference, 95% interval |",
+             "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        interval = "–" if r.get("lo") is None else \
+            f"{r['diff']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]"
+        rel = "–" if r["relative"] != r["relative"] else f"{100 * r['relative']:+.1f}%"
+        lines.append(f"| {r['task']} | {r['metric']} | {r['seen']:.4f} | {r['unseen']:.4f} | "
+                     f"{rel} | {interval} |")
     return "\n".join(lines) + "\n"

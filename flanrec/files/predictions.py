@@ -36,19 +36,21 @@ from typing import Any
 from flanrec.errors import DISK_ERRNOS, UserError, disk_error
 from flanrec.files import storage
 
-MODES = ("predict", "score", "rating")
+MODES = ("predict", "score", "rating", "decode")
 """predict: ranked items; score: log-likelihoods of candidates (or p_yes); rating: the
-expected rating."""
+expected rating; decode: free text decoded over the whole vocabulary (T5X's predict), scored
+by the task's own seqio metric fns."""
 
 COMMON_FIELDS = ("task", "split", "mode", "index", "user")
 MODE_FIELDS = {
     "predict": ("items",),
     "score": ("candidates", "scores"),
     "rating": ("expected_rating",),  # target_rating: from the split (or the record)
+    "decode": ("prediction",),  # the top beam's text; targets: from the task's own examples
 }
 
 SHARD_RE = re.compile(
-    r"^(?P<task>.+)-(?P<mode>predict|score|rating)\.jsonl-(?P<shard>\d{5})-of-(?P<num>\d{5})$")
+    r"^(?P<task>.+)-(?P<mode>predict|score|rating|decode)\.jsonl-(?P<shard>\d{5})-of-(?P<num>\d{5})$")
 SHARD_GLOB = "*.jsonl-*"
 """Matches every shard in a directory (and the hidden temp files, which SHARD_RE drops)."""
 
@@ -168,7 +170,7 @@ def find_prediction_files(spec: str) -> dict[tuple[str, str], list[str]]:
         totals.setdefault(key, {}).setdefault(int(m["num"]), path)
     if not groups:
         raise PredictionsError(f"{spec}: no prediction files named "
-                             "'{task}-{predict|score|rating}.jsonl-NNNNN-of-NNNNN'")
+                             "'{task}-{predict|score|rating|decode}.jsonl-NNNNN-of-NNNNN'")
     out = {}
     for key, shards in sorted(groups.items()):
         nums = totals[key]
@@ -374,6 +376,16 @@ def validate_record(obj: Any, mode: str, task: str, where: str,
                 raise PredictionsError(f"{where}: field 'p_yes' should be in [0, 1], got {p}")
         elif targets_required or obj.get("target_item") not in (None, ""):
             _check_target(obj, where)
+    elif mode == "decode":
+        _check_type(obj, "prediction", (str,), "the decoded text", where)
+        if "targets" in obj:
+            _check_type(obj, "targets", (str,), "the target text", where)
+        if "beams" in obj or "scores" in obj:
+            beams = _check_str_list(obj, "beams", where)
+            scores = _check_num_list(obj, "scores", where)
+            if len(beams) != len(scores):
+                raise PredictionsError(f"{where}: {len(beams)} beams but {len(scores)} "
+                                       "scores")
     else:
         value = _check_type(obj, "expected_rating", (int, float), "a number", where)
         if math.isinf(value):  # NaN is allowed: an unparsable answer, counted as the worst

@@ -6,7 +6,11 @@ r"""Offline inference over a SeqIO task split: `python -m flanrec.infer`.
 
 Macros (gin/runs/infer.gin): CHECKPOINT_PATH, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE,
 INFER_OUTPUT_DIR, DATA_DIR, TASK_FEATURE_LENGTHS, SPLIT, BATCH_SIZE, MODE
-(predict | score | rating), NUM_BEAMS, MASK_SEEN, CONSTRAINED, LENGTH_PENALTY, CHUNK_SIZE.
+(predict | score | rating | decode), NUM_BEAMS, MASK_SEEN, CONSTRAINED, LENGTH_PENALTY,
+CHUNK_SIZE. MODE=predict ranks items on an item task and decodes freely on a task whose
+targets are text (a family such as tasks/next_genre.py, a JSON-lines task); MODE=decode
+decodes freely on any task (T5X's predict: greedy with NUM_BEAMS=1, else beam search over
+the whole vocabulary, up to TASK_FEATURE_LENGTHS['targets'] tokens).
 
 Output, one JSON object per example, in
 `INFER_OUTPUT_DIR/{task}-{mode}.jsonl-{host:05d}-of-{hosts:05d}`: task, split, mode, index
@@ -14,6 +18,9 @@ Output, one JSON object per example, in
   predict: items, ids, scores (best first, distinct, at most NUM_BEAMS), invalid, duplicates
   score:   candidates, scores (summed log-likelihood); binary tasks also p_yes, label
   rating:  expected_rating, rating_probs {"1": p, ...}, target_rating
+  decode:  prediction (the top beam's text), beams, scores (best first), unfinished (beams
+           that hit the length limit without EOS); `flanrec.eval` runs the task's own
+           postprocess_fn and metric_fns on them (T5X's infer-eval)
 and T5X's own fields (t5x/infer.py), so T5X post-processing reads the files unchanged:
 inputs {"inputs_pretokenized", "targets_pretokenized"}, prediction (the decoded top answer:
 an item's ID string, a rating), aux {"scores": its log-likelihood}; score mode also score (the
@@ -75,4 +82,15 @@ def infer(*, checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
 
     validate_options(opts)  # a MODE typo fails before any data or checkpoint is read
     return run_inference(str(checkpoint_path), str(mixture_or_task_name), opts,
-                         _data_dirs(data_dir), dtype, {"gin_config": gin.config_str()})
+                         _data_dirs(data_dir), dtype,
+                         {"gin_config": gin.config_str(), "task_module": _task_module()})
+
+
+def _task_module() -> str | None:
+    """MIXTURE_OR_TASK_MODULE, recorded in each shard's manifest: `flanrec.eval` imports it
+    to find the task whose metric fns and targets score a decode run."""
+    try:
+        value = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
+    except ValueError:
+        return None
+    return str(value) if value else None

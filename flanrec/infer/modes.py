@@ -13,13 +13,19 @@
 
 ``items_from_beams`` turns decoded beams into catalogue items, counting (never hiding)
 beams that are not an item or repeat one.
+
+* ``decode_free``: free decoding over the whole vocabulary, no trie (T5X's infer `predict`):
+  greedy for one beam, else beam search; ``texts_from_beams`` turns the beams into text.
+  What any task gets whose answer is text, and any other task when asked for.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -168,6 +174,51 @@ def items_from_beams(seqs: np.ndarray, scores: np.ndarray, decoder: ItemDecoder,
                 item_scores.append(score)
         out.append({"items": items, "scores": item_scores, "invalid": invalid,
                     "duplicates": duplicates, "masked": masked})
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_length"))
+def _greedy(config: T5Config, params: Any, encoder_tokens: Any, max_length: int
+            ) -> tuple[Any, Any]:
+    return decoding.greedy_decode(config, params, encoder_tokens, max_length)
+
+
+def decode_free(config: T5Config, params: Any, encoder_tokens: np.ndarray, k: int,
+                max_length: int, length_penalty: float = 0.0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Free decoding: (sequences int32 [batch, k, max_length], scores float32 [batch, k]).
+
+    One beam is greedy decoding (the arg-max token per step, one jitted `lax.while_loop`);
+    more is `decoding.beam_search` without a constraint. Scores are summed log-likelihoods
+    (divided by length ** length_penalty for beams), best first."""
+    enc = jnp.asarray(encoder_tokens, jnp.int32)
+    if k == 1 and length_penalty == 0.0:
+        seqs, scores = _greedy(config, params, enc, int(max_length))
+        return np.asarray(seqs)[:, None], np.asarray(scores)[:, None]
+    seqs, scores = decoding.beam_search(config, params, enc, int(max_length), int(k),
+                                        float(length_penalty))
+    return np.asarray(seqs), np.asarray(scores)
+
+
+def texts_from_beams(seqs: np.ndarray, scores: np.ndarray, decode: Callable[[list[int]], str],
+                     eos_id: int) -> list[list[tuple[str, float, bool]]]:
+    """Per row: (text, score, finished) of each beam, best first.
+
+    A beam is cut at its first EOS; one that reached the length limit without EOS is kept
+    as decoded (`finished` False), as T5X writes what the model produced. Beams scoring
+    -inf (fewer hypotheses than beams) are left out."""
+    out = []
+    for r in range(seqs.shape[0]):
+        row = []
+        for b in range(seqs.shape[1]):
+            score = float(scores[r, b])
+            if not np.isfinite(score):
+                continue
+            toks = seqs[r, b]
+            ends = np.flatnonzero(toks == eos_id)
+            body = toks[: ends[0]] if len(ends) else toks[toks > 0]
+            row.append((decode([int(t) for t in body]), score, bool(len(ends))))
+        out.append(row)
     return out
 
 

@@ -149,11 +149,13 @@ class TaskRunner:
         self.item_col: dict[str, int] = {}
         self.seen: dict[str, list[int]] = {}
         self.predictor: modes.TriePredictor | None = None
-        if info.target_kind == "item":
+        if info.target_kind == "item" and opts.mode != taskinfo.DECODE:
             self._load_items()
         if opts.mode == "predict":
             stage = taskinfo.stage_of(opts.split)
-            if opts.mask_seen and stage is not None:
+            # A family whose answer is another item than the held-out one (it may be a seen
+            # item) is not masked: masking would forbid the very answer.
+            if opts.mask_seen and stage is not None and info.held_out_target:
                 self._load_seen(stage)
             trie = self._trie if opts.constrained else None
             self.predictor = modes.TriePredictor(config, trie)
@@ -215,6 +217,8 @@ class TaskRunner:
 
     def run_batch(self, rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
         mode = self.opts.mode
+        if mode == taskinfo.DECODE:
+            return self._decode(rows)
         if mode == "predict":
             return self._predict(rows)
         if mode == "rating":
@@ -288,6 +292,23 @@ class TaskRunner:
             if not self.opts.constrained:
                 rec["masked"] = f["masked"]
             out.append(with_t5x_fields(rec, rec["ids"][:1], rec["scores"][:1]))
+        return out
+
+    def _decode(self, rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Free decoding (T5X's predict): the top beam's text is the prediction, every
+        beam's text and score are kept; the targets are the task's own text, which eval
+        reads again from the task (never from this file) to run its metric fns."""
+        b, k, n = self.opts.batch_size, self.opts.num_beams, len(rows)
+        enc = self._encoder_tokens([ex for _, ex in rows], b)
+        seqs, scores = modes.decode_free(self.config, self.params, enc, k, self.tgt_len,
+                                         self.opts.length_penalty)
+        found = modes.texts_from_beams(seqs[:n], scores[:n], self.vocab.decode, self.eos)
+        out = []
+        for (index, ex), beams in zip(rows, found, strict=True):
+            rec = self.base_record(index, ex)
+            rec.update(beams=[t for t, _, _ in beams], scores=[s for _, s, _ in beams],
+                       unfinished=sum(not done for _, _, done in beams))
+            out.append(with_t5x_fields(rec, rec["beams"][:1], rec["scores"][:1]))
         return out
 
     def _score(self, rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -400,6 +421,9 @@ def run_task(info: TaskInfo, config: T5Config, params: Any, checkpoint: Checkpoi
     import seqio
 
     host, hosts = _host()
+    provenance = {**dict(provenance or {}), "task_info": {
+        "family": info.family, "target_kind": info.target_kind,
+        "held_out_target": info.held_out_target, "prepared": info.has_prepared_dir}}
     writer = ChunkWriter(opts.output_dir, info.name, opts.mode, host, hosts,
                          settings_of(info, checkpoint, opts, hosts),
                          {"checkpoint": checkpoint.path,
@@ -450,7 +474,18 @@ def run_task(info: TaskInfo, config: T5Config, params: Any, checkpoint: Checkpoi
 
 def resolve_tasks(name: str, split: str, mode: str) -> list[TaskInfo]:
     """The tasks to run: `name` itself, or each sub-task of a mixture that has the split
-    and whose targets fit the mode (others are logged and skipped)."""
+    and whose targets fit the mode (others are logged and skipped). `mode` as given, with
+    no automatic choice: what the rank validation (always item ranking) asks for."""
+    return [info for info, _ in resolve_runs(name, split, mode, auto=False)]
+
+
+def resolve_runs(name: str, split: str, mode: str, auto: bool = True
+                 ) -> list[tuple[TaskInfo, str]]:
+    """(task, the mode it runs in) for `name` or each sub-task of a mixture.
+
+    `auto`: MODE='predict' on a task whose targets are text (a family such as
+    `tasks/next_genre.py`, or a JSON-lines task that reads no prepared dir) decodes freely
+    (`taskinfo.resolve_mode`); item tasks keep trie-constrained ranking."""
     import seqio
 
     try:
@@ -465,9 +500,12 @@ def resolve_tasks(name: str, split: str, mode: str) -> list[TaskInfo]:
     for n in names:
         info = taskinfo.find_task_info(n)
         if info is None:
-            raise InferenceConfigError(f"{n}: not a flanrec task (its seqio source does not "
-                                       "read a prepared dir)")
-        problem = taskinfo.check_mode(info, mode)
+            if not auto and mode != taskinfo.DECODE:
+                raise InferenceConfigError(f"{n}: not a flanrec task (its seqio source does "
+                                           "not read a prepared dir)")
+            info = taskinfo.plain_task_info(n)
+        task_mode = taskinfo.resolve_mode(info, mode) if auto else mode
+        problem = taskinfo.check_mode(info, task_mode)
         if problem is None and split not in seqio.get_mixture_or_task(n).splits:
             problem = (f"{n} has no split {split!r}; it has "
                        f"{sorted(seqio.get_mixture_or_task(n).splits)}")
@@ -476,7 +514,7 @@ def resolve_tasks(name: str, split: str, mode: str) -> list[TaskInfo]:
                 raise InferenceConfigError(problem)
             log.info("skipping %s: %s", n, problem)
             continue
-        out.append(info)
+        out.append((info, task_mode))
     if not out:
         raise InferenceConfigError(f"no task of mixture {name!r} supports mode {mode!r} on "
                                    f"split {split!r}")
@@ -516,7 +554,7 @@ def run_inference(checkpoint_path: str, task_name: str, opts: InferenceOptions,
     validate_options(opts)
     for data_dir in data_dirs:
         ensure_registered(data_dir)
-    infos = resolve_tasks(task_name, opts.split, opts.mode)
+    runs = resolve_runs(task_name, opts.split, opts.mode)
     if not storage.exists(checkpoint_path):
         raise InferenceConfigError(f"CHECKPOINT_PATH {checkpoint_path}: no such file or "
                                    "directory")
@@ -531,8 +569,10 @@ def run_inference(checkpoint_path: str, task_name: str, opts: InferenceOptions,
         config = config.replace(dtype=dtype)
     params = jax.tree.map(jax.numpy.asarray, params)
     summaries = []
-    for info in infos:
-        summary = run_task(info, config, params, checkpoint, opts, provenance)
+    for info, mode in runs:
+        summary = run_task(info, config, params, checkpoint,
+                           dataclasses.replace(opts, mode=mode), provenance)
         summary["task"] = info.name
+        summary["mode"] = mode
         summaries.append(summary)
     return summaries

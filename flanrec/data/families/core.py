@@ -82,6 +82,11 @@ class Family:
     # Candidates each example shows (the options the model picks among), when it shows a
     # fixed number; evaluation checks score records against it.
     num_candidates: Callable[[FamilyData], int] | None = None
+    # Whether an evaluation example's answer (`target_item`) is the user's held-out item of
+    # the split, as the protocol's queries are. False: the family asks for another item (or
+    # none), so inference masks no seen items for it and evaluation takes each example's
+    # target from the task's own examples instead of the split's held-out item.
+    held_out_target: bool = True
     # Where the family sorts in `names()` (prepare's default family list and its task
     # order); user families sort after the built-ins.
     order: int = 100
