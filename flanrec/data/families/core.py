@@ -82,6 +82,9 @@ class Family:
     # Candidates each example shows (the options the model picks among), when it shows a
     # fixed number; evaluation checks score records against it.
     num_candidates: Callable[[FamilyData], int] | None = None
+    # What the family says about the data without stopping: options the data cannot honour
+    # (text asked for on a log that has none), one line each; prepare prints them once.
+    notes: Callable[[FamilyData], list[str]] = lambda data: []
     # Where the family sorts in `names()` (prepare's default family list and its task
     # order); user families sort after the built-ins.
     order: int = 100
