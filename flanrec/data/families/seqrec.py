@@ -27,6 +27,7 @@ from flanrec.data.families.core import (
     register,
 )
 from flanrec.data.indexing import ItemIndex
+from flanrec.data.sources._common import fallback_title
 from flanrec.data.types import ItemMeta, Split, UserFeatures
 
 SEQREC_WINDOW = 40
@@ -176,6 +177,8 @@ def item_text(meta: ItemMeta | None, item: str, max_chars: int, with_title: bool
     if meta is None or max_chars <= 0:
         return ""
     title = _clean(meta.title.get(item, "")) if with_title else ""
+    if title == fallback_title(item):  # what readers give an item without metadata
+        title = ""
     year = _clean(meta.year.get(item, ""))
     cats = [c for raw in meta.categories.get(item, []) for c in
             (_clean(p) for p in str(raw).split("|")) if c and c.lower() != "unknown"]
