@@ -3,6 +3,11 @@
 Its targets are a run of item IDs without EOS (the decoder continues from one item to the
 next); inference ranks the last item after feeding the others as a prefix. Uncapped in
 mixtures, rated by its train target items (`train_targets`).
+
+What a sequence model cannot read can go into the instruction as language: the encoder
+items' titles, years and genres (prepare's ``--seqrec_item_text CHARS``) and the user's
+profile (``--seqrec_profile``). Both are off by default (IDs only); data without them keeps
+IDs only, with a note at prepare.
 """
 
 from __future__ import annotations
