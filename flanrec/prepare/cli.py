@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seqrec_tilings", type=positive_int, default=2,
                    help="seqrec: shifted cuts of each sequence into windows (each training "
                    "item is a target this many times, in different contexts)")
+    p.add_argument("--seqrec_item_text", type=nonnegative_int, default=0, metavar="CHARS",
+                   help="seqrec: write each encoder item as 'ID (title, year; genres)', at most "
+                   "CHARS characters of text per item (e.g. 64; 0, the default: IDs only). "
+                   "Data without item text keeps IDs only, with a note")
+    p.add_argument("--seqrec_profile", action="store_true",
+                   help="seqrec: put the user's profile (age, gender, occupation) in the "
+                   "instruction. Data without user attributes keeps IDs only, with a note")
     p.add_argument("--no_item_pieces", action="store_true",
                    help="with --train_vocab: do not force every item ID to be one piece")
     p.add_argument("--num_candidates", type=int_range(2), default=20,
@@ -244,7 +251,8 @@ def cli(argv: list[str]) -> int:
         vocab_size=args.vocab_size, max_history=args.max_history,
         families=tuple(f.strip() for f in args.families.split(",") if f.strip()),
         seqrec_window=args.seqrec_window, seqrec_encoder_items=args.seqrec_encoder_items,
-        seqrec_tilings=args.seqrec_tilings, item_pieces=not args.no_item_pieces,
+        seqrec_tilings=args.seqrec_tilings, seqrec_item_text=args.seqrec_item_text,
+        seqrec_profile=args.seqrec_profile, item_pieces=not args.no_item_pieces,
         num_candidates=args.num_candidates, kcore=args.kcore, min_rating=args.min_rating,
         duplicates=args.duplicates,
         task_prefix=args.task_prefix, allow_download=not args.offline,

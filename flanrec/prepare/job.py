@@ -211,6 +211,12 @@ def write_tasks(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
                     continue
                 if "train" in splits_out:
                     sample.add(family, data, splits_out["train"]["num_input_examples"])
+                # Options the data cannot honour degrade (text asked for, IDs only given):
+                # said once per family on stderr, and kept in each of its tasks' info.json.
+                family_notes = family.notes(data)
+                if n == 0:
+                    for line in family_notes:
+                        warn(f"family {name!r}: {line}")
                 info = {
                     "format": writer.INFO_FORMAT,
                     "version": 2,
@@ -230,6 +236,8 @@ def write_tasks(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
                                       else None),
                     "target_layout": family.target_layout,
                 }
+                if family_notes:
+                    info["notes"] = family_notes
                 storage.write_json_atomic(os.path.join(tasks_root, dirname, writer.INFO_FILE),
                                           info, sort_keys=True, ensure_ascii=True)
                 st["note"] = ", ".join(f"{s} {v['num_input_examples']:,}"

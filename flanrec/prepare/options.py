@@ -41,6 +41,10 @@ class PrepareOptions:
     seqrec_window: int = 40
     seqrec_encoder_items: int = 10
     seqrec_tilings: int = 2
+    # seqrec: characters of title, year and genres per encoder item (0: IDs only), and the
+    # user's profile (age, gender, occupation) in the instruction
+    seqrec_item_text: int = 0
+    seqrec_profile: bool = False
     # --train_vocab keeps every item ID string whole (one piece each)
     item_pieces: bool = True
     num_candidates: int = 20
@@ -69,7 +73,8 @@ class PrepareOptions:
 # (field, smallest allowed value): what `python -m flanrec.prepare` checks at parse time,
 # checked again for callers that build PrepareOptions themselves (notebooks, the quickstart).
 _MINIMUM = {"num_shards": 1, "vocab_size": 1, "max_history": 1, "seqrec_window": 1,
-            "seqrec_encoder_items": 0, "seqrec_tilings": 1, "num_candidates": 2, "kcore": 1,
+            "seqrec_encoder_items": 0, "seqrec_tilings": 1, "seqrec_item_text": 0,
+            "num_candidates": 2, "kcore": 1,
             "semantic_batch_size": 1, "semantic_max_length": 2}
 
 
@@ -91,6 +96,9 @@ def check_options(opts: PrepareOptions) -> None:
                 low <= value <= INT32_MAX:
             raise ConfigError(f"--{name}: expected an integer in [{low}, {INT32_MAX}], got "
                               f"{value!r}")
+    if not isinstance(opts.seqrec_profile, bool):
+        raise ConfigError(f"--seqrec_profile: expected true or false, got "
+                          f"{opts.seqrec_profile!r}")
     if opts.min_rating is not None and not (isinstance(opts.min_rating, int | float)
                                             and math.isfinite(opts.min_rating)
                                             and abs(opts.min_rating) <= FLOAT32_MAX):

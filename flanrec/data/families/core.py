@@ -87,6 +87,9 @@ class Family:
     # none), so inference masks no seen items for it and evaluation takes each example's
     # target from the task's own examples instead of the split's held-out item.
     held_out_target: bool = True
+    # What the family says about the data without stopping: options the data cannot honour
+    # (text asked for on a log that has none), one line each; prepare prints them once.
+    notes: Callable[[FamilyData], list[str]] = lambda data: []
     # Where the family sorts in `names()` (prepare's default family list and its task
     # order); user families sort after the built-ins.
     order: int = 100
