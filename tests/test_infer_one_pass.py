@@ -221,7 +221,7 @@ def test_predictions_files_of_both_rankers_are_interchangeable(data, trained, tm
         got[ranker] = {r.data["index"]: r.data for r in records}
         manifest = json.loads(
             (out / predictions.manifest_name(TASK, "predict", 0, 1)).read_text())
-        assert manifest["record"]["ranker"] == ("one_pass" if ranker == "auto"
+        assert manifest["ranker"] == ("one_pass" if ranker == "auto"
                                                 else "beam_search")
     assert got["auto"].keys() == got["beam_search"].keys() and len(got["auto"]) == USERS
     for i, rec in got["auto"].items():

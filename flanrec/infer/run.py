@@ -490,9 +490,9 @@ def run_task(info: TaskInfo, config: T5Config, params: Any, checkpoint: Checkpoi
                     problem)
     runner = TaskRunner(info, config, params, opts)
     if opts.mode == "predict":
-        # Informative, not a resume setting: both paths rank the same items, and a run
-        # resumed on the other one only moves scores in their last float digits.
-        writer.record["ranker"] = runner.ranking_path
+        # Recorded in the manifest, not a resume setting: both paths rank the same items,
+        # and a run resumed on the other one only moves scores in their last float digits.
+        provenance = {**(provenance or {}), "ranker": runner.ranking_path}
         log.info("%s: ranking with %s", info.name, runner.ranking_path.replace("_", " "))
     writer.open()
     total = seqio.get_mixture_or_task(info.name).num_input_examples(opts.split)
