@@ -227,3 +227,29 @@ def test_predictions_files_of_both_rankers_are_interchangeable(data, trained, tm
     for i, rec in got["auto"].items():
         assert rec["items"] == got["beam_search"][i]["items"]
         np.testing.assert_allclose(rec["scores"], got["beam_search"][i]["scores"], atol=2e-5)
+
+
+def test_infer_reads_the_moving_average_of_an_ema_run(data, trained, tmp_path):
+    """A training checkpoint whose meta names `ema_params` (a run with EMA_DECAY): the
+    infer job ranks with the average, not with the trained weights beside it, and its
+    manifest identifies the average."""
+    from flanrec.checkpoints import TrainCheckpointer
+    from flanrec.files import predictions
+    from flanrec.infer import run as job
+
+    raw = jax.tree.map(jnp.asarray, random_params(CFG, 5))
+    with TrainCheckpointer(tmp_path / "run", async_save=False) as ckpt:
+        ckpt.save(7, raw, meta={"model_config": CFG.to_dict(), "ema_decay": 0.99},
+                  ema_params=trained)
+    out = tmp_path / "out"
+    opts = job.InferenceOptions(output_dir=str(out), task_feature_lengths=LENGTHS,
+                                split="validation", batch_size=16, num_beams=5,
+                                progress_every=1000.0)
+    (summary,) = job.run_inference(str(tmp_path / "run"), TASK, opts)
+    manifest = json.loads((out / predictions.manifest_name(TASK, "predict", 0, 1)).read_text())
+    assert manifest["settings"]["checkpoint_step"] == 7
+    assert manifest["settings"]["params_sha256"] == job.params_sha256(trained)
+    assert manifest["settings"]["params_sha256"] != job.params_sha256(raw)
+    records = predictions.read_records([summary["path"]], TASK, "predict")
+    want = _rank_all(_runner(trained, "validation", "auto", num_beams=5), "validation")
+    assert [r.data["items"] for r in records] == [w["items"] for w in want]
