@@ -61,7 +61,8 @@ from flanrec.checkpoints.store import (
     save_params_checkpoint,
 )
 
-__all__ = ["BEST_FILE", "EMA_PARAMS", "INFERENCE_PARAMS_KEY", "META", "OPT_STATE", "PARAMS", "STEP_PREFIX", "CheckpointRef",
+__all__ = ["BEST_FILE", "EMA_PARAMS", "INFERENCE_PARAMS_KEY", "META", "OPT_STATE", "PARAMS",
+           "STEP_PREFIX", "CheckpointRef",
            "DamagedCheckpointError", "TrainCheckpointer", "best_step", "check_integrity",
            "checkpoint_format", "complete_steps", "is_adapter_checkpoint", "is_complete",
            "latest_complete_step", "load_adapter_checkpoint", "load_checkpoint",
