@@ -195,7 +195,9 @@ class TaskRunner:
         `InferenceOptions.ranker`), else None; RANKER='one_pass' where it cannot is refused."""
         why = None
         tokens = None
-        if not self.info.is_item_sequence:
+        if self.info.target_kind != "item" or self.decoder is None:
+            why = f"{self.info.name}'s targets are {self.info.target_kind}, not items"
+        elif not self.info.is_item_sequence:
             why = (f"{self.info.name}'s targets end with EOS (the score of an item is then "
                    "that of its tokens and the EOS after them)")
         elif not self.opts.constrained:
