@@ -4,7 +4,8 @@ For tasks whose items are each one token and whose target is one item after a de
 prefix (the seqrec family), `flanrec.infer` ranks with one teacher-forced forward pass and a
 top-K over the catalogue's token columns instead of beam search over the item trie. That is
 only allowed because both give the same items and the same scores (log-probabilities under
-the full-vocabulary softmax, seen items masked): checked here, through the job's own
+the full-vocabulary softmax, seen items masked; the two programs sum in different orders,
+so scores agree to 1e-4, not bit for bit): checked here, through the job's own
 `TaskRunner` and through the bare rankers on prefixes of every length, with a tiny model
 first trained on the task (a random model's near-uniform scores would hide ordering bugs).
 """
@@ -138,7 +139,7 @@ def test_job_ranks_the_same_items_with_the_same_scores(data, trained, split, k, 
     for f, s in zip(fast, slow, strict=True):
         assert f["user"] == s["user"] and f["items"] == s["items"], (f["user"], f["items"],
                                                                       s["items"])
-        np.testing.assert_allclose(f["scores"], s["scores"], rtol=0, atol=2e-5)
+        np.testing.assert_allclose(f["scores"], s["scores"], rtol=0, atol=1e-4)
         assert f["scores"] == sorted(f["scores"], reverse=True)
         assert f["invalid"] == f["duplicates"] == 0 and f["prediction"] == f["ids"][0]
         if mask_seen:
@@ -176,7 +177,7 @@ def test_prefixes_of_every_length_and_random_masks(data, trained):
     by_token = {int(t): j for j, t in enumerate(tokens)}
     beam_items = np.vectorize(by_token.get)(seqs[:, :, 0])
     np.testing.assert_array_equal(items, beam_items)
-    np.testing.assert_allclose(scores, beam_scores, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(scores, beam_scores, rtol=0, atol=1e-4)
     assert all(allowed[r, items[r]].all() for r in range(batch))
     # Without a mask every catalogue item may come back; k beyond the catalogue is cut.
     items, scores = modes.NextItemRanker(CFG, tokens)(trained, enc, 100, None, prefix, lengths)
@@ -226,7 +227,7 @@ def test_predictions_files_of_both_rankers_are_interchangeable(data, trained, tm
     assert got["auto"].keys() == got["beam_search"].keys() and len(got["auto"]) == USERS
     for i, rec in got["auto"].items():
         assert rec["items"] == got["beam_search"][i]["items"]
-        np.testing.assert_allclose(rec["scores"], got["beam_search"][i]["scores"], atol=2e-5)
+        np.testing.assert_allclose(rec["scores"], got["beam_search"][i]["scores"], atol=1e-4)
 
 
 def test_infer_reads_the_moving_average_of_an_ema_run(data, trained, tmp_path):
