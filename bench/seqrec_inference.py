@@ -5,10 +5,12 @@
 
 A seqrec model reads the user's recent items in its decoder and names the next item as one
 token, so its top-k over the catalogue is one step of the softmax. flanrec's infer job gets
-it through the general machinery: `beam_search` with a decoder prefix and the item trie
-(`TriePredictor`, seen items masked through the trie). The direct alternative runs the model
-once (encoder + decoder over the prefix), takes the last position's log-softmax, keeps the
-item columns, masks seen items and calls `top_k`. The script checks both return the same
+it two ways: `beam_search` with a decoder prefix and the item trie (`TriePredictor`, seen
+items masked through the trie; RANKER='beam_search'), and `NextItemRanker` (what
+RANKER='auto' picks for such tasks), which runs the model once (encoder + decoder over the
+prefix, the vocabulary projection only at the prefix's last position), takes the
+log-softmax, keeps the item columns, masks seen items and calls `top_k`. The script checks
+both return the same
 top-k items per user (same scores up to float error), then times alternating calls and
 reports users/s for each: the price of the general path over the one-shot scorer.
 
@@ -60,8 +62,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import numpy as np
 
     from flanrec.data.trie import build_trie
-    from flanrec.infer.modes import TriePredictor, allowed_from_seen
-    from flanrec.model import Transformer, get_preset
+    from flanrec.infer.modes import NextItemRanker, TriePredictor, allowed_from_seen
+    from flanrec.model import get_preset
     from flanrec.model.params import param_specs, unflatten
 
     cfg = get_preset("tiny", vocab_size=args.vocab, d_model=args.d_model, d_ff=args.d_ff,
@@ -88,21 +90,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seqs, scores = predictor(params, enc, k, allowed, decoder_prefix=prefix)
         return seqs[:, :, 0] - FIRST_ITEM_TOKEN, scores
 
-    model = Transformer(cfg)
-    item_cols = jnp.asarray(item_tok, jnp.int32)
-
-    @jax.jit
-    def _one_shot(p, e, d, ok):
-        dec_in = jnp.concatenate([jnp.full((d.shape[0], 1), cfg.decoder_start_token_id,
-                                           jnp.int32), d], axis=1)
-        logits = model.apply({"params": p}, e, dec_in)[:, -1]
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32))[:, item_cols]
-        scores, idx = jax.lax.top_k(jnp.where(ok, logp, -jnp.inf), k)
-        return idx, scores
+    ranker = NextItemRanker(cfg, item_tok.astype(np.int32))  # what RANKER='auto' runs
 
     def one_shot() -> tuple[np.ndarray, np.ndarray]:
-        idx, scores = _one_shot(params, enc, prefix, allowed)
-        return np.asarray(idx), np.asarray(scores)
+        return ranker(params, enc, k, allowed, prefix)
 
     (i_gen, s_gen), (i_one, s_one) = general(), one_shot()  # warm-up + the parity check
     same_users = sum(a.tolist() == b.tolist() for a, b in zip(i_gen, i_one, strict=True))
@@ -117,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_gen, t_one = _common.median(times["beam_search"]), _common.median(times["one_shot"])
     rows = [["TriePredictor: beam_search + decoder prefix + trie", t_gen * 1e3,
              _common.spread(times["beam_search"]), args.batch / t_gen],
-            ["one forward pass, full softmax, top_k", t_one * 1e3,
+            ["NextItemRanker: one forward pass, full softmax, top_k", t_one * 1e3,
              _common.spread(times["one_shot"]), args.batch / t_one]]
     title = (f"seqrec top-{k} over {args.items} one-token items, batch {args.batch} x "
              f"{args.enc_len} in, {args.prefix}-item decoder prefix, d_model {cfg.d_model}, "

@@ -4,6 +4,8 @@ any checkpoint (HF, T5X, flanrec, adapters + backbone).
 Layout (one job writes a MODEL_DIR; any number of readers):
 
     MODEL_DIR/checkpoint_{step}/params      Orbax PyTree (sharded arrays, OCDBT)
+                               /ema_params  Orbax PyTree, runs with EMA_DECAY > 0: the moving
+                                            average inference uses (meta: inference_params)
                                /opt_state   Orbax PyTree (optional)
                                /meta        JSON: model_config, step, rng, data_position, version
     PARAMS_DIR/params, PARAMS_DIR/meta      params-only checkpoint (what `flanrec.convert` writes)
@@ -22,6 +24,8 @@ The names below are the package's API; import them from `flanrec.checkpoints`.
 
 from flanrec.checkpoints.integrity import (
     BEST_FILE,
+    EMA_PARAMS,
+    INFERENCE_PARAMS_KEY,
     META,
     OPT_STATE,
     PARAMS,
@@ -57,7 +61,8 @@ from flanrec.checkpoints.store import (
     save_params_checkpoint,
 )
 
-__all__ = ["BEST_FILE", "META", "OPT_STATE", "PARAMS", "STEP_PREFIX", "CheckpointRef",
+__all__ = ["BEST_FILE", "EMA_PARAMS", "INFERENCE_PARAMS_KEY", "META", "OPT_STATE", "PARAMS",
+           "STEP_PREFIX", "CheckpointRef",
            "DamagedCheckpointError", "TrainCheckpointer", "best_step", "check_integrity",
            "checkpoint_format", "complete_steps", "is_adapter_checkpoint", "is_complete",
            "latest_complete_step", "load_adapter_checkpoint", "load_checkpoint",

@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 STEP_PREFIX = "checkpoint"
 PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
+# A run that keeps an exponential moving average of its weights (EMA_DECAY > 0) saves it as
+# this item beside `params`, and its meta names it under INFERENCE_PARAMS_KEY: the item that
+# inference, export and validation read (`params` when the key is absent).
+EMA_PARAMS = "ema_params"
+INFERENCE_PARAMS_KEY = "inference_params"
 _STEP_DIR = re.compile(rf"^{STEP_PREFIX}_(\d+)$")
 _COMMIT_FILE = "commit_success.txt"  # written by Orbax when it finalises a checkpoint
 _STEP_METADATA_FILE = "_CHECKPOINT_METADATA"  # Orbax step metadata (commit timestamp)

@@ -27,8 +27,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flanrec.checkpoints.integrity import BEST_FILE, META, PARAMS, resolve_checkpoint
-from flanrec.checkpoints.store import load_params
+from flanrec.checkpoints.integrity import BEST_FILE, META, resolve_checkpoint
+from flanrec.checkpoints.store import inference_item, load_params
 from flanrec.files import storage
 from flanrec.interop import hf, t5x
 from flanrec.model import adapters
@@ -211,20 +211,21 @@ def read_adapters(path: str | os.PathLike[str]) -> tuple[T5Config, dict[str, Any
         cfg = adapters.adapters_from_dict(base, meta["peft"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{ckpt}/{META}: bad model_config/peft entry: {e}") from e
+    item = inference_item(ckpt, meta)  # the adapters' moving average under EMA_DECAY
     handler = ocp.PyTreeCheckpointHandler()
     try:
-        stored = handler.metadata(ckpt / PARAMS)
+        stored = handler.metadata(ckpt / item)
     finally:
         handler.close()
     stored = stored.tree if hasattr(stored, "tree") else stored
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
-    tree = _restore(ckpt / PARAMS, ocp.PyTreeCheckpointHandler(),
+    tree = _restore(ckpt / item, ocp.PyTreeCheckpointHandler(),
                     ocp.args.PyTreeRestore(item=stored, restore_args=restore_args))
     flat = {k: np.asarray(v, np.float32) for k, v in flatten(tree).items()}
     want = set(adapters.adapters_to_dict(cfg))  # {'prompt', 'lora'}
     stray = sorted(k for k in flat if k.split("/", 1)[0] not in want)
     if stray:
-        raise ValueError(f"{ckpt}/{PARAMS}: adapter checkpoint holds non-adapter "
+        raise ValueError(f"{ckpt}/{item}: adapter checkpoint holds non-adapter "
                          f"parameters {stray[:5]}")
     return cfg, unflatten(flat), meta
 

@@ -26,6 +26,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from flanrec.checkpoints.integrity import (
+    EMA_PARAMS,
+    INFERENCE_PARAMS_KEY,
     META,
     OPT_STATE,
     PARAMS,
@@ -278,14 +280,20 @@ class TrainCheckpointer:
 
     def save(self, step: int, params: Any, opt_state: Any = None,
              meta: Mapping[str, Any] | None = None, force: bool = False,
-             metrics: Mapping[str, float] | None = None) -> bool:
+             metrics: Mapping[str, float] | None = None, ema_params: Any = None) -> bool:
         """Save (asynchronously if enabled) unless `save_interval_steps` says skip or the step
         is already saved; returns whether a save was started. `meta` gets `step` and `version`
         filled in; a jax PRNG key under `rng` is stored as its list of ints. `metrics` (e.g.
-        validation NDCG@10) rank the step for the `best_metric` preservation rule."""
+        validation NDCG@10) rank the step for the `best_metric` preservation rule.
+        `ema_params` (the moving average of the weights) is saved as its own item, and the
+        meta then names it as the parameters inference uses (`INFERENCE_PARAMS_KEY`)."""
         items: dict[str, Any] = {PARAMS: ocp.args.StandardSave(params)}
         if opt_state is not None:
             items[OPT_STATE] = ocp.args.StandardSave(opt_state)
+        meta = dict(meta or {})
+        if ema_params is not None:
+            items[EMA_PARAMS] = ocp.args.StandardSave(ema_params)
+            meta[INFERENCE_PARAMS_KEY] = EMA_PARAMS
         items[META] = ocp.args.JsonSave(_json_meta(meta, step))
         if self._broken:
             raise DiskError(f"MODEL_DIR {self.model_dir}: an earlier save failed; not saving "
@@ -424,6 +432,24 @@ class TrainCheckpointer:
         _refuse_on_all_hosts(refusal)
         return _restore_items(d, abstract_params, abstract_opt_state, restore_opt=True)
 
+    def restore_ema(self, step: int, abstract_ema_params: Any) -> Any:
+        """The `ema_params` item of `step`, in the shardings of `abstract_ema_params`, or
+        None when that checkpoint has none (saved by a run without EMA_DECAY)."""
+        d = step_dir(self.model_dir, step)
+        if not (d / EMA_PARAMS).is_dir():
+            return None
+        refusal = ""
+        if jax.process_index() == 0:
+            try:
+                verify_checkpoint(d, (EMA_PARAMS,))
+            except DamagedCheckpointError as e:
+                refusal = str(e)
+        _refuse_on_all_hosts(refusal)
+        _check_shapes(_item_tree_metadata(d / EMA_PARAMS), abstract_ema_params,
+                      f"{d}/{EMA_PARAMS}")
+        return _restore_item(d / EMA_PARAMS, ocp.StandardCheckpointHandler(),
+                             ocp.args.StandardRestore(abstract_ema_params))
+
     def wait(self) -> None:
         """Block until an async save is committed (call before reading it or exiting).
         After a failed save (already reported) there is nothing left to wait for."""
@@ -467,16 +493,36 @@ def _restore_item(item_dir: epath.Path, handler: Any, args: Any) -> Any:
         checkpointer.close()
 
 
+def inference_item(ckpt: epath.Path, meta: Mapping[str, Any]) -> str:
+    """The item holding the parameters to infer with: `ema_params` for a run trained with
+    EMA_DECAY (its meta says so), else `params`; the item is checked to be there and intact
+    (`params` was verified when the checkpoint was resolved)."""
+    item = str(meta.get(INFERENCE_PARAMS_KEY) or PARAMS)
+    if item not in (PARAMS, EMA_PARAMS):
+        raise ValueError(f"{ckpt}/{META}: {INFERENCE_PARAMS_KEY} is {item!r}, expected "
+                         f"{PARAMS!r} or {EMA_PARAMS!r}")
+    if item != PARAMS:
+        if not (ckpt / item).is_dir():
+            raise ValueError(f"{ckpt}: its meta names {item!r} as the parameters to infer "
+                             "with, but the checkpoint has no such item")
+        verify_checkpoint(ckpt, (item,))
+    return item
+
+
 def _restore_items(ckpt: epath.Path, abstract_params: Any, abstract_opt_state: Any,
-                   restore_opt: bool) -> tuple[Any, Any, dict[str, Any]]:
+                   restore_opt: bool, item: str | None = PARAMS
+                   ) -> tuple[Any, Any, dict[str, Any]]:
+    """(params, optimizer state, meta); `item`: which parameters (None: those inference
+    uses, see `inference_item`)."""
     meta = _restore_item(ckpt / META, ocp.JsonCheckpointHandler(), ocp.args.JsonRestore())
-    stored_params = _item_tree_metadata(ckpt / PARAMS)
+    item = inference_item(ckpt, meta) if item is None else item
+    stored_params = _item_tree_metadata(ckpt / item)
     if abstract_params is None:
-        params = _restore_item(ckpt / PARAMS, ocp.PyTreeCheckpointHandler(), ocp.args.PyTreeRestore(
+        params = _restore_item(ckpt / item, ocp.PyTreeCheckpointHandler(), ocp.args.PyTreeRestore(
             item=stored_params, restore_args=_numpy_restore_args(stored_params)))
     else:
-        _check_shapes(stored_params, abstract_params, f"{ckpt}/{PARAMS}")
-        params = _restore_item(ckpt / PARAMS, ocp.StandardCheckpointHandler(),
+        _check_shapes(stored_params, abstract_params, f"{ckpt}/{item}")
+        params = _restore_item(ckpt / item, ocp.StandardCheckpointHandler(),
                                ocp.args.StandardRestore(abstract_params))
     opt = None
     if restore_opt and abstract_opt_state is not None:
@@ -533,11 +579,15 @@ def _config_from_meta(meta: Mapping[str, Any], where: epath.Path) -> T5Config:
         raise ValueError(f"{where}/{META}: bad model_config: {e}") from e
 
 
-def load_params(path: PathLike) -> tuple[T5Config, dict[str, Any]]:
+def load_params(path: PathLike, item: str | None = None) -> tuple[T5Config, dict[str, Any]]:
     """`(config, float32 numpy params)` from a MODEL_DIR (latest complete step), a
-    checkpoint_N dir or a params-only dir. Optimizer state is not read."""
+    checkpoint_N dir or a params-only dir. Optimizer state is not read.
+
+    The parameters are those the checkpoint names for inference: the moving average of a run
+    trained with EMA_DECAY, else the trained weights; `item='params'` reads the trained
+    weights of an EMA run."""
     ckpt = resolve_checkpoint(path)
-    params, _, meta = _restore_items(ckpt, None, None, restore_opt=False)
+    params, _, meta = _restore_items(ckpt, None, None, restore_opt=False, item=item)
     cfg = _config_from_meta(meta, ckpt)
     flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten(params).items()}
     check_params(flat, cfg, str(ckpt))
@@ -548,7 +598,7 @@ def restore_params(path: PathLike, abstract_params: Any) -> tuple[T5Config, Any]
     """Like `load_params`, but arrays go straight into the shardings of `abstract_params`
     (for INITIAL_CHECKPOINT_PATH on a pod: no host holds the whole model)."""
     ckpt = resolve_checkpoint(path)
-    params, _, meta = _restore_items(ckpt, abstract_params, None, restore_opt=False)
+    params, _, meta = _restore_items(ckpt, abstract_params, None, restore_opt=False, item=None)
     return _config_from_meta(meta, ckpt), params
 
 
@@ -568,5 +618,5 @@ def load_optimizer_state(path: PathLike) -> tuple[int | None, Any]:
     return step, opt
 
 
-__all__ = ["TrainCheckpointer", "load_optimizer_state", "load_params", "restore_params",
-           "save_params_checkpoint"]
+__all__ = ["TrainCheckpointer", "inference_item", "load_optimizer_state", "load_params",
+           "restore_params", "save_params_checkpoint"]

@@ -7,10 +7,13 @@ r"""Offline inference over a SeqIO task split: `python -m flanrec.infer`.
 Macros (gin/runs/infer.gin): CHECKPOINT_PATH, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE,
 INFER_OUTPUT_DIR, DATA_DIR, TASK_FEATURE_LENGTHS, SPLIT, BATCH_SIZE, MODE
 (predict | score | rating | decode), NUM_BEAMS, MASK_SEEN, CONSTRAINED, LENGTH_PENALTY,
-CHUNK_SIZE. MODE=predict ranks items on an item task and decodes freely on a task whose
-targets are text (a family such as tasks/next_genre.py, a JSON-lines task); MODE=decode
+CHUNK_SIZE, RANKER. MODE=predict ranks items on an item task and decodes freely on a task
+whose targets are text (a family such as tasks/next_genre.py, a JSON-lines task); MODE=decode
 decodes freely on any task (T5X's predict: greedy with NUM_BEAMS=1, else beam search over
-the whole vocabulary, up to TASK_FEATURE_LENGTHS['targets'] tokens).
+the whole vocabulary, up to TASK_FEATURE_LENGTHS['targets'] tokens). RANKER (auto |
+one_pass | beam_search): how predict mode ranks items; auto takes one forward pass when every
+item is one token and the target is one item after a decoder prefix (the seqrec family), and
+trie-constrained beam search otherwise; both give the same top-K with the same scores.
 
 Output, one JSON object per example, in
 `INFER_OUTPUT_DIR/{task}-{mode}.jsonl-{host:05d}-of-{hosts:05d}`: task, split, mode, index
@@ -68,17 +71,18 @@ def infer(*, checkpoint_path: str = gin.REQUIRED, mixture_or_task_name: str = gi
           data_dir: str | None = None, split: str = "test", batch_size: int = 32,
           mode: str = "predict", num_beams: int = 20, mask_seen: bool = True,
           constrained: bool = True, length_penalty: float = 0.0, chunk_size: int = 256,
-          candidate_block: int = 256, dtype: str | None = None, overwrite: bool = False
-          ) -> list[dict[str, Any]]:
+          candidate_block: int = 256, dtype: str | None = None, overwrite: bool = False,
+          ranker: str = "auto") -> list[dict[str, Any]]:
     """Run the inference job from gin; returns one summary per task (path, examples, ...).
 
-    `overwrite`: recompute every task from scratch instead of resuming (OVERWRITE=True)."""
+    `overwrite`: recompute every task from scratch instead of resuming (OVERWRITE=True).
+    `ranker` (RANKER): 'auto' | 'one_pass' | 'beam_search', see `InferenceOptions.ranker`."""
     opts = InferenceOptions(
         output_dir=str(output_dir), task_feature_lengths=dict(task_feature_lengths),
         split=str(split), batch_size=int(batch_size), mode=str(mode),
         num_beams=int(num_beams), mask_seen=bool(mask_seen), constrained=bool(constrained),
         length_penalty=float(length_penalty), chunk_size=int(chunk_size),
-        candidate_block=int(candidate_block), overwrite=bool(overwrite))
+        candidate_block=int(candidate_block), overwrite=bool(overwrite), ranker=str(ranker))
 
     validate_options(opts)  # a MODE typo fails before any data or checkpoint is read
     return run_inference(str(checkpoint_path), str(mixture_or_task_name), opts,

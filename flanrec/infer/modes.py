@@ -8,6 +8,12 @@
 * ``score_candidates``: summed log-likelihood of given target sequences; the encoder runs
   once per input and candidates go through the decoder in fixed-size blocks (a fixed block
   shape keeps one compiled program however many candidates a task has).
+* ``NextItemRanker``: the same top-K as ``TriePredictor`` for tasks whose items are each one
+  token and whose target is one item after a (possibly empty) decoder prefix (the seqrec
+  family): one teacher-forced forward pass, the log-softmax over the whole vocabulary at the
+  prefix's last position, the catalogue's token columns, seen items masked, ``top_k``. A
+  one-token item's beam-search score is exactly that log-probability, so both give the same
+  items and scores; the forward pass skips the trie, the K beams and the per-token loop.
 * ``answer_distribution``: a softmax over the scores of a closed answer set ("1".."5" for
   ratings, "no"/"yes" for the binary family); the expected rating and p(yes) come from it.
 
@@ -33,6 +39,7 @@ from flanrec.data.trie import TrieArrays
 from flanrec.infer.constraints import JaxTrie, SparseJaxTrie, TrieConstraint, to_jax
 from flanrec.model import decoding
 from flanrec.model.config import T5Config
+from flanrec.model.network import Transformer
 
 
 class ItemDecoder:
@@ -122,6 +129,79 @@ class TriePredictor:
                                             int(max_length), int(k), float(length_penalty),
                                             constraint, prefix, lengths)
         return np.asarray(seqs), np.asarray(scores)
+
+
+def one_token_items(id_strings: Sequence[str], encode: Callable[[str], Sequence[int]]
+                    ) -> np.ndarray | None:
+    """int32 [num_items]: each item's one token id, or None when any ID string encodes to
+    another number of tokens (then only beam search over the trie ranks the catalogue)."""
+    toks = [list(encode(s)) for s in id_strings]
+    if not toks or any(len(t) != 1 for t in toks):
+        return None
+    return np.asarray([t[0] for t in toks], np.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "k"))
+def _rank_next(config: T5Config, params: Any, encoder_tokens: jax.Array,
+               item_tokens: jax.Array, k: int, allowed: jax.Array | None,
+               prefix: jax.Array, prefix_lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+    batch, width = prefix.shape
+    # Left-align each row's prefix behind the start token, the layout training reads (the
+    # targets start at position 0, padding follows); causal attention never looks past a
+    # row's last real token, so its logits there are those of the unpadded row.
+    cols = jnp.arange(width)[None, :]
+    src = jnp.minimum(cols + (width - prefix_lengths)[:, None], width - 1)
+    left = jnp.where(cols < prefix_lengths[:, None], jnp.take_along_axis(prefix, src, 1), 0)
+    start = jnp.full((batch, 1), config.decoder_start_token_id, jnp.int32)
+    model = Transformer(config)
+    encoded = model.apply({"params": params}, encoder_tokens, method=Transformer.encode)
+    logits = model.apply({"params": params}, encoded, encoder_tokens,
+                         jnp.concatenate([start, left], 1), logit_positions=prefix_lengths,
+                         method=Transformer.decode)[:, 0]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    item_logp = jnp.take(logp, item_tokens, axis=1)
+    if allowed is not None:
+        item_logp = jnp.where(allowed, item_logp, -jnp.inf)
+    scores, items = jax.lax.top_k(item_logp, k)
+    return items.astype(jnp.int32), scores
+
+
+class NextItemRanker:
+    """Top-K next items of a catalogue whose every item is one token, in one forward pass.
+
+    ``item_tokens[j]`` is item number j's token (``one_token_items``). Scores are
+    log-probabilities under the softmax over the model's whole vocabulary (the numbers beam
+    search reports), restricted to the catalogue's tokens after masking.
+    """
+
+    def __init__(self, config: T5Config, item_tokens: np.ndarray):
+        if int(np.max(item_tokens)) >= config.vocab_size:
+            raise ValueError(f"item token ids reach {int(np.max(item_tokens))} but the model "
+                             f"embeds only {config.vocab_size}: wrong vocabulary?")
+        self.config = config
+        self.num_items = len(item_tokens)
+        self.item_tokens = jnp.asarray(item_tokens, jnp.int32)
+
+    def __call__(self, params: Any, encoder_tokens: np.ndarray, k: int,
+                 allowed_items: np.ndarray | None = None,
+                 decoder_prefix: np.ndarray | None = None,
+                 prefix_lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(item numbers int32 [batch, k'], scores float32 [batch, k']), best first, with
+        k' = min(k, catalogue size). A row with fewer than k' allowed items ends in -inf
+        scores (those entries name no recommendation). ``decoder_prefix`` /
+        ``prefix_lengths``: as ``TriePredictor`` (right-aligned, left-padded with 0)."""
+        enc = jnp.asarray(encoder_tokens, jnp.int32)
+        if decoder_prefix is None:
+            prefix = jnp.zeros((enc.shape[0], 0), jnp.int32)
+            lengths = jnp.zeros((enc.shape[0],), jnp.int32)
+        else:
+            prefix = jnp.asarray(decoder_prefix, jnp.int32)
+            lengths = jnp.asarray(prefix_lengths if prefix_lengths is not None
+                                  else (np.asarray(decoder_prefix) > 0).sum(1), jnp.int32)
+        allowed = None if allowed_items is None else jnp.asarray(allowed_items, jnp.bool_)
+        items, scores = _rank_next(self.config, params, enc, self.item_tokens,
+                                   min(int(k), self.num_items), allowed, prefix, lengths)
+        return np.asarray(items), np.asarray(scores)
 
 
 def predict_topk(config: T5Config, params: Any, encoder_tokens: np.ndarray,

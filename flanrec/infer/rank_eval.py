@@ -1,8 +1,9 @@
 """Rank-metric validation inside training: T5X's infer-eval, for recommendation.
 
 Every ``EVAL_PERIOD`` steps the trainer ranks the whole catalogue for each validation user
-with the very code ``flanrec.infer`` uses (``TaskRunner``: trie-constrained beam search,
-seen items removed inside the trie, the seqrec decoder prefix), and scores the lists with
+with the very code ``flanrec.infer`` uses (``TaskRunner``: for one-token items after a
+decoder prefix, as in the seqrec family, one forward pass and a top-K over the catalogue's
+tokens; otherwise trie-constrained beam search; seen items masked), and scores the lists with
 ``flanrec.metrics.user_ranking_metrics``, the functions ``flanrec.eval`` reports. So the
 validation NDCG@10 that picks the best checkpoint is exactly the number a user would get by
 running ``flanrec.infer`` + ``flanrec.eval`` on that checkpoint's validation split.
@@ -43,6 +44,7 @@ class RankEvalConfig:
     batch_size: int = 128
     num_beams: int = 20
     task_feature_lengths: Mapping[str, int] | None = None  # default: the training lengths
+    ranker: str = "auto"  # as flanrec.infer's RANKER: one forward pass where it applies
 
 
 def host_params(params: Any) -> Any:
@@ -75,15 +77,18 @@ class RankValidator:
         self.info = infos[0]
         self.opts = job.InferenceOptions(
             output_dir="-", task_feature_lengths=lengths, split=cfg.split,
-            batch_size=cfg.batch_size, num_beams=max(cfg.num_beams, max(cfg.ks)))
+            batch_size=cfg.batch_size, num_beams=max(cfg.num_beams, max(cfg.ks)),
+            ranker=cfg.ranker)
+        job.validate_options(self.opts)
         self.runner = job.TaskRunner(self.info, config, None, self.opts)
         host, hosts = jax.process_index(), jax.process_count()
         self.rows = list(job.task_examples(self.info.name, cfg.split, lengths, host, hosts))
         if not self.rows and hosts == 1:
             raise taskinfo.InferenceConfigError(f"{cfg.task}/{cfg.split}: no examples")
         self.num_users = len(self.rows)
-        log.info("rank validation: %s/%s, %d users on this host, top-%d", self.info.name,
-                 cfg.split, self.num_users, max(cfg.ks))
+        log.info("rank validation: %s/%s, %d users on this host, top-%d (%s)", self.info.name,
+                 cfg.split, self.num_users, max(cfg.ks),
+                 self.runner.ranking_path.replace("_", " "))
 
     def evaluate(self, params: Any) -> dict[str, float]:
         """HR/NDCG/MRR@K averaged over all users of the split (all hosts)."""

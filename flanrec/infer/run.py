@@ -42,6 +42,9 @@ SLEEP_ENV = "FLANREC_INFER_TEST_SLEEP_PER_CHUNK"
 chunks deterministically). Never set in normal use."""
 
 
+RANKERS = ("auto", "one_pass", "beam_search")
+
+
 @dataclasses.dataclass(frozen=True)
 class InferenceOptions:
     """Everything the job needs besides the model: the gin macros of gin/runs/infer.gin."""
@@ -59,6 +62,11 @@ class InferenceOptions:
     candidate_block: int = 256
     progress_every: float = 5.0
     overwrite: bool = False  # recompute every task from scratch (OVERWRITE=True)
+    # How predict mode ranks items (RANKER): "auto" takes one forward pass where every item
+    # is one token and the target is one item after a decoder prefix (seqrec), beam search
+    # over the item trie elsewhere; "one_pass" insists on the former, "beam_search" on the
+    # latter. Both give the same items and scores (up to float rounding) where both apply.
+    ranker: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +167,9 @@ class TaskRunner:
                 self._load_seen(stage)
             trie = self._trie if opts.constrained else None
             self.predictor = modes.TriePredictor(config, trie)
+        self.ranker: modes.NextItemRanker | None = None
+        if opts.mode == "predict" and opts.ranker != "beam_search":
+            self.ranker = self._one_pass_ranker()
         self.answers: tuple[str, ...] = ()
         if info.target_kind == "binary":
             self.answers = taskinfo.BINARY_ANSWERS
@@ -178,6 +189,35 @@ class TaskRunner:
         ids = [index.id_of(i) for i in items]
         self.decoder = modes.ItemDecoder(items, ids, self.vocab.encode, self.vocab.decode)
         self.item_col = {item: j for j, item in enumerate(items)}
+
+    def _one_pass_ranker(self) -> modes.NextItemRanker | None:
+        """The one-forward-pass ranker when it gives what beam search would (see
+        `InferenceOptions.ranker`), else None; RANKER='one_pass' where it cannot is refused."""
+        why = None
+        tokens = None
+        if self.info.target_kind != "item" or self.decoder is None:
+            why = f"{self.info.name}'s targets are {self.info.target_kind}, not items"
+        elif not self.info.is_item_sequence:
+            why = (f"{self.info.name}'s targets end with EOS (the score of an item is then "
+                   "that of its tokens and the EOS after them)")
+        elif not self.opts.constrained:
+            why = "CONSTRAINED=False decodes freely over the vocabulary"
+        else:
+            assert self.decoder is not None
+            tokens = modes.one_token_items(self.decoder.id_strings, self.vocab.encode)
+            if tokens is None:
+                why = f"some item IDs of {self.info.name} are more than one token"
+        if why is None:
+            return modes.NextItemRanker(self.config, tokens)
+        if self.opts.ranker == "one_pass":
+            raise InferenceConfigError(f"RANKER='one_pass' ranks tasks whose target is one "
+                                       f"one-token item, but {why}; use RANKER='auto'")
+        return None
+
+    @property
+    def ranking_path(self) -> str:
+        """Which computation ranks this task's items: "one_pass" or "beam_search"."""
+        return "one_pass" if self.ranker is not None else "beam_search"
 
     def _load_seen(self, stage: str) -> None:
 
@@ -276,23 +316,34 @@ class TaskRunner:
         prefix = lengths = None
         if self.info.is_item_sequence:
             prefix, lengths = self.decoder_prefix([ex for _, ex in rows], b)
+        if self.ranker is not None:
+            top, top_scores = self.ranker(self.params, enc, k, allowed, prefix, lengths)
+            found = [{"items": [int(j) for j, s in zip(top[r], top_scores[r], strict=True)
+                                if np.isfinite(s)],
+                      "scores": [float(s) for s in top_scores[r] if np.isfinite(s)],
+                      "invalid": 0, "duplicates": 0} for r in range(n)]
+            return [self._predict_record(index, ex, f) for (index, ex), f in
+                    zip(rows, found, strict=True)]
         seqs, scores = self.predictor(self.params, enc, k, allowed,
                                       None if self.opts.constrained else self._free_length(),
                                       self.opts.length_penalty, prefix, lengths)
         excluded = None if self.opts.constrained or not self.seen else [set(s) for s in seen]
         eos = -1 if self.info.is_item_sequence else self.eos
         found = modes.items_from_beams(seqs[:n], scores[:n], self.decoder, eos, k, excluded)
-        out = []
-        for (index, ex), f in zip(rows, found, strict=True):
-            rec = self.base_record(index, ex)
-            rec.update(items=[self.decoder.items[j] for j in f["items"]],
-                       ids=[self.decoder.id_strings[j] for j in f["items"]],
-                       scores=[float(s) for s in f["scores"]], invalid=f["invalid"],
-                       duplicates=f["duplicates"])
-            if not self.opts.constrained:
-                rec["masked"] = f["masked"]
-            out.append(with_t5x_fields(rec, rec["ids"][:1], rec["scores"][:1]))
-        return out
+        return [self._predict_record(index, ex, f) for (index, ex), f in
+                zip(rows, found, strict=True)]
+
+    def _predict_record(self, index: int, ex: Mapping[str, Any], found: Mapping[str, Any]
+                        ) -> dict[str, Any]:
+        assert self.decoder is not None
+        rec = self.base_record(index, ex)
+        rec.update(items=[self.decoder.items[j] for j in found["items"]],
+                   ids=[self.decoder.id_strings[j] for j in found["items"]],
+                   scores=[float(s) for s in found["scores"]], invalid=found["invalid"],
+                   duplicates=found["duplicates"])
+        if not self.opts.constrained:
+            rec["masked"] = found["masked"]
+        return with_t5x_fields(rec, rec["ids"][:1], rec["scores"][:1])
 
     def _decode(self, rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
         """Free decoding (T5X's predict): the top beam's text is the prediction, every
@@ -440,6 +491,11 @@ def run_task(info: TaskInfo, config: T5Config, params: Any, checkpoint: Checkpoi
         log.warning("%s: %s cannot be kept (%s); recomputing it", info.name, writer.final,
                     problem)
     runner = TaskRunner(info, config, params, opts)
+    if opts.mode == "predict":
+        # Recorded in the manifest, not a resume setting: both paths rank the same items,
+        # and a run resumed on the other one only moves scores in their last float digits.
+        provenance = {**(provenance or {}), "ranker": runner.ranking_path}
+        log.info("%s: ranking with %s", info.name, runner.ranking_path.replace("_", " "))
     writer.open()
     total = seqio.get_mixture_or_task(info.name).num_input_examples(opts.split)
     if total is not None and hosts > 1:
@@ -527,6 +583,8 @@ def validate_options(opts: InferenceOptions) -> None:
     for key in ("inputs", "targets"):
         if key not in opts.task_feature_lengths:
             raise InferenceConfigError(f"TASK_FEATURE_LENGTHS has no length for {key!r}")
+    if opts.ranker not in RANKERS:
+        raise InferenceConfigError(f"RANKER {opts.ranker!r} is not one of {list(RANKERS)}")
     for name in ("batch_size", "num_beams", "chunk_size", "candidate_block"):
         if int(getattr(opts, name)) < 1:
             raise InferenceConfigError(f"{name} must be >= 1, got {getattr(opts, name)}")

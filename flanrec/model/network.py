@@ -123,7 +123,8 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, embedded: Array, encoded: Array, self_mask: Array | None,
                  cross_mask: Array | None, deterministic: bool, decode: bool,
-                 max_decode_length: int | None, lora: Lora = None) -> Array:
+                 max_decode_length: int | None, lora: Lora = None,
+                 logit_positions: Array | None = None) -> Array:
         cfg = self.config
         length = embedded.shape[1]
         # While decoding, queries sit anywhere in [0, max_decode_length); the attention picks
@@ -138,6 +139,8 @@ class Decoder(nn.Module):
         for i in range(cfg.num_decoder_layers):
             x = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(
                 x, encoded, self_mask, bias, cross_mask, lora_child(lora, f"layers_{i}"))
+        if logit_positions is not None:  # one position per row: skip the others' logits
+            x = jnp.take_along_axis(x, logit_positions.astype(jnp.int32)[:, None, None], axis=1)
         x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="decoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         logits = Dense(cfg.vocab_size, ("embed", "vocab"), jnp.dtype(cfg.dtype),
@@ -261,7 +264,8 @@ class Transformer(nn.Module):
                decoder_segment_ids: Array | None = None,
                decoder_positions: Array | None = None, enable_dropout: bool = False,
                decode: bool = False, max_decode_length: int | None = None,
-               decoder_key_mask: Array | None = None) -> Array:
+               decoder_key_mask: Array | None = None,
+               logit_positions: Array | None = None) -> Array:
         """Decoder logits (float32) [batch, decoder_len, vocab].
 
         Incremental decoding: build the cache once with
@@ -273,6 +277,9 @@ class Transformer(nn.Module):
         `decoder_key_mask` (bool [batch, max_decode_length], decode only): cache positions a
         step may attend to, e.g. False on the left padding of decoder prefixes of unequal
         lengths (`decoding.beam_search(decoder_prefix=...)`).
+        `logit_positions` (int32 [batch]): return the logits of that one decoder position per
+        row ([batch, 1, vocab]), so a caller ranking the next token after a teacher-forced
+        prefix pays the vocabulary projection once per row, not once per position.
         """
         del decoder_positions
         length = decoder_input_tokens.shape[1]
@@ -295,7 +302,7 @@ class Transformer(nn.Module):
                           _segment_mask(decoder_segment_ids, encoder_segment_ids))
         return self.decoder(self.token_embedder(decoder_input_tokens), encoded, self_mask,
                             cross_mask, not enable_dropout, decode, max_decode_length,
-                            lora_child(self.lora_params, "decoder"))
+                            lora_child(self.lora_params, "decoder"), logit_positions)
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                  decoder_target_tokens: Array | None = None,

@@ -67,6 +67,7 @@ from flanrec.model.config import T5Config
 from flanrec.model.network import Transformer
 from flanrec.model.params import check_finite, check_params, count_params, flatten
 from flanrec.peft import params as peft_params
+from flanrec.train import ema as ema_lib
 from flanrec.train import flops, losses, optimizers, scalars
 from flanrec.train import steps as trainer
 from flanrec.train.inputs import DatasetConfig, check_task, eval_batches, train_batches
@@ -125,7 +126,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
           prompt: adapters.PromptConfig | None = None,
           lora: adapters.LoraConfig | None = None,
           rank_eval: RankEvalConfig | None = None, early_stopping_patience: int = 0,
-          devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+          devices: Sequence[jax.Device] | None = None, ema_decay: float = 0.0
+          ) -> dict[str, Any]:
     """Run (or resume) one training job; returns the last logged train/validation metrics.
 
     `tuning`: 'full' trains every parameter; 'prompt' trains only the soft prompt `prompt`
@@ -138,6 +140,10 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     recorded in MODEL_DIR/best_checkpoint.json (what `flanrec.infer` uses for
     CHECKPOINT_PATH=MODEL_DIR). `early_stopping_patience` > 0 stops after that many
     evaluations without a better NDCG@10.
+
+    `ema_decay` (EMA_DECAY) > 0 keeps an exponential moving average of the trained weights
+    (`flanrec.train.ema`): saved in every checkpoint and named there as the parameters to
+    infer with, and the weights that validation and rank validation score.
 
     Steps, as in T5X: starting from a T5X `initial_checkpoint_path`, the step count continues
     from that checkpoint's step (1,198,000 for Flan-T5 small) and `train_steps` is the total,
@@ -156,6 +162,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")  # the input pipeline must not grab accelerators
+    ema_decay = ema_lib.check_decay(ema_decay)
+    with_ema = ema_decay > 0
     loss_cfg = loss or losses.LossConfig()
     tx, schedule = optimizer or optimizers.make_optimizer()
     rules = tuple(rules or partitioning.logical_axis_rules())
@@ -200,7 +208,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         _save_task_vocabulary(out, train_dataset.mixture_or_task_name)
 
     # 4. Train state: resume > initial checkpoint > from scratch.
-    abstract = trainer.abstract_state(model, tx, tuning)
+    abstract = trainer.abstract_state(model, tx, tuning, with_ema)
     shardings = trainer.state_shardings(abstract, model_config, mesh, rules)
     frozen, frozen_sh = None, None
     if efficient:
@@ -233,7 +241,9 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             abstract_opt_state=jax.tree_util.tree_map(with_sharding, abstract.opt_state,
                                                       shardings.opt_state))
         step_arr = jax.device_put(np.int32(resume_step), shardings.step)
-        state = trainer.TrainState(step_arr, params, opt_state)
+        state = trainer.TrainState(step_arr, params, opt_state,
+                                   _resumed_ema(ckpt, resume_step, abstract, shardings)
+                                   if with_ema else None)
         dropout_rng = jax.numpy.asarray(np.asarray(meta["rng"], np.uint32))
         initial_step = int(meta.get("initial_step", 0))
         position = meta.get("data_position") or {}
@@ -252,7 +262,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     elif efficient:
         state, frozen = trainer.init_adapted_state(
             model, tx, init_rng, shardings, frozen_sh, mesh, rules,
-            _load_backbone(initial_checkpoint_path, base_config), tuning)
+            _load_backbone(initial_checkpoint_path, base_config), tuning, with_ema)
         skip = 0
     else:
         init_params = None
@@ -264,7 +274,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
             check_finite(flatten(init_params),
                                 f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path}")
             log.info("initial parameters from %s (%s)", initial_checkpoint_path, src_cfg.name)
-        state = trainer.init_state(model, tx, init_rng, shardings, mesh, rules, init_params)
+        state = trainer.init_state(model, tx, init_rng, shardings, mesh, rules, init_params,
+                                   with_ema)
         skip = 0
     if resume_step is None and initial_checkpoint_path:
         initial_step = start_step_of(initial_checkpoint_path)
@@ -290,7 +301,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     best = read_best(out, start_step) if ranking else {}
     bsh = partitioning.batch_sharding(mesh, rules)
     train_step = trainer.make_train_step(model, tx, schedule, loss_cfg, shardings, bsh, mesh,
-                                         rules, num_microbatches, frozen_sh)
+                                         rules, num_microbatches, frozen_sh, ema_decay)
     eval_step = trainer.make_eval_step(model, loss_cfg,
                                        peft_params.combine(frozen_sh, shardings.params),
                                        bsh, mesh, rules)
@@ -321,13 +332,16 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         if efficient:  # adapters only: the backbone is named, not copied
             meta.update(tuning=tuning, peft=adapters.adapters_to_dict(model_config),
                         backbone=_abs_path(initial_checkpoint_path))
+        if with_ema:
+            meta["ema_decay"] = ema_decay
         ckpt.save(step, state.params, state.opt_state, meta=meta, force=True,
-                  metrics={BEST_METRIC: metrics[BEST_METRIC]} if metrics else None)
+                  metrics={BEST_METRIC: metrics[BEST_METRIC]} if metrics else None,
+                  ema_params=state.ema_params)
         log.info("checkpoint %d started (%s)", step, "async" if async_checkpointing else "sync")
 
     def rank_validate(step: int) -> dict[str, float]:
         assert ranker is not None
-        m = ranker.evaluate(peft_params.combine(frozen, state.params))
+        m = ranker.evaluate(peft_params.combine(frozen, scored_params()))
         writers["validation"].write_scalars(step, {k: v for k, v in m.items()
                                                    if "@" in k})
         improved = rank_better(m[BEST_METRIC], best.get("value"))
@@ -345,13 +359,18 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                  f" | best {best['value']:.4f} at step {best['step']}")
         return m
 
+    def scored_params() -> Any:
+        """What validation scores: the moving average under EMA_DECAY (what inference
+        will use), else the trained weights."""
+        return state.ema_params if with_ema else state.params
+
     def validate(step: int) -> dict[str, float]:
         sums: dict[str, float] = {}
         t_eval = time.time()
         progress = Progress(f"validation @ step {step}", total=len(evals or []),
                             unit="batches", log=log.info)
         for b in evals or []:
-            result = eval_step(peft_params.combine(frozen, state.params),
+            result = eval_step(peft_params.combine(frozen, scored_params()),
                                partitioning.host_to_global(b, bsh))
             for k, v in jax.device_get(result).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -451,6 +470,22 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
 
 
 # ------------------------------------------------------------------ steps and vocabulary
+def _resumed_ema(ckpt: TrainCheckpointer, step: int, abstract: trainer.TrainState,
+                 shardings: trainer.TrainState) -> Any:
+    """The moving average saved at `step`, in its shards; a checkpoint saved without one
+    (the run had EMA_DECAY = 0 until now) starts it from the restored params."""
+    want = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract.ema_params, shardings.ema_params)
+    restored = ckpt.restore_ema(step, want)
+    if restored is not None:
+        return restored
+    log.warning("checkpoint %d has no moving average of the weights: EMA_DECAY starts it "
+                "from the restored weights", step)
+    params = ckpt.restore(step, abstract_params=want)[0]
+    return jax.jit(ema_lib.init, out_shardings=shardings.ema_params)(params)
+
+
 def _save_task_vocabulary(model_dir: Any, task_name: str) -> None:
     """MODEL_DIR/spiece.model + flanrec_vocabulary.json: the ids' meaning, for
     `flanrec.load(...).generate_text` and `convert --to hf` (`flanrec.interop.vocabulary`)."""

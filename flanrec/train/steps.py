@@ -31,6 +31,7 @@ from flanrec import partitioning
 from flanrec.model import hash_prng
 from flanrec.model.config import T5Config
 from flanrec.peft import params as peft_params
+from flanrec.train import ema as ema_lib
 from flanrec.train import flops, losses
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,14 @@ TOKEN_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_targe
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step updates: the step counter, parameters and optimizer state."""
+    """Everything a step updates: the step counter, parameters and optimizer state, and
+    with EMA_DECAY > 0 the moving average of the parameters (`flanrec.train.ema`; None
+    otherwise, which adds no leaf)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
+    ema_params: Any = None
 
 
 def _init_params(model: nn.Module, rng: jax.Array) -> Any:
@@ -57,12 +61,18 @@ def _init_params(model: nn.Module, rng: jax.Array) -> Any:
     return nn.unbox(model.init(rng, dummy, dummy, dummy)["params"])
 
 
+def _fresh(params: Any, tx: optax.GradientTransformation, ema: bool) -> TrainState:
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                      ema_lib.init(params) if ema else None)
+
+
 def abstract_state(model: nn.Module, tx: optax.GradientTransformation,
-                   tuning: str = "full") -> TrainState:
-    """Shapes and dtypes of the train state (trainable params only), without allocating it."""
+                   tuning: str = "full", ema: bool = False) -> TrainState:
+    """Shapes and dtypes of the train state (trainable params only), without allocating it.
+    `ema`: with the moving average of the params (EMA_DECAY > 0)."""
     def build(rng: jax.Array) -> TrainState:
         params, _ = peft_params.split(_init_params(model, rng), tuning)
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+        return _fresh(params, tx, ema)
 
     return jax.eval_shape(build, jax.random.PRNGKey(0))
 
@@ -89,24 +99,24 @@ def frozen_shardings(abstract: Any, cfg: T5Config, mesh: Mesh, rules: partitioni
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                shardings: TrainState, mesh: Mesh, rules: partitioning.Rules,
-               params: Mapping[str, Any] | None = None) -> TrainState:
+               params: Mapping[str, Any] | None = None, ema: bool = False) -> TrainState:
     """A fresh train state created directly in its shards.
 
     From scratch, the initialiser itself runs partitioned (no host ever holds the full
     model); from `params` (host numpy arrays of an imported checkpoint) each device receives
-    its slice, and only the optimizer state is computed on device.
+    its slice, and only the optimizer state is computed on device. `ema`: the moving
+    average starts as a copy of the initial params.
     """
     with partitioning.mesh_context(mesh, rules):
         if params is None:
             def build(rng: jax.Array) -> TrainState:
-                p = _init_params(model, rng)
-                return TrainState(jnp.zeros((), jnp.int32), p, tx.init(p))
+                return _fresh(_init_params(model, rng), tx, ema)
 
             return jax.jit(build, out_shardings=shardings)(rng)
         sharded = partitioning.shard_params(params, shardings.params)
 
         def attach(p: Any) -> TrainState:
-            return TrainState(jnp.zeros((), jnp.int32), p, tx.init(p))
+            return _fresh(p, tx, ema)
 
         return jax.jit(attach, in_shardings=(shardings.params,), out_shardings=shardings,
                        donate_argnums=(0,))(sharded)
@@ -115,7 +125,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
 def init_adapted_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                        shardings: TrainState, frozen_sh: Any, mesh: Mesh,
                        rules: partitioning.Rules, backbone: Mapping[str, Any], tuning: str,
-                       ) -> tuple[TrainState, Any]:
+                       ema: bool = False) -> tuple[TrainState, Any]:
     """(fresh adapter train state, frozen backbone) for TUNING='prompt'|'lora'.
 
     The backbone (host numpy arrays of the initial checkpoint) goes straight into its shards;
@@ -131,7 +141,7 @@ def init_adapted_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
         if prompt is not None and prompt.init == "vocab" and "prompt" in params:
             params = {**params, "prompt": peft_params.init_prompt_from_vocab(
                 cfg, frozen, jax.random.fold_in(rng, 1))["prompt"]}
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+        return _fresh(params, tx, ema)
 
     with partitioning.mesh_context(mesh, rules):
         state = jax.jit(build, in_shardings=(None, frozen_sh),
@@ -177,7 +187,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: Callable[[jax.Array], jax.Array], loss_cfg: losses.LossConfig,
                     shardings: TrainState, batch_sharding: NamedSharding, mesh: Mesh,
                     rules: partitioning.Rules, num_microbatches: int = 1,
-                    frozen_shardings: Any = None,
+                    frozen_shardings: Any = None, ema_decay: float = 0.0,
                     ) -> Callable[..., tuple[TrainState, dict]]:
     """`step(state, batch, rng, frozen=None) -> (state, metrics)`; the state is donated.
 
@@ -188,6 +198,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     exactly the masks an uninterrupted one would. Metrics are global over the batch: `loss`
     and `accuracy` per real target token, `grad_norm` of the normalised gradient (before any
     clipping), the `learning_rate` used for this update, and the token count.
+
+    A state holding `ema_params` (EMA_DECAY > 0) folds the updated params into that moving
+    average with `ema_decay`, in the same program (`flanrec.train.ema.update`).
     """
     def step(state: TrainState, batch: Batch, rng: jax.Array, frozen: Any
              ) -> tuple[TrainState, dict]:
@@ -227,7 +240,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             "param_norm": _norm(params),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
         }
-        return TrainState(state.step + 1, params, opt_state), metrics
+        ema_params = state.ema_params
+        if ema_params is not None:
+            ema_params = ema_lib.update(ema_params, params, ema_decay)
+        return TrainState(state.step + 1, params, opt_state, ema_params), metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
     frozen_sh = {} if frozen_shardings is None else frozen_shardings
