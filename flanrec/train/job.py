@@ -74,6 +74,7 @@ from flanrec.train.monitor import (
     BEST_FILE,
     BEST_METRIC,
     Preemption,
+    Timers,
     Window,
     format_eta,
     format_metrics,
@@ -369,11 +370,15 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     pending: tuple[int, Any] | None = None
     step = start_step
     stopped_early = False
+    timers = Timers()
+    timers.add("setup", time.time() - t_start)
     log.info("training from step %d to %d (%s; setup %.1fs)", step, train_steps, steps_basis,
              time.time() - t_start)
+    t_loop = time.perf_counter()
     try:
         while step < train_steps:
-            host_batch = next(train_iter, None)
+            with timers.part("input"):
+                host_batch = next(train_iter, None)
             if host_batch is None:
                 raise ConfigError(f"{train_dataset.mixture_or_task_name}/{train_dataset.split}: "
                                   f"too few examples for one batch of {per_host} per host")
@@ -389,6 +394,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                 window.add(*pending)
                 pending = None
                 meter.start(step)
+                timers.add("first step", time.perf_counter() - t_loop
+                           - timers.seconds.get("input", 0.0))
             stop = preemption.reached(step)
             is_last = step == train_steps
             save_now = is_last or stop or (checkpoint_period and step % checkpoint_period == 0)
@@ -417,13 +424,16 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                              format_eta(last_train.get("eta_sec", float("nan"))))
             ranked: dict[str, float] = {}
             if eval_now:
-                last_eval = validate(step) if evals is not None else {}
+                with timers.part("validation"):
+                    last_eval = validate(step) if evals is not None else {}
                 if ranker is not None:
-                    ranked = rank_validate(step)
+                    with timers.part("rank validation"):
+                        ranked = rank_validate(step)
                     last_eval.update({f"rank/{k}": v for k, v in ranked.items()})
                     save_now = True  # every ranked step is a candidate for the best
             if save_now:
-                save(step, ranked or None)
+                with timers.part("checkpoints"):
+                    save(step, ranked or None)
             if eval_now or save_now:
                 meter.start(step)  # throughput counts training only
             if stop and not is_last:
@@ -439,11 +449,16 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                     break
     finally:
         preemption.close()
-        ckpt.wait()
-        ckpt.close()
+        with timers.part("checkpoints"):
+            ckpt.wait()
+            ckpt.close()
         for w in writers.values():
             w.flush()
             w.close()
+    accounted = sum(v for k, v in timers.seconds.items() if k != "setup")
+    timers.add("steps", time.perf_counter() - t_loop - accounted)
+    log.info("where the time went: %s (steps: the training steps, host work between them "
+             "and log lines)", timers.summary())
     return {"step": step, "train": last_train, "validation": last_eval,
             "preempted": step < train_steps and not stopped_early,
             "stopped_early": stopped_early, "best": {k: v for k, v in best.items()
