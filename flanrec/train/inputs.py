@@ -213,32 +213,39 @@ def train_batches(cfg: DatasetConfig, per_host_batch: int, skip_batches: int
     else:
         ds, fill = built
     ds = ds.batch(per_host_batch, drop_remainder=True).skip(skip_batches)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    if fill is None:
-        return iter(ds.as_numpy_iterator())
-    return _after(fill, ds)
+    return TrainStream(ds.prefetch(tf.data.AUTOTUNE), fill)
 
 
-def _after(fill: Any, ds: Any) -> Iterator[dict[str, np.ndarray]]:
-    """`ds`'s batches once `fill` has run on its own thread (its error re-raised here)."""
-    errors: list[BaseException] = []
+class TrainStream(Iterator[dict[str, np.ndarray]]):
+    """Batches of a tf.data stream as numpy, after `fill` (run on its own thread from
+    construction; its error is raised at the first batch). `spec` names each feature's
+    per-host shape and dtype before any batch is read, so the step can compile meanwhile."""
 
-    def run() -> None:
-        try:
-            fill()
-        except BaseException as e:  # handed to the reader, who raises it
-            errors.append(e)
+    def __init__(self, ds: Any, fill: Any = None) -> None:
+        self.spec = {k: (tuple(v.shape), v.dtype.as_numpy_dtype)
+                     for k, v in ds.element_spec.items()}
+        self._ds, self._it = ds, None
+        self._errors: list[BaseException] = []
+        self._thread = None
+        if fill is not None:
+            def run() -> None:
+                try:
+                    fill()
+                except BaseException as e:  # handed to the reader, who raises it
+                    self._errors.append(e)
 
-    thread = threading.Thread(target=run, name="flanrec-input-cache", daemon=True)
-    thread.start()
+            self._thread = threading.Thread(target=run, name="flanrec-input-cache",
+                                            daemon=True)
+            self._thread.start()
 
-    def stream() -> Iterator[dict[str, np.ndarray]]:
-        thread.join()
-        if errors:
-            raise errors[0]
-        yield from ds.as_numpy_iterator()
-
-    return stream()
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            if self._thread is not None:
+                self._thread.join()
+                if self._errors:
+                    raise self._errors[0]
+            self._it = iter(self._ds.as_numpy_iterator())
+        return next(self._it)
 
 
 def eval_dataset(cfg: DatasetConfig) -> Any:

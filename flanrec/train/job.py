@@ -45,6 +45,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -275,13 +276,27 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                                             initial_checkpoint_path, resume_step)
     start_step = int(jax.device_get(state.step))
 
-    # 5. Input streams, compiled steps, writers.
+    # 5. Input streams, compiled steps, writers. The train step compiles on a thread while
+    # the validation data is read (XLA leaves the GIL to the readers); so does the eval step.
     train_iter = train_batches(dataclasses.replace(train_dataset, seed=train_dataset.seed
                                                    if train_dataset.seed is not None
                                                    else random_seed), per_host, skip)
+    bsh = partitioning.batch_sharding(mesh, rules)
+    train_step = trainer.make_train_step(model, tx, schedule, loss_cfg, shardings, bsh, mesh,
+                                         rules, num_microbatches, frozen_sh)
+    eval_step = trainer.make_eval_step(model, loss_cfg,
+                                       peft_params.combine(frozen_sh, shardings.params),
+                                       bsh, mesh, rules)
+    ahead = [_compile_ahead(train_step.compile_ahead, _abstract(state),
+                            _abstract_batch(train_iter.spec, batch, bsh), dropout_rng,
+                            frozen)]
     evals = None
     if eval_dataset is not None and eval_period:
         evals = eval_batches(eval_dataset, eval_dataset.batch_size // jax.process_count())
+        ahead.append(_compile_ahead(
+            eval_step.compile_ahead, _abstract(peft_params.combine(frozen, state.params)),
+            _abstract_batch({k: (v.shape, v.dtype) for k, v in evals[0].items()},
+                            eval_dataset.batch_size, bsh)))
     ranker = None
     if ranking:
 
@@ -289,12 +304,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         ranker = RankValidator(rank_eval, model_config.replace(dropout_rate=0.0),
                                train_dataset.task_feature_lengths)
     best = read_best(out, start_step) if ranking else {}
-    bsh = partitioning.batch_sharding(mesh, rules)
-    train_step = trainer.make_train_step(model, tx, schedule, loss_cfg, shardings, bsh, mesh,
-                                         rules, num_microbatches, frozen_sh)
-    eval_step = trainer.make_eval_step(model, loss_cfg,
-                                       peft_params.combine(frozen_sh, shardings.params),
-                                       bsh, mesh, rules)
+    for thread in ahead:
+        thread.join()  # the first step must not compile the same program a second time
     lengths = train_dataset.task_feature_lengths
     prompt_cfg = adapters.prompt_of(model_config)
     extra_inputs = prompt_cfg.length if prompt_cfg and prompt_cfg.fusion == "concat" else 0
@@ -466,6 +477,33 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
 
 
 # ------------------------------------------------------------------ steps and vocabulary
+def _abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of a pytree of arrays (what compiling needs)."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                       sharding=a.sharding), tree)
+
+
+def _abstract_batch(spec: Mapping[str, tuple[Sequence[int], Any]], global_batch: int,
+                    sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch `partitioning.host_to_global` makes of per-host batches of `spec`."""
+    return {k: jax.ShapeDtypeStruct((global_batch, *shape[1:]), np.dtype(dtype),
+                                    sharding=sharding) for k, (shape, dtype) in spec.items()}
+
+
+def _compile_ahead(compile_fn: Any, *args: Any) -> threading.Thread:
+    """`compile_fn(*args)` on a thread. A failure here is only logged: the step's first
+    call compiles again and reports the error where it belongs."""
+    def run() -> None:
+        try:
+            compile_fn(*args)
+        except Exception as e:  # the real call raises it again
+            log.debug("compiling ahead failed (the first call compiles): %s", e)
+
+    thread = threading.Thread(target=run, name="flanrec-compile", daemon=True)
+    thread.start()
+    return thread
+
+
 def _save_task_vocabulary(model_dir: Any, task_name: str) -> None:
     """MODEL_DIR/spiece.model + flanrec_vocabulary.json: the ids' meaning, for
     `flanrec.load(...).generate_text` and `convert --to hf` (`flanrec.interop.vocabulary`)."""
