@@ -76,3 +76,14 @@ def test_batched_topk_equals_per_user_argsort(stage: str):
         assert ranked[r] == [split.all_items[j] for j in top]
         assert scores[r] == pytest.approx(s[top].tolist(), rel=1e-5, abs=1e-6)  # other shapes
         assert not set(ranked[r]) & set(ex.seen)
+
+
+def test_history_length_is_the_window_or_the_longest_input():
+    split = short_split()  # at most 7 train items: inputs of at most 8 (+ validation item)
+    assert sasrec.history_length(split) == max(len(u.train_items) for u in split.users) + 1
+    assert sasrec.history_length(split) <= 8
+    assert sasrec.history_length(split, max_len=5) == 5
+    long = types.Split(users=[types.UserSequence("1", [str(i) for i in range(1, 80)], "80",
+                                                 "81")],
+                       all_items=[str(i) for i in range(1, 82)])
+    assert sasrec.history_length(long) == long.max_history == 50

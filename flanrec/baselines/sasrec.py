@@ -2,7 +2,8 @@
 
 The strong classical baseline for next-item prediction on leave-one-out splits. What is
 fixed (the baseline flanrec promises users): 2 self-attention blocks, hidden size 64, 1 head,
-inputs of at most 50 items, dropout 0.2, learned positional embeddings, causal attention,
+inputs of the split's history window (50 items in amazon5-loo and ml100k-loo; shorter when
+no user has that many), dropout 0.2, learned positional embeddings, causal attention,
 shared input/output item embeddings, Adam (lr 1e-3), batches of 128, early stopping on
 validation NDCG@10 with the best parameters kept.
 
@@ -53,7 +54,7 @@ class SASRecConfig:
     hidden: int = 64
     num_blocks: int = 2
     num_heads: int = 1
-    max_len: int = 50
+    max_len: int | None = None  # None: from the data (`history_length`)
     dropout: float = 0.2
     learning_rate: float = 1e-3
     batch_size: int = 128
@@ -139,6 +140,16 @@ class SASRec(nn.Module):
 def item_ids(split: types.Split) -> dict[str, int]:
     """raw item id -> 1..N, in catalogue order (0 is padding)."""
     return {item: j + 1 for j, item in enumerate(split.all_items)}
+
+
+def history_length(split: types.Split, max_len: int | None = None) -> int:
+    """The input length: the protocol's history window (the split's `max_history`, 50 for
+    amazon5-loo and ml100k-loo) or `max_len`, but no longer than the longest input the data
+    has (a user's training items, plus the validation item at test time), so a log of short
+    sequences does not pad every row to the window."""
+    cap = split.max_history if max_len is None else max_len
+    longest = max((len(u.train_items) + 1 for u in split.users), default=1)
+    return max(1, min(cap, longest))
 
 
 def training_windows(split: types.Split, ids: dict[str, int], max_len: int
@@ -329,16 +340,17 @@ def train(split: types.Split, config: SASRecConfig = SASRecConfig(),
     progress = progress or log.info
     t0 = time.time()
     ids = item_ids(split)
+    max_len = history_length(split, config.max_len)
     model = SASRec(num_items=len(ids), hidden=config.hidden, num_blocks=config.num_blocks,
-                   num_heads=config.num_heads, max_len=config.max_len, dropout=config.dropout)
-    xs, ys = training_windows(split, ids, config.max_len)
+                   num_heads=config.num_heads, max_len=max_len, dropout=config.dropout)
+    xs, ys = training_windows(split, ids, max_len)
     valid = splits.eval_examples(split, "validation")
     if not valid:
         raise ValueError("the split has no validation users to early-stop on")
-    valid_q = make_queries(valid, ids, config.max_len)
+    valid_q = make_queries(valid, ids, max_len)
     rng = jax.random.PRNGKey(config.seed)
     rng, init_rng = jax.random.split(rng)
-    params = model.init(init_rng, jnp.zeros((1, config.max_len), jnp.int32))["params"]
+    params = model.init(init_rng, jnp.zeros((1, max_len), jnp.int32))["params"]
     tx, step = trainer_for(model, config.learning_rate)
     scorer = scorer_for(model)
     opt_state = tx.init(params)
@@ -373,7 +385,7 @@ def train(split: types.Split, config: SASRecConfig = SASRecConfig(),
                        and time.time() - t0 >= config.max_train_seconds)
         if epoch % config.eval_every and epoch != config.max_epochs and not out_of_time:
             continue
-        ranked, _ = rank_queries(scorer, params, valid_q, split, ids, config.max_len, k=10)
+        ranked, _ = rank_queries(scorer, params, valid_q, split, ids, max_len, k=10)
         m = metrics_lib.ranking_metrics(ranked, valid_q.targets, ks=(10,))
         loss_mean = float(np.mean(jax.device_get(losses)))
         history.append({"epoch": epoch, "loss": loss_mean, "valid_ndcg@10": m["ndcg@10"],
