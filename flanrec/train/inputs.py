@@ -91,7 +91,7 @@ def check_task(cfg: DatasetConfig, model_vocab: int) -> None:
 
 # The most memory the training split may take when held in memory, per host, estimated as
 # 8 bytes a token of the converted features (int32 inputs + 3 target-length arrays, with
-# tf.data's overhead): ML-100K's seqrec split is about 5 MB, Amazon Beauty's about 35 MB.
+# tf.data's overhead): ML-100K's seqrec split (6,242 examples of 56 + 40 tokens) is ~9 MB.
 MAX_BYTES_IN_MEMORY = 1 << 30
 
 
