@@ -149,6 +149,15 @@ def _append_eos_to_inputs_only(dataset: tf.data.Dataset,
     return seqio.preprocessors.append_eos_after_trim(dataset, inputs_only, sequence_length)
 
 
+def per_example_postcache() -> tuple[Any, ...]:
+    """The post-cache preprocessors `standard_preprocessors` adds that map each example on its
+    own and the same way every epoch (no seed, no position): a training input pipeline may
+    run them once per example and repeat their output (`flanrec.train.inputs`).
+    `vary_templates` is not one: it re-phrases by epoch."""
+    return (seqio.preprocessors.append_eos_after_trim, _append_eos_to_inputs_only)
+
+
+
 # ---------------------------------------------------------------------------------------------
 # Postprocessors and metrics
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -75,6 +76,7 @@ from flanrec.train.monitor import (
     BEST_FILE,
     BEST_METRIC,
     Preemption,
+    Timers,
     Window,
     format_eta,
     format_metrics,
@@ -285,13 +287,27 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                                             initial_checkpoint_path, resume_step)
     start_step = int(jax.device_get(state.step))
 
-    # 5. Input streams, compiled steps, writers.
+    # 5. Input streams, compiled steps, writers. The train step compiles on a thread while
+    # the validation data is read (XLA leaves the GIL to the readers); so does the eval step.
     train_iter = train_batches(dataclasses.replace(train_dataset, seed=train_dataset.seed
                                                    if train_dataset.seed is not None
                                                    else random_seed), per_host, skip)
+    bsh = partitioning.batch_sharding(mesh, rules)
+    train_step = trainer.make_train_step(model, tx, schedule, loss_cfg, shardings, bsh, mesh,
+                                         rules, num_microbatches, frozen_sh, ema_decay)
+    eval_step = trainer.make_eval_step(model, loss_cfg,
+                                       peft_params.combine(frozen_sh, shardings.params),
+                                       bsh, mesh, rules)
+    ahead = [_compile_ahead(train_step.compile_ahead, _abstract(state),
+                            _abstract_batch(train_iter.spec, batch, bsh), dropout_rng,
+                            frozen)]
     evals = None
     if eval_dataset is not None and eval_period:
         evals = eval_batches(eval_dataset, eval_dataset.batch_size // jax.process_count())
+        ahead.append(_compile_ahead(
+            eval_step.compile_ahead, _abstract(peft_params.combine(frozen, state.params)),
+            _abstract_batch({k: (v.shape, v.dtype) for k, v in evals[0].items()},
+                            eval_dataset.batch_size, bsh)))
     ranker = None
     if ranking:
 
@@ -299,12 +315,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
         ranker = RankValidator(rank_eval, model_config.replace(dropout_rate=0.0),
                                train_dataset.task_feature_lengths)
     best = read_best(out, start_step) if ranking else {}
-    bsh = partitioning.batch_sharding(mesh, rules)
-    train_step = trainer.make_train_step(model, tx, schedule, loss_cfg, shardings, bsh, mesh,
-                                         rules, num_microbatches, frozen_sh, ema_decay)
-    eval_step = trainer.make_eval_step(model, loss_cfg,
-                                       peft_params.combine(frozen_sh, shardings.params),
-                                       bsh, mesh, rules)
+    for thread in ahead:
+        thread.join()  # the first step must not compile the same program a second time
     lengths = train_dataset.task_feature_lengths
     prompt_cfg = adapters.prompt_of(model_config)
     extra_inputs = prompt_cfg.length if prompt_cfg and prompt_cfg.fusion == "concat" else 0
@@ -388,11 +400,15 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     pending: tuple[int, Any] | None = None
     step = start_step
     stopped_early = False
+    timers = Timers()
+    timers.add("setup", time.time() - t_start)
     log.info("training from step %d to %d (%s; setup %.1fs)", step, train_steps, steps_basis,
              time.time() - t_start)
+    t_loop = time.perf_counter()
     try:
         while step < train_steps:
-            host_batch = next(train_iter, None)
+            with timers.part("input"):
+                host_batch = next(train_iter, None)
             if host_batch is None:
                 raise ConfigError(f"{train_dataset.mixture_or_task_name}/{train_dataset.split}: "
                                   f"too few examples for one batch of {per_host} per host")
@@ -408,6 +424,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                 window.add(*pending)
                 pending = None
                 meter.start(step)
+                timers.add("first step", time.perf_counter() - t_loop
+                           - timers.seconds.get("input", 0.0))
             stop = preemption.reached(step)
             is_last = step == train_steps
             save_now = is_last or stop or (checkpoint_period and step % checkpoint_period == 0)
@@ -436,13 +454,16 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                              format_eta(last_train.get("eta_sec", float("nan"))))
             ranked: dict[str, float] = {}
             if eval_now:
-                last_eval = validate(step) if evals is not None else {}
+                with timers.part("validation"):
+                    last_eval = validate(step) if evals is not None else {}
                 if ranker is not None:
-                    ranked = rank_validate(step)
+                    with timers.part("rank validation"):
+                        ranked = rank_validate(step)
                     last_eval.update({f"rank/{k}": v for k, v in ranked.items()})
                     save_now = True  # every ranked step is a candidate for the best
             if save_now:
-                save(step, ranked or None)
+                with timers.part("checkpoints"):
+                    save(step, ranked or None)
             if eval_now or save_now:
                 meter.start(step)  # throughput counts training only
             if stop and not is_last:
@@ -458,11 +479,16 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                     break
     finally:
         preemption.close()
-        ckpt.wait()
-        ckpt.close()
+        with timers.part("checkpoints"):
+            ckpt.wait()
+            ckpt.close()
         for w in writers.values():
             w.flush()
             w.close()
+    accounted = sum(v for k, v in timers.seconds.items() if k != "setup")
+    timers.add("steps", time.perf_counter() - t_loop - accounted)
+    log.info("where the time went: %s (steps: the training steps, host work between them "
+             "and log lines)", timers.summary())
     return {"step": step, "train": last_train, "validation": last_eval,
             "preempted": step < train_steps and not stopped_early,
             "stopped_early": stopped_early, "best": {k: v for k, v in best.items()
@@ -484,6 +510,33 @@ def _resumed_ema(ckpt: TrainCheckpointer, step: int, abstract: trainer.TrainStat
                 "from the restored weights", step)
     params = ckpt.restore(step, abstract_params=want)[0]
     return jax.jit(ema_lib.init, out_shardings=shardings.ema_params)(params)
+
+
+def _abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of a pytree of arrays (what compiling needs)."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                       sharding=a.sharding), tree)
+
+
+def _abstract_batch(spec: Mapping[str, tuple[Sequence[int], Any]], global_batch: int,
+                    sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch `partitioning.host_to_global` makes of per-host batches of `spec`."""
+    return {k: jax.ShapeDtypeStruct((global_batch, *shape[1:]), np.dtype(dtype),
+                                    sharding=sharding) for k, (shape, dtype) in spec.items()}
+
+
+def _compile_ahead(compile_fn: Any, *args: Any) -> threading.Thread:
+    """`compile_fn(*args)` on a thread. A failure here is only logged: the step's first
+    call compiles again and reports the error where it belongs."""
+    def run() -> None:
+        try:
+            compile_fn(*args)
+        except Exception as e:  # the real call raises it again
+            log.debug("compiling ahead failed (the first call compiles): %s", e)
+
+    thread = threading.Thread(target=run, name="flanrec-compile", daemon=True)
+    thread.start()
+    return thread
 
 
 def _save_task_vocabulary(model_dir: Any, task_name: str) -> None:

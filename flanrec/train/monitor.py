@@ -12,7 +12,9 @@ import json
 import logging
 import math
 import signal
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import jax
@@ -132,3 +134,27 @@ def format_metrics(metrics: Mapping[str, float], keys: Sequence[str]) -> str:
     """`keys` of `metrics` for one log line (`hr@10 0.1234 | ndcg@10 0.0567`); absent keys
     are left out, so a log line never fails on a metric a task does not have."""
     return " | ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
+
+
+class Timers:
+    """Wall seconds of a run by part (training steps, waiting for input, validation, rank
+    validation, checkpoints), logged once at the end: where a run's time went beyond the
+    steps, without a profiler."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def summary(self) -> str:
+        """`steps 81.2s | input 0.4s | ...` in the order the parts were first timed."""
+        return " | ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())

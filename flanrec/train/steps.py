@@ -255,6 +255,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         with partitioning.mesh_context(mesh, rules):
             return jitted(state, batch, rng, {} if frozen is None else frozen)
 
+    def compile_ahead(state: Any, batch: Any, rng: Any, frozen: Any = None) -> None:
+        """Compile for these shapes (arrays or `jax.ShapeDtypeStruct`s) without running:
+        the first `run` with the same shapes then finds the program in JAX's cache."""
+        with partitioning.mesh_context(mesh, rules):
+            jitted.lower(state, batch, rng, {} if frozen is None else frozen).compile()
+
+    run.compile_ahead = compile_ahead  # type: ignore[attr-defined]
     return run
 
 
@@ -273,6 +280,12 @@ def make_eval_step(model: nn.Module, loss_cfg: losses.LossConfig, params_shardin
         with partitioning.mesh_context(mesh, rules):
             return jitted(params, batch)
 
+    def compile_ahead(params: Any, batch: Any) -> None:
+        """As `make_train_step`'s: compile for these shapes without running."""
+        with partitioning.mesh_context(mesh, rules):
+            jitted.lower(params, batch).compile()
+
+    run.compile_ahead = compile_ahead  # type: ignore[attr-defined]
     return run
 
 
