@@ -240,6 +240,30 @@ def write_tasks(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
 
 
 
+def data_stats(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
+               opts: PrepareOptions, prefix: str, infos: dict[str, dict[str, Any]],
+               vocabulary: Any, why_no_vocab: str) -> dict[str, Any]:
+    """prepare.json's ``stats``: catalogue and user counts, train history lengths, the
+    vocabulary's size and, per task and split, input and target token lengths
+    (`flanrec.data.data_stats`); a run's 'auto' settings are derived from them."""
+    from flanrec.data import data_stats as stats_lib
+
+    out: dict[str, Any] = {"catalogue": len(split.all_items), "users": len(split.users),
+                           "history": stats_lib.history_stats(split), "vocab": None,
+                           "tasks": {}}
+    if vocabulary is None:
+        out["tokens_skipped_because"] = why_no_vocab or "no vocabulary"
+        return out
+    out["vocab"] = stats_lib.vocab_stats(vocabulary)
+    for name, info in infos.items():
+        family = families_lib.get(info["family"])
+        data = _family_data(split, dataset, indexes[info["index_method"]], opts, prefix)
+        counts = {s: v["num_input_examples"] for s, v in info["splits"].items()}
+        out["tasks"][name] = stats_lib.task_token_stats(family, data, vocabulary, counts,
+                                                        bool(info.get("targets_eos", True)))
+    return out
+
+
 def skipped_families(families: Sequence[str], infos: dict[str, dict[str, Any]],
                      data: families_lib.FamilyData) -> dict[str, str]:
     """family -> why no task of it was written (a log without ratings, users or titles
@@ -398,6 +422,12 @@ def prepare(opts: PrepareOptions, log: Any = print,
             _drop_sequence_tasks(tries, infos, os.path.join(tmp, "tasks"), named_families,
                                  log)
             lap("trie")
+        with stage("prepare: data stats (token lengths)", log=progress) as st:
+            stats = data_stats(split, dataset, indexes, opts, prefix, infos, vocabulary,
+                               why_no_vocab)
+            st["note"] = (f"vocabulary {stats['vocab']['size']:,} ids" if stats.get("vocab")
+                          else "no vocabulary: token lengths not measured")
+        lap("stats")
         doc = {
             "format": "flanrec.prepared",
             "version": 1,
@@ -435,6 +465,8 @@ def prepare(opts: PrepareOptions, log: Any = print,
                 "trie_skipped_because": why_no_vocab or None,
             },
             "tries": tries,
+            # What a run derives its shape settings from (flanrec.data.derived).
+            "stats": stats,
             "timings_s": timings,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

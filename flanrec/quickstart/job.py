@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from flanrec.data import families, layout, locations
+from flanrec.data import derived, families, layout, locations
 from flanrec.data.prepared import read_prepare_json
 from flanrec.errors import UserError
 from flanrec.files import outputs, storage
@@ -146,14 +146,14 @@ def cli(argv: Sequence[str]) -> int:
         else:
             _stage("prepare", [py, "-m", "flanrec.prepare", "--dataset", args.dataset,
                                "--out", data_dir, *shlex.split(args.prepare_args)], env, timings)
-        task = args.task or _default_task(data_dir, experiment, args.gin)
+        settings = _settings(data_dir, experiment, args.gin)
+        task = args.task or _default_task(data_dir, settings)
         bindings = [f"--gin.{b}" for b in args.gin]
         _stage("train", [py, "-m", "flanrec.train", f"--gin_file={experiment}",
                          f"--gin.MODEL_DIR={model_dir}", *bindings], env, timings)
-        lengths = _gin_value(experiment, "TASK_FEATURE_LENGTHS")
-        for b in args.gin:
-            if b.startswith("TASK_FEATURE_LENGTHS="):
-                lengths = b.split("=", 1)[1]
+        # The lengths training used (derived from the data exactly as the train job did).
+        lengths = settings.get("TASK_FEATURE_LENGTHS")
+        lengths = repr(lengths) if isinstance(lengths, dict) else None
         infer = [py, "-m", "flanrec.infer", "--gin_file=gin/runs/infer.gin",
                  f"--gin.CHECKPOINT_PATH={model_dir}", f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
                  f"--gin.INFER_OUTPUT_DIR={infer_dir}", f"--gin.DATA_DIR={data_dir}",
@@ -204,16 +204,43 @@ def _output_problem(dirs: Sequence[tuple[str, str, str | None]]) -> str | None:
     return None
 
 
-def _default_task(data_dir: str, experiment: str, bindings: Sequence[str]) -> str:
+def _literal(text: str | None) -> object:
+    """A gin value as the jobs read it: a Python literal, else the text itself (`--gin.X=V`
+    quotes such a V: `gin_cli.as_binding`); None when absent or a gin reference."""
+    if text is None or text.strip()[:1] in "@%":
+        return None
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def _settings(data_dir: str, experiment: str, bindings: Sequence[str]) -> dict[str, object]:
+    """The experiment's data-dependent macros (`flanrec.data.derived.MACROS`) after the
+    user's `--gin` bindings, with the ones it leaves to the data ('auto', `{prefix}` task
+    names) derived from `data_dir` by the same function the train job calls, so the stages
+    after training use the values it trained with."""
+    values: dict[str, object] = {}
+    for macro in derived.MACROS:
+        value = _literal(_gin_value(experiment, macro))
+        for b in bindings:
+            if b.split("=", 1)[0].strip() == macro:
+                value = _literal(b.split("=", 1)[1])
+        if value is not None:
+            values[macro] = value
+    if derived.needs_data(values):
+        doc = read_prepare_json(data_dir)
+        values.update({m: v for m, (v, _) in derived.derive(values, doc, data_dir).items()})
+    return values
+
+
+def _default_task(data_dir: str, settings: dict[str, object]) -> str:
     """The task the experiment validates on (RANK_EVAL_TASK), else the prepared dir's seqrec
     task, else its seq task (as their families' fields say)."""
 
-    given = _gin_value(experiment, "RANK_EVAL_TASK")
-    for b in bindings:
-        if b.startswith("RANK_EVAL_TASK="):
-            given = b.split("=", 1)[1]
-    if given and ast.literal_eval(given):
-        return str(ast.literal_eval(given))
+    given = settings.get("RANK_EVAL_TASK")
+    if isinstance(given, str) and given:
+        return given
     info = read_prepare_json(data_dir)
     prefix = info.get("task_prefix") or "ml100k"
     suffix = (info.get("index_suffixes") or ["seqidx"])[0]
