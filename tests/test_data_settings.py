@@ -196,7 +196,7 @@ def test_quickstart_runs_untouched_on_a_log_unlike_ml100k(tmp_path, shape, fmt):
     proc = subprocess.run(
         [sys.executable, "-m", "flanrec.quickstart", "--dataset", fmt,
          "--data_dir", str(tmp_path / "prepared"), "--model_dir", str(tmp_path / "run"),
-         "--baselines", "popularity", "--num_beams", "10",
+         "--baselines", "none", "--num_beams", "10",
          "--gin", "TRAIN_EPOCHS=0.5", "--gin", "NUM_EVALS=1",
          "--prepare_args", f"--raw_dir {raw} --train_vocab --vocab_size 600 "
                            "--task_prefix anything --families seq,seqrec"],

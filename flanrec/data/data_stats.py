@@ -12,8 +12,9 @@ would cost ~20 s on ML-100K (half a million examples), more than the rest of `pr
 together; so a (task, split) with up to `EXACT_LIMIT` examples is measured whole (the
 seqrec family's train windows, every validation and test split of a small log) and a
 larger one (and an evaluation split of more than `SAMPLE`) on an evenly strided sample of
-about `SAMPLE` examples (every n-th: the family's own sharding, which renders nothing
-else). The record says which (``measured`` vs
+about `SAMPLE` examples: for a train split, taken from the strided share `prepare` already
+rendered to train the vocabulary on; otherwise every n-th example (the family's own
+sharding). The record says which (``measured`` vs
 ``examples``); the train job's length check still samples the stream it trains on.
 """
 
@@ -68,12 +69,15 @@ def _encoded_lengths(vocabulary: seqio.Vocabulary, texts: list[str]) -> list[int
 
 def task_token_stats(family: Family, data: FamilyData, vocabulary: seqio.Vocabulary,
                      counts: Mapping[str, int], targets_eos: bool,
-                     exact_limit: int = EXACT_LIMIT, sample: int = SAMPLE
+                     exact_limit: int = EXACT_LIMIT, sample: int = SAMPLE,
+                     rendered_train: tuple[list[str], list[str]] | None = None
                      ) -> dict[str, dict[str, Any]]:
     """split -> {examples, measured, inputs: {p50, p99, max}, targets: {...}} for one task.
 
     `counts` are the task's example counts per output split (prepare.json's); splits
-    without examples are left out."""
+    without examples are left out. `rendered_train`: (inputs, targets) texts of an evenly
+    strided share of the train split already rendered (the vocabulary's corpus); a large
+    train split is sampled from them instead of rendered again."""
     out: dict[str, dict[str, Any]] = {}
     for out_split, split_name, template_types in family.output_splits():
         n = int(counts.get(out_split, 0))
@@ -81,10 +85,15 @@ def task_token_stats(family: Family, data: FamilyData, vocabulary: seqio.Vocabul
             continue
         limit = exact_limit if out_split == "train" else sample
         every = 1 if n <= limit else math.ceil(n / sample)
-        inputs, targets = [], []
-        for ex in family.examples(data, split_name, template_types, 0, every):
-            inputs.append(ex["inputs"])
-            targets.append(ex["targets"])
+        inputs: list[str] = []
+        targets: list[str] = []
+        if every > 1 and out_split == "train" and rendered_train and rendered_train[0]:
+            step = max(1, math.ceil(len(rendered_train[0]) / sample))
+            inputs, targets = rendered_train[0][::step], rendered_train[1][::step]
+        else:
+            for ex in family.examples(data, split_name, template_types, 0, every):
+                inputs.append(ex["inputs"])
+                targets.append(ex["targets"])
         if not inputs:
             continue
         in_lens = [k + 1 for k in _encoded_lengths(vocabulary, inputs)]
@@ -96,7 +105,7 @@ def task_token_stats(family: Family, data: FamilyData, vocabulary: seqio.Vocabul
 
 def vocab_stats(vocabulary: seqio.Vocabulary) -> dict[str, Any]:
     """`size`: the ids a model must embed (pieces + extra ids + item-token slots), as seqio
-    counts them; `pieces`: the SentencePiece model's own pieces."""
+    counts them; `pieces`: those of the SentencePiece processor it tokenizes with."""
     tok = _tokenizer(vocabulary)
     return {"size": int(vocabulary.vocab_size),
             "pieces": int(tok.get_piece_size()) if tok is not None else None}
