@@ -1,11 +1,16 @@
 r"""The end-to-end CPU quickstart: prepare -> train -> constrained inference -> baselines -> eval.
 
-    python -m flanrec.quickstart            # ML-100K, about 7.5 min on 2 idle CPU cores
+    python -m flanrec.quickstart            # ML-100K
+    python -m flanrec.quickstart --dataset csv \
+        --prepare_args "--raw_dir my.csv --train_vocab --task_prefix mine"   # any log
 
-What the minutes go to (2 cores, idle): prepare 11 s, train 4.6 min (3,000 steps),
-constrained inference 12 s, baselines 2.3 min (SASRec's 50 epochs, then the family
-baselines), eval 3 s; plus the `pip install` of a fresh clone. A busy machine only takes
-longer: the budget is steps, not seconds.
+The experiment takes everything that depends on the data from the prepared dir
+(`flanrec.data.derived`): the task names, the feature lengths, the vocabulary size and the
+budget (TRAIN_EPOCHS passes over the train task, early stopping on validation NDCG@10), so
+the same command runs on any CSV/Parquet log or one-line-per-user sequence file; the train
+stage prints each derived value and why, and inference uses the same values. On ML-100K the
+budget is ml100k_seqrec.gin's full recipe (41 epochs: 7,998 steps). A busy machine only
+takes longer: the budget is steps, not seconds.
 
 The prepared data goes where every other job looks for it by default
 (`$FLANREC_DATA_DIR`, else `~/.cache/flanrec/prepared/ml-100k`: `flanrec.data.locations`), so
@@ -96,7 +101,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_dir", default="runs/quickstart", help="training run directory")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="gin experiment file")
     p.add_argument("--task", default=None,
-                   help="task to rank on (default: the experiment's RANK_EVAL_TASK, else "
+                   help="task to rank on (default: the experiment's RANK_EVAL_TASK, with "
+                   "{prefix} the prepared data's task prefix, else "
                    "{prefix}_seqrec_{indexing} of the prepared data when it has one, else "
                    "{prefix}_seq_{indexing})")
     p.add_argument("--split", default="test", choices=("validation", "test"))
