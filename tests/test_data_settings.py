@@ -206,3 +206,16 @@ def test_quickstart_runs_untouched_on_a_log_unlike_ml100k(tmp_path, shape, fmt):
     assert "derived TRAIN_STEPS = " in proc.stdout
     metrics = json.loads((tmp_path / "run" / "eval_test" / "metrics.json").read_text())
     assert metrics["num_users"] == 120 and metrics["invalid"] == 0.0
+
+
+def test_parquet_log_of_unicode_ids_derives_its_own_settings(tmp_path):
+    raw = tmp_path / "log.parquet"
+    log_shapes.write("unicode", str(raw), "parquet", users=100, items=90)
+    doc = _prepare(raw, tmp_path / "out", "parquet", "uni")
+    values = {"MIXTURE_OR_TASK_NAME": "{prefix}_seq_{indexing}",
+              "TASK_FEATURE_LENGTHS": "auto", "VOCAB_SIZE": "auto"}
+    out = {m: v for m, (v, _) in derived.derive(values, doc, str(tmp_path)).items()}
+    assert out["MIXTURE_OR_TASK_NAME"] == f"{doc['task_prefix']}_seq_seqidx"
+    seq = doc["stats"]["tasks"]["seq_seqidx"]
+    assert out["TASK_FEATURE_LENGTHS"]["inputs"] >= max(s["inputs"]["max"] for s in seq.values())
+    assert out["VOCAB_SIZE"] >= doc["stats"]["vocab"]["size"]
