@@ -205,11 +205,14 @@ def experiment_settings(gin_file: str) -> dict[str, Any]:
     """What a gin experiment trains: model config, task, module, lengths, batch, packing.
 
     Parsed with gin itself (includes resolved, bindings the bench does not know skipped),
-    so a bench run is exactly the experiment's shapes.
+    so a bench run is exactly the experiment's shapes; values the experiment leaves to the
+    data ('auto', `{prefix}` task names) are derived from $FLANREC_DATA_DIR's prepared dir
+    as the train job derives them (`flanrec.frontend.gin_cli.resolve_derived`).
     """
     import gin
 
     from flanrec import configurables  # noqa: F401  (registers the gin configurables)
+    from flanrec.frontend.gin_cli import resolve_derived
     from flanrec.model.config import T5Config
 
     gin.clear_config()
@@ -218,6 +221,7 @@ def experiment_settings(gin_file: str) -> dict[str, Any]:
     gin.parse_config_files_and_bindings([gin_file], [], skip_unknown=True,
                                         finalize_config=False)
     try:
+        resolve_derived(log=lambda line: print(f"  {line}", file=sys.stderr))
         cfg = gin.get_configurable(T5Config)()
         out = {"model": cfg, "task": gin.query_parameter("%MIXTURE_OR_TASK_NAME"),
                "module": gin.query_parameter("%MIXTURE_OR_TASK_MODULE") or "tasks",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import gin
 
+from flanrec.data import derived, locations, prepared
 from flanrec.errors import ConfigError
 from flanrec.frontend import jobs
 
@@ -147,7 +148,8 @@ def parse_gin_job_args(parser: argparse.ArgumentParser, argv: Sequence[str]
 # Read by `configure_gin` itself, or by the task modules it imports (vocab.gin_macro), so no
 # gin binding references them and yet they are not misspelled.
 DRIVER_MACROS = frozenset({"MIXTURE_OR_TASK_MODULE", "FLANREC_DATA_DIR",
-                           "FLANREC_AMAZON_DATA_DIR", "FLANREC_VOCAB", "FLANREC_FLAN_DATA"})
+                           "FLANREC_AMAZON_DATA_DIR", "FLANREC_VOCAB", "FLANREC_FLAN_DATA",
+                           *derived.INPUT_MACROS})
 
 
 def check_macros_used(bindings: Sequence[str]) -> None:
@@ -178,6 +180,7 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
     except (ValueError, OSError) as e:  # a misspelled name, a missing file: gin's own message
         raise ConfigError(str(e)) from e
     check_macros_used(bindings)
+    resolve_derived()
     try:
         module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
     except ValueError:
@@ -185,6 +188,45 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str],
     if module:
         importlib.import_module(module)
     gin.finalize()
+
+
+def _macro(name: str, depth: int = 0) -> object:
+    """A macro's value, following `X = %Y` references; `derived` when not defined."""
+    try:
+        value = gin.query_parameter(f"%{name}")
+    except ValueError:
+        return derived
+    if isinstance(value, gin.config.ConfigurableReference) and depth < 8:
+        selector = value.scoped_selector
+        if selector.endswith("/macro") or selector == "macro":
+            return _macro(selector.rsplit("/", 1)[0], depth + 1)
+    return value
+
+
+def _data_dirs() -> list[str]:
+    """Where the run's prepared data is: the infer job's DATA_DIR, else the gin macro
+    FLANREC_DATA_DIR, else $FLANREC_DATA_DIR, else the default (`flanrec.data.locations`)."""
+    for name in ("DATA_DIR", "FLANREC_DATA_DIR"):
+        value = _macro(name)
+        if isinstance(value, str) and value:
+            return locations.configured_data_dirs(value)
+    return locations.configured_data_dirs()
+
+
+def resolve_derived(log: object = print) -> dict[str, object]:
+    """Fill in the macros an experiment leaves to the data (`flanrec.data.derived`: 'auto'
+    values and `{prefix}` task names) from the prepared dir's prepare.json, before the
+    config is locked; one line per value says what it is and why. A value the user bound
+    is never touched. Returns macro -> value."""
+    values = {m: v for m in derived.MACROS if (v := _macro(m)) is not derived}
+    if not derived.needs_data(values):
+        return {}
+    source, doc = derived.data_dir_for(_data_dirs(), values, prepared.read_prepare_json)
+    out = derived.derive(values, doc, source)
+    for macro, (value, why) in out.items():
+        gin.bind_parameter(f"{macro}/macro.value", value)
+        log(derived.format_line(macro, value, why))  # type: ignore[operator]
+    return {m: v for m, (v, _) in out.items()}
 
 
 def is_unset_macro(error: BaseException) -> bool:

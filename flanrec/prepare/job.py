@@ -141,22 +141,28 @@ class _TextSample:
         self.max_examples = max_examples
         self.n = 0
         self.texts: list[str] = []
-        self.plan: list[tuple[families_lib.Family, families_lib.FamilyData, int]] = []
+        self.plan: list[tuple[families_lib.Family, families_lib.FamilyData, int, str]] = []
+        # task -> (inputs, targets) of its rendered share: the data stats reuse them.
+        self.by_task: dict[str, tuple[list[str], list[str]]] = {}
 
     def add(self, family: families_lib.Family, data: families_lib.FamilyData,
-            count: int) -> None:
-        self.plan.append((family, data, count))
+            count: int, task: str = "") -> None:
+        self.plan.append((family, data, count, task))
 
     def render(self) -> None:
-        total = sum(n for _, _, n in self.plan)
+        total = sum(n for _, _, n, _ in self.plan)
         every = max(self.every, -(-total // self.max_examples))
         offset = 0
-        for family, data, count in self.plan:
+        for family, data, count, task in self.plan:
             first = (-offset) % every  # the global position offset + first is a multiple
+            start = len(self.texts)
             if first < count:
                 for ex in family.examples(data, "train", ("seen",), first, every):
                     self.texts.append(ex["inputs"])
                     self.texts.append(ex["targets"])
+            if task:
+                block = self.texts[start:]
+                self.by_task[task] = (block[0::2], block[1::2])
             offset += count
         self.n = total
 
@@ -210,7 +216,8 @@ def write_tasks(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
                     st["note"] = "skipped: no examples"
                     continue
                 if "train" in splits_out:
-                    sample.add(family, data, splits_out["train"]["num_input_examples"])
+                    sample.add(family, data, splits_out["train"]["num_input_examples"],
+                               dirname)
                 # Options the data cannot honour degrade (text asked for, IDs only given):
                 # said once per family on stderr, and kept in each of its tasks' info.json.
                 family_notes = family.notes(data)
@@ -246,6 +253,34 @@ def write_tasks(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
     return infos
 
 
+
+
+def data_stats(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
+               opts: PrepareOptions, prefix: str, infos: dict[str, dict[str, Any]],
+               vocabulary: Any, why_no_vocab: str,
+               rendered: dict[str, tuple[list[str], list[str]]]) -> dict[str, Any]:
+    """prepare.json's ``stats``: catalogue and user counts, train history lengths, the
+    vocabulary's size and, per task and split, input and target token lengths
+    (`flanrec.data.data_stats`); a run's 'auto' settings are derived from them.
+    `rendered`: the train examples the vocabulary was trained on, per task (a strided
+    share), measured instead of rendering a large train split again."""
+    from flanrec.data import data_stats as stats_lib
+
+    out: dict[str, Any] = {"catalogue": len(split.all_items), "users": len(split.users),
+                           "history": stats_lib.history_stats(split), "vocab": None,
+                           "tasks": {}}
+    if vocabulary is None:
+        out["tokens_skipped_because"] = why_no_vocab or "no vocabulary"
+        return out
+    out["vocab"] = stats_lib.vocab_stats(vocabulary)
+    for name, info in infos.items():
+        family = families_lib.get(info["family"])
+        data = _family_data(split, dataset, indexes[info["index_method"]], opts, prefix)
+        counts = {s: v["num_input_examples"] for s, v in info["splits"].items()}
+        out["tasks"][name] = stats_lib.task_token_stats(family, data, vocabulary, counts,
+                                                        bool(info.get("targets_eos", True)),
+                                                        rendered_train=rendered.get(name))
+    return out
 
 
 def skipped_families(families: Sequence[str], infos: dict[str, dict[str, Any]],
@@ -406,6 +441,12 @@ def prepare(opts: PrepareOptions, log: Any = print,
             _drop_sequence_tasks(tries, infos, os.path.join(tmp, "tasks"), named_families,
                                  log)
             lap("trie")
+        with stage("prepare: data stats (token lengths)", log=progress) as st:
+            stats = data_stats(split, dataset, indexes, opts, prefix, infos, vocabulary,
+                               why_no_vocab, sample.by_task)
+            st["note"] = (f"vocabulary {stats['vocab']['size']:,} ids" if stats.get("vocab")
+                          else "no vocabulary: token lengths not measured")
+        lap("stats")
         doc = {
             "format": "flanrec.prepared",
             "version": 1,
@@ -443,6 +484,8 @@ def prepare(opts: PrepareOptions, log: Any = print,
                 "trie_skipped_because": why_no_vocab or None,
             },
             "tries": tries,
+            # What a run derives its shape settings from (flanrec.data.derived).
+            "stats": stats,
             "timings_s": timings,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

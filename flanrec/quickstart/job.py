@@ -1,11 +1,16 @@
 r"""The end-to-end CPU quickstart: prepare -> train -> constrained inference -> baselines -> eval.
 
-    python -m flanrec.quickstart            # ML-100K, about 7.5 min on 2 idle CPU cores
+    python -m flanrec.quickstart            # ML-100K
+    python -m flanrec.quickstart --dataset csv \
+        --prepare_args "--raw_dir my.csv --train_vocab --task_prefix mine"   # any log
 
-What the minutes go to (2 cores, idle): prepare 11 s, train 4.6 min (3,000 steps),
-constrained inference 12 s, baselines 2.3 min (SASRec's 50 epochs, then the family
-baselines), eval 3 s; plus the `pip install` of a fresh clone. A busy machine only takes
-longer: the budget is steps, not seconds.
+The experiment takes everything that depends on the data from the prepared dir
+(`flanrec.data.derived`): the task names, the feature lengths, the vocabulary size and the
+budget (TRAIN_EPOCHS passes over the train task, early stopping on validation NDCG@10), so
+the same command runs on any CSV/Parquet log or one-line-per-user sequence file; the train
+stage prints each derived value and why, and inference uses the same values. On ML-100K the
+budget is ml100k_seqrec.gin's full recipe (41 epochs: 7,998 steps). A busy machine only
+takes longer: the budget is steps, not seconds.
 
 The prepared data goes where every other job looks for it by default
 (`$FLANREC_DATA_DIR`, else `~/.cache/flanrec/prepared/ml-100k`: `flanrec.data.locations`), so
@@ -30,7 +35,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from flanrec.data import families, layout, locations
+from flanrec.data import derived, families, layout, locations
 from flanrec.data.prepared import read_prepare_json
 from flanrec.errors import UserError
 from flanrec.files import outputs, storage
@@ -96,7 +101,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_dir", default="runs/quickstart", help="training run directory")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="gin experiment file")
     p.add_argument("--task", default=None,
-                   help="task to rank on (default: the experiment's RANK_EVAL_TASK, else "
+                   help="task to rank on (default: the experiment's RANK_EVAL_TASK, with "
+                   "{prefix} the prepared data's task prefix, else "
                    "{prefix}_seqrec_{indexing} of the prepared data when it has one, else "
                    "{prefix}_seq_{indexing})")
     p.add_argument("--split", default="test", choices=("validation", "test"))
@@ -146,14 +152,14 @@ def cli(argv: Sequence[str]) -> int:
         else:
             _stage("prepare", [py, "-m", "flanrec.prepare", "--dataset", args.dataset,
                                "--out", data_dir, *shlex.split(args.prepare_args)], env, timings)
-        task = args.task or _default_task(data_dir, experiment, args.gin)
+        settings = _settings(data_dir, experiment, args.gin)
+        task = args.task or _default_task(data_dir, settings)
         bindings = [f"--gin.{b}" for b in args.gin]
         _stage("train", [py, "-m", "flanrec.train", f"--gin_file={experiment}",
                          f"--gin.MODEL_DIR={model_dir}", *bindings], env, timings)
-        lengths = _gin_value(experiment, "TASK_FEATURE_LENGTHS")
-        for b in args.gin:
-            if b.startswith("TASK_FEATURE_LENGTHS="):
-                lengths = b.split("=", 1)[1]
+        # The lengths training used (derived from the data exactly as the train job did).
+        lengths = settings.get("TASK_FEATURE_LENGTHS")
+        lengths = repr(lengths) if isinstance(lengths, dict) else None
         infer = [py, "-m", "flanrec.infer", "--gin_file=gin/runs/infer.gin",
                  f"--gin.CHECKPOINT_PATH={model_dir}", f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
                  f"--gin.INFER_OUTPUT_DIR={infer_dir}", f"--gin.DATA_DIR={data_dir}",
@@ -204,16 +210,43 @@ def _output_problem(dirs: Sequence[tuple[str, str, str | None]]) -> str | None:
     return None
 
 
-def _default_task(data_dir: str, experiment: str, bindings: Sequence[str]) -> str:
+def _literal(text: str | None) -> object:
+    """A gin value as the jobs read it: a Python literal, else the text itself (`--gin.X=V`
+    quotes such a V: `gin_cli.as_binding`); None when absent or a gin reference."""
+    if text is None or text.strip()[:1] in "@%":
+        return None
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def _settings(data_dir: str, experiment: str, bindings: Sequence[str]) -> dict[str, object]:
+    """The experiment's data-dependent macros (`flanrec.data.derived.MACROS`) after the
+    user's `--gin` bindings, with the ones it leaves to the data ('auto', `{prefix}` task
+    names) derived from `data_dir` by the same function the train job calls, so the stages
+    after training use the values it trained with."""
+    values: dict[str, object] = {}
+    for macro in derived.MACROS:
+        value = _literal(_gin_value(experiment, macro))
+        for b in bindings:
+            if b.split("=", 1)[0].strip() == macro:
+                value = _literal(b.split("=", 1)[1])
+        if value is not None:
+            values[macro] = value
+    if derived.needs_data(values):
+        doc = read_prepare_json(data_dir)
+        values.update({m: v for m, (v, _) in derived.derive(values, doc, data_dir).items()})
+    return values
+
+
+def _default_task(data_dir: str, settings: dict[str, object]) -> str:
     """The task the experiment validates on (RANK_EVAL_TASK), else the prepared dir's seqrec
     task, else its seq task (as their families' fields say)."""
 
-    given = _gin_value(experiment, "RANK_EVAL_TASK")
-    for b in bindings:
-        if b.startswith("RANK_EVAL_TASK="):
-            given = b.split("=", 1)[1]
-    if given and ast.literal_eval(given):
-        return str(ast.literal_eval(given))
+    given = settings.get("RANK_EVAL_TASK")
+    if isinstance(given, str) and given:
+        return given
     info = read_prepare_json(data_dir)
     prefix = info.get("task_prefix") or "ml100k"
     suffix = (info.get("index_suffixes") or ["seqidx"])[0]
