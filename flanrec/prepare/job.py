@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from flanrec.data import data_stats as stats_lib
 from flanrec.data import families as families_lib
 from flanrec.data import layout
 from flanrec.data import splits as splits_lib
@@ -264,8 +265,6 @@ def data_stats(split: Split, dataset: Dataset, indexes: dict[str, ItemIndex],
     (`flanrec.data.data_stats`); a run's 'auto' settings are derived from them.
     `rendered`: the train examples the vocabulary was trained on, per task (a strided
     share), measured instead of rendering a large train split again."""
-    from flanrec.data import data_stats as stats_lib
-
     out: dict[str, Any] = {"catalogue": len(split.all_items), "users": len(split.users),
                            "history": stats_lib.history_stats(split), "vocab": None,
                            "tasks": {}}
