@@ -249,4 +249,4 @@ def test_every_text_template_family_has_seen_and_unseen_phrasings():
         assert len(templates.template_indices(tfam, ("seen",))) >= 8
         assert len(templates.template_indices(tfam, ("unseen",))) == templates.NUM_UNSEEN
     assert templates.PATTERNS["seqrec"] == sr.SEQREC_TEMPLATES
-    templates.check_patterns()
+    templates.check_patterns(sr.TEMPLATE_FAMILIES)
