@@ -9,7 +9,7 @@ The experiment takes everything that depends on the data from the prepared dir
 budget (TRAIN_EPOCHS passes over the train task, early stopping on validation NDCG@10), so
 the same command runs on any CSV/Parquet log or one-line-per-user sequence file; the train
 stage prints each derived value and why, and inference uses the same values. On ML-100K the
-budget is ml100k_seqrec.gin's full recipe (41 epochs: 7,998 steps). A busy machine only
+budget is ml100k_seqrec.gin's full recipe (41 epochs: 7,870 steps). A busy machine only
 takes longer: the budget is steps, not seconds.
 
 The prepared data goes where every other job looks for it by default
