@@ -36,18 +36,28 @@ EXACT_LIMIT = 8_000
 SAMPLE = 1_000
 
 
-def _summary(lengths: Sequence[int]) -> dict[str, int]:
+def _summary(lengths: Sequence[int]) -> dict[str, Any]:
     arr = np.asarray(lengths, np.int64)
     return {"p50": int(np.ceil(np.percentile(arr, 50))),
-            "p99": int(np.ceil(np.percentile(arr, 99))), "max": int(arr.max())}
+            "p99": int(np.ceil(np.percentile(arr, 99))), "max": int(arr.max()),
+            "mean": round(float(arr.mean()), 2)}
+
+
+def length_pairs(in_lens: Sequence[int], tg_lens: Sequence[int]) -> list[list[int]]:
+    """[[input length, target length, examples], ...] of the measured examples, sorted: the
+    joint distribution packing depends on (a packed row closes when either feature is
+    full), compact (a few hundred distinct pairs) where a list of every example is not."""
+    counts: dict[tuple[int, int], int] = {}
+    for pair in zip(in_lens, tg_lens, strict=True):
+        counts[pair] = counts.get(pair, 0) + 1
+    return [[i, t, n] for (i, t), n in sorted(counts.items())]
 
 
 def history_stats(split: Split) -> dict[str, Any]:
     """Train history length per user (items before the validation item): p50/p99/max/mean,
     and the `max_history` the families cut histories to."""
     lens = [len(u.train_items) for u in split.users]
-    out = {**_summary(lens or [0]), "mean": round(float(np.mean(lens)) if lens else 0.0, 2),
-           "max_history": int(split.max_history)}
+    out = {**_summary(lens or [0]), "max_history": int(split.max_history)}
     return out
 
 
@@ -72,7 +82,9 @@ def task_token_stats(family: Family, data: FamilyData, vocabulary: seqio.Vocabul
                      exact_limit: int = EXACT_LIMIT, sample: int = SAMPLE,
                      rendered_train: tuple[list[str], list[str]] | None = None
                      ) -> dict[str, dict[str, Any]]:
-    """split -> {examples, measured, inputs: {p50, p99, max}, targets: {...}} for one task.
+    """split -> {examples, measured, inputs: {p50, p99, max, mean}, targets: {...}} for one
+    task, and for the train split `pairs` (`length_pairs`), from which a run estimates how
+    many examples a packed row holds (`flanrec.data.derived`).
 
     `counts` are the task's example counts per output split (prepare.json's); splits
     without examples are left out. `rendered_train`: (inputs, targets) texts of an evenly
@@ -100,6 +112,8 @@ def task_token_stats(family: Family, data: FamilyData, vocabulary: seqio.Vocabul
         tg_lens = [k + int(targets_eos) for k in _encoded_lengths(vocabulary, targets)]
         out[out_split] = {"examples": n, "measured": len(inputs),
                           "inputs": _summary(in_lens), "targets": _summary(tg_lens)}
+        if out_split == "train":
+            out[out_split]["pairs"] = length_pairs(in_lens, tg_lens)
     return out
 
 
@@ -111,4 +125,5 @@ def vocab_stats(vocabulary: seqio.Vocabulary) -> dict[str, Any]:
             "pieces": int(tok.get_piece_size()) if tok is not None else None}
 
 
-__all__ = ["EXACT_LIMIT", "SAMPLE", "history_stats", "task_token_stats", "vocab_stats"]
+__all__ = ["EXACT_LIMIT", "SAMPLE", "history_stats", "length_pairs", "task_token_stats",
+           "vocab_stats"]

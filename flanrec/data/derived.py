@@ -3,9 +3,12 @@
 A shipped experiment names the values that depend on the log, not one log's numbers:
 
     MIXTURE_OR_TASK_NAME = '{prefix}_seqrec_{indexing}'   # the data's own task prefix
+    PACK = 'auto'                     # pack train rows when examples fill them poorly
     TASK_FEATURE_LENGTHS = 'auto'     # from the token lengths prepare measured
+    EVAL_TASK_FEATURE_LENGTHS = 'auto'  # unpacked evaluation (= TASK_FEATURE_LENGTHS unpacked)
     VOCAB_SIZE = 'auto'               # the vocabulary's ids, padded to a multiple of 128
-    TRAIN_STEPS = 'auto'              # TRAIN_EPOCHS over the train task, in batches
+    TRAIN_STEPS = 'auto'              # TRAIN_EPOCHS over the train task, in batches (of
+                                      # packed rows when packing)
     EVAL_PERIOD = 'auto'              # NUM_EVALS validations per run
     CHECKPOINT_PERIOD = 'auto'        # = EVAL_PERIOD
 
@@ -17,12 +20,26 @@ concrete value (a T5X user's `--gin.TASK_FEATURE_LENGTHS={...}`) is left alone: 
 string 'auto' and `{prefix}`/`{indexing}` templates are resolved. Each derived value comes
 with a one-line reason, which the jobs print.
 
+Packing (PACK = 'auto'). An unpacked example is padded to the longest example of the task;
+when the train examples fill those rows poorly (on Amazon Beauty a seqrec example fills ~4
+of its 40 target slots), most of every step is padding. The rule: pack when the train
+split's mean example (inputs + targets tokens, EOS included) fills less than `PACK_BELOW` of
+the unpacked row (the two padded lengths together): then a packed row of the same cost
+holds at least twice the examples. Packed rows are `PACK_EXAMPLES` mean examples long per
+feature (never shorter than the longest example, a multiple of 8), and TRAIN_STEPS counts
+packed rows: the examples one row holds are measured by replaying seqio's packer
+(`seqio.utils.trim_and_pack_dataset`: next-fit over groups of `max(lengths)` shuffled
+examples) on the train split's recorded (input, target) length pairs. Evaluation and
+inference read unpacked examples: `EVAL_TASK_FEATURE_LENGTHS` = 'auto' is the unpacked
+lengths when training packs, else TASK_FEATURE_LENGTHS itself.
+
 Pure Python (no TF, no seqio): the light jobs and the quickstart call it.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,15 +47,23 @@ from flanrec.errors import ConfigError
 
 AUTO = "auto"
 TEMPLATE_MACROS = ("MIXTURE_OR_TASK_NAME", "RANK_EVAL_TASK")
-AUTO_MACROS = ("TASK_FEATURE_LENGTHS", "VOCAB_SIZE", "TRAIN_STEPS", "EVAL_PERIOD",
-               "CHECKPOINT_PERIOD")
+AUTO_MACROS = ("PACK", "TASK_FEATURE_LENGTHS", "EVAL_TASK_FEATURE_LENGTHS", "VOCAB_SIZE",
+               "TRAIN_STEPS", "EVAL_PERIOD", "CHECKPOINT_PERIOD")
 # Read by `derive` only (no gin binding references them): gin_cli.DRIVER_MACROS lists them
 # so `--gin.TRAIN_EPOCHS=5` is not refused as a misspelling.
 INPUT_MACROS = ("TRAIN_EPOCHS", "NUM_EVALS")
 DEFAULT_NUM_EVALS = 8
 VOCAB_MULTIPLE = 128  # embedding rows: a multiple of 128 keeps the matmuls tile-aligned
 LENGTH_MULTIPLE = 8
+PACK_BELOW = 0.5  # pack when the mean example fills less than this share of an unpacked row
+PACK_EXAMPLES = 8  # a packed row's length per feature: this many mean examples
+PACK_SAMPLE = 20_000  # examples replayed through the packer's rule (milliseconds)
+PACK_SEED = 0
+# Examples per packed row relative to the token bound, for stats without length pairs
+# (prepared before they were recorded): next-fit leaves the tail of each row empty.
+PACK_EFFICIENCY_GUESS = 0.85
 MACROS = (*TEMPLATE_MACROS, *AUTO_MACROS, *INPUT_MACROS, "BATCH_SIZE")
+_LENGTHS_OF = {"TASK_FEATURE_LENGTHS", "EVAL_TASK_FEATURE_LENGTHS", "TRAIN_STEPS", "PACK"}
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -77,15 +102,21 @@ def task_dirs(name: str, doc: Mapping[str, Any]) -> list[str]:
     return [rest] if rest in tasks else list(tasks)
 
 
-def _lengths(dirs: Sequence[str], doc: Mapping[str, Any], name: str, source: str
-             ) -> tuple[dict[str, int], str]:
+def _token_stats(doc: Mapping[str, Any], source: str, macro: str) -> dict[str, Any]:
     stats = ((doc.get("stats") or {}).get("tasks") or {})
     if not stats:
         why = (doc.get("stats") or {}).get("tokens_skipped_because") or (
             "it was prepared by an older flanrec: prepare it again")
-        raise ConfigError(f"TASK_FEATURE_LENGTHS = 'auto': {source} records no token "
-                          f"lengths ({why}); set TASK_FEATURE_LENGTHS, e.g. "
-                          "{'inputs': 512, 'targets': 16}")
+        raise ConfigError(f"{macro} = 'auto': {source} records no token lengths ({why}); "
+                          "set TASK_FEATURE_LENGTHS, e.g. {'inputs': 512, 'targets': 16}, "
+                          "and PACK")
+    return stats
+
+
+def _lengths(dirs: Sequence[str], doc: Mapping[str, Any], name: str, source: str,
+             macro: str = "TASK_FEATURE_LENGTHS") -> tuple[dict[str, int], str]:
+    """The unpacked lengths: every example of every split fits, a multiple of 8."""
+    stats = _token_stats(doc, source, macro)
     longest: dict[str, int] = {"inputs": 0, "targets": 0}
     p99: dict[str, int] = {"inputs": 0, "targets": 0}
     for d in dirs:
@@ -94,13 +125,126 @@ def _lengths(dirs: Sequence[str], doc: Mapping[str, Any], name: str, source: str
                 longest[feature] = max(longest[feature], split[feature]["max"])
                 p99[feature] = max(p99[feature], split[feature]["p99"])
     if not longest["targets"]:
-        raise ConfigError(f"TASK_FEATURE_LENGTHS = 'auto': {source} has no token lengths for "
+        raise ConfigError(f"{macro} = 'auto': {source} has no token lengths for "
                           f"{name}; set TASK_FEATURE_LENGTHS")
     out = {f: round_up(n, LENGTH_MULTIPLE) for f, n in longest.items()}
     why = (f"longest of {name} (all splits, EOS included): inputs {longest['inputs']} "
            f"(p99 {p99['inputs']}), targets {longest['targets']} (p99 {p99['targets']}); "
            f"rounded up to a multiple of {LENGTH_MULTIPLE}")
     return out, why
+
+
+class TrainProfile:
+    """The train split of the task(s) trained on, as packing sees it: example count, mean
+    tokens per feature (`basis` says whether they are means or, for stats recorded before
+    means were, medians) and the (input, target) length pairs with their weights (None
+    when not recorded)."""
+
+    def __init__(self, dirs: Sequence[str], doc: Mapping[str, Any], name: str, source: str):
+        stats = _token_stats(doc, source, "PACK")
+        tasks = (doc.get("counts") or {}).get("tasks") or {}
+        self.examples = 0
+        sums = {"inputs": 0.0, "targets": 0.0}
+        self.basis = "mean"
+        pairs: list[tuple[int, int]] = []
+        weights: list[float] = []
+        have_pairs = True
+        for d in dirs:
+            train = (stats.get(d) or {}).get("train")
+            n = int((tasks.get(d) or {}).get("train", 0) or (train or {}).get("examples", 0))
+            if not n:
+                continue
+            if not train:
+                raise ConfigError(f"PACK = 'auto': {source} records no token lengths for the "
+                                  f"train split of {name}; set PACK (and "
+                                  "TASK_FEATURE_LENGTHS)")
+            self.examples += n
+            for f in sums:
+                value = train[f].get("mean")
+                if value is None:
+                    value, self.basis = train[f]["p50"], "median"
+                sums[f] += n * float(value)
+            recorded = train.get("pairs")
+            if not recorded:
+                have_pairs = False
+                continue
+            measured = sum(int(c) for _, _, c in recorded) or 1
+            for i, t, c in recorded:
+                pairs.append((int(i), int(t)))
+                weights.append(int(c) * n / measured)
+        if not self.examples:
+            raise ConfigError(f"PACK = 'auto': {name} has no train examples in {source}; "
+                              "set PACK")
+        self.mean = {f: v / self.examples for f, v in sums.items()}
+        self.pairs = (pairs, weights) if have_pairs and pairs else None
+
+
+def packed_lengths(unpacked: Mapping[str, int], profile: TrainProfile) -> dict[str, int]:
+    """A packed row per feature: `PACK_EXAMPLES` mean examples, at least the longest
+    example (which must fit whole), a multiple of 8."""
+    return {f: round_up(max(unpacked[f], math.ceil(PACK_EXAMPLES * profile.mean[f])),
+                        LENGTH_MULTIPLE) for f in ("inputs", "targets")}
+
+
+def pack_rows(lengths: Sequence[tuple[int, int]], row: Mapping[str, int]) -> int:
+    """Rows seqio's packer (`trim_and_pack_dataset`, its TF-ops path the train input uses)
+    makes of examples of these (input, target) lengths, in this order: it reads groups of
+    max(row lengths) examples, appends each example to the open row while both features
+    fit, else starts a new row, and closes the open row at the end of each group."""
+    cap_in, cap_tg = int(row["inputs"]), int(row["targets"])
+    group = max(cap_in, cap_tg)
+    rows = 0
+    for lo in range(0, len(lengths), group):
+        used_in = used_tg = 0
+        opened = False
+        for i, t in lengths[lo:lo + group]:
+            i, t = min(i, cap_in), min(t, cap_tg)
+            if opened and (used_in + i > cap_in or used_tg + t > cap_tg):
+                rows += 1
+                used_in = used_tg = 0
+            used_in, used_tg, opened = used_in + i, used_tg + t, True
+        rows += int(opened)
+    return rows
+
+
+def examples_per_row(profile: TrainProfile, row: Mapping[str, int]) -> tuple[float, str]:
+    """(mean examples per packed row, how it was found): replayed through `pack_rows` on a
+    shuffled sample of the recorded length pairs, else estimated from the mean tokens."""
+    if profile.pairs is not None:
+        pairs, weights = profile.pairs
+        rng = random.Random(PACK_SEED)
+        n = min(PACK_SAMPLE, max(profile.examples, 1))
+        sample = rng.choices(pairs, weights=weights, k=n)
+        rows = pack_rows(sample, row)
+        tokens = {f: sum(p[k] for p in sample) / (rows * row[f])
+                  for k, f in enumerate(("inputs", "targets"))}
+        return n / rows, (f"measured by replaying seqio's packer on {n:,} shuffled train "
+                          f"examples drawn from the recorded lengths: "
+                          f"{n / rows:.2f} examples per row, rows "
+                          f"{tokens['inputs']:.0%} / {tokens['targets']:.0%} full "
+                          "(inputs / targets)")
+    bound = max(profile.mean[f] / row[f] for f in ("inputs", "targets"))
+    per_row = max(1.0, PACK_EFFICIENCY_GUESS / bound)
+    return per_row, (f"estimated: {PACK_EFFICIENCY_GUESS:.0%} of the {1 / bound:.1f} "
+                     f"{profile.basis} examples a row's tokens hold ({per_row:.2f} per row; "
+                     "this dir records no length pairs: prepare it again to measure)")
+
+
+def _decide_pack(unpacked: Mapping[str, int], profile: TrainProfile, name: str
+                 ) -> tuple[bool, str]:
+    mean_in, mean_tg = profile.mean["inputs"], profile.mean["targets"]
+    fill = (mean_in + mean_tg) / (unpacked["inputs"] + unpacked["targets"])
+    pack = fill < PACK_BELOW
+    return pack, (f"the {profile.basis} train example of {name} ({mean_in:.1f} input + "
+                  f"{mean_tg:.1f} target tokens) fills {fill:.0%} of an unpacked row "
+                  f"({unpacked['inputs']} + {unpacked['targets']}); packing when below "
+                  f"{PACK_BELOW:.0%}")
+
+
+def _is_lengths(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(value.get(f), int) and not isinstance(value.get(f), bool)
+        for f in ("inputs", "targets"))
 
 
 def derive(values: Mapping[str, Any], doc: Mapping[str, Any], source: str
@@ -119,8 +263,7 @@ def derive(values: Mapping[str, Any], doc: Mapping[str, Any], source: str
             current[macro] = fill_template(v, doc)
             out[macro] = (current[macro], f"{v!r} with the task prefix of {source}")
     name = current.get("MIXTURE_OR_TASK_NAME")
-    if isinstance(name, str) and name and (is_auto(current.get("TASK_FEATURE_LENGTHS"))
-                                           or is_auto(current.get("TRAIN_STEPS"))):
+    if isinstance(name, str) and name and any(is_auto(current.get(m)) for m in _LENGTHS_OF):
         dirs = task_dirs(name, doc)
         if not dirs:
             raise ConfigError(f"MIXTURE_OR_TASK_NAME {name!r} is not a task of {source} (its "
@@ -129,10 +272,41 @@ def derive(values: Mapping[str, Any], doc: Mapping[str, Any], source: str
                               "of that dir or set the 'auto' macros")
     else:
         dirs = []
+    unpacked: tuple[dict[str, int], str] | None = None
+    profile: TrainProfile | None = None
+    if is_auto(current.get("PACK")):
+        unpacked = _lengths(dirs, doc, str(name), source, "PACK")
+        profile = TrainProfile(dirs, doc, str(name), source)
+        pack, why = _decide_pack(unpacked[0], profile, str(name))
+        current["PACK"] = pack
+        out["PACK"] = (pack, why)
+    packing = current.get("PACK") is True
     if is_auto(current.get("TASK_FEATURE_LENGTHS")):
-        lengths, why = _lengths(dirs, doc, str(name), source)
+        unpacked = unpacked or _lengths(dirs, doc, str(name), source)
+        lengths, why = unpacked
+        if packing:
+            profile = profile or TrainProfile(dirs, doc, str(name), source)
+            lengths = packed_lengths(unpacked[0], profile)
+            why = (f"packed rows of {PACK_EXAMPLES} {profile.basis} train examples "
+                   f"({profile.mean['inputs']:.1f} input + {profile.mean['targets']:.1f} "
+                   f"target tokens each), at least the unpacked {unpacked[0]} "
+                   f"({unpacked[1]})")
         current["TASK_FEATURE_LENGTHS"] = lengths
         out["TASK_FEATURE_LENGTHS"] = (lengths, why)
+    if is_auto(current.get("EVAL_TASK_FEATURE_LENGTHS")):
+        given = current.get("TASK_FEATURE_LENGTHS")
+        if packing:
+            unpacked = unpacked or _lengths(dirs, doc, str(name), source,
+                                            "EVAL_TASK_FEATURE_LENGTHS")
+            value, why = unpacked[0], f"unpacked, as evaluation reads examples: {unpacked[1]}"
+        elif _is_lengths(given):
+            value, why = dict(given), "= TASK_FEATURE_LENGTHS (training does not pack)"
+        else:
+            raise ConfigError("EVAL_TASK_FEATURE_LENGTHS = 'auto' follows "
+                              f"TASK_FEATURE_LENGTHS, got {given!r}; set "
+                              "EVAL_TASK_FEATURE_LENGTHS")
+        current["EVAL_TASK_FEATURE_LENGTHS"] = value
+        out["EVAL_TASK_FEATURE_LENGTHS"] = (value, why)
     if is_auto(current.get("VOCAB_SIZE")):
         vocab = (doc.get("stats") or {}).get("vocab") or {}
         if not vocab.get("size"):
@@ -157,11 +331,25 @@ def derive(values: Mapping[str, Any], doc: Mapping[str, Any], source: str
         if not examples:
             raise ConfigError(f"TRAIN_STEPS = 'auto': {name} has no train examples in "
                               f"{source}; set TRAIN_STEPS")
-        steps = max(1, math.ceil(epochs * examples / batch))
+        if packing:
+            lengths = current.get("TASK_FEATURE_LENGTHS")
+            if not _is_lengths(lengths):
+                raise ConfigError("TRAIN_STEPS = 'auto' with PACK = True counts packed rows "
+                                  f"of TASK_FEATURE_LENGTHS, got {lengths!r}; set "
+                                  "TRAIN_STEPS")
+            profile = profile or TrainProfile(dirs, doc, str(name), source)
+            per_row, how = examples_per_row(profile, lengths)
+            rows = math.ceil(examples / per_row)
+            steps = max(1, math.ceil(epochs * rows / batch))
+            why = (f"TRAIN_EPOCHS={epochs:g} over the {examples:,} train examples of {name} "
+                   f"packed into ~{rows:,} rows of {lengths} at BATCH_SIZE={batch} "
+                   f"({math.ceil(rows / batch):,} steps per epoch; rows {how})")
+        else:
+            steps = max(1, math.ceil(epochs * examples / batch))
+            why = (f"TRAIN_EPOCHS={epochs:g} over the {examples:,} train examples of {name} "
+                   f"at BATCH_SIZE={batch} ({math.ceil(examples / batch):,} steps per epoch)")
         current["TRAIN_STEPS"] = steps
-        out["TRAIN_STEPS"] = (steps, f"TRAIN_EPOCHS={epochs:g} over the {examples:,} train "
-                                     f"examples of {name} at BATCH_SIZE={batch} "
-                                     f"({math.ceil(examples / batch):,} steps per epoch)")
+        out["TRAIN_STEPS"] = (steps, why)
     steps = current.get("TRAIN_STEPS")
     if is_auto(current.get("EVAL_PERIOD")):
         evals = current.get("NUM_EVALS", DEFAULT_NUM_EVALS)
@@ -223,5 +411,6 @@ def format_line(macro: str, value: Any, why: str) -> str:
 
 
 __all__ = ["AUTO", "AUTO_MACROS", "INPUT_MACROS", "MACROS", "TEMPLATE_MACROS",
-           "data_dir_for", "derive", "fill_template", "format_line", "is_auto",
-           "is_template", "needs_data", "round_up", "task_dirs"]
+           "TrainProfile", "data_dir_for", "derive", "examples_per_row", "fill_template",
+           "format_line", "is_auto", "is_template", "needs_data", "pack_rows",
+           "packed_lengths", "round_up", "task_dirs"]

@@ -157,8 +157,11 @@ def cli(argv: Sequence[str]) -> int:
         bindings = [f"--gin.{b}" for b in args.gin]
         _stage("train", [py, "-m", "flanrec.train", f"--gin_file={experiment}",
                          f"--gin.MODEL_DIR={model_dir}", *bindings], env, timings)
-        # The lengths training used (derived from the data exactly as the train job did).
-        lengths = settings.get("TASK_FEATURE_LENGTHS")
+        # The unpacked lengths evaluation used while training (derived from the data exactly
+        # as the train job did; the training lengths when it names none).
+        lengths = settings.get("EVAL_TASK_FEATURE_LENGTHS")
+        if not isinstance(lengths, dict):
+            lengths = settings.get("TASK_FEATURE_LENGTHS")
         lengths = repr(lengths) if isinstance(lengths, dict) else None
         infer = [py, "-m", "flanrec.infer", "--gin_file=gin/runs/infer.gin",
                  f"--gin.CHECKPOINT_PATH={model_dir}", f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
