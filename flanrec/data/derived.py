@@ -102,11 +102,25 @@ def task_dirs(name: str, doc: Mapping[str, Any]) -> list[str]:
     return [rest] if rest in tasks else list(tasks)
 
 
+def add_stats_command(source: str) -> str:
+    """The command that measures a prepared dir's stats in place (`flanrec.prepare.stats`)."""
+    return f"python -m flanrec.prepare --add_stats {source}"
+
+
+def _require_stats(doc: Mapping[str, Any], source: str, macros: Sequence[str]) -> None:
+    """A dir prepared before prepare recorded ``stats``: one line naming the dir and the
+    command that adds them (seconds; the dir is not prepared again)."""
+    if macros and "stats" not in doc:
+        raise ConfigError(f"{', '.join(macros)} = 'auto' are derived from the data stats, but "
+                          f"{source} was prepared by an older flanrec and records none: run "
+                          f"`{add_stats_command(source)}` (seconds), or set those macros")
+
+
 def _token_stats(doc: Mapping[str, Any], source: str, macro: str) -> dict[str, Any]:
     stats = ((doc.get("stats") or {}).get("tasks") or {})
     if not stats:
         why = (doc.get("stats") or {}).get("tokens_skipped_because") or (
-            "it was prepared by an older flanrec: prepare it again")
+            f"measure them: `{add_stats_command(source)}`")
         raise ConfigError(f"{macro} = 'auto': {source} records no token lengths ({why}); "
                           "set TASK_FEATURE_LENGTHS, e.g. {'inputs': 512, 'targets': 16}, "
                           "and PACK")
@@ -257,6 +271,7 @@ def derive(values: Mapping[str, Any], doc: Mapping[str, Any], source: str
     """
     out: dict[str, tuple[Any, str]] = {}
     current = dict(values)
+    _require_stats(doc, source, [m for m in AUTO_MACROS if is_auto(current.get(m))])
     for macro in TEMPLATE_MACROS:
         v = current.get(macro)
         if is_template(v):
@@ -411,6 +426,6 @@ def format_line(macro: str, value: Any, why: str) -> str:
 
 
 __all__ = ["AUTO", "AUTO_MACROS", "INPUT_MACROS", "MACROS", "TEMPLATE_MACROS",
-           "TrainProfile", "data_dir_for", "derive", "examples_per_row", "fill_template",
-           "format_line", "is_auto", "is_template", "needs_data", "pack_rows",
-           "packed_lengths", "round_up", "task_dirs"]
+           "TrainProfile", "add_stats_command", "data_dir_for", "derive",
+           "examples_per_row", "fill_template", "format_line", "is_auto", "is_template",
+           "needs_data", "pack_rows", "packed_lengths", "round_up", "task_dirs"]

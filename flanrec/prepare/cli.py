@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--semantic_batch_size", type=positive_int, default=64)
     p.add_argument("--semantic_max_length", type=int_range(2), default=128,
                    help="item text tokens fed to the encoder (EOS included)")
+    p.add_argument("--add_stats", default=None, metavar="DIR",
+                   help="measure what runs derive their 'auto' settings from (token lengths, "
+                   "vocabulary size, example counts) for the prepared dir DIR and write them "
+                   "into its prepare.json, e.g. for a dir an older flanrec prepared; nothing "
+                   "else changes")
     p.add_argument("--list_tasks", action="store_true",
                    help="print registered task and mixture names (after `import tasks`; "
                    "with --out, that dir is registered too) and exit")
@@ -241,8 +246,13 @@ def cli(argv: list[str]) -> int:
         for name in list_tasks([args.out] if args.out else []):
             print(name)
         return 0
+    if args.add_stats:
+        from flanrec.prepare import stats  # lazy: TF + seqio, as the job's own
+
+        stats.add_stats(args.add_stats)
+        return 0
     if not args.dataset:
-        build_parser().error("--dataset is required (or --list_tasks)")
+        build_parser().error("--dataset is required (or --list_tasks, --add_stats)")
     out = args.out or default_out(args.dataset)
     opts = PrepareOptions(
         dataset=args.dataset, out=out, raw_dir=args.raw_dir, cache_dir=args.cache_dir,

@@ -415,8 +415,6 @@ def prepare(opts: PrepareOptions, log: Any = print,
         lap("tasks")
         vocab_path = None
         if opts.train_vocab:
-            from flanrec.data import vocab as vocab_lib  # lazy: TF + seqio, as above
-
             pieces = item_pieces(indexes, split.all_items) if opts.item_pieces else []
             size = opts.vocab_size
             if len(pieces) > size // 2:  # leave room for the words of the templates

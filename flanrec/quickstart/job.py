@@ -149,6 +149,10 @@ def cli(argv: Sequence[str]) -> int:
     try:
         if prepared:
             print(f"=== prepare: {data_dir} exists, skipped", flush=True)
+            if "stats" not in read_prepare_json(data_dir):
+                # Prepared by an older flanrec: measure what the 'auto' settings need.
+                _stage("prepare: add data stats", [py, "-m", "flanrec.prepare",
+                                                    "--add_stats", data_dir], env, timings)
         else:
             _stage("prepare", [py, "-m", "flanrec.prepare", "--dataset", args.dataset,
                                "--out", data_dir, *shlex.split(args.prepare_args)], env, timings)
