@@ -5,7 +5,10 @@ on exactly the examples the model answers:
 
 * rating (``MODE=rating``): the user + item bias model (`flanrec.baselines.bias`);
 * binary (``MODE=score``, p_yes): popularity (the item's training count) and the bias
-  model's predicted rating, each as a score for "rated 4 or more" (AUC is rank-based);
+  model's predicted rating, each as a score for "rated 4 or more" (AUC is rank-based),
+  mapped so that p_yes 0.5 is the score from which the baseline says yes, chosen on the
+  validation split: flanrec.eval's precision/recall/F1 (yes when p_yes >= 0.5) are then
+  the baseline's own decisions, as they are the model's;
 * direct (``MODE=score`` over the shown candidates): the candidates ranked by popularity.
 
 Examples are read from the prepared task files (`flanrec.data.task_records`), so candidate
@@ -14,6 +17,7 @@ lists are the ones the model saw; labels and ratings come from the split.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -60,13 +64,54 @@ def rating_rows(model: bias.BiasModel, split: types.Split, stage: str) -> list[d
     return rows
 
 
+def yes_threshold(score: Any, split: types.Split) -> float | None:
+    """The score from which a baseline answers yes ("rated 4 or more"), chosen on the
+    validation split: the threshold with the best validation accuracy (ties: the lowest).
+    None without validation ratings. Chosen on validation only, as the bias model's
+    shrinkage is, so the test split's precision/recall/F1 are not tuned on it."""
+    rows = sorted((float(score(u, i)), int(r >= LIKE_THRESHOLD))
+                  for u, i, r in bias.held_out(split, "validation"))
+    if not rows:
+        return None
+    positives = sum(y for _, y in rows)
+    # Saying yes from rows[k] on: correct = negatives below k + positives from k on.
+    best, best_correct = math.inf, len(rows) - positives  # never yes
+    neg_below = pos_below = 0
+    for k, (s, y) in enumerate(rows):
+        if k == 0 or s != rows[k - 1][0]:
+            correct = neg_below + positives - pos_below
+            if correct > best_correct or (correct == best_correct and s < best):
+                best, best_correct = s, correct
+        neg_below += 1 - y
+        pos_below += y
+    return best
+
+
+def _unit(x: float) -> float:
+    return min(max(x, 0.0), 1.0)
+
+
+def p_yes(s: float, low: float, high: float, threshold: float | None = None) -> float:
+    """A score as p_yes in [0, 1], non-decreasing in the score (AUC is rank-based): linear
+    from [low, high], or with a `threshold` each side of it in its own half, scores from
+    the threshold on at 0.5 and above and those below under 0.5, so that flanrec.eval's
+    yes (p_yes >= 0.5) is the baseline's own decision."""
+    if threshold is None:
+        return _unit((s - low) / (high - low)) if high > low else 0.5
+    if s >= threshold:
+        span = high - threshold
+        return 0.5 + 0.5 * _unit((s - threshold) / span) if span > 0 else 1.0
+    span = threshold - low if math.isfinite(threshold) and threshold > low else high - low
+    return 0.499 * _unit((s - low) / span) if span > 0 else 0.0
+
+
 def binary_rows(name: str, score: Any, split: types.Split, stage: str, low: float,
-                high: float) -> list[dict]:
-    """`score(user, item)` mapped linearly from [low, high] onto p_yes in [0, 1]."""
+                high: float, threshold: float | None = None) -> list[dict]:
+    """`score(user, item)` mapped from [low, high] onto p_yes in [0, 1] (`p_yes`):
+    linearly, or with `threshold` (`yes_threshold`) at p_yes 0.5."""
     rows = []
     for index, (user, item, r) in enumerate(bias.held_out(split, stage)):
-        s = float(score(user, item))
-        p = min(max((s - low) / (high - low), 0.0), 1.0) if high > low else 0.5
+        p = p_yes(float(score(user, item)), low, high, threshold)
         rec = _record(name, stage, "score", index, user, item)
         label = int(r >= LIKE_THRESHOLD)
         rec.update(candidates=["no", "yes"], scores=[1.0 - p, p], p_yes=p, label=label,
@@ -102,11 +147,20 @@ def all_rows(split: types.Split, data_dir: str, stage: str
             out["bias"] = ("rating", rating_rows(model, split, stage))
         if "binary" in dirs:
             counts = popularity.train_counts(split)
-            out["popularity_binary"] = ("score", binary_rows(
-                "popularity_binary", lambda u, i: counts.get(i, 0), split, stage, 0.0,
-                float(max(counts.values()) or 1)))
-            out["bias_binary"] = ("score", binary_rows(
-                "bias_binary", model.predict, split, stage, 1.0, 5.0))
+
+            def count(user: str, item: str) -> float:
+                return float(counts.get(item, 0))
+
+            info["binary_yes_thresholds"] = {}
+            for name, score, low, high in (
+                    ("popularity_binary", count, 0.0, float(max(counts.values()) or 1)),
+                    ("bias_binary", model.predict, 1.0, 5.0)):
+                threshold = yes_threshold(score, split)
+                info["binary_yes_thresholds"][name] = {
+                    "score_at_p_yes_0.5": threshold,
+                    "chosen_on": "validation accuracy"}
+                out[name] = ("score", binary_rows(name, score, split, stage, low, high,
+                                                  threshold))
     if "candidates" in dirs:
         out["popularity_direct"] = ("score", direct_rows(split, data_dir, dirs["candidates"],
                                                          stage))

@@ -197,7 +197,9 @@ def evaluate_records(records: Sequence[Record], mode: str, ks: Sequence[int] = M
         if all(binary):
             labels = [int(r.data["label"]) for r in records]
             p_yes = [float(r.data["p_yes"]) for r in records]
-            return "binary", M.binary_metrics(labels, [int(p >= 0.5) for p in p_yes], p_yes)
+            out = M.binary_metrics(labels, [int(p >= YES_AT) for p in p_yes], p_yes)
+            out["yes_at_p_yes"] = YES_AT  # what accuracy/precision/recall/F1 count as yes
+            return "binary", out
         lists = [M.ranking_from_scores(r.data["candidates"], r.data["scores"],
                                        set(_targets(r)), ties=ties) for r in records]
         out = M.ranking_metrics(lists, [_targets(r) for r in records], ks=ks, exclude=excl,
@@ -433,10 +435,15 @@ def _only_decode(predictions: str | Sequence[str], unseen: str | None) -> bool:
                                for _, mode in find_prediction_files(spec))
 
 
+YES_AT = 0.5
+"""A binary record answers yes when p_yes >= YES_AT (its accuracy, precision, recall and F1;
+AUC ranks by p_yes). The binary baselines map their score so that 0.5 is their own yes."""
+
 UNSEEN_METRICS = {"ranking": ("ndcg@10", "hr@10"), "rating": ("rmse", "mae"),
                   "binary": ("auc", "accuracy")}
 """What the seen/unseen comparison reports per kind ("task": every metric fn's value)."""
-_NOT_COMPARED = {"num_examples", "empty_predictions", "num_runs", "users_in_split"}
+_NOT_COMPARED = {"num_examples", "empty_predictions", "num_runs", "users_in_split",
+                 "yes_at_p_yes"}
 
 
 def check_unseen(model: Sequence[Section], unseen: Sequence[Section]) -> None:

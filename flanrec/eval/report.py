@@ -76,6 +76,14 @@ def markdown(systems: Sequence[tuple[str, Any]], ks: Sequence[int] = (1, 5, 10, 
                 for n, s in other]
         parts.append("Rating and binary tasks\n\n"
                      + _table(["task", "mode", *(h for h, _, _ in OTHER_COLUMNS)], rows))
+        yes_at = sorted({s.metrics["yes_at_p_yes"] for _, s in other
+                         if s.kind == "binary" and "yes_at_p_yes" in s.metrics})
+        if yes_at:
+            at = " or ".join(f"{v:g}" for v in yes_at)
+            parts.append(f"Binary: accuracy, precision, recall and F1 count a yes where p_yes "
+                         f">= {at} (the baselines' p_yes puts {at} at the score from which "
+                         "each says yes, chosen on validation accuracy); AUC ranks by "
+                         "p_yes.\n")
     if own:
         parts.append(task_metrics_markdown(own))
     partial = [(n, s.coverage) for n, s in systems

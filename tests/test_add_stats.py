@@ -1,0 +1,77 @@
+"""A prepared dir without ``stats`` (an older flanrec's): the 'auto' settings say, in one line,
+which dir and which command; `prepare --add_stats DIR` measures exactly what prepare records
+and replaces prepare.json atomically; the settings then derive as from a fresh prepare."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flanrec.data import derived
+from flanrec.errors import ConfigError
+from flanrec.prepare import cli as prepare_cli
+
+SETTINGS = {"MIXTURE_OR_TASK_NAME": "{prefix}_seqrec_{indexing}", "PACK": "auto",
+            "TASK_FEATURE_LENGTHS": "auto", "EVAL_TASK_FEATURE_LENGTHS": "auto",
+            "VOCAB_SIZE": "auto", "TRAIN_STEPS": "auto", "TRAIN_EPOCHS": 3, "BATCH_SIZE": 8,
+            "EVAL_PERIOD": "auto", "CHECKPOINT_PERIOD": "auto"}
+
+
+def write_log(path: Path, users: int = 40, items: int = 30, seed: int = 0) -> Path:
+    """A small rated log (user_id,item_id,timestamp,rating), 5 to 14 items per user."""
+    rng = random.Random(seed)
+    lines = ["user_id,item_id,timestamp,rating"]
+    for u in range(users):
+        for t, i in enumerate(rng.sample(range(items), rng.randint(5, 14))):
+            lines.append(f"u{u},i{i},{1000 + t},{rng.choice([1, 2, 3, 4, 4, 5, 5])}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("add_stats")
+    log = write_log(root / "log.csv")
+    out = root / "out"
+    assert prepare_cli.main(["--dataset", "csv", "--raw_dir", str(log), "--rating_col",
+                             "rating", "--train_vocab", "--vocab_size", "600", "--families",
+                             "seqrec,binary", "--task_prefix", "tiny", "--out",
+                             str(out)]) == 0
+    return out
+
+
+def _without_stats(src: Path, dst: Path) -> dict:
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "prepare.json").read_text())
+    del doc["stats"]
+    (dst / "prepare.json").write_text(json.dumps(doc, indent=1))
+    return doc
+
+
+def test_add_stats_measures_what_prepare_records(prepared_dir, tmp_path, capsys):
+    fresh = json.loads((prepared_dir / "prepare.json").read_text())
+    old = tmp_path / "old"
+    before = _without_stats(prepared_dir, old)
+    with pytest.raises(ConfigError) as e:
+        derived.derive(SETTINGS, before, str(old))
+    message = str(e.value)
+    assert "\n" not in message and str(old) in message
+    assert f"python -m flanrec.prepare --add_stats {old}" in message
+    assert prepare_cli.main(["--add_stats", str(old)]) == 0
+    assert "stats added" in capsys.readouterr().out
+    after = json.loads((old / "prepare.json").read_text())
+    # Small splits are measured whole by both: the very same numbers, pairs included.
+    assert after["stats"] == fresh["stats"]
+    assert {k: v for k, v in after.items() if k != "stats"} == before  # nothing else changed
+    assert not [p.name for p in old.iterdir() if p.name.startswith(".prepare.json.tmp")]
+    assert derived.derive(SETTINGS, after, "/d") == derived.derive(SETTINGS, fresh, "/d")
+
+
+def test_add_stats_on_a_dir_that_is_not_prepared_is_one_line(tmp_path, capsys):
+    assert prepare_cli.main(["--add_stats", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "prepare.json: not found" in err
