@@ -47,8 +47,9 @@ from flanrec.errors import ConfigError
 
 AUTO = "auto"
 TEMPLATE_MACROS = ("MIXTURE_OR_TASK_NAME", "RANK_EVAL_TASK")
-AUTO_MACROS = ("PACK", "TASK_FEATURE_LENGTHS", "EVAL_TASK_FEATURE_LENGTHS", "VOCAB_SIZE",
-               "TRAIN_STEPS", "EVAL_PERIOD", "CHECKPOINT_PERIOD")
+# (`derive` resolves PACK first, then the lengths: its own order, not this list's.)
+AUTO_MACROS = ("TASK_FEATURE_LENGTHS", "VOCAB_SIZE", "TRAIN_STEPS", "EVAL_PERIOD",
+               "CHECKPOINT_PERIOD", "PACK", "EVAL_TASK_FEATURE_LENGTHS")
 # Read by `derive` only (no gin binding references them): gin_cli.DRIVER_MACROS lists them
 # so `--gin.TRAIN_EPOCHS=5` is not refused as a misspelling.
 INPUT_MACROS = ("TRAIN_EPOCHS", "NUM_EVALS")
@@ -120,7 +121,8 @@ def _token_stats(doc: Mapping[str, Any], source: str, macro: str) -> dict[str, A
     stats = ((doc.get("stats") or {}).get("tasks") or {})
     if not stats:
         why = (doc.get("stats") or {}).get("tokens_skipped_because") or (
-            f"measure them: `{add_stats_command(source)}`")
+            "it was prepared by an older flanrec: prepare it again, or measure them in "
+            f"place: `{add_stats_command(source)}`")
         raise ConfigError(f"{macro} = 'auto': {source} records no token lengths ({why}); "
                           "set TASK_FEATURE_LENGTHS, e.g. {'inputs': 512, 'targets': 16}, "
                           "and PACK")
