@@ -90,7 +90,7 @@ def test_short_examples_are_packed_and_steps_count_packed_rows():
     assert abs(values["TRAIN_STEPS"] - expected) / expected < 0.03
     assert values["TRAIN_STEPS"] < 41 * len(in_lens) / 32 / 4  # far fewer than unpacked
     assert values["EVAL_PERIOD"] == -(-values["TRAIN_STEPS"] // 8)
-    assert "measured by replaying seqio's packer" in out["TRAIN_STEPS"][1]
+    assert "estimated by replaying seqio's packer" in out["TRAIN_STEPS"][1]
     assert "packing when below 50%" in out["PACK"][1]
 
 

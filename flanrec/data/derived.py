@@ -24,10 +24,10 @@ Packing (PACK = 'auto'). An unpacked example is padded to the longest example of
 when the train examples fill those rows poorly (on Amazon Beauty a seqrec example fills ~4
 of its 40 target slots), most of every step is padding. The rule: pack when the train
 split's mean example (inputs + targets tokens, EOS included) fills less than `PACK_BELOW` of
-the unpacked row (the two padded lengths together): then a packed row of the same cost
-holds at least twice the examples. Packed rows are `PACK_EXAMPLES` mean examples long per
+the unpacked row (the two padded lengths together): then rows of that size could carry
+more than twice the examples, tokens for tokens. Packed rows are `PACK_EXAMPLES` mean examples long per
 feature (never shorter than the longest example, a multiple of 8), and TRAIN_STEPS counts
-packed rows: the examples one row holds are measured by replaying seqio's packer
+packed rows: the examples one row holds are estimated by replaying seqio's packer
 (`seqio.utils.trim_and_pack_dataset`: next-fit over groups of `max(lengths)` shuffled
 examples) on the train split's recorded (input, target) length pairs. Evaluation and
 inference read unpacked examples: `EVAL_TASK_FEATURE_LENGTHS` = 'auto' is the unpacked
@@ -165,6 +165,7 @@ class TrainProfile:
         pairs: list[tuple[int, int]] = []
         weights: list[float] = []
         have_pairs = True
+        self.measured = 0
         for d in dirs:
             train = (stats.get(d) or {}).get("train")
             n = int((tasks.get(d) or {}).get("train", 0) or (train or {}).get("examples", 0))
@@ -185,6 +186,7 @@ class TrainProfile:
                 have_pairs = False
                 continue
             measured = sum(int(c) for _, _, c in recorded) or 1
+            self.measured += measured
             for i, t, c in recorded:
                 pairs.append((int(i), int(t)))
                 weights.append(int(c) * n / measured)
@@ -234,8 +236,9 @@ def examples_per_row(profile: TrainProfile, row: Mapping[str, int]) -> tuple[flo
         rows = pack_rows(sample, row)
         tokens = {f: sum(p[k] for p in sample) / (rows * row[f])
                   for k, f in enumerate(("inputs", "targets"))}
-        return n / rows, (f"measured by replaying seqio's packer on {n:,} shuffled train "
-                          f"examples drawn from the recorded lengths: "
+        return n / rows, (f"estimated by replaying seqio's packer (its own rule) on {n:,} "
+                          "shuffled train examples drawn from the lengths prepare recorded "
+                          f"of {profile.measured:,}: "
                           f"{n / rows:.2f} examples per row, rows "
                           f"{tokens['inputs']:.0%} / {tokens['targets']:.0%} full "
                           "(inputs / targets)")
