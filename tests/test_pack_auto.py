@@ -145,11 +145,32 @@ def test_a_dir_without_stats_names_the_command_that_adds_them():
         derived.derive(QUICKSTART, doc, "/data")
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ML100K_CLEAN, "prepare.json")),
-                    reason="needs the ML-100K dir prepared at HEAD")
-def test_ml100k_keeps_every_derived_value():
-    with open(os.path.join(ML100K_CLEAN, "prepare.json"), encoding="utf-8") as f:
-        doc = json.load(f)
+def _ml100k_stats_as_recorded() -> dict:
+    """What `prepare --dataset ml-100k --train_vocab` records for the seqrec task (before
+    means and length pairs were recorded), copied from a dir prepared at HEAD."""
+    def split(n, i50, imax, t50=40, i99=None):
+        return {"examples": n, "measured": n,
+                "inputs": {"max": imax, "p50": i50, "p99": i99 or imax},
+                "targets": {"max": 40, "p50": t50, "p99": 40}}
+    return {"task_prefix": "ml100k", "index_suffixes": ["seqidx"],
+            "counts": {"tasks": {"seqrec_seqidx": {"train": 6142, "validation": 943,
+                                                   "test": 943, "test_unseen": 943}}},
+            "stats": {"vocab": {"pieces": 4100, "size": 4100},
+                      "tasks": {"seqrec_seqidx": {
+                          "train": split(6142, 40, 52), "validation": split(943, 38, 52),
+                          "test": split(943, 38, 52), "test_unseen": split(943, 38, 51)}}}}
+
+
+@pytest.mark.parametrize("where", ["recorded", "prepared at HEAD"])
+def test_ml100k_keeps_every_derived_value(where):
+    if where == "recorded":
+        doc = _ml100k_stats_as_recorded()
+    else:
+        path = os.path.join(ML100K_CLEAN, "prepare.json")
+        if not os.path.exists(path):
+            pytest.skip(f"{path}: no ML-100K dir prepared at HEAD here")
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
     values = _derive(QUICKSTART, doc)
     assert values["PACK"] is False
     assert values["TASK_FEATURE_LENGTHS"] == {"inputs": 56, "targets": 40}

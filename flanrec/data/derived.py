@@ -25,8 +25,9 @@ when the train examples fill those rows poorly (on Amazon Beauty a seqrec exampl
 of its 40 target slots), most of every step is padding. The rule: pack when the train
 split's mean example (inputs + targets tokens, EOS included) fills less than `PACK_BELOW` of
 the unpacked row (the two padded lengths together): then rows of that size could carry
-more than twice the examples, tokens for tokens. Packed rows are `PACK_EXAMPLES` mean examples long per
-feature (never shorter than the longest example, a multiple of 8), and TRAIN_STEPS counts
+more than twice the examples, tokens for tokens. Packed rows are `PACK_EXAMPLES` mean
+examples long per feature (never shorter than the longest example, a multiple of 8), and
+TRAIN_STEPS counts
 packed rows: the examples one row holds are estimated by replaying seqio's packer
 (`seqio.utils.trim_and_pack_dataset`: next-fit over groups of `max(lengths)` shuffled
 examples) on the train split's recorded (input, target) length pairs. Evaluation and
