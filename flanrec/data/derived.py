@@ -27,8 +27,8 @@ split's mean example (inputs + targets tokens, EOS included) fills less than `PA
 the unpacked row (the two padded lengths together): then rows of that size could carry
 more than twice the examples, tokens for tokens. Packed rows are `PACK_EXAMPLES` mean
 examples long per feature (never shorter than the longest example, a multiple of 8), and
-TRAIN_STEPS counts
-packed rows: the examples one row holds are estimated by replaying seqio's packer
+TRAIN_STEPS counts packed rows: the examples one row holds are estimated by replaying
+seqio's packer
 (`seqio.utils.trim_and_pack_dataset`: next-fit over groups of `max(lengths)` shuffled
 examples) on the train split's recorded (input, target) length pairs. Evaluation and
 inference read unpacked examples: `EVAL_TASK_FEATURE_LENGTHS` = 'auto' is the unpacked
