@@ -19,6 +19,7 @@ from flanrec.errors import UserError
 from flanrec.model.config import T5Config
 
 ParamSpec = tuple[tuple[int, ...], tuple[str, ...]]  # (shape, logical axis names)
+LOGITS_KERNEL = "decoder/logits_dense/kernel"  # the untied output projection
 
 
 def param_specs(cfg: T5Config) -> dict[str, ParamSpec]:
