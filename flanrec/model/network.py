@@ -15,8 +15,8 @@ Numerics follow T5 v1.1 exactly (checked against transformers' PyTorch T5 in the
 layers themselves are `flanrec.model.layers`, this module stacks them: one relative position
 bias table per stack, shared by all its layers; untied, unscaled output logits (or, with
 `config.logits_via_embedding`, T5X's tied ones: the token embedding scores the vocabulary,
-divided by sqrt(d_model)); padding and segment masks; the soft prompt. Parameters are float32; activations use `config.dtype`;
-attention softmax, norms and logits are float32.
+divided by sqrt(d_model)); padding and segment masks; the soft prompt. Parameters are
+float32; activations use `config.dtype`; attention softmax, norms and logits are float32.
 
 Adapters (`flanrec.model.adapters`): when the config is a `PeftT5Config` carrying a soft
 prompt and/or LoRA, the model declares them under their own top-level keys (`prompt`, `lora`;
