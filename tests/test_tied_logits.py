@@ -219,6 +219,14 @@ def test_t5x_round_trip_and_preset_names(tmp_path):
     assert cfg.logits_via_embedding and cfg.name == "custom"
 
 
+def test_convert_summary_says_tied():
+    from flanrec.convert.job import summary
+
+    assert "custom(d_model=32" in summary(TIED, "flanrec", "hf", "out")
+    assert "with tied output embeddings" in summary(TIED, "flanrec", "hf", "out")
+    assert "tied" not in summary(TIED.replace(logits_via_embedding=False), "hf", "t5x", "o")
+
+
 def test_mismatched_tying_is_named_with_the_setting():
     untied = TIED.replace(logits_via_embedding=False)
     with pytest.raises(ValueError, match="missing parameters.*logits_dense.*set "
