@@ -219,6 +219,28 @@ def test_t5x_round_trip_and_preset_names(tmp_path):
     assert cfg.logits_via_embedding and cfg.name == "custom"
 
 
+def test_lora_and_prompt_on_a_tied_backbone():
+    """Adapters leave the tied head alone: the init tree is the adapter table plus the tied
+    backbone, and a fresh adapter (LoRA B = 0, zero 'add' prompt) is exactly the backbone."""
+    from flax import linen as nn
+
+    from flanrec.model.adapters import LoraConfig, PromptConfig, all_param_specs, with_adapters
+
+    base = TIED.replace(num_encoder_layers=1, num_decoder_layers=1)
+    cfg = with_adapters(base, PromptConfig(length=1, fusion="add", init="zeros"),
+                        LoraConfig(rank=2, targets=("query", "wo")))
+    assert cfg.logits_via_embedding
+    rng = np.random.default_rng(4)
+    enc, tgt = padded_batch(rng, 2, 6), padded_batch(rng, 2, 4)
+    variables = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(0), enc, shift_right(tgt))
+    params = nn.unbox(variables["params"])
+    assert set(flatten(params)) == set(all_param_specs(cfg)) and LOGITS not in flatten(params)
+    backbone = {k: v for k, v in params.items() if k not in ("lora", "prompt")}
+    adapted = jax.jit(Transformer(cfg).apply)({"params": params}, enc, shift_right(tgt))
+    plain = jax.jit(Transformer(base).apply)({"params": backbone}, enc, shift_right(tgt))
+    np.testing.assert_allclose(np.asarray(adapted), np.asarray(plain), atol=1e-6)
+
+
 def test_convert_summary_says_tied():
     from flanrec.convert.job import summary
 

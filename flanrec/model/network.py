@@ -147,9 +147,9 @@ class Decoder(nn.Module):
         x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="decoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if cfg.logits_via_embedding:
-            # Tied: the embedding rows score the vocabulary. Its entries are ~N(0, 1) where a
-            # trained output kernel's are ~1/sqrt(d_model), hence T5X's (and transformers')
-            # division by sqrt(d_model), applied to the float logits after the product.
+            # Tied: the embedding rows score the vocabulary. They start ~N(0, 1), the untied
+            # kernel's columns ~N(0, 1/d_model): hence T5X's (and transformers') division by
+            # sqrt(d_model), here applied to the float logits after the product, as in T5X.
             logits = self.shared_embedding.attend(x, jnp.dtype(cfg.logits_dtype))
             logits = logits / jnp.sqrt(jnp.asarray(x.shape[-1], logits.dtype))
         else:
