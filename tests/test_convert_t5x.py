@@ -217,11 +217,12 @@ def test_refuses_t5_v1_0(tmp_path):
         import_t5x(write_raw(tmp_path, flat))
 
 
-def test_refuses_tied_embeddings(tmp_path):
+def test_tied_embeddings_give_a_tied_config(tmp_path):
     flat = random_flat(ODD)
     del flat["decoder/logits_dense/kernel"]
-    with pytest.raises(ValueError, match="tied input/output embeddings"):
-        import_t5x(write_raw(tmp_path, flat))
+    cfg, params = import_t5x(write_raw(tmp_path, flat))
+    assert cfg == ODD.replace(name="custom", logits_via_embedding=True)
+    assert_same(flat, params)
 
 
 def test_refuses_decoder_only(tmp_path):
@@ -267,7 +268,7 @@ def test_writer_refuses_non_v11_and_existing(tmp_path):
     write_t5x_checkpoint(unflatten(flat), tmp_path, step=1)
     with pytest.raises(FileExistsError):
         write_t5x_checkpoint(unflatten(flat), tmp_path, step=1)
-    del flat["decoder/logits_dense/kernel"]
-    with pytest.raises(ValueError, match="tied"):
+    flat["decoder/layers_0/mlp/wi/kernel"] = flat.pop("decoder/layers_0/mlp/wi_0/kernel")
+    with pytest.raises(ValueError, match=r"T5 v1\.0"):
         write_t5x_checkpoint(unflatten(flat), tmp_path, step=2)
     assert not (tmp_path / "checkpoint_2").exists()

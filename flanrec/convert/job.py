@@ -204,5 +204,7 @@ def summary(cfg: T5Config, src_kind: str, dst_kind: str, out: str | Path) -> str
         name = (f"custom(d_model={cfg.d_model}, d_ff={cfg.d_ff}, heads={cfg.num_heads}, "
                 f"layers={cfg.num_encoder_layers}/{cfg.num_decoder_layers}, "
                 f"vocab={cfg.vocab_size})")
+    if cfg.logits_via_embedding:
+        name += " with tied output embeddings"
     n = count_params(cfg)
     return f"{src_kind} -> {dst_kind}: {name}, {n:,} params ({n / 1e6:.1f}M) -> {out}"

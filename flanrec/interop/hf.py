@@ -7,14 +7,17 @@ position tables. Everything is validated against the model's parameter table
 is refused with the offending name and shapes instead of being half-loaded (no parameter is
 ever random-initialised).
 
-Only the T5 v1.1 family (gated-GELU, untied logits) is accepted: loading a T5 v1.0 (ReLU,
-tied, scaled logits) checkpoint into this architecture would "work" and silently give wrong
-outputs, so it is refused. Tying and scaling are decided the way transformers itself decides
-them, not from `tie_word_embeddings` alone: transformers 5 writes `tie_word_embeddings: true`
-into every T5 config it saves (Flan-T5 re-saved included) and states the logit scaling in
-`scale_decoder_outputs`. So the logits are *tied* when the checkpoint has no `lm_head.weight`
-tensor, and *scaled* when `scale_decoder_outputs` says so, or, in configs written before that
-field existed (transformers 4), when `tie_word_embeddings` is not false.
+Only the T5 v1.1 MLP (gated-GELU) is accepted: loading a T5 v1.0 (ReLU) checkpoint into this
+architecture would "work" and silently give wrong outputs, so it is refused. The output
+projection comes in two forms: untied and unscaled (Flan-T5: `lm_head.weight`), or tied to
+the embeddings and scaled by d_model**-0.5 (`T5Config.logits_via_embedding`). Tying and
+scaling are decided the way transformers itself decides them, not from
+`tie_word_embeddings` alone: transformers 5 writes `tie_word_embeddings: true` into every T5
+config it saves (Flan-T5 re-saved included) and states the logit scaling in
+`scale_decoder_outputs`. So the logits are *scaled* when `scale_decoder_outputs` says so, or,
+in configs written before that field existed (transformers 4), when `tie_word_embeddings` is
+not false; a scaled checkpoint is imported tied, and must then have no `lm_head.weight`
+tensor or one equal to `shared.weight`. An unscaled one must have its own `lm_head.weight`.
 
 An export is a directory transformers loads as it loads google/flan-t5-*: config.json,
 generation_config.json, model.safetensors and, when the checkpoint carries its vocabulary,
@@ -40,7 +43,7 @@ from flanrec.interop import hf_tokenizer
 from flanrec.interop import vocabulary as vocab_files
 from flanrec.interop.exports import make_readable
 from flanrec.model.config import T5Config
-from flanrec.model.params import check_params, flatten, param_specs, unflatten
+from flanrec.model.params import LOGITS_KERNEL, check_params, flatten, param_specs, unflatten
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -60,7 +63,8 @@ class HFCheckpointError(UserError, ValueError):
 def _hf_names(cfg: T5Config) -> Iterator[tuple[str, str, bool]]:
     """(flanrec name, HF name, transpose?) for every parameter of `cfg`."""
     yield "token_embedder/embedding", "shared.weight", False
-    yield "decoder/logits_dense/kernel", "lm_head.weight", True
+    if not cfg.logits_via_embedding:
+        yield LOGITS_KERNEL, "lm_head.weight", True
     for stack, norm in (("encoder", "encoder_norm"), ("decoder", "decoder_norm")):
         yield f"{stack}/{norm}/scale", f"{stack}.final_layer_norm.weight", False
         yield (f"{stack}/relpos_bias/rel_embedding",
@@ -91,7 +95,10 @@ def _hf_names(cfg: T5Config) -> Iterator[tuple[str, str, bool]]:
 
 
 def config_from_hf(hf: Mapping[str, Any], source: str) -> T5Config:
-    """T5Config from a parsed HF config.json, refusing anything that is not T5 v1.1."""
+    """T5Config from a parsed HF config.json, refusing anything that is not a gated-GELU T5.
+
+    Scaled logits (`scales_logits`) give a tied config (`logits_via_embedding`); whether the
+    tensors agree is `import_hf`'s check."""
     model_type = hf.get("model_type")
     if model_type != "t5":
         raise HFCheckpointError(
@@ -109,12 +116,6 @@ def config_from_hf(hf: Mapping[str, Any], source: str) -> T5Config:
         raise HFCheckpointError(
             f"{source}: feed_forward_proj is {ffn!r}; only 'gated-gelu' (T5 v1.1 / Flan-T5) is "
             f"supported — T5 v1.0 ('relu') checkpoints have a different MLP")
-    if scales_logits(hf):
-        why = ("scale_decoder_outputs is true" if "scale_decoder_outputs" in hf else
-               "tie_word_embeddings is not false and there is no scale_decoder_outputs field, "
-               "which transformers reads as")
-        raise HFCheckpointError(f"{source}: {why} (T5 v1.0's scaling of the logits by "
-                                f"d_model**-0.5); Flan-T5 does not scale its logits")
     try:
         num_layers = int(hf["num_layers"])
         dec_layers = hf.get("num_decoder_layers")
@@ -130,6 +131,7 @@ def config_from_hf(hf: Mapping[str, Any], source: str) -> T5Config:
             pad_token_id=int(hf.get("pad_token_id", 0) or 0),
             eos_token_id=int(_first(hf.get("eos_token_id", 1))),
             decoder_start_token_id=int(hf.get("decoder_start_token_id", 0) or 0),
+            logits_via_embedding=scales_logits(hf),
             name=str(hf.get("_name_or_path") or "hf-import"),
         )
     except KeyError as e:
@@ -144,6 +146,34 @@ def scales_logits(hf: Mapping[str, Any]) -> bool:
     if "scale_decoder_outputs" in hf:
         return bool(hf["scale_decoder_outputs"])
     return hf.get("tie_word_embeddings", True) is not False
+
+
+def _why_scaled(hf: Mapping[str, Any]) -> str:
+    return ("scale_decoder_outputs is true" if "scale_decoder_outputs" in hf else
+            "tie_word_embeddings is not false and there is no scale_decoder_outputs field, "
+            "which transformers reads as")
+
+
+def _check_output_projection(tensors: dict[str, np.ndarray], hf: Mapping[str, Any],
+                             cfg: T5Config, src: Path) -> None:
+    """Refuse tensors whose output projection contradicts the config's scaling; drop an
+    `lm_head.weight` that merely repeats `shared.weight` (a tied model saved with it)."""
+    lm_head, shared = tensors.get("lm_head.weight"), tensors.get("shared.weight")
+    if cfg.logits_via_embedding:
+        if lm_head is None:
+            return
+        if shared is not None and np.array_equal(lm_head, shared):
+            del tensors["lm_head.weight"]
+            return
+        raise HFCheckpointError(
+            f"{src}: {_why_scaled(hf)} (the d_model**-0.5 logit scaling of T5 v1.0 and of "
+            f"tied T5) but lm_head.weight differs from shared.weight: a scaled untied output "
+            f"projection is neither Flan-T5 (unscaled, own lm_head) nor tied T5 v1.1")
+    if lm_head is None:  # the tensors, not config.json, say whether it is tied
+        raise HFCheckpointError(
+            f"{src}: no lm_head.weight — the output projection is tied to the embeddings, "
+            f"but the config does not scale the logits as a tied T5 does (expected "
+            f"scale_decoder_outputs true, or an lm_head.weight tensor as in Flan-T5)")
 
 
 def _first(value: Any) -> Any:
@@ -230,9 +260,7 @@ def import_hf(src_dir: str | os.PathLike[str]) -> tuple[T5Config, dict[str, Any]
         raise HFCheckpointError(f"{config_path}: invalid JSON: {e}") from e
     cfg = config_from_hf(hf_cfg, str(config_path))
     tensors = read_hf_tensors(src)
-    if "lm_head.weight" not in tensors:  # the tensors, not config.json, say whether it is tied
-        raise HFCheckpointError(f"{src}: no lm_head.weight — the output projection is tied to "
-                                f"the embeddings, which Flan-T5 (T5 v1.1) never does")
+    _check_output_projection(tensors, hf_cfg, cfg, src)
     shared = tensors.get("shared.weight")
     for copy in _EMBED_COPIES:
         if copy in tensors and shared is not None and not np.array_equal(tensors[copy], shared):
@@ -265,7 +293,8 @@ def import_hf(src_dir: str | os.PathLike[str]) -> tuple[T5Config, dict[str, Any]
 
 
 def hf_config_dict(cfg: T5Config) -> dict[str, Any]:
-    """config.json for `T5ForConditionalGeneration` describing `cfg` (untied, gated-GELU)."""
+    """config.json for `T5ForConditionalGeneration` describing `cfg` (gated-GELU; untied and
+    unscaled like Flan-T5, or tied and scaled with `cfg.logits_via_embedding`)."""
     return {
         "architectures": ["T5ForConditionalGeneration"],
         "model_type": "t5",
@@ -285,8 +314,8 @@ def hf_config_dict(cfg: T5Config) -> dict[str, Any]:
         "feed_forward_proj": "gated-gelu",
         "dense_act_fn": "gelu_new",
         "is_gated_act": True,
-        "tie_word_embeddings": False,
-        "scale_decoder_outputs": False,
+        "tie_word_embeddings": cfg.logits_via_embedding,
+        "scale_decoder_outputs": cfg.logits_via_embedding,
         "use_cache": True,
         "pad_token_id": cfg.pad_token_id,
         "eos_token_id": cfg.eos_token_id,
@@ -305,7 +334,8 @@ def generation_config_dict(cfg: T5Config) -> dict[str, Any]:
 def export_hf(cfg: T5Config, params: Mapping[str, Any], out_dir: str | os.PathLike[str],
               vocabulary: Any = None) -> Path:
     """Write an HF directory atomically: config.json, generation_config.json,
-    model.safetensors, and with `vocabulary` (a seqio SentencePiece vocabulary) spiece.model,
+    model.safetensors (a tied model without lm_head.weight, as transformers saves one), and
+    with `vocabulary` (a seqio SentencePiece vocabulary) spiece.model,
     the tokenizer files and flanrec_vocabulary.json.
 
     The directory is assembled under a temporary name next to `out_dir` and moved into place

@@ -53,7 +53,7 @@ from flanrec.interop import t5x_adafactor
 from flanrec.interop.exports import make_readable
 from flanrec.interop.t5x_adafactor import AdafactorLayout, stored_inline
 from flanrec.model.config import PRESETS, T5Config
-from flanrec.model.params import check_params, flatten, unflatten
+from flanrec.model.params import LOGITS_KERNEL, check_params, flatten, unflatten
 
 log = logging.getLogger(__name__)
 
@@ -259,13 +259,14 @@ def _read_orbax(ckpt_dir: Path) -> dict[str, np.ndarray]:
 
 
 _SHAPE_FIELDS = ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
-                 "num_decoder_layers", "relative_attention_num_buckets")
+                 "num_decoder_layers", "relative_attention_num_buckets", "logits_via_embedding")
 
 
 def match_preset(cfg: T5Config) -> str:
     """Name of the preset with exactly these shapes (e.g. 'flan-t5-base'), else 'custom'.
 
-    Only shapes count: dropout or dtype settings do not make a checkpoint another model.
+    Only the parameter tree counts (shapes, and tying, which drops a parameter): dropout or
+    dtype settings do not make a checkpoint another model.
     """
     for name, preset in PRESETS.items():
         if all(getattr(preset, f) == getattr(cfg, f) for f in _SHAPE_FIELDS):
@@ -288,7 +289,9 @@ def infer_config(flat: Mapping[str, Any], source: str) -> T5Config:
     """Infer a T5 v1.1 config from T5X parameter shapes, refusing other architectures by name.
 
     The relative-attention max distance is not stored in any shape; the T5 v1.1 value (128) is
-    assumed, as for every published Flan-T5 checkpoint.
+    assumed, as for every published Flan-T5 checkpoint. A checkpoint without
+    `decoder/logits_dense/kernel` is a tied one (T5X's `logits_via_embedding = True`): the
+    config gets `logits_via_embedding=True`.
     """
     names = set(flat)
     if not names:
@@ -306,9 +309,8 @@ def infer_config(flat: Mapping[str, Any], source: str) -> T5Config:
     if v10:
         raise ValueError(f"{source}: T5 v1.0 checkpoint (single ReLU MLP '{v10[0]}'); flanrec "
                          "supports the T5 v1.1 / Flan-T5 gated-GELU MLP (wi_0/wi_1) only")
-    if "decoder/logits_dense/kernel" not in names:
-        raise ValueError(f"{source}: tied input/output embeddings (no decoder/logits_dense/kernel);"
-                         " flanrec supports T5 v1.1 / Flan-T5 checkpoints with untied logits only")
+    # T5X's `logits_via_embedding`: a tied decoder has no output kernel of its own.
+    tied = LOGITS_KERNEL not in names
 
     def need(name: str, ndim: int) -> tuple[int, ...]:
         if name not in flat:
@@ -329,7 +331,7 @@ def infer_config(flat: Mapping[str, Any], source: str) -> T5Config:
                    d_kv=inner // num_heads,
                    num_encoder_layers=_layer_count(flat, "encoder", source),
                    num_decoder_layers=_layer_count(flat, "decoder", source),
-                   relative_attention_num_buckets=num_buckets)
+                   relative_attention_num_buckets=num_buckets, logits_via_embedding=tied)
     cfg = cfg.replace(name=match_preset(cfg))
     check_params(flat, cfg, source)
     return cfg
@@ -367,8 +369,9 @@ def import_t5x(path: str | os.PathLike) -> tuple[T5Config, dict[str, Any]]:
     complete `checkpoint_N` is taken. Returns `(config, nested dict of float32 numpy arrays)`
     keyed by the T5X names of `flanrec.model.params.param_specs`. Optimizer state in the
     checkpoint is ignored (params only). Raises ValueError/FileNotFoundError naming the
-    problem for a missing msgpack file or array dir, T5 v1.0, tied embeddings, decoder-only or
-    mis-shaped checkpoints.
+    problem for a missing msgpack file or array dir, T5 v1.0, decoder-only or mis-shaped
+    checkpoints. A tied checkpoint (no `decoder/logits_dense/kernel`) gives a config with
+    `logits_via_embedding=True`.
     """
     ckpt_dir = find_t5x_checkpoint(path)
     if (ckpt_dir / _MSGPACK_FILE).is_file():

@@ -17,9 +17,15 @@ FLAN_T5_VOCAB_SIZE = 32128  # 32000 SentencePiece pieces + 100 extra ids, padded
 class T5Config:
     """Shapes and numerics of a T5 v1.1 encoder-decoder (the Flan-T5 architecture).
 
-    Only the v1.1 family is supported on purpose: gated-GELU MLP, RMSNorm without bias,
-    untied logits. Checkpoints of other variants are refused by the converters rather
+    Only the v1.1 family is supported on purpose: gated-GELU MLP, RMSNorm without bias.
+    Checkpoints of other variants (T5 v1.0's ReLU MLP) are refused by the converters rather
     than silently mis-loaded.
+
+    `logits_via_embedding` (T5X's name for it): score the vocabulary with the token
+    embedding table itself instead of a separate `decoder/logits_dense/kernel`, the logits
+    scaled by 1/sqrt(d_model) as T5X's decoder and transformers' tied T5 do. Flan-T5 is
+    untied (False); tying gives every output row the gradient of its input occurrences too,
+    which matters when most vocabulary entries (item ids) are rare targets.
     """
 
     vocab_size: int = FLAN_T5_VOCAB_SIZE
@@ -37,6 +43,8 @@ class T5Config:
     dtype: str = "float32"
     # Dtype of the logits and of the loss; fp32 keeps softmax stable under bf16 activations.
     logits_dtype: str = "float32"
+    # Tied output projection (no decoder/logits_dense); configs saved without it are untied.
+    logits_via_embedding: bool = False
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
@@ -45,6 +53,9 @@ class T5Config:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"T5Config.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if not isinstance(self.logits_via_embedding, bool):
+            raise ValueError(f"T5Config.logits_via_embedding must be True or False, got "
+                             f"{self.logits_via_embedding!r}")
         for field in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"T5Config.{field} must be positive, got {getattr(self, field)}")

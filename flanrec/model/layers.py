@@ -169,18 +169,24 @@ class Dense(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token embedding table shared by encoder and decoder inputs (not by the logits)."""
+    """Token embedding table shared by encoder and decoder inputs, and by the logits of a
+    tied model (`attend`)."""
 
     vocab_size: int
     features: int
     dtype: Any
 
-    @nn.compact
+    def setup(self) -> None:
+        self.embedding = self.param("embedding", boxed(nn.initializers.normal(stddev=1.0),
+                                                       ("vocab", "embed")),
+                                    (self.vocab_size, self.features), jnp.float32)
+
     def __call__(self, tokens: Array) -> Array:
-        table = self.param("embedding", boxed(nn.initializers.normal(stddev=1.0),
-                                               ("vocab", "embed")),
-                           (self.vocab_size, self.features), jnp.float32)
-        return jnp.take(table.astype(self.dtype), tokens, axis=0)
+        return jnp.take(self.embedding.astype(self.dtype), tokens, axis=0)
+
+    def attend(self, query: Array, out_dtype: Any) -> Array:
+        """query @ table^T: one score per vocabulary entry, accumulated in `out_dtype`."""
+        return _matmul(query.astype(self.dtype), self.embedding.astype(self.dtype).T, out_dtype)
 
 
 class RelativePositionBias(nn.Module):

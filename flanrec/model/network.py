@@ -13,9 +13,10 @@ a test checks `Transformer.init` against that table. Attention kernels are store
 
 Numerics follow T5 v1.1 exactly (checked against transformers' PyTorch T5 in the tests); the
 layers themselves are `flanrec.model.layers`, this module stacks them: one relative position
-bias table per stack, shared by all its layers; untied, unscaled output logits; padding and
-segment masks; the soft prompt. Parameters are float32; activations use `config.dtype`;
-attention softmax, norms and logits are float32.
+bias table per stack, shared by all its layers; untied, unscaled output logits (or, with
+`config.logits_via_embedding`, T5X's tied ones: the token embedding scores the vocabulary,
+divided by sqrt(d_model)); padding and segment masks; the soft prompt. Parameters are
+float32; activations use `config.dtype`; attention softmax, norms and logits are float32.
 
 Adapters (`flanrec.model.adapters`): when the config is a `PeftT5Config` carrying a soft
 prompt and/or LoRA, the model declares them under their own top-level keys (`prompt`, `lora`;
@@ -119,6 +120,8 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     config: T5Config
     remat_policy: str = "none"
+    # The token embedding, which scores the vocabulary when `config.logits_via_embedding`.
+    shared_embedding: nn.Module | None = None
 
     @nn.compact
     def __call__(self, embedded: Array, encoded: Array, self_mask: Array | None,
@@ -143,9 +146,16 @@ class Decoder(nn.Module):
             x = jnp.take_along_axis(x, logit_positions.astype(jnp.int32)[:, None, None], axis=1)
         x = RMSNorm(cfg.layer_norm_epsilon, jnp.dtype(cfg.dtype), name="decoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        logits = Dense(cfg.vocab_size, ("embed", "vocab"), jnp.dtype(cfg.dtype),
-                       nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-                       out_dtype=jnp.dtype(cfg.logits_dtype), name="logits_dense")(x)
+        if cfg.logits_via_embedding:
+            # Tied: the embedding rows score the vocabulary. They start ~N(0, 1), the untied
+            # kernel's columns ~N(0, 1/d_model): hence T5X's (and transformers') division by
+            # sqrt(d_model), here applied to the float logits after the product, as in T5X.
+            logits = self.shared_embedding.attend(x, jnp.dtype(cfg.logits_dtype))
+            logits = logits / jnp.sqrt(jnp.asarray(x.shape[-1], logits.dtype))
+        else:
+            logits = Dense(cfg.vocab_size, ("embed", "vocab"), jnp.dtype(cfg.dtype),
+                           nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+                           out_dtype=jnp.dtype(cfg.logits_dtype), name="logits_dense")(x)
         return constrain(logits, ("batch", "length", "vocab"))
 
 
@@ -196,7 +206,8 @@ class Transformer(nn.Module):
         cfg = self.config
         self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, jnp.dtype(cfg.dtype))
         self.encoder = Encoder(cfg, self.remat_policy)
-        self.decoder = Decoder(cfg, self.remat_policy)
+        self.decoder = Decoder(cfg, self.remat_policy,
+                               self.token_embedder if cfg.logits_via_embedding else None)
         prompt = getattr(cfg, "prompt", None)
         specs = adapter_specs(cfg)
         for key in (PROMPT_KEY, LORA_KEY):

@@ -19,10 +19,14 @@ from flanrec.errors import UserError
 from flanrec.model.config import T5Config
 
 ParamSpec = tuple[tuple[int, ...], tuple[str, ...]]  # (shape, logical axis names)
+LOGITS_KERNEL = "decoder/logits_dense/kernel"  # the untied output projection
 
 
 def param_specs(cfg: T5Config) -> dict[str, ParamSpec]:
-    """Every parameter of a T5 v1.1 model: '/'-joined name → (shape, logical axes)."""
+    """Every parameter of a T5 v1.1 model: '/'-joined name → (shape, logical axes).
+
+    A tied model (`cfg.logits_via_embedding`) has no `decoder/logits_dense/kernel`: its
+    logits read `token_embedder/embedding`."""
     d, f, inner, h = cfg.d_model, cfg.d_ff, cfg.inner_dim, cfg.num_heads
     nb = cfg.relative_attention_num_buckets
     specs: dict[str, ParamSpec] = {
@@ -31,8 +35,9 @@ def param_specs(cfg: T5Config) -> dict[str, ParamSpec]:
         "encoder/encoder_norm/scale": ((d,), ("embed",)),
         "decoder/relpos_bias/rel_embedding": ((h, nb), ("heads", "relpos_buckets")),
         "decoder/decoder_norm/scale": ((d,), ("embed",)),
-        "decoder/logits_dense/kernel": ((d, cfg.vocab_size), ("embed", "vocab")),
     }
+    if not cfg.logits_via_embedding:
+        specs[LOGITS_KERNEL] = ((d, cfg.vocab_size), ("embed", "vocab"))
 
     def attention(prefix: str) -> None:
         for proj in ("query", "key", "value"):
@@ -108,7 +113,19 @@ def check_params(flat: Mapping[str, Any], cfg: T5Config, source: str) -> None:
             problems.append(f"parameter {name} has shape {got}, expected {want}")
     if problems:
         raise ValueError(f"{source}: checkpoint does not fit the {cfg.name} model config: "
-                         + "; ".join(problems))
+                         + "; ".join(problems) + _tying_hint(missing, unexpected))
+
+
+def _tying_hint(missing: list[str], unexpected: list[str]) -> str:
+    """Why the output projection alone differs: the checkpoint is tied and the config not,
+    or the other way round (the one setting that explains it)."""
+    if missing == [LOGITS_KERNEL] and not unexpected:
+        return (" (the checkpoint has tied output embeddings: set "
+                "T5Config.logits_via_embedding = True)")
+    if unexpected == [LOGITS_KERNEL] and not missing:
+        return (" (the checkpoint has an untied output projection but the config sets "
+                "T5Config.logits_via_embedding = True)")
+    return ""
 
 
 class NonFiniteParamsError(UserError, ValueError):
