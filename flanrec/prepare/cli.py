@@ -137,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="item text tokens fed to the encoder (EOS included)")
     p.add_argument("--add_stats", default=None, metavar="DIR",
                    help="measure what runs derive their 'auto' settings from (token lengths, "
-                   "vocabulary size, example counts) for the prepared dir DIR and write them "
-                   "into its prepare.json, e.g. for a dir an older flanrec prepared; nothing "
+                   "vocabulary size, example counts) for the prepared dir DIR and record them "
+                   "in its metadata file, e.g. for a dir an older flanrec prepared; nothing "
                    "else changes")
     p.add_argument("--list_tasks", action="store_true",
                    help="print registered task and mixture names (after `import tasks`; "
