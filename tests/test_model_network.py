@@ -237,3 +237,33 @@ def test_remat_keeps_names_and_values():
                                jax.jit(functools.partial(loss, plain))(params), rtol=1e-6)
     with pytest.raises(ValueError, match="remat_policy"):
         jax.eval_shape(Transformer(cfg, remat_policy="bogus").apply, {"params": params}, enc, dec)
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 8, 8), (8, 4, 192, 192)])
+def test_position_bias_add_gradients_match_a_plain_add(shape):
+    """The position bias's batch-summed gradient: the small shape takes XLA's own sum (bit
+    for bit the plain add's), the large one (past _ONES_DOT_MIN_ELEMENTS) the ones-vector
+    product; both must give the plain add's value and gradients."""
+    from flanrec.model import layers
+
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(1,) + shape[1:]), jnp.float32)
+    weight = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    large = logits.size >= layers._ONES_DOT_MIN_ELEMENTS
+    assert large == (shape[-1] == 192)
+
+    def loss(add, x, b):
+        return jnp.sum(jnp.tanh(add(x, b)) * weight)
+
+    ours = jax.jit(jax.grad(functools.partial(loss, layers.add_position_bias), (0, 1)))
+    plain = jax.jit(jax.grad(functools.partial(loss, jnp.add), (0, 1)))
+    (gx, gb), (px, pb) = ours(logits, bias), plain(logits, bias)
+    np.testing.assert_array_equal(np.asarray(gx), np.asarray(px))
+    assert gb.shape == bias.shape
+    if large:
+        np.testing.assert_allclose(np.asarray(gb), np.asarray(pb), rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(np.asarray(gb), np.asarray(pb))
+    np.testing.assert_array_equal(np.asarray(layers.add_position_bias(logits, bias)),
+                                  np.asarray(logits + bias))
