@@ -73,7 +73,7 @@ def test_oracle_ranks_above_popularity_through_eval(tmp_path):
         "--out", str(tmp_path / "eval"))
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     flat = json.dumps(metrics)
-    assert "oracle" in flat and "popularity" in flat
+    assert "bayes_optimal/ndcg@10" in flat and "popularity" in flat
     oracle_ndcg = m["ndcg@10"]
     # popularity ignores the taste cluster and the successor structure the oracle uses
     assert oracle_ndcg > 2 * _popularity_ndcg(metrics), (oracle_ndcg, metrics)
