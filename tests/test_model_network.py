@@ -252,6 +252,9 @@ def test_position_bias_add_gradients_match_a_plain_add(shape):
     weight = jnp.asarray(rng.normal(size=shape), jnp.float32)
     large = logits.size >= layers._ONES_DOT_MIN_ELEMENTS
     assert large == (shape[-1] == 192)
+    # the large shape must take the ones-vector route on CPU, the small one XLA's own sum
+    routed = "custom_vjp" in str(jax.make_jaxpr(layers.add_position_bias)(logits, bias))
+    assert routed == (large and jax.default_backend() == "cpu")
 
     def loss(add, x, b):
         return jnp.sum(jnp.tanh(add(x, b)) * weight)
