@@ -1,6 +1,7 @@
 """PACK = 'auto': packing decided from the recorded train lengths, packed TASK_FEATURE_LENGTHS
 and a TRAIN_STEPS in packed rows (the row count replays seqio's own packer), unpacked
-EVAL_TASK_FEATURE_LENGTHS; a bound PACK wins; ML-100K keeps every value it had."""
+EVAL_TASK_FEATURE_LENGTHS, a BATCH_SIZE of packed rows carrying EXAMPLES_PER_UPDATE examples;
+a bound PACK or BATCH_SIZE wins; ML-100K keeps every value it had."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ QUICKSTART = {"MIXTURE_OR_TASK_NAME": "{prefix}_seqrec_{indexing}",
               "RANK_EVAL_TASK": "{prefix}_seqrec_{indexing}", "PACK": "auto",
               "TASK_FEATURE_LENGTHS": "auto", "EVAL_TASK_FEATURE_LENGTHS": "auto",
               "VOCAB_SIZE": "auto", "TRAIN_STEPS": "auto", "TRAIN_EPOCHS": 41,
-              "BATCH_SIZE": 32, "EVAL_PERIOD": "auto", "CHECKPOINT_PERIOD": "auto",
-              "NUM_EVALS": 8}
+              "BATCH_SIZE": "auto", "EXAMPLES_PER_UPDATE": 32, "EVAL_PERIOD": "auto",
+              "CHECKPOINT_PERIOD": "auto", "NUM_EVALS": 8}
 
 
 def _lengths(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -86,9 +87,16 @@ def test_short_examples_are_packed_and_steps_count_packed_rows():
     # TRAIN_STEPS: the rows seqio's packer makes, which the replay reproduces exactly on the
     # whole (here fully recorded) train split up to the sample's shuffle.
     rows = derived.pack_rows(list(zip(in_lens, tg_lens, strict=True)), lengths)
-    expected = 41 * rows / 32
+    # BATCH_SIZE: the whole number of rows carrying at most 32 examples, as the replay counts.
+    per_row = len(in_lens) / rows
+    assert values["BATCH_SIZE"] == max(1, int(32 // per_row)) and values["BATCH_SIZE"] >= 2
+    assert values["BATCH_SIZE"] * per_row <= 32 * 1.03 < (values["BATCH_SIZE"] + 1) * per_row
+    assert "EXAMPLES_PER_UPDATE=32" in out["BATCH_SIZE"][1]
+    expected = 41 * rows / values["BATCH_SIZE"]
     assert abs(values["TRAIN_STEPS"] - expected) / expected < 0.03
-    assert values["TRAIN_STEPS"] < 41 * len(in_lens) / 32 / 4  # far fewer than unpacked
+    # about as many updates as unpacked examples at 32 per update, not 32 rows' worth fewer
+    unpacked_steps = 41 * len(in_lens) / 32
+    assert 0.9 * unpacked_steps < values["TRAIN_STEPS"] < 1.5 * unpacked_steps
     assert values["EVAL_PERIOD"] == -(-values["TRAIN_STEPS"] // 8)
     assert "estimated by replaying seqio's packer" in out["TRAIN_STEPS"][1]
     assert "packing when below 50%" in out["PACK"][1]
@@ -102,6 +110,28 @@ def test_full_examples_are_not_packed():
     assert values["TASK_FEATURE_LENGTHS"] == {"inputs": 56, "targets": 40}
     assert values["EVAL_TASK_FEATURE_LENGTHS"] == {"inputs": 56, "targets": 40}
     assert values["TRAIN_STEPS"] == -(-41 * 3000 // 32)
+    assert values["BATCH_SIZE"] == 32  # unpacked: EXAMPLES_PER_UPDATE rows
+    values = _derive({**QUICKSTART, "EXAMPLES_PER_UPDATE": 12}, _doc(in_lens, tg_lens))
+    assert values["BATCH_SIZE"] == 12 and values["TRAIN_STEPS"] == -(-41 * 3000 // 12)
+
+
+def test_a_bound_batch_size_wins_and_auto_needs_examples_per_update():
+    in_lens, tg_lens = _lengths(5000)
+    doc = _doc(in_lens, tg_lens)
+    values = _derive({**QUICKSTART, "BATCH_SIZE": 32}, doc)
+    assert "BATCH_SIZE" not in values
+    rows = derived.pack_rows(list(zip(in_lens, tg_lens, strict=True)),
+                             values["TASK_FEATURE_LENGTHS"])
+    assert abs(values["TRAIN_STEPS"] - 41 * rows / 32) / (41 * rows / 32) < 0.03
+    # fewer examples wanted than one row holds: one row per update, never zero
+    assert _derive({**QUICKSTART, "EXAMPLES_PER_UPDATE": 1}, doc)["BATCH_SIZE"] == 1
+    for bad in (None, 0, "32", True):
+        values = {**QUICKSTART, "EXAMPLES_PER_UPDATE": bad}
+        if bad is None:
+            del values["EXAMPLES_PER_UPDATE"]
+        with pytest.raises(ConfigError, match=r"BATCH_SIZE = 'auto' needs "
+                           r"EXAMPLES_PER_UPDATE, a positive integer.*or set BATCH_SIZE"):
+            derived.derive(values, doc, "/data")
 
 
 def test_a_bound_pack_wins():
@@ -115,8 +145,8 @@ def test_a_bound_pack_wins():
     values = _derive({**QUICKSTART, "PACK": True}, _doc(full, full))
     assert "PACK" not in values and values["TASK_FEATURE_LENGTHS"]["targets"] >= 320
     # Bound lengths with PACK = True: the steps count rows of those lengths.
-    bound = {**QUICKSTART, "PACK": True, "TASK_FEATURE_LENGTHS": {"inputs": 256,
-                                                                  "targets": 64}}
+    bound = {**QUICKSTART, "PACK": True, "BATCH_SIZE": 32,
+             "TASK_FEATURE_LENGTHS": {"inputs": 256, "targets": 64}}
     values = _derive(bound, doc)
     assert "TASK_FEATURE_LENGTHS" not in values
     assert values["EVAL_TASK_FEATURE_LENGTHS"] == {"inputs": 56, "targets": 40}

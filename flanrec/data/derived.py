@@ -7,6 +7,9 @@ A shipped experiment names the values that depend on the log, not one log's numb
     TASK_FEATURE_LENGTHS = 'auto'     # from the token lengths prepare measured
     EVAL_TASK_FEATURE_LENGTHS = 'auto'  # unpacked evaluation (= TASK_FEATURE_LENGTHS unpacked)
     VOCAB_SIZE = 'auto'               # the vocabulary's ids, padded to a multiple of 128
+    BATCH_SIZE = 'auto'               # EXAMPLES_PER_UPDATE examples per update: that
+                                      # many rows unpacked, that many examples' worth of
+                                      # packed rows when packing
     TRAIN_STEPS = 'auto'              # TRAIN_EPOCHS over the train task, in batches (of
                                       # packed rows when packing)
     EVAL_PERIOD = 'auto'              # NUM_EVALS validations per run
@@ -34,6 +37,16 @@ examples) on the train split's recorded (input, target) length pairs. Evaluation
 inference read unpacked examples: `EVAL_TASK_FEATURE_LENGTHS` = 'auto' is the unpacked
 lengths when training packs, else TASK_FEATURE_LENGTHS itself.
 
+Batch (BATCH_SIZE = 'auto'). A packed row carries several examples, so a batch of packed
+rows is a much larger update than the same number of unpacked rows: on Amazon Beauty 32
+packed rows are ~210 examples, and 41 epochs are then ~4,800 updates where unpacked ML-100K
+gets ~7,900 of 32 examples. On a generated log whose optimum is known (bench/oracle_log.py)
+32 packed rows per update validated at 0.38 of the optimum and 4 rows (~28 examples) at
+0.69, at the same epochs and about the same CPU time. So the experiment names the update it
+wants, EXAMPLES_PER_UPDATE, and the batch is that many unpacked rows, or the whole number of
+packed rows (at least 1) that carries at most that many examples as the packer replay
+counts them.
+
 Pure Python (no TF, no seqio): the light jobs and the quickstart call it.
 """
 
@@ -50,10 +63,10 @@ AUTO = "auto"
 TEMPLATE_MACROS = ("MIXTURE_OR_TASK_NAME", "RANK_EVAL_TASK")
 # (`derive` resolves PACK first, then the lengths: its own order, not this list's.)
 AUTO_MACROS = ("TASK_FEATURE_LENGTHS", "VOCAB_SIZE", "TRAIN_STEPS", "EVAL_PERIOD",
-               "CHECKPOINT_PERIOD", "PACK", "EVAL_TASK_FEATURE_LENGTHS")
+               "CHECKPOINT_PERIOD", "PACK", "EVAL_TASK_FEATURE_LENGTHS", "BATCH_SIZE")
 # Read by `derive` only (no gin binding references them): gin_cli.DRIVER_MACROS lists them
 # so `--gin.TRAIN_EPOCHS=5` is not refused as a misspelling.
-INPUT_MACROS = ("TRAIN_EPOCHS", "NUM_EVALS")
+INPUT_MACROS = ("TRAIN_EPOCHS", "NUM_EVALS", "EXAMPLES_PER_UPDATE")
 DEFAULT_NUM_EVALS = 8
 VOCAB_MULTIPLE = 128  # embedding rows: a multiple of 128 keeps the matmuls tile-aligned
 LENGTH_MULTIPLE = 8
@@ -64,8 +77,9 @@ PACK_SEED = 0
 # Examples per packed row relative to the token bound, for stats without length pairs
 # (prepared before they were recorded): next-fit leaves the tail of each row empty.
 PACK_EFFICIENCY_GUESS = 0.85
-MACROS = (*TEMPLATE_MACROS, *AUTO_MACROS, *INPUT_MACROS, "BATCH_SIZE")
-_LENGTHS_OF = {"TASK_FEATURE_LENGTHS", "EVAL_TASK_FEATURE_LENGTHS", "TRAIN_STEPS", "PACK"}
+MACROS = (*TEMPLATE_MACROS, *AUTO_MACROS, *INPUT_MACROS)
+_LENGTHS_OF = {"TASK_FEATURE_LENGTHS", "EVAL_TASK_FEATURE_LENGTHS", "TRAIN_STEPS", "PACK",
+               "BATCH_SIZE"}
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -261,6 +275,29 @@ def _decide_pack(unpacked: Mapping[str, int], profile: TrainProfile, name: str
                   f"{PACK_BELOW:.0%}")
 
 
+def _batch_size(current: Mapping[str, Any], dirs: Sequence[str], doc: Mapping[str, Any],
+                name: str, source: str, packing: bool, profile: TrainProfile | None
+                ) -> tuple[int, str]:
+    """BATCH_SIZE = 'auto': rows carrying EXAMPLES_PER_UPDATE examples (module docstring)."""
+    wanted = current.get("EXAMPLES_PER_UPDATE")
+    if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+        raise ConfigError(f"BATCH_SIZE = 'auto' needs EXAMPLES_PER_UPDATE, a positive integer "
+                          f"(train examples per update), got {wanted!r}; or set BATCH_SIZE")
+    if not packing:
+        return wanted, (f"EXAMPLES_PER_UPDATE={wanted} unpacked rows (training does not "
+                        "pack)")
+    lengths = current.get("TASK_FEATURE_LENGTHS")
+    if not _is_lengths(lengths):
+        raise ConfigError("BATCH_SIZE = 'auto' with PACK = True counts the examples of packed "
+                          f"rows of TASK_FEATURE_LENGTHS, got {lengths!r}; set BATCH_SIZE")
+    profile = profile or TrainProfile(dirs, doc, name, source)
+    per_row, how = examples_per_row(profile, lengths)
+    batch = max(1, math.floor(wanted / per_row))
+    return batch, (f"packed rows carrying about EXAMPLES_PER_UPDATE={wanted} examples: "
+                   f"{batch} rows of ~{per_row:.2f} examples ({batch * per_row:.0f} per "
+                   f"update; rows {how})")
+
+
 def _is_lengths(value: Any) -> bool:
     return isinstance(value, Mapping) and all(
         isinstance(value.get(f), int) and not isinstance(value.get(f), bool)
@@ -338,6 +375,10 @@ def derive(values: Mapping[str, Any], doc: Mapping[str, Any], source: str
         current["VOCAB_SIZE"] = size
         out["VOCAB_SIZE"] = (size, f"the vocabulary of {source}: {vocab['size']} ids, padded "
                                    f"to a multiple of {VOCAB_MULTIPLE}")
+    if is_auto(current.get("BATCH_SIZE")):
+        batch, why = _batch_size(current, dirs, doc, str(name), source, packing, profile)
+        current["BATCH_SIZE"] = batch
+        out["BATCH_SIZE"] = (batch, why)
     if is_auto(current.get("TRAIN_STEPS")):
         epochs, batch = current.get("TRAIN_EPOCHS"), current.get("BATCH_SIZE")
         if not isinstance(epochs, int | float) or isinstance(epochs, bool) or epochs <= 0:
