@@ -3,6 +3,7 @@ from a Hugging Face checkpoint with transformers' own loss, and it fails early a
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import gin
@@ -15,6 +16,7 @@ import train_fixtures as tfx
 
 import flanrec.configurables  # noqa: F401 - the names the gin files bind
 from flanrec import partitioning
+from flanrec.errors import ConfigError
 from flanrec.model.config import get_preset
 from flanrec.train import cli as train_cli
 from flanrec.train import job as train
@@ -256,3 +258,27 @@ def test_required_macros_and_the_quickstart_gin():
     assert gin.query_parameter("%MIXTURE_OR_TASK_MODULE") == "tasks.movielens"
     gin.clear_config()
 
+
+
+def _validation_tokens(caplog) -> list[int]:
+    return [int(r.getMessage().rsplit("|", 1)[1].split()[0]) for r in caplog.records
+            if r.getMessage().startswith("validation @ step")]
+
+
+def test_eval_steps_caps_the_loss_validation_at_its_first_batches(task, tmp_path, caplog):
+    """T5X's train.eval_steps: the teacher-forced validation reads only that many batches
+    (the same ones each time); None reads the whole split; 0 is refused by name."""
+    base = ("--gin.EVAL_PERIOD=2", "--gin.EVAL_BATCH_SIZE=2", "--gin.CHECKPOINT_PERIOD=1000")
+    counts = {}
+    for steps in (None, 1, 3):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="flanrec.train"):
+            assert _main(tfx.train_args(task, tmp_path / f"run{steps}", steps=4, extra=(
+                *base, f"--gin.train.eval_steps={steps}"))) == 0
+        counts[steps] = _validation_tokens(caplog)
+        assert len(counts[steps]) == 2 and counts[steps][0] == counts[steps][1]
+    # 8 validation examples in 4 batches of 2: one batch < three batches < all four
+    assert 0 < counts[1][0] < counts[3][0] < counts[None][0]
+    with pytest.raises(ConfigError, match=r"train\.eval_steps must be a positive number"):
+        _main(tfx.train_args(task, tmp_path / "bad", steps=1,
+                             extra=(*base, "--gin.train.eval_steps=0")))

@@ -115,6 +115,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
           train_dataset: DatasetConfig = gin.REQUIRED,
           eval_dataset: DatasetConfig | None = None,
           train_steps: int | None = gin.REQUIRED, eval_period: int = 0,
+          eval_steps: int | None = None,
           checkpoint_period: int = 1000, keep_checkpoints: int | None = 3,
           log_period: int = 100, initial_checkpoint_path: str | None = None,
           random_seed: int = 0, num_microbatches: int = 1,
@@ -142,6 +143,11 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     recorded in MODEL_DIR/best_checkpoint.json (what `flanrec.infer` uses for
     CHECKPOINT_PATH=MODEL_DIR). `early_stopping_patience` > 0 stops after that many
     evaluations without a better NDCG@10.
+
+    `eval_steps` (T5X's name) caps the teacher-forced validation at that many batches of
+    the split, the same first batches every time: on a large split (Amazon Beauty's 22k
+    users) the full pass cost 2.3x the rank validation that picks the checkpoint, while a
+    loss curve needs only a steady sample. None: the whole split.
 
     `ema_decay` (EMA_DECAY) > 0 keeps an exponential moving average of the trained weights
     (`flanrec.train.ema`): saved in every checkpoint and named there as the parameters to
@@ -183,8 +189,13 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     if batch % (num_microbatches * dp) or batch % jax.process_count():
         raise ConfigError(f"BATCH_SIZE {batch} must be divisible by num_microbatches "
                           f"({num_microbatches}) × data-parallel size ({dp}) and by the "
-                          f"number of processes ({jax.process_count()})")
+                          f"number of processes ({jax.process_count()}); set BATCH_SIZE (or "
+                          "EXAMPLES_PER_UPDATE when BATCH_SIZE = 'auto')")
     per_host = batch // jax.process_count()
+    if eval_steps is not None and (isinstance(eval_steps, bool) or
+                                   not isinstance(eval_steps, int) or eval_steps < 1):
+        raise ConfigError(f"train.eval_steps must be a positive number of validation batches "
+                          f"(or None for the whole split), got {eval_steps!r}")
     if eval_dataset is not None and eval_period and (
             eval_dataset.batch_size % dp or eval_dataset.batch_size % jax.process_count()):
         raise ConfigError(f"EVAL_BATCH_SIZE {eval_dataset.batch_size} must be divisible by the "
@@ -304,6 +315,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
     evals = None
     if eval_dataset is not None and eval_period:
         evals = eval_batches(eval_dataset, eval_dataset.batch_size // jax.process_count())
+        if eval_steps is not None:
+            evals = evals[:eval_steps]  # every host agreed on the count: still equal
         ahead.append(_compile_ahead(
             eval_step.compile_ahead, _abstract(peft_params.combine(frozen, state.params)),
             _abstract_batch({k: (v.shape, v.dtype) for k, v in evals[0].items()},
