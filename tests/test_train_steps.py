@@ -259,7 +259,6 @@ def test_required_macros_and_the_quickstart_gin():
     gin.clear_config()
 
 
-
 def _validation_tokens(caplog) -> list[int]:
     return [int(r.getMessage().rsplit("|", 1)[1].split()[0]) for r in caplog.records
             if r.getMessage().startswith("validation @ step")]
