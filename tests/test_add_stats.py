@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flanrec.data import derived
+from flanrec.data import derived, prepared
 from flanrec.errors import ConfigError
 from flanrec.prepare import cli as prepare_cli
 
@@ -75,3 +75,41 @@ def test_add_stats_on_a_dir_that_is_not_prepared_is_one_line(tmp_path, capsys):
     assert prepare_cli.main(["--add_stats", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "prepare.json: not found" in err
+
+
+def test_a_dir_of_older_examples_is_told_apart_and_add_stats_keeps_its_revision(
+        prepared_dir, tmp_path):
+    """prepare records which examples it writes; a dir from before (no revision: ML-100K's
+    6,242 windows) gets a one-line warning naming it, and --add_stats, which measures the old
+    examples, does not pass them off as current."""
+    fresh = json.loads((prepared_dir / "prepare.json").read_text())
+    assert fresh["examples_revision"] == prepared.EXAMPLES_REVISION
+    assert prepared.stale_examples_warning(fresh, str(prepared_dir)) is None
+    old = tmp_path / "old"
+    doc = _without_stats(prepared_dir, old)
+    del doc["examples_revision"]
+    (old / "prepare.json").write_text(json.dumps(doc, indent=1))
+    line = prepared.stale_examples_warning(doc, str(old))
+    assert line and "\n" not in line and str(old) in line
+    assert f"examples revision 1; this one writes {prepared.EXAMPLES_REVISION}" in line
+    assert prepare_cli.main(["--add_stats", str(old)]) == 0
+    after = json.loads((old / "prepare.json").read_text())
+    assert "examples_revision" not in after and "stats" in after
+    assert prepared.stale_examples_warning(after, str(old)) == line
+
+
+def test_the_quickstart_warns_on_a_dir_of_older_examples(prepared_dir, tmp_path, capsys):
+    from flanrec.quickstart import job as quickstart
+
+    old = tmp_path / "old"
+    doc = json.loads((prepared_dir / "prepare.json").read_text())
+    shutil.copytree(prepared_dir, old)
+    del doc["examples_revision"]
+    (old / "prepare.json").write_text(json.dumps(doc, indent=1))
+    # TRAIN_EPOCHS=0 stops it at the settings, right after the prepare stage is skipped
+    code = quickstart.main(["--dataset", "csv", "--data_dir", str(old), "--model_dir",
+                            str(tmp_path / "run"), "--gin", "TRAIN_EPOCHS=0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"quickstart: warning: {old} was prepared by an older flanrec" in err
+    assert (old / "prepare.json").read_text() == json.dumps(doc, indent=1)  # left as it is

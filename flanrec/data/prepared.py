@@ -36,6 +36,26 @@ class PreparedDataError(UserError, ValueError):
     """A prepared directory is missing a file or does not match what prepare recorded."""
 
 
+# Which examples `flanrec.prepare` writes from the same raw log and options. Bumped when a
+# change makes them differ, so a dir prepared before can be told apart: prepare.json's
+# `version` is its format, which such a change leaves alone. 1 (unrecorded): before repeated
+# seqrec windows were dropped (ML-100K 6,242 train windows; now 6,142).
+EXAMPLES_REVISION = 2
+
+
+def stale_examples_warning(doc: dict[str, Any], data_dir: str) -> str | None:
+    """One line when `data_dir` (its prepare.json `doc`) holds examples an older flanrec
+    wrote, else None. A warning, not an error: the dir is the user's and still loads; what it
+    changes is whether numbers match the ones this version documents."""
+    revision = doc.get("examples_revision", 1)
+    if isinstance(revision, int) and revision >= EXAMPLES_REVISION:
+        return None
+    return (f"{data_dir} was prepared by an older flanrec (examples revision {revision}; this "
+            f"one writes {EXAMPLES_REVISION}): its train examples differ from what prepare "
+            "writes now, so results will not match the documented ones; prepare again into a "
+            "new --data_dir (this dir is left as it is)")
+
+
 def read_prepare_json(data_dir: str) -> dict[str, Any]:
     """``DATA_DIR/prepare.json`` (options, fingerprints, task list) as a dict."""
     path = storage.join(data_dir, PREPARE_FILE)

@@ -50,6 +50,7 @@ from flanrec.data import families as families_lib
 from flanrec.data import layout
 from flanrec.data import splits as splits_lib
 from flanrec.data.fetch import fetch
+from flanrec.data.prepared import EXAMPLES_REVISION
 from flanrec.data.prepared_write import build_tries, write_split
 from flanrec.data.sources import read_dataset
 from flanrec.errors import UserError
@@ -447,6 +448,7 @@ def prepare(opts: PrepareOptions, log: Any = print,
         doc = {
             "format": "flanrec.prepared",
             "version": 1,
+            "examples_revision": EXAMPLES_REVISION,
             "dataset": opts.dataset,
             "task_prefix": prefix,
             "options": {k: (list(v) if isinstance(v, tuple) else v)

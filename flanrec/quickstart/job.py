@@ -36,7 +36,7 @@ import time
 from collections.abc import Sequence
 
 from flanrec.data import derived, families, layout, locations
-from flanrec.data.prepared import read_prepare_json
+from flanrec.data.prepared import read_prepare_json, stale_examples_warning
 from flanrec.errors import UserError
 from flanrec.files import outputs, storage
 from flanrec.frontend import jobs
@@ -149,7 +149,11 @@ def cli(argv: Sequence[str]) -> int:
     try:
         if prepared:
             print(f"=== prepare: {data_dir} exists, skipped", flush=True)
-            if "stats" not in read_prepare_json(data_dir):
+            doc = read_prepare_json(data_dir)
+            stale = stale_examples_warning(doc, data_dir)
+            if stale:
+                print(f"quickstart: warning: {stale}", file=sys.stderr, flush=True)
+            if "stats" not in doc:
                 # Prepared by an older flanrec: measure what the 'auto' settings need.
                 _stage("prepare: add data stats", [py, "-m", "flanrec.prepare",
                                                     "--add_stats", data_dir], env, timings)
