@@ -273,14 +273,18 @@ def eval_dataset(cfg: DatasetConfig) -> Any:
     return ds
 
 
-def eval_batches(cfg: DatasetConfig, per_host_batch: int) -> list[dict[str, np.ndarray]]:
-    """One full pass over the split on this host, padded so every host runs as many steps.
+def eval_batches(cfg: DatasetConfig, per_host_batch: int, limit: int | None = None
+                 ) -> list[dict[str, np.ndarray]]:
+    """One full pass over the split on this host (its first `limit` batches when given, so a
+    capped validation does not read the rest), padded so every host runs as many steps.
 
     Padding rows are all zeros (target id 0 = weight 0), so they change no metric; hosts
     agree on the number of batches through an allgather, since an uneven split would leave
     one host waiting in a collective forever.
     """
     ds = eval_dataset(cfg).batch(per_host_batch)
+    if limit is not None:
+        ds = ds.take(limit)
     batches = []
     for b in ds.as_numpy_iterator():
         rows = next(iter(b.values())).shape[0]

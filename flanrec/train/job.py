@@ -314,9 +314,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config: T5Config = gin.REQUIRE
                             frozen)]
     evals = None
     if eval_dataset is not None and eval_period:
-        evals = eval_batches(eval_dataset, eval_dataset.batch_size // jax.process_count())
-        if eval_steps is not None:
-            evals = evals[:eval_steps]  # every host agreed on the count: still equal
+        evals = eval_batches(eval_dataset, eval_dataset.batch_size // jax.process_count(),
+                             limit=eval_steps)
         ahead.append(_compile_ahead(
             eval_step.compile_ahead, _abstract(peft_params.combine(frozen, state.params)),
             _abstract_batch({k: (v.shape, v.dtype) for k, v in evals[0].items()},
