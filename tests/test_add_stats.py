@@ -113,3 +113,32 @@ def test_the_quickstart_warns_on_a_dir_of_older_examples(prepared_dir, tmp_path,
     assert code == 2
     assert f"quickstart: warning: {old} was prepared by an older flanrec" in err
     assert (old / "prepare.json").read_text() == json.dumps(doc, indent=1)  # left as it is
+
+
+def test_every_job_that_registers_an_older_dirs_tasks_warns_once(prepared_dir, tmp_path,
+                                                                  caplog):
+    """train, infer and eval read a dir through task registration, so an older dir is named
+    there too (once per process), not only by the quickstart; a current dir says nothing."""
+    from flanrec.data import prepared_tasks
+
+    def older_copy(name: str) -> tuple[Path, dict]:
+        old = tmp_path / name
+        shutil.copytree(prepared_dir, old)
+        doc = json.loads((old / "prepare.json").read_text())
+        del doc["examples_revision"]
+        (old / "prepare.json").write_text(json.dumps(doc, indent=1))
+        return old, doc
+
+    def stale() -> list[str]:
+        return [r.message for r in caplog.records if "older flanrec" in r.message]
+
+    old, doc = older_copy("old_registered")
+    old_family, doc_family = older_copy("old_family")
+    with caplog.at_level("WARNING", logger="flanrec.tasks"):
+        assert prepared_tasks.register_prepared(str(prepared_dir), prefix="current")
+        assert stale() == []
+        prepared_tasks.register_prepared(str(old), prefix="older")
+        prepared_tasks.register_prepared(str(old), prefix="older_again")
+        assert stale() == [prepared.stale_examples_warning(doc, str(old))]
+        prepared_tasks.register_family_task(str(old_family), "seqrec", prefix="older_family")
+    assert stale()[1:] == [prepared.stale_examples_warning(doc_family, str(old_family))]

@@ -8,6 +8,7 @@ use (features, sources, preprocessors, postprocessors) are `flanrec.data.seqio_t
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -30,10 +31,31 @@ from flanrec.data.seqio_tasks import (
 from flanrec.data.task_meta import registered_data_dirs
 from flanrec.files import outputs, storage
 
+log = logging.getLogger("flanrec.tasks")
+
 PREPARED_TASKS: set[str] = set()
 """Names registered by `register_prepared`/`register_family_task`: one preprocessed example
 per source example, which `flanrec.data.seqio_cache` relies on to recognise a cache built
 from other data."""
+
+_WARNED_STALE: set[str] = set()
+
+
+def warn_if_examples_are_stale(data_dir: str, doc: Mapping[str, Any] | None = None) -> None:
+    """Log `prepared.stale_examples_warning` once per dir and process.
+
+    Every job that reads a prepared dir registers its tasks here (train, infer, eval,
+    `import tasks`), so a dir an older flanrec wrote is named whichever job a user starts
+    with, not only by the quickstart; a warning, since the dir still loads and is the user's.
+    """
+    key = storage.normalize(data_dir)
+    if key in _WARNED_STALE:
+        return
+    _WARNED_STALE.add(key)
+    line = prepared.stale_examples_warning(
+        dict(doc) if doc is not None else prepared.read_prepare_json(data_dir), data_dir)
+    if line:
+        log.warning("%s", line)
 
 
 def prepared_task_dirs(data_dir: str) -> list[str]:
@@ -66,6 +88,7 @@ def register_prepared(
         )
 
     outputs.require_complete(data_dir, "prepared data dir")  # an unfinished gs:// upload
+    warn_if_examples_are_stale(data_dir)
     vocabulary = vocabulary or vocab_lib.vocabulary_for_prepared(data_dir)
     feats = output_features(vocabulary)
     names = []
@@ -147,6 +170,7 @@ def register_family_task(
 
     outputs.require_complete(data_dir, "prepared data dir")
     doc = prepared.read_prepare_json(data_dir)
+    warn_if_examples_are_stale(data_dir, doc)
     fam = families.get(family)
     methods = list(doc.get("index_methods") or [])
     method = index_method or (methods[0] if methods else None)
